@@ -1,0 +1,1 @@
+"""Orchestration: stage functions, the Dask graph, config, caching/resume, the CLI."""

@@ -1,0 +1,1 @@
+"""Slide I/O and geometry: slides, tissue, patch grid, the zarr patch store, annotations, stitching."""

@@ -10,6 +10,13 @@ import click
 COMMANDS = {
     "sample": "pipeline.commands.sample:sample",
     "tile": "pipeline.commands.tile:tile",
+    "explain-image": "pipeline.commands.explain_image:explain_image",
+    "serve": "pipeline.commands.serve:serve",
+    "run": "pipeline.commands.run:run",
+    "demo": "pipeline.commands.demo:demo",
+    "report": "pipeline.commands.report:report",
+    "train": "pipeline.commands.train:train",
+    "explain": "pipeline.commands.explain:explain",
 }
 
 

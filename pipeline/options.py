@@ -20,3 +20,8 @@ slide_mpp = click.option("--slide-mpp", default=None, type=float,
                          help="Level-0 mpp for slides whose file does not record it.")
 device = click.option("--device", default="auto", show_default=True,
                       type=click.Choice(["auto", "cpu", "cuda"]), help="Where models run.")
+workers = click.option("--workers", default=None, type=click.IntRange(min=1),
+                       help="Local Dask worker processes (default: run.workers of the config, 2).")
+model_dir = click.option("--model", "model_dir", required=True,
+                         type=click.Path(exists=True, file_okay=False, path_type=Path),
+                         help="Model folder (model.safetensors + config.json), e.g. from `slideaudit train`.")

@@ -33,6 +33,9 @@ from tiling.errors import StoreError
 PATCHES, EXPLAIN, MAPS, AUDIT, REPORT = "patches.zarr", "explain.zarr", "maps.zarr", "audit.json", "report.html"
 FAILURE = "failure.json"
 STAMP_KEYS = ("config_hash", "source_sha256")
+# patches: LZ4 (1.9x smaller on real H&E patches, 1.1x on the noisy sample ones) keeps writing
+# well below decoding cost; zstd level 1 writes 7-26% fewer bytes for 2-3x the CPU
+PATCH_CODEC = zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")
 
 
 def slide_dir(out: Path, slide_id: str) -> Path:
@@ -150,3 +153,20 @@ def open_patch_store(path: Path) -> PatchStore:
     except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
         raise StoreError(f"{path}: no complete patch store here ({exc}); run `slideaudit tile` "
                          "on the slide first") from exc
+
+
+def create_patch_store(path: Path, patch_size: int, chunk: int, coords: np.ndarray,
+                       tissue: np.ndarray, attrs: dict[str, Any]) -> zarr.Array:
+    """Create a patches.zarr at `path` (the layout `PatchStore` documents) with its coords, tissue
+    and attrs, and return its empty `patches` array (N, S, S, 3) uint8 in chunks of `chunk`
+    patches (PATCH_CODEC), for the caller to fill chunk by chunk (each chunk written once, so
+    zarr's check for empty chunks, which costs as much as the write, is off)."""
+    group = zarr.open_group(path, mode="w", zarr_format=3)
+    n, size = len(coords), patch_size
+    patches = group.create_array("patches", shape=(n, size, size, 3), chunks=(chunk, size, size, 3),
+                                 dtype=np.uint8, compressors=PATCH_CODEC, fill_value=0,
+                                 config={"write_empty_chunks": True})
+    group.create_array("coords", data=np.asarray(coords, dtype=np.int64).reshape(n, 2))
+    group.create_array("tissue", data=np.asarray(tissue, dtype=np.float32).reshape(n))
+    group.attrs.update(attrs)
+    return patches

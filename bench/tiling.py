@@ -1,0 +1,99 @@
+"""Benchmark: `tile_slide` against raw OpenSlide `read_region` of the same tiles.
+
+Generates one large sample slide, tiles it with `tile_slide` (thumbnail, tissue mask, grid,
+Dask-parallel reads, zarr writes, sha256 stamp: everything) and reads exactly the same tiles
+with `openslide.OpenSlide.read_region` (same level and size, then the same resize) on a thread
+pool of the same size. Prints tiles/s of each and their ratio (goal >= 0.8), the CPU time per
+tile of each and their ratio (less sensitive to other load on the machine than wall time), and
+the cores tile_slide kept busy (process CPU time / wall time). Best of --repeats runs, alternated.
+
+    .venv/bin/python bench/tiling.py [--size 16384] [--repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+# run as a script, this file's folder comes first on sys.path and its name would hide the
+# `tiling` package: look in the repository root instead
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import numpy as np  # noqa: E402
+import openslide  # noqa: E402
+
+from tiling.sample import write_sample_archive  # noqa: E402
+from tiling.slide import read_size, resize_rgb  # noqa: E402
+from tiling.store import open_patch_store  # noqa: E402
+from tiling.tile import TileConfig, tile_slide  # noqa: E402
+
+CONFIGS = {"mpp 1.0, patch 224 (level 1, no resize)": TileConfig(mpp=1.0, patch=224),
+           "mpp 0.75, patch 224 (level 0, resized)": TileConfig(mpp=0.75, patch=224)}
+
+
+def run_tile_slide(slide: Path, out: Path, config: TileConfig) -> tuple[float, float, Path]:
+    """(wall s, CPU s) of a fresh tile_slide run, and its store."""
+    shutil.rmtree(out, ignore_errors=True)
+    wall, cpu = time.perf_counter(), time.process_time()
+    store = tile_slide(slide, out, config)
+    return time.perf_counter() - wall, time.process_time() - cpu, store
+
+
+def run_raw(slide: Path, coords: np.ndarray, level: int, read_wh: tuple[int, int],
+            patch: int) -> tuple[float, float]:
+    """(wall s, CPU s) to read every tile with OpenSlide on one thread per core, then resize."""
+    def read(xy: list[int]) -> np.ndarray:
+        region = np.asarray(osr.read_region((xy[0], xy[1]), level, read_wh))[..., :3]
+        return resize_rgb(region, (patch, patch))
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    with openslide.OpenSlide(slide) as osr, ThreadPoolExecutor(os.cpu_count()) as pool:
+        for _ in pool.map(read, coords.tolist()):
+            pass
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=16384, help="level-0 width of the slide, px")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-tiling-"))
+    start = time.perf_counter()
+    manifest = write_sample_archive(work / "archive", slides=1, seed=0, size=args.size)
+    slide = manifest.parent / "sample_000.tiff"
+    with openslide.OpenSlide(slide) as osr:
+        print(f"slide {osr.dimensions[0]} x {osr.dimensions[1]} px, {osr.level_count} levels, "
+              f"{slide.stat().st_size / 2 ** 20:.0f} MiB, generated in {time.perf_counter() - start:.1f} s; "
+              f"{os.cpu_count()} cores")
+        downsamples = osr.level_downsamples
+    print(f"{'config':40s} {'tiles':>5s} | {'tiles/s: tile_slide':>19s} {'raw':>5s} {'ratio':>5s} | "
+          f"{'CPU ms/tile: tile_slide':>23s} {'raw':>5s} {'ratio':>5s} | {'cores busy':>10s}")
+    for name, config in CONFIGS.items():
+        tiled, raw = [], []
+        for _ in range(args.repeats):
+            wall, cpu, path = run_tile_slide(slide, work / "out", config)
+            store = open_patch_store(path)
+            level = store.attrs["level"]
+            scale = config.mpp / (store.attrs["slide_mpp"] * downsamples[level])
+            tiled.append((wall, cpu))
+            raw.append(run_raw(slide, store.coords, level, read_size((config.patch,) * 2, scale), config.patch))
+        n = len(store)
+        (t_wall, t_cpu), (r_wall, r_cpu) = (tuple(map(min, zip(*runs))) for runs in (tiled, raw))
+        print(f"{name:40s} {n:5d} | {n / t_wall:19.0f} {n / r_wall:5.0f} {r_wall / t_wall:5.2f} | "
+              f"{1e3 * t_cpu / n:23.2f} {1e3 * r_cpu / n:5.2f} {r_cpu / t_cpu:5.2f} | "
+              f"{max(c / w for w, c in tiled):10.1f}")
+    if args.workdir is None:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Models and what they say: encoders, attention MIL, the CAM family, occlusion, training, the explain stage."""

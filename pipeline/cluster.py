@@ -1,0 +1,73 @@
+"""Where the graph runs: a LocalCluster of worker processes, or an existing Dask scheduler."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+from distributed import Client, LocalCluster
+
+from pipeline.config import ConfigError, RunSettings
+
+log = logging.getLogger(__name__)
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def torch_threads(settings: RunSettings) -> int:
+    """Threads for torch/OpenMP per worker: `settings.torch_threads`, or cores // workers (>= 1)."""
+    return settings.torch_threads or max(1, (os.cpu_count() or 1) // max(1, settings.workers))
+
+
+def gpu_workers(client: Client) -> int:
+    """How many of the cluster's workers offer the resource "GPU"."""
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    return sum(1 for w in workers if w.get("resources", {}).get("GPU", 0) >= 1)
+
+
+@contextlib.contextmanager
+def _quiet(logger: str, level: int) -> Iterator[None]:
+    """Raise `logger`'s level to at least `level` for the block (unless debugging)."""
+    log_ = logging.getLogger(logger)
+    old = log_.level
+    if not log.isEnabledFor(logging.DEBUG):
+        log_.setLevel(max(level, old))
+    try:
+        yield
+    finally:
+        log_.setLevel(old)
+
+
+@contextlib.contextmanager
+def open_client(settings: RunSettings, gpu: bool = False) -> Iterator[Client]:
+    """A Client on `settings.scheduler`, or on a new LocalCluster of `settings.workers` processes
+    (one task thread each, `torch_threads` OpenMP threads, resources {"GPU": 1} when `gpu`, no
+    per-stage progress bars: the client shows the run's).
+
+    Logs the dashboard link. With `gpu`, fails when no worker offers a GPU (explain would wait
+    forever). Dask's own INFO logs are silenced, and the nanny's warning when it has to kill a
+    worker slow to exit at shutdown (interpreter teardown after great-expectations takes seconds).
+    """
+    if settings.workers < 1:
+        raise ConfigError(f"run.workers = {settings.workers}: need at least 1 worker")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_quiet("distributed", logging.WARNING))
+        stack.enter_context(_quiet("distributed.nanny", logging.ERROR))
+        if settings.scheduler:
+            try:
+                client = stack.enter_context(Client(settings.scheduler, timeout="20s"))
+            except OSError as exc:
+                raise ConfigError(f"--scheduler {settings.scheduler}: cannot connect ({exc}); "
+                                  "start `dask scheduler` there or drop --scheduler") from exc
+        else:
+            threads = str(torch_threads(settings))
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=settings.workers, threads_per_worker=1, processes=True,
+                dashboard_address=":0", resources={"GPU": 1} if gpu else None,
+                env={**dict.fromkeys(THREAD_VARS, threads), "TQDM_DISABLE": "1"}))
+            client = stack.enter_context(Client(cluster))
+        if gpu and not gpu_workers(client):
+            raise ConfigError(f"{client.scheduler.address}: no worker offers a GPU; start workers "
+                              "with `dask worker ADDRESS --resources GPU=1` or pass --device cpu")
+        log.info("Dask dashboard: %s", client.dashboard_link)
+        yield client

@@ -1,0 +1,49 @@
+"""`slideaudit explain`: attention, logits and CAM maps of one tiled slide -> explain.zarr."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline import options
+
+
+def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    from explainers.slide_gradcam import METHODS
+
+    names = tuple(m.strip() for m in value.split(",") if m.strip())
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise click.BadParameter(f"unknown {unknown}; choose from {','.join(METHODS)}")
+    return names
+
+
+@click.command()
+@click.argument("slide_dir", type=click.Path(file_okay=False, path_type=Path))
+@options.model_dir
+@click.option("--methods", default="gradcam", show_default=True, callback=_methods, metavar="M1,M2",
+              help="Comma-separated: gradcam, gradcampp, hirescam, cam, guided_backprop, guided_gradcam, occlusion.")
+@click.option("--target", default="slide", show_default=True, type=click.Choice(["slide", "instance"]),
+              help="Explain the slide logit (through attention pooling) or each patch's own logit.")
+@click.option("--target-class", default=None, type=click.IntRange(min=0),
+              help="Class index to explain (default: the slide's predicted class).")
+@options.device
+@click.option("--batch", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Patches per forward pass (bounds memory; values do not change).")
+def explain(slide_dir: Path, model_dir: Path, methods: tuple[str, ...], target: str, target_class: int | None,
+            device: str, batch: int) -> None:
+    """Explain the tiled slide in SLIDE_DIR (OUT/slides/<slide_id>) with the model in --model."""
+    import zarr
+
+    from explainers.explain import ExplainConfig, explain_store
+    from tiling.errors import AuditError
+
+    try:
+        out = explain_store(slide_dir, model_dir, ExplainConfig(methods, target, target_class, device, batch))
+    except AuditError as exc:
+        raise click.ClickException(str(exc)) from exc
+    group = zarr.open_group(out, mode="r")
+    classes, cls = group.attrs["classes"], group.attrs["target_class"]
+    predicted = classes[int(group["slide_logits"][:].argmax())]
+    click.echo(f"{group['attention'].shape[0]} patches, predicted {predicted}; {target} target "
+               f"{classes[cls]}: {', '.join(methods)} -> {out}")

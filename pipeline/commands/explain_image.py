@@ -1,0 +1,54 @@
+"""`slideaudit explain-image`: what the model says about one image region, and where it looks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline import options
+
+
+@click.command("explain-image")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@options.model_dir
+@click.option("--target", "targets", multiple=True, metavar="CLASS|top5",
+              help="Class to explain (repeatable), or top5 for the five most probable [default: the predicted class].")
+@click.option("--methods", default=None, metavar="M1,M2",
+              help="Methods, comma-separated [default: gradcam,gradcampp,guided_backprop,guided_gradcam; "
+                   "also hirescam, cam, occlusion].")
+@click.option("--mpp", default=None, type=float,
+              help="The image's µm/px [default: recorded in the file, else the model's].")
+@click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder [default: ./<image name>-explained].")
+@click.option("--max-tiles", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Refuse images that need more model tiles than this.")
+@options.device
+def explain_image(image: Path, model_dir: Path, targets: tuple[str, ...], methods: str | None, mpp: float | None,
+                  out: Path | None, max_tiles: int, device: str) -> None:
+    """Explain IMAGE (PNG, JPEG or TIFF; tiled at the model's patch size and µm/px when larger):
+    OUT/index.html with the top-5 classes and, per target class, the methods' overlays, plus the
+    figures as PNG files and OUT/result.json."""
+    import json
+
+    from explainers.single_image import RegionConfig
+    from reports.image_page import RESULT, write_image_report
+    from tiling.errors import AuditError
+
+    out = out or Path(f"{image.stem}-explained")
+    try:
+        chosen = {"methods": tuple(m.strip() for m in methods.split(",") if m.strip())} if methods else {}
+        config = RegionConfig(targets=targets, max_tiles=max_tiles, device=device, **chosen)
+        page = write_image_report(image, model_dir, out, config, mpp)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--methods") from exc
+    except AuditError as exc:
+        raise click.ClickException(str(exc)) from exc
+    summary = json.loads((out / RESULT).read_text())
+    probability = "probability" if summary["head"] == "softmax" else "sigmoid probability (multi-label)"
+    click.echo(f"top {len(summary['top5'])} ({probability}):")
+    for i, row in enumerate(summary["top5"], 1):
+        click.echo(f"  {i}. {row['class']}: {row['probability']:.3f}")
+    for t in summary["targets"]:
+        if not t["in_top5"]:
+            click.echo(f"note: {t['class']} is not in the top 5 (rank {t['rank']}, probability {t['probability']:.3g})")
+    click.echo(f"page: {page}")

@@ -1,0 +1,107 @@
+"""`slideaudit run`: audit an archive of slides on Dask."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from pipeline import options
+
+if TYPE_CHECKING:
+    from pipeline.config import PipelineConfig
+    from pipeline.runner import RunResult
+
+EXIT_CODES = """
+\b
+Exit codes:
+  0  every slide was audited
+  3  completed with failures: some slides failed (OUT/slides/<id>/failure.json,
+     listed in the index); the other slides and the index are complete
+  1  usage or config error, or a crash
+"""
+
+
+class UsageExitsOne(click.Command):
+    """A command whose malformed command line exits 1 (click's default is 2), as documented."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            exc.exit_code = 1
+            raise
+
+
+def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that set the run's config: --config, --set, --workers, --methods, --device."""
+    for option in reversed([
+        click.option("--config", "config_file", default=None,
+                     type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="YAML or TOML file with sections tile, explain, stitch, audit, run."),
+        click.option("--set", "assignments", multiple=True, metavar="SECTION.KEY=VALUE",
+                     help="Override one setting, e.g. --set stitch.max_side=2048 (repeatable)."),
+        options.workers,
+        click.option("--methods", default=None, metavar="M1,M2",
+                     help="CAM methods, comma-separated (gradcam, gradcampp, hirescam, cam, ...)."),
+        click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]),
+                     help="Where the model runs (default: explain.device of the config, auto)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def build_config(config_file: Path | None, assignments: tuple[str, ...], flags: dict[str, Any],
+                 defaults: dict[str, Any] | None = None) -> PipelineConfig:
+    """`defaults`, then --config, then --set, then `flags` ({dotted key: value}, None = not given)."""
+    from pipeline.config import load_config, parse_assignment
+
+    overrides = dict(parse_assignment(a) for a in assignments)
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    return load_config(config_file, overrides, defaults)
+
+
+def echo_result(result: RunResult) -> None:
+    """A short summary of a run: counts, each failure, where the index is; then exit with its code."""
+    done = len(result.states) - len(result.failed)
+    click.echo(f"audited {len(result.states)} slide(s): {done} done, {len(result.failed)} failed, "
+               f"{len(result.skipped)} skipped (already audited)")
+    for state in result.failed:
+        click.echo(f"  FAILED {state.record.slide_id} at {state.failure['stage']}: "
+                   f"{state.failure['message']}")
+    click.echo(f"table: {result.audit_csv}\nrun manifest: {result.manifest}\nindex: {result.index}")
+    click.get_current_context().exit(result.exit_code)
+
+
+@click.command(cls=UsageExitsOne, epilog=EXIT_CODES)
+@click.argument("archive", type=click.Path(exists=True, path_type=Path))
+@click.option("--model", "model_dir", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Model folder (model.safetensors + config.json), e.g. from `slideaudit train`.")
+@options.out_dir
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run on an existing Dask scheduler, e.g. tcp://127.0.0.1:8786 (no local cluster).")
+@options.slide_mpp
+@click.option("--only-new", is_flag=True,
+              help="Audit only slides without an audit.json in OUT; rebuild the index over all.")
+@config_options
+def run(archive: Path, model_dir: Path, out: Path, scheduler: str | None, slide_mpp: float | None,
+        only_new: bool, config_file: Path | None, assignments: tuple[str, ...], workers: int | None,
+        methods: str | None, device: str | None) -> None:
+    """Audit every slide of ARCHIVE (a manifest CSV, or a folder of slides with annotations
+    beside them): tile -> explain -> stitch -> audit -> report per slide on Dask, then
+    OUT/index.html, OUT/audit.csv and the run manifest OUT/run.json. Settings: defaults, then
+    --config, then --set, then the other flags. Outputs that are current are kept (resume).
+    """
+    from pipeline.runner import run_archive
+    from tiling.errors import AuditError
+
+    try:
+        config = build_config(config_file, assignments, {
+            "run.workers": workers, "run.scheduler": scheduler, "explain.methods": methods,
+            "explain.device": device, "tile.slide_mpp": slide_mpp})
+        result = run_archive(archive, model_dir, out, config, only_new)
+    except AuditError as exc:
+        raise click.ClickException(str(exc)) from exc
+    echo_result(result)

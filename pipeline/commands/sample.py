@@ -1,0 +1,26 @@
+"""`slideaudit sample`: write a sample archive of generated slides with lesion annotations."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline import options
+
+
+@click.command()
+@click.argument("outdir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--slides", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Number of slides; even indices are positive (with lesions), odd negative.")
+@options.seed
+@click.option("--size", default=None, type=click.IntRange(min=512),
+              help="Level-0 width of each slide in px (0.5 µm/px); default ~150-200 tissue patches "
+                   "at --mpp 1.0 --patch 224.")
+@click.option("--ink-correlated", is_flag=True,
+              help="Put pen ink on positive slides only (a shortcut a model can learn).")
+def sample(outdir: Path, slides: int, seed: int, size: int | None, ink_correlated: bool) -> None:
+    """Write OUTDIR/manifest.csv, pyramidal TIFF slides and their GeoJSON + ASAP XML annotations."""
+    from tiling.sample import DEFAULT_SIZE, write_sample_archive
+
+    manifest = write_sample_archive(outdir, slides, seed, size or DEFAULT_SIZE, ink_correlated)
+    click.echo(f"{slides} sample slide(s) -> {manifest}")

@@ -1,0 +1,37 @@
+"""`slideaudit serve`: a local web page to explain uploaded images, and the audit reports."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline import options
+
+
+@click.command()
+@options.model_dir
+@click.option("--reports", default=None, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="An audit output folder (OUT of `slideaudit run`) to serve read-only under /reports/.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; the default accepts connections from this machine only.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--max-upload-mb", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Largest accepted upload.")
+@click.option("--max-tiles", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Refuse images that need more model tiles than this.")
+@options.device
+def serve(model_dir: Path, reports: Path | None, host: str, port: int, max_upload_mb: float,
+          max_tiles: int, device: str) -> None:
+    """Serve a page where a user uploads an image, picks a class and a method, and sees the
+    overlay and the top-5 classes; with --reports, also the audit reports of that folder."""
+    from pipeline.server import ServeConfig, serve as run_server
+    from tiling.errors import AuditError
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: listening on {host}: other machines can reach this page and upload images", err=True)
+    config = ServeConfig(host=host, port=port, reports=reports, max_upload_mb=max_upload_mb,
+                         max_tiles=max_tiles, device=device)
+    try:
+        run_server(model_dir, config)
+    except AuditError as exc:
+        raise click.ClickException(str(exc)) from exc

@@ -1,0 +1,35 @@
+"""`slideaudit tile`: tile one slide into OUT/slides/<slide_id>/patches.zarr."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline import options
+
+
+@click.command()
+@click.argument("slide", type=click.Path(dir_okay=False, path_type=Path))
+@options.out_dir
+@options.mpp
+@options.patch
+@options.stride
+@options.min_tissue
+@options.slide_mpp
+@click.option("--chunk", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Patches per zarr chunk and per Dask block.")
+@click.option("--slide-id", default=None, help="Name of the slide in the store (default: file stem).")
+def tile(slide: Path, out: Path, mpp: float, patch: int, stride: int | None, min_tissue: float,
+         slide_mpp: float | None, chunk: int, slide_id: str | None) -> None:
+    """Tile SLIDE into patches at --mpp, keeping those with enough tissue."""
+    from tiling.errors import AuditError
+    from tiling.store import open_patch_store
+    from tiling.tile import TileConfig, tile_slide
+
+    try:
+        config = TileConfig(mpp, patch, stride, min_tissue, slide_mpp, chunk)
+        store = open_patch_store(tile_slide(slide, out, config, slide_id))
+    except (AuditError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{len(store)} patches of {patch} px at {mpp} µm/px (level {store.attrs['level']}) "
+               f"-> {store.path}")

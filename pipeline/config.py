@@ -1,0 +1,174 @@
+"""One configuration for a whole audit run, composed of the stages' own configs.
+
+A config file (YAML or TOML) has one section per stage plus `run`; every key is optional:
+
+    tile:    {mpp: 1.0, patch: 224, min_tissue: 0.5}
+    explain: {methods: [gradcam, hirescam], device: auto}
+    stitch:  {max_side: 4096}
+    audit:   {...}
+    run:     {workers: 2}
+
+CLI flags override the file as dotted keys (`explain.methods=...`). `PipelineConfig.hash()` names
+what the run produces: it covers every stage setting and leaves out the runtime-only ones
+(`RUNTIME_KEYS`: where and how fast things run, never what comes out).
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from explainers.explain import ExplainConfig
+from reports.audit import AuditConfig
+from tiling.errors import AuditError
+from tiling.stitch import StitchConfig
+from tiling.store import config_hash
+from tiling.tile import TileConfig
+
+
+class ConfigError(AuditError):
+    """A config file, a flag or a cluster setting is invalid: the whole run cannot start."""
+
+
+@dataclass
+class RunSettings:
+    """How the run is executed; none of it changes an output.
+
+    workers: local Dask worker processes (ignored with `scheduler`);
+    torch_threads: torch/OpenMP threads per worker (0 = cores // workers, at least 1);
+    scheduler: address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (None = local).
+    """
+
+    workers: int = 2
+    torch_threads: int = 0
+    scheduler: str | None = None
+
+
+@dataclass
+class PipelineConfig:
+    """Every setting of `slideaudit run`: the four stages' configs and the run settings."""
+
+    tile: TileConfig = field(default_factory=TileConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+    stitch: StitchConfig = field(default_factory=StitchConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    run: RunSettings = field(default_factory=RunSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every setting (tuples become lists)."""
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """config_hash of every setting that can change an output (RUNTIME_KEYS left out)."""
+        data = self.to_dict()
+        for section, keys in RUNTIME_KEYS.items():
+            data[section] = {k: v for k, v in data[section].items() if k not in keys}
+        return config_hash(data)
+
+
+# settings that decide where and how fast a stage runs, never what it writes
+RUNTIME_KEYS: dict[str, tuple[str, ...]] = {
+    "explain": ("device", "batch"),
+    "run": tuple(f.name for f in dataclasses.fields(RunSettings)),
+}
+
+
+def _coerce(where: str, default: Any, value: Any) -> Any:
+    """`value` in the type of the field's `default`; ConfigError naming `where` when it can't be."""
+    if dataclasses.is_dataclass(default):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table of settings, got {value!r}")
+        return _apply(default, value, where)
+    if default is None or value is None:
+        return value
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(value)
+    if isinstance(default, bool) or not isinstance(default, (int, float)):
+        if not isinstance(value, type(default)):
+            raise ConfigError(f"{where}: expected {type(default).__name__}, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if isinstance(default, int) and not float(value).is_integer():
+        raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+    return type(default)(value)
+
+
+def _apply(base: Any, updates: dict[str, Any], where: str) -> Any:
+    """A copy of dataclass `base` with `updates` (nested dicts for nested dataclasses)."""
+    fields = {f.name for f in dataclasses.fields(base)}
+    unknown = sorted(set(updates) - fields)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; "
+                          f"valid: {', '.join(sorted(fields))}")
+    changes = {k: _coerce(f"{where}.{k}", getattr(base, k), v) for k, v in updates.items()}
+    try:
+        return dataclasses.replace(base, **changes)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The settings in a .yaml/.yml or .toml file as a nested dict."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from exc
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        elif path.suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            raise ConfigError(f"{path}: unknown config format; use .yaml, .yml or .toml")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected sections tile/explain/stitch/audit/run at the top level")
+    return data
+
+
+def nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    """{"explain.methods": x} -> {"explain": {"methods": x}}."""
+    tree: dict[str, Any] = {}
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None,
+                defaults: dict[str, Any] | None = None) -> PipelineConfig:
+    """The built-in defaults changed by `defaults` (dotted keys, e.g. a command's own), then the
+    file at `path` (if any), then `overrides` (dotted keys, e.g. CLI flags)."""
+    config = _apply(PipelineConfig(), nest(defaults or {}), "default")
+    if path is not None:
+        config = _apply(config, read_config_file(path), str(path))
+    if overrides:
+        config = _apply(config, nest(overrides), "option")
+    return config
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """"section.key=value" (value parsed as YAML: numbers, lists, null) -> (key, value)."""
+    key, sep, value = text.partition("=")
+    if not sep or "." not in key:
+        raise ConfigError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. stitch.max_side=2048")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: cannot parse the value ({exc})") from exc

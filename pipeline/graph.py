@@ -1,0 +1,53 @@
+"""The Dask graph of an audit run: one delayed chain per slide, fanned in to the archive index.
+
+    tile-<id> -> explain-<id> -> stitch-<id> -> audit-<id> -> report-<id> -> validate-<id>
+    index <- every slide's last state (the fan-in)
+
+Explain tasks carry `resources={"GPU": 1}` when the run uses CUDA, so a cluster runs them only
+on workers that offer a GPU. Task keys are readable names, shown as such on the dashboard.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import dask
+from dask.delayed import Delayed, delayed
+from distributed import Client, as_completed
+from tqdm import tqdm
+
+from pipeline.archive import SlideRecord
+from pipeline.stages import STAGES, Context, SlideState, run_stage
+from reports.html import render_index
+
+
+def build_index(out: Path, states: Sequence[SlideState]) -> list[SlideState]:
+    """Render OUT/index.html and OUT/audit.csv over every slide folder in OUT; pass `states` on."""
+    render_index(out)
+    return list(states)
+
+
+def build_graph(records: Sequence[SlideRecord], ctx: Context, gpu: bool) -> tuple[list[Delayed], Delayed]:
+    """Every stage task of every slide (for progress), and the index task whose result is the
+    list of final `SlideState`s."""
+    tasks, finals = [], []
+    for rec in records:
+        state: Delayed | SlideState = SlideState(rec)
+        for stage in STAGES:
+            gpu_task = gpu and stage == "explain"
+            with dask.annotate(resources={"GPU": 1}) if gpu_task else contextlib.nullcontext():
+                state = delayed(run_stage, pure=False)(stage, state, ctx,
+                                                      dask_key_name=f"{stage}-{rec.slide_id}")
+            tasks.append(state)
+        finals.append(state)
+    index = delayed(build_index, pure=False)(ctx.out, finals, dask_key_name="index")
+    return tasks, index
+
+
+def compute(client: Client, tasks: list[Delayed], index: Delayed) -> list[SlideState]:
+    """Run the graph on `client` with a progress bar over its tasks; the final slide states."""
+    futures = client.compute([*tasks, index], optimize_graph=False)
+    for future in tqdm(as_completed(futures), total=len(futures), desc="audit", unit="task"):
+        future.result()
+    return futures[-1].result()

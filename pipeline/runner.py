@@ -1,0 +1,124 @@
+"""Audit a whole archive: read it, pick the slides, run the graph, write the run manifest.
+
+OUT/run.json records the run: archive, model (sha256 of its files), config and its hash, when it
+started and finished, and each slide's state ("pending" until the run ends, then "done",
+"failed" or "skipped"), per-stage "computed"/"current" and seconds. It is written when the run
+starts and again when it ends, so an interrupted run leaves "pending" slides and no "finished".
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from pipeline.archive import SlideRecord, read_archive
+from pipeline.cluster import open_client
+from pipeline.config import ConfigError, PipelineConfig
+from pipeline.graph import build_graph, compute
+from pipeline.stages import Context, SlideState
+from tiling.store import AUDIT, atomic_path, file_sha256, slide_dir
+
+log = logging.getLogger(__name__)
+RUN_MANIFEST = "run.json"
+EXIT_OK, EXIT_FAILURES = 0, 3
+
+
+@dataclass
+class RunResult:
+    """What a run did. `exit_code`: 0 every audited slide succeeded, 3 some failed."""
+
+    out: Path
+    states: list[SlideState]
+    skipped: list[str]
+
+    @property
+    def failed(self) -> list[SlideState]:
+        return [s for s in self.states if s.failure]
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_FAILURES if self.failed else EXIT_OK
+
+    @property
+    def index(self) -> Path:
+        return self.out / "index.html"
+
+    @property
+    def audit_csv(self) -> Path:
+        return self.out / "audit.csv"
+
+    @property
+    def manifest(self) -> Path:
+        return self.out / RUN_MANIFEST
+
+
+def select(records: list[SlideRecord], out: Path, only_new: bool) -> tuple[list[SlideRecord], list[str]]:
+    """(slides to audit, ids skipped): with `only_new`, slides that have an audit.json are skipped."""
+    if not only_new:
+        return records, []
+    done = {r.slide_id for r in records if (slide_dir(out, r.slide_id) / AUDIT).is_file()}
+    return [r for r in records if r.slide_id not in done], sorted(done)
+
+
+def uses_gpu(device: str) -> bool:
+    """True when explain runs on CUDA: device "cuda", or "auto" with CUDA available here."""
+    if device != "auto":
+        return device == "cuda"
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _model_files(model_dir: Path) -> dict[str, str]:
+    """sha256 of each file of the model folder; ConfigError when it holds no model config."""
+    if not (model_dir / "config.json").is_file():
+        raise ConfigError(f"{model_dir}: no model here (config.json missing); train one with "
+                          "`slideaudit train` or pass the folder that holds it")
+    return {p.name: file_sha256(p) for p in sorted(model_dir.iterdir()) if p.is_file()}
+
+
+def write_manifest(out: Path, info: dict[str, Any], slides: list[dict[str, Any]]) -> Path:
+    """OUT/run.json: `info` plus the slides, their counts by state and the time (atomic)."""
+    counts: dict[str, int] = {}
+    for s in slides:
+        counts[s["state"]] = counts.get(s["state"], 0) + 1
+    with atomic_path(out / RUN_MANIFEST) as tmp:
+        tmp.write_text(json.dumps({**info, "counts": counts, "slides": slides}, indent=2, default=str))
+    return out / RUN_MANIFEST
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run_archive(archive: Path, model_dir: Path, out: Path, config: PipelineConfig,
+                only_new: bool = False) -> RunResult:
+    """Audit every slide of `archive` (manifest CSV or folder) with the model in `model_dir`,
+    writing OUT/slides/<id>/..., OUT/index.html, OUT/audit.csv and OUT/run.json.
+
+    Per-slide failures are recorded (failure.json) and do not raise; a bad archive, model folder,
+    config or scheduler raises ConfigError/ArchiveError before anything runs.
+    """
+    archive, model_dir, out = Path(archive).absolute(), Path(model_dir).absolute(), Path(out).absolute()
+    records = read_archive(archive)
+    todo, skipped = select(records, out, only_new)
+    gpu = uses_gpu(config.explain.device)
+    info = {"slideaudit": version("slideaudit"), "archive": str(archive), "model": str(model_dir),
+            "model_files": _model_files(model_dir), "out": str(out), "config": config.to_dict(),
+            "config_hash": config.hash(), "only_new": only_new, "gpu": gpu, "started": _now()}
+    skipped_entries = [{"slide_id": s, "state": "skipped", "reason": f"{AUDIT} exists (--only-new)"}
+                       for s in skipped]
+    pending = [{"slide_id": r.slide_id, "state": "pending", "source_path": str(r.path)} for r in todo]
+    write_manifest(out, info, pending + skipped_entries)
+    log.info("%d slide(s) to audit, %d skipped, config %s", len(todo), len(skipped), info["config_hash"])
+    with open_client(config.run, gpu) as client:
+        info["scheduler"] = client.scheduler.address
+        tasks, index = build_graph(todo, Context(out, model_dir, config), gpu)
+        states = compute(client, tasks, index)
+    info["finished"] = _now()
+    write_manifest(out, info, [s.summary() for s in states] + skipped_entries)
+    return RunResult(out, states, skipped)

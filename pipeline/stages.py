@@ -1,0 +1,182 @@
+"""The per-slide stage chain, with failure capture.
+
+Each stage is one call into its package, which writes one stamped output and skips itself when
+that output is current. `run_stage` wraps a stage for the Dask graph: it takes the slide's
+`SlideState` from the previous stage and returns it updated. A failed stage writes
+`slide_dir/failure.json` ({"slide_id", "stage", "message", "label", "source_path",
+"error_type"}, plus "traceback" for an unexpected exception) atomically and the later stages of
+that slide pass the state through untouched; the slide's other outputs stay as they were. The
+last stage, "validate", fails the slide when a great-expectations suite of its audit failed
+(after the report that shows it is written). A slide whose chain completes loses its old
+failure.json.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from explainers.explain import explain_store
+from pipeline.archive import SlideRecord
+from pipeline.config import PipelineConfig
+from reports.audit import audit_slide, load_audit
+from reports.html import render_slide_report
+from tiling.errors import AuditError
+from tiling.stitch import stitch_slide
+from tiling.store import AUDIT, EXPLAIN, FAILURE, MAPS, PATCHES, REPORT, atomic_path, slide_dir
+from tiling.tile import tile_slide
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every stage of a run needs besides the slide: the store, the model, the settings."""
+
+    out: Path
+    model_dir: Path
+    config: PipelineConfig
+
+
+@dataclass
+class SlideState:
+    """A slide on its way through the chain.
+
+    stages: stage -> "computed" (written by this run), "current" (an up-to-date output was kept)
+            or "checked" (validate);
+    seconds: stage -> wall time in s; failure: the failure.json record once a stage failed.
+    """
+
+    record: SlideRecord
+    stages: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    failure: dict[str, Any] | None = None
+
+    @property
+    def state(self) -> str:
+        return "failed" if self.failure else "done"
+
+    def summary(self) -> dict[str, Any]:
+        """The slide's entry in run.json."""
+        return {"slide_id": self.record.slide_id, "state": self.state, "label": self.record.label,
+                "source_path": str(self.record.path), "stages": self.stages,
+                "seconds": self.seconds, "failure": self.failure}
+
+
+def _tile(rec: SlideRecord, ctx: Context) -> None:
+    tile_slide(rec.path, ctx.out, ctx.config.tile, slide_id=rec.slide_id)
+
+
+def _explain(rec: SlideRecord, ctx: Context) -> None:
+    explain_store(slide_dir(ctx.out, rec.slide_id), ctx.model_dir, ctx.config.explain)
+
+
+def _stitch(rec: SlideRecord, ctx: Context) -> None:
+    stitch_slide(slide_dir(ctx.out, rec.slide_id), rec.path, list(rec.annotations), ctx.config.stitch)
+
+
+def _audit(rec: SlideRecord, ctx: Context) -> None:
+    audit_slide(slide_dir(ctx.out, rec.slide_id), rec.label, ctx.config.audit)
+
+
+def _report(rec: SlideRecord, ctx: Context) -> None:
+    render_slide_report(slide_dir(ctx.out, rec.slide_id))
+
+
+class ValidationFailed(AuditError):
+    """A great-expectations suite of the slide's audit failed (the report shows which)."""
+
+
+def _validate(rec: SlideRecord, ctx: Context) -> None:
+    path = slide_dir(ctx.out, rec.slide_id) / AUDIT
+    failed = [s for s in load_audit(path).get("validation", []) if not s["success"]]
+    if failed:
+        details = "; ".join(f"{s['suite']}: " + ", ".join(f["expectation"] for f in s["failed"])
+                            for s in failed)
+        raise ValidationFailed(f"{path}: validation failed ({details}); see the slide's report")
+
+
+# stage name -> (function, the output it writes in the slide's folder or None), in chain order
+STAGES: dict[str, tuple[Callable[[SlideRecord, Context], None], str | None]] = {
+    "tile": (_tile, PATCHES),
+    "explain": (_explain, EXPLAIN),
+    "stitch": (_stitch, MAPS),
+    "audit": (_audit, AUDIT),
+    "report": (_report, REPORT),
+    "validate": (_validate, None),
+}
+
+
+def _signature(path: Path | None) -> tuple[int, int] | None:
+    """(inode, mtime ns) of an output; an atomic rewrite changes it, a skipped stage does not."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def write_failure(state: SlideState, out: Path, stage: str, exc: BaseException) -> SlideState:
+    """`state` failed at `stage` with `exc`, recorded in `slide_dir/failure.json` (atomic)."""
+    rec = state.record
+    failure = {"slide_id": rec.slide_id, "stage": stage, "message": str(exc), "label": rec.label,
+               "source_path": str(rec.path), "error_type": type(exc).__name__}
+    if not isinstance(exc, AuditError):
+        failure["traceback"] = "".join(traceback.format_exception(exc))
+    try:
+        with atomic_path(slide_dir(out, rec.slide_id) / FAILURE) as tmp:
+            tmp.write_text(json.dumps(failure, indent=2))
+    except OSError as err:  # the slide's folder itself is unusable: run.json still records it
+        log.error("%s: cannot write %s (%s)", rec.slide_id, FAILURE, err)
+    return replace(state, failure=failure)
+
+
+def remove_leftovers(sdir: Path, output: str) -> None:
+    """Remove what a killed run left of `output`: atomic_path's temporary and replaced copies."""
+    for path in [*sdir.glob(f".{output}.tmp-*"), *sdir.glob(f".{output}.old-*")]:
+        log.info("removing %s, left by an interrupted run", path)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _run(stage: str, rec: SlideRecord, ctx: Context) -> str:
+    """Run `stage` for `rec`; its status as in `SlideState.stages`."""
+    func, output = STAGES[stage]
+    if output is None:
+        func(rec, ctx)
+        return "checked"
+    sdir = slide_dir(ctx.out, rec.slide_id)
+    if sdir.is_dir():
+        remove_leftovers(sdir, output)
+    before = _signature(sdir / output)
+    func(rec, ctx)
+    return "current" if _signature(sdir / output) == before else "computed"
+
+
+def run_stage(stage: str, state: SlideState, ctx: Context) -> SlideState:
+    """Run one stage of a slide unless an earlier one failed; capture any exception as its failure."""
+    if state.failure:
+        return state
+    start = time.perf_counter()
+    try:
+        status = _run(stage, state.record, ctx)
+        if stage == list(STAGES)[-1]:
+            (slide_dir(ctx.out, state.record.slide_id) / FAILURE).unlink(missing_ok=True)
+    except Exception as exc:  # noqa: BLE001 - one slide's failure must not stop the archive
+        expected = isinstance(exc, AuditError)
+        log.log(logging.WARNING if expected else logging.ERROR, "%s: %s failed: %s",
+                state.record.slide_id, stage, exc, exc_info=not expected)
+        return write_failure(state, ctx.out, stage, exc)
+    return replace(state, stages={**state.stages, stage: status},
+                   seconds={**state.seconds, stage: round(time.perf_counter() - start, 3)})

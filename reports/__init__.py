@@ -1,0 +1,1 @@
+"""Audit reports: map-vs-lesion metrics, agreement, great-expectations checks, figures and HTML."""

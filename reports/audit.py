@@ -1,0 +1,288 @@
+"""The audit stage: each map against the lesions, methods against each other, flags,
+validation and provenance, written to ``slide_dir/audit.json``.
+
+Metrics are computed on the stitched maps (maps.zarr, D level-0 px per map px) over the valid
+pixels: tissue where the map is finite. A-MIL attention and every CAM method are scored alike.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reports import metrics as M
+from reports.agreement import agreement
+from reports.validation import map_stats, validate_attention, validate_coords, validate_maps
+from tiling.errors import StoreError
+from tiling.stitch import ATTENTION, Maps, open_explain_store, open_maps
+from tiling.store import (AUDIT, EXPLAIN, MAPS, PatchStore, atomic_path, chained_stamp, is_current,
+                          open_patch_store)
+
+log = logging.getLogger(__name__)
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+VERSIONED = ("slideaudit", "torch", "monai", "openslide-python", "openslide-bin")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """tolerance_um: a pointing-game hit may miss the lesion by this much (µm);
+    top_k: top-k fractions of tissue scored by IoU/Dice (besides the lesion's own share);
+    n_peaks: peaks per map for the lesion hit rate and the report; peak_distance_um: least
+    distance between two peaks (µm); agreement_fraction: top fraction compared between methods;
+    agreement_pixels: most tissue pixels (a seeded random sample) for the rank correlations;
+    min_auroc: a positive slide's method is flagged "focus outside the lesion" when its
+    pointing game misses or its pixel AUROC is below this (AUROC, unlike relevance mass, does
+    not shrink with the lesion's size); min_spearman: two methods are
+    flagged as disagreeing below this rank correlation; top_patches: most attended patches
+    listed in the report; seed: for the agreement sample."""
+
+    tolerance_um: float = 50.0
+    top_k: tuple[float, ...] = (0.05, 0.10, 0.20)
+    n_peaks: int = 5
+    peak_distance_um: float = 250.0
+    agreement_fraction: float = 0.10
+    agreement_pixels: int = 1_000_000
+    min_auroc: float = 0.75
+    min_spearman: float = 0.3
+    top_patches: int = 6
+    seed: int = 0
+
+
+def metric_names(config: AuditConfig) -> list[str]:
+    """The per-method metric keys, in report order; all lie in [0, 1]."""
+    tops = [f"{kind}_top{round(k * 100)}" for k in config.top_k for kind in ("iou", "dice")]
+    return ["auroc", "pointing_game", "relevance_mass", "rank_accuracy", "iou_lesion_share",
+            "dice_lesion_share", *tops, "lesion_hit_rate"]
+
+
+def peak_distance_px(config: AuditConfig, pixel_um: float) -> int:
+    """The least distance between two peaks in map pixels, at least 1."""
+    return max(1, round(config.peak_distance_um / pixel_um))
+
+
+def score_map(m: np.ndarray, labels: np.ndarray, valid: np.ndarray, found: np.ndarray,
+              pixel_um: float, config: AuditConfig) -> dict[str, dict[str, Any]]:
+    """Every lesion metric of one map, given its top peaks `found` (`metrics.peaks`):
+    {name: {"value": float | None, "preprocessing": str}}."""
+    lesion = labels > 0
+    where = f"tissue pixels at {pixel_um:.3g} µm/px, raw stitched values"
+    share = float(lesion[valid].mean()) if valid.any() else 0.0
+    scored = {
+        "auroc": (M.pixel_auroc(m, lesion, valid), f"{where}; rank-based, ties count ½"),
+        "pointing_game": (M.pointing_game(m, lesion, valid, config.tolerance_um / pixel_um),
+                          f"{where}; hit within {config.tolerance_um:g} µm, any pixel tied "
+                          "at the maximum counts"),
+        "relevance_mass": (M.relevance_mass(m, lesion, valid),
+                           f"{where}; negative values clipped to 0, no normalisation"),
+        "rank_accuracy": (M.relevance_rank_accuracy(m, lesion, valid),
+                          f"{where}; top-|lesion| pixels, ties at the cut shared pro rata"),
+    }
+    fractions = {"lesion_share": share, **{f"top{round(k * 100)}": k for k in config.top_k}}
+    for key, fraction in fractions.items():  # n/a without a lesion on tissue
+        top = M.top_k_mask(m, valid, fraction) if share else None
+        note = f"{where}; top {fraction:.1%} of tissue pixels, ties at the threshold included"
+        scored[f"iou_{key}"] = (M.iou(top, lesion & valid) if share else None, note)
+        scored[f"dice_{key}"] = (M.dice(top, lesion & valid) if share else None, note)
+    scored["lesion_hit_rate"] = (
+        M.lesion_hit_rate(found, labels, valid),
+        f"{where}; top {config.n_peaks} local maxima at least {config.peak_distance_um:g} µm apart")
+    return {name: {"value": scored[name][0], "preprocessing": scored[name][1]}
+            for name in metric_names(config)}
+
+
+def peak_records(m: np.ndarray, found: np.ndarray, labels: np.ndarray, downsample: float,
+                 names: list[str]) -> list[dict[str, Any]]:
+    """The peaks `found` (row, col): level-0 centre x, y, value, and the lesion each lies in."""
+    records = []
+    for row, col in found:
+        k = int(labels[row, col])
+        records.append({"x": round((col + 0.5) * downsample), "y": round((row + 0.5) * downsample),
+                        "row": int(row), "col": int(col), "value": float(m[row, col]),
+                        "lesion": (names[k - 1] or f"lesion {k}") if k else None})
+    return records
+
+
+def slide_prediction(logits: np.ndarray, head: str, classes: list[str]) -> dict[str, Any]:
+    """Predicted class and per-class probabilities from the slide logits.
+
+    softmax: p = exp(z) / Σ exp(z); sigmoid with one logit: p(positive) = 1 / (1 + e^-z) and
+    p(negative) = 1 - that; sigmoid with C logits: p_c = 1 / (1 + e^-z_c). Prediction = argmax p.
+    """
+    z = np.asarray(logits, np.float64).ravel()
+    if head == "softmax":
+        p = np.exp(z - z.max())
+        p /= p.sum()
+    else:
+        p = 1 / (1 + np.exp(-z))
+        if p.size == 1:
+            p = np.array([1 - p[0], p[0]])
+    names = list(classes) if len(classes) == p.size else [str(i) for i in range(p.size)]
+    index = int(np.argmax(p))
+    return {"prediction": index, "prediction_name": names[index],
+            "probabilities": {n: float(v) for n, v in zip(names, p, strict=True)}}
+
+
+def flags(label: int | None, prediction: int, scores: dict[str, dict], pairs: list[dict],
+          suites: list[dict], config: AuditConfig) -> list[dict[str, Any]]:
+    """The slide's flags: focus outside the lesion, methods disagree, prediction wrong,
+    validation failed; each {"flag", "message", "methods"}."""
+    found = []
+    outside = [method for method, s in scores.items()
+               if s["pointing_game"]["value"] == 0.0 or (
+                   s["auroc"]["value"] is not None and s["auroc"]["value"] < config.min_auroc)]
+    if outside:
+        found.append({"flag": "focus_outside_lesion", "methods": outside,
+                      "message": f"maximum off the lesion or AUROC < {config.min_auroc:g}: "
+                                 f"{', '.join(outside)}"})
+    disagree = [f"{p['a']}~{p['b']}" for p in pairs
+                if p["spearman"] is not None and p["spearman"] < config.min_spearman]
+    if disagree:
+        found.append({"flag": "methods_disagree", "methods": disagree,
+                      "message": f"Spearman ρ < {config.min_spearman:g}: {', '.join(disagree)}"})
+    if label is not None and prediction != label:
+        found.append({"flag": "prediction_wrong", "methods": [],
+                      "message": f"predicted class {prediction}, label {label}"})
+    failed = [s["suite"] for s in suites if not s["success"]]
+    if failed:
+        found.append({"flag": "validation_failed", "methods": failed,
+                      "message": f"failed checks: {', '.join(failed)}"})
+    return found
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def provenance(model: dict[str, Any], stamp: dict[str, str], config: AuditConfig) -> dict[str, Any]:
+    """Package versions, the model (name, sha256, config), config hash, source slide sha256 and
+    the UTC time of the run."""
+    import openslide
+
+    return {"versions": {**{p: _version(p) for p in VERSIONED},
+                         "openslide_library": openslide.__library_version__},
+            "model": model, "config_hash": stamp["config_hash"],
+            "source_sha256": stamp["source_sha256"], "audit_config": dataclasses.asdict(config),
+            "run_at": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def _validation(store: PatchStore, attention: np.ndarray, heatmaps: dict[str, np.ndarray],
+                tissue: np.ndarray) -> list[dict[str, Any]]:
+    """The three stage-boundary suites: patch coords, attention, stitched maps."""
+    ranges = {name: (0.0, 1.0) if name.startswith(ATTENTION) else (-FLOAT32_MAX, FLOAT32_MAX)
+              for name in heatmaps}
+    dimensions = tuple(int(v) for v in store.attrs["dimensions"])
+    return [validate_coords(store.coords, dimensions).to_dict(),
+            validate_attention(attention, len(store)).to_dict(),
+            validate_maps(map_stats(heatmaps, tissue, ranges)).to_dict()]
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _top_patches(store: PatchStore, attention: np.ndarray, n: int) -> list[dict[str, Any]]:
+    order = np.argsort(-np.nan_to_num(attention, nan=-np.inf), kind="stable")[:n]
+    return [{"index": int(i), "x": int(store.coords[i, 0]), "y": int(store.coords[i, 1]),
+             "attention": float(attention[i])} for i in order]
+
+
+def _lesions(maps: Maps, labels: np.ndarray, tissue: np.ndarray) -> dict[str, Any]:
+    names = [str(n) for n in maps.attrs.get("lesion_names", [])]
+    on_tissue = np.unique(labels[tissue & (labels > 0)]).size
+    share = float((labels > 0)[tissue].mean()) if tissue.any() else 0.0
+    return {"annotated": len(names), "on_tissue": int(on_tissue), "names": names,
+            "tissue_share": share}
+
+
+def compare_maps(maps: Maps, heatmaps: dict[str, np.ndarray], config: AuditConfig
+                 ) -> dict[str, Any]:
+    """Attention and each CAM method against the lesions (metrics, peaks) and each other."""
+    tissue, labels, names = maps.tissue, maps.lesion, list(maps.attrs.get("lesion_names", []))
+    scored = [ATTENTION, *maps.methods]
+    valid = {name: tissue & np.isfinite(heatmaps[name]) for name in scored}
+    found = {name: M.peaks(heatmaps[name], valid[name], config.n_peaks,
+                           peak_distance_px(config, maps.pixel_um)) for name in scored}
+    common = np.logical_and.reduce(list(valid.values()))
+    return {
+        "methods": scored,
+        "metrics": {name: score_map(heatmaps[name], labels, valid[name], found[name],
+                                    maps.pixel_um, config) for name in scored},
+        "peaks": {name: peak_records(heatmaps[name], found[name], labels, maps.downsample, names)
+                  for name in scored},
+        "agreement": agreement({name: heatmaps[name] for name in scored}, common,
+                               config.agreement_fraction, config.agreement_pixels, config.seed),
+    }
+
+
+def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig) -> Path:
+    """Write ``slide_dir/audit.json`` (module docstring) unless current; return its path."""
+    slide_dir = Path(slide_dir)
+    out = slide_dir / AUDIT
+    stamp = chained_stamp(config, slide_dir / MAPS, label=label)
+    if is_current(out, **stamp):
+        log.info("%s is current; skipping audit", out)
+        return out
+    store, maps = open_patch_store(slide_dir), open_maps(slide_dir)
+    explain = open_explain_store(slide_dir / EXPLAIN, store)
+    attrs, attention = dict(explain.attrs), np.asarray(explain["attention"][:], np.float64)
+    heatmaps = {name: maps[name] for name in maps.heatmaps}
+    tissue = maps.tissue
+    compared = compare_maps(maps, heatmaps, config)
+    classes = [str(c) for c in attrs.get("classes", [])]
+    predicted = slide_prediction(np.asarray(explain["slide_logits"][:]),
+                                 attrs.get("head", "softmax"), classes)
+    suites = _validation(store, attention, heatmaps, tissue)
+    record = {
+        "slide_id": str(store.attrs.get("slide_id", slide_dir.name)), "label": label,
+        "classes": classes, **predicted, "head": attrs.get("head"), "target": attrs.get("target"),
+        "target_class": attrs.get("target_class"),
+        "map": {"downsample": maps.downsample, "pixel_um": maps.pixel_um,
+                "shape": list(tissue.shape)},
+        "lesions": _lesions(maps, maps.lesion, tissue), **compared,
+        "top_patches": _top_patches(store, attention, config.top_patches),
+        "flags": flags(label, predicted["prediction"], compared["metrics"],
+                       compared["agreement"], suites, config),
+        "validation": suites,
+        "provenance": provenance(attrs.get("model", {}), stamp, config),
+        "stamp": stamp,
+    }
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(_finite(record), indent=2, allow_nan=False))
+    log.info("audited %s: %d flag(s)", record["slide_id"], len(record["flags"]))
+    return out
+
+
+def load_audit(path: Path) -> dict[str, Any]:
+    """Read an audit.json (a slide folder or the file itself)."""
+    path = Path(path)
+    path = path / AUDIT if path.is_dir() else path
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{path}: missing or unreadable ({exc}); run the audit stage on the "
+                         "slide again") from exc
+
+
+def is_negative(audit: dict[str, Any]) -> bool:
+    """True when no annotated lesion lies on the slide's tissue (lesion metrics are n/a)."""
+    return audit["lesions"]["on_tissue"] == 0
+

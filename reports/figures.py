@@ -1,0 +1,161 @@
+"""Report figures as data URIs: heatmap overlays with lesion contours, patch overlays,
+colour legends and metric distributions.
+
+Every heatmap is shown on one colour scale: a value's percentile among the map's own values on
+tissue (0 = lowest, 1 = highest), so maps in different units (attention, CAM) compare by rank.
+"""
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the headless backend
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
+from scipy import ndimage  # noqa: E402
+from skimage.draw import circle_perimeter  # noqa: E402
+from skimage.segmentation import find_boundaries  # noqa: E402
+from skimage.transform import resize  # noqa: E402
+
+CMAP = "turbo"
+LESION_RGB = (0, 255, 90)
+PEAK_RGB = (255, 255, 255)
+PEAK_EDGE = (20, 20, 20)
+ALPHA = 0.7
+
+
+def _data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+
+
+def png_data_uri(rgb: np.ndarray) -> str:
+    """An (h, w, 3) uint8 image as a base64 PNG data URI (lossless)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(rgb, np.uint8)).save(buffer, format="PNG")
+    return _data_uri(buffer.getvalue(), "image/png")
+
+
+def jpeg_data_uri(rgb: np.ndarray, quality: int = 90) -> str:
+    """An (h, w, 3) uint8 image as a base64 JPEG data URI (slide views are photographs:
+    JPEG is several times smaller and faster to encode than PNG)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(rgb, np.uint8)).save(buffer, format="JPEG", quality=quality)
+    return _data_uri(buffer.getvalue(), "image/jpeg")
+
+
+def display_shape(shape: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """`shape` scaled so its longer side is at most `max_side` (never enlarged)."""
+    scale = min(1.0, max_side / max(shape))
+    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+
+
+def nearest(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resample of the first two axes of `a` to `shape` (keeps NaN, labels)."""
+    rows = np.minimum((np.arange(shape[0]) + 0.5) * a.shape[0] / shape[0], a.shape[0] - 1)
+    cols = np.minimum((np.arange(shape[1]) + 0.5) * a.shape[1] / shape[1], a.shape[1] - 1)
+    return a[rows.astype(np.int64)[:, None], cols.astype(np.int64)[None, :]]
+
+
+def percentile_scale(reference: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """x -> its percentile among the N finite `reference` values: #{ref < x} / (N - 1),
+    clipped to [0, 1]. Ties take their lowest rank, so a map that is mostly 0 (a ReLU'd CAM)
+    shows its zeros at the bottom of the scale, not mid-way. NaN stays NaN."""
+    ref = np.sort(np.asarray(reference, np.float64)[np.isfinite(reference)])
+
+    def scale(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        if ref.size == 0:
+            return np.full(x.shape, np.nan)
+        below = np.searchsorted(ref, x, side="left") / max(ref.size - 1, 1)
+        return np.where(np.isnan(x), np.nan, np.clip(below, 0, 1))
+
+    return scale
+
+
+def colourise(v01: np.ndarray) -> np.ndarray:
+    """(h, w) values in [0, 1] (NaN allowed) -> (h, w, 3) float RGB in [0, 1] of CMAP."""
+    return matplotlib.colormaps[CMAP](np.nan_to_num(v01, nan=0.0))[..., :3]
+
+
+def contour(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """The inner boundary of a bool mask, `width` px thick."""
+    edge = find_boundaries(mask, mode="inner")
+    return ndimage.binary_dilation(edge, iterations=width - 1) & mask if width > 1 else edge
+
+
+def blend(rgb: np.ndarray, v01: np.ndarray, alpha: float) -> np.ndarray:
+    """Float RGB with the colour of `v01` on top at opacity alpha·(0.35 + 0.65·v): low values
+    tint the tissue lightly so it stays visible, high values cover it."""
+    opacity = alpha * (0.35 + 0.65 * np.nan_to_num(v01, nan=0.0))[..., None]
+    return (1 - opacity) * rgb + opacity * colourise(v01)
+
+
+def overlay(thumbnail: np.ndarray, v01: np.ndarray | None, lesion: np.ndarray,
+            peaks: np.ndarray | None = None, alpha: float = ALPHA) -> np.ndarray:
+    """(h, w, 3) uint8: the thumbnail with `v01` blended in where finite (`blend`; off tissue
+    the slide is faded), lesion contours on top and each peak (row, col) ringed."""
+    rgb = thumbnail.astype(np.float64) / 255
+    if v01 is not None:
+        shown = np.isfinite(v01)[..., None]
+        rgb = np.where(shown, blend(rgb, v01, alpha), 0.55 * rgb + 0.45)
+    out = np.rint(rgb * 255).astype(np.uint8)
+    width = max(1, round(max(lesion.shape) / 300))
+    out[contour(lesion, width)] = LESION_RGB
+    radius = max(5, width * 5)
+    for row, col in [] if peaks is None else peaks:
+        for r, colour in ((radius - 1, PEAK_EDGE), (radius, PEAK_RGB), (radius + 1, PEAK_RGB),
+                          (radius + 2, PEAK_EDGE)):
+            rr, cc = circle_perimeter(int(row), int(col), r, shape=out.shape[:2])
+            out[rr, cc] = colour
+    return out
+
+
+def patch_overlay(patch: np.ndarray, cam: np.ndarray, scale: Callable[[np.ndarray], np.ndarray],
+                  alpha: float = ALPHA) -> np.ndarray:
+    """A patch (S, S, 3) with its raw (h, w) CAM, bilinearly upsampled and mapped through the
+    slide's percentile `scale`, blended on top (`blend`)."""
+    size = patch.shape[:2]
+    up = resize(np.asarray(cam, np.float64), size, order=1, mode="edge", anti_aliasing=False)
+    return np.rint(blend(patch / 255, scale(up), alpha) * 255).astype(np.uint8)
+
+
+def css_gradient(steps: int = 11) -> str:
+    """The colour scale as a CSS linear-gradient, low on the left."""
+    colours = matplotlib.colormaps[CMAP](np.linspace(0, 1, steps))[:, :3]
+    stops = [f"rgb({r * 255:.0f},{g * 255:.0f},{b * 255:.0f}) {i / (steps - 1):.0%}"
+             for i, (r, g, b) in enumerate(colours)]
+    return f"linear-gradient(to right, {', '.join(stops)})"
+
+
+def distribution_plot(table: pd.DataFrame, metric: str, methods: list[str], labels: list[str],
+                      title: str, seed: int = 0) -> str:
+    """A box plot with the slides as jittered points, one column per method (tick `labels`),
+    as a data URI.
+
+    Points are jittered horizontally with a seeded generator so reruns give the same figure.
+    """
+    rng = np.random.default_rng(seed)
+    fig, ax = plt.subplots(figsize=(4.2, 2.6), dpi=110)
+    data = [table.loc[table["method"] == m, metric].dropna().to_numpy(float) for m in methods]
+    shown = [i for i, d in enumerate(data) if d.size]
+    if shown:
+        ax.boxplot([data[i] for i in shown], positions=[i + 1 for i in shown], widths=0.5,
+                   showfliers=False, medianprops={"color": "#1d4ed8"})
+    for i, values in enumerate(data):
+        ax.scatter(i + 1 + rng.uniform(-0.12, 0.12, values.size), values, s=12, alpha=0.7,
+                   color="#334155", zorder=3)
+    ax.set_xticks(range(1, len(methods) + 1), labels, rotation=20, fontsize=8)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return _data_uri(buffer.getvalue(), "image/png")

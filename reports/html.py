@@ -1,0 +1,220 @@
+"""HTML reports: one page per slide (report.html) and the archive index (index.html, audit.csv).
+
+Jinja2 templates (reports/templates) with autoescape on: every string from a slide, an
+annotation or a config is escaped. Images are inlined as PNG data URIs, so each page is one
+self-contained file that works opened from disk or a shared folder, or zipped and sent; the
+index links to ``slides/<folder>/report.html`` relatively.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+import numpy as np
+from skimage.transform import resize
+
+from reports import figures as F
+from reports.audit import is_negative, load_audit
+from reports.table import audit_table, method_flags, metric_columns, scan
+from reports.validation import validate_audit_table
+from tiling.stitch import Maps, open_explain_store, open_maps
+from tiling.store import EXPLAIN, REPORT, atomic_path, open_patch_store
+
+log = logging.getLogger(__name__)
+
+DISPLAY_SIDE = 640
+INDEX, AUDIT_CSV = "index.html", "audit.csv"
+KEY_METRICS = ("auroc", "pointing_game", "relevance_mass")
+PLOTTED = ("auroc", "pointing_game", "relevance_mass", "rank_accuracy", "iou_lesion_share",
+           "lesion_hit_rate")
+METHOD_TITLES = {"attention": "A-MIL attention", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++",
+                 "hirescam": "HiResCAM", "cam": "CAM", "guided_gradcam": "Guided Grad-CAM",
+                 "occlusion": "Occlusion"}
+METRIC_TITLES = {"auroc": "AUROC", "pointing_game": "Pointing game",
+                 "relevance_mass": "Relevance mass", "rank_accuracy": "Rank accuracy",
+                 "iou_lesion_share": "IoU @ lesion share",
+                 "dice_lesion_share": "Dice @ lesion share", "lesion_hit_rate": "Lesion hit rate"}
+FLAG_TITLES = {"focus_outside_lesion": "Focus outside lesion",
+               "methods_disagree": "Methods disagree", "prediction_wrong": "Prediction wrong", "validation_failed": "Validation failed",
+               "table_check_failed": "Table check failed"}
+
+
+def method_title(name: str) -> str:
+    return METHOD_TITLES.get(name, name)
+
+
+def metric_title(name: str) -> str:
+    """Display name of a metric key; iou_top10 -> "IoU top 10%"."""
+    kind, _, top = name.partition("_top")
+    if kind in ("iou", "dice") and top.isdigit():
+        return f"{'IoU' if kind == 'iou' else 'Dice'} top {top}%"
+    return METRIC_TITLES.get(name, name)
+
+
+def number(value: Any, digits: int = 2) -> str:
+    """A metric for display: fixed digits, "n/a" for None or non-finite."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def shade(value: float | None) -> str:
+    """A CSS background for a value in [-1, 1]: green high, red low, none for n/a."""
+    if value is None or not math.isfinite(value):
+        return "transparent"
+    hue = 120 * min(max(value, 0.0), 1.0)
+    return f"hsl({hue:.0f} 70% 88%)"
+
+
+@functools.cache
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("reports", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(number=number, shade=shade, method=method_title, metric=metric_title,
+                       flag=lambda f: FLAG_TITLES.get(f, f), url=lambda s: quote(str(s)),
+                       pretty=lambda v: json.dumps(v, indent=2, sort_keys=True, default=str))
+    env.globals["gradient"] = F.css_gradient()
+    return env
+
+
+def _write(path: Path, template: str, context: dict[str, Any]) -> Path:
+    html = environment().get_template(template).render(**context)
+    with atomic_path(path) as tmp:
+        tmp.write_text(html, encoding="utf-8")
+    return path
+
+
+def _class_name(index: int | None, classes: list[str]) -> str | None:
+    if index is None:
+        return None
+    return classes[index] if 0 <= index < len(classes) else str(index)
+
+
+def _overlays(audit: dict[str, Any], maps: Maps) -> tuple[str, list[dict[str, Any]], dict]:
+    """Thumbnail with lesion contours, one overlay per scored map, and each map's scale."""
+    tissue = maps.tissue
+    shape = tissue.shape
+    shown = F.display_shape(shape, DISPLAY_SIDE)
+    thumb = resize(maps.thumbnail, shown, order=1, preserve_range=True, anti_aliasing=True)
+    thumb = np.clip(np.rint(thumb), 0, 255).astype(np.uint8)
+    lesion = F.nearest(maps.lesion > 0, shown)
+    ratio = np.array(shown) / np.array(shape)
+    panels, scales = [], {}
+    for name in audit["methods"]:
+        values = maps[name]
+        scales[name] = F.percentile_scale(values[tissue])
+        peaks = [((p["row"] + 0.5) * ratio[0], (p["col"] + 0.5) * ratio[1])
+                 for p in audit["peaks"].get(name, [])]
+        image = F.overlay(thumb, scales[name](F.nearest(values, shown)), lesion, np.array(peaks))
+        panels.append({"name": name, "uri": F.jpeg_data_uri(image)})
+    return F.jpeg_data_uri(F.overlay(thumb, None, lesion)), panels, scales
+
+
+def _top_patches(audit: dict[str, Any], slide_dir: Path, scales: dict) -> tuple[str | None, list]:
+    """The most attended patches at full resolution, each beside its CAM (Grad-CAM if run)."""
+    cams = [m for m in audit["methods"] if m != "attention"]
+    method = "gradcam" if "gradcam" in cams else (cams[0] if cams else None)
+    store = open_patch_store(slide_dir)
+    explain = open_explain_store(slide_dir / EXPLAIN, store)
+    tiles = []
+    for rank, patch in enumerate(audit["top_patches"], start=1):
+        image = np.asarray(store.patches[patch["index"]])
+        cam = None if method is None else F.patch_overlay(image, explain[method][patch["index"]],
+                                                          scales[method])
+        tiles.append({**patch, "rank": rank, "uri": F.jpeg_data_uri(image),
+                      "cam_uri": None if cam is None else F.jpeg_data_uri(cam),
+                      "size": int(image.shape[0])})
+    return method, tiles
+
+
+def _agreement(audit: dict[str, Any]) -> dict[str, Any]:
+    methods = audit["methods"]
+    matrix = {(a, a): {"spearman": 1.0, "top_iou": 1.0} for a in methods}
+    for pair in audit["agreement"]:
+        matrix[(pair["a"], pair["b"])] = matrix[(pair["b"], pair["a"])] = pair
+    return {"methods": methods, "cells": [[matrix.get((a, b)) for b in methods] for a in methods]}
+
+
+def slide_context(slide_dir: Path) -> dict[str, Any]:
+    """Everything report.html shows, from the slide's audit.json and stores."""
+    slide_dir = Path(slide_dir)
+    audit, maps = load_audit(slide_dir), open_maps(slide_dir)
+    thumbnail, panels, scales = _overlays(audit, maps)
+    cam_method, tiles = _top_patches(audit, slide_dir, scales)
+    classes = audit.get("classes", [])
+    metrics = metric_columns([audit])
+    rows = [{"method": method, "flags": method_flags(audit, method),
+             "cells": [audit["metrics"][method].get(m, {"value": None, "preprocessing": ""})
+                       for m in metrics]} for method in audit["methods"]]
+    return {"audit": audit, "negative": is_negative(audit), "thumbnail": thumbnail,
+            "panels": panels, "metrics": metrics, "rows": rows, "tiles": tiles,
+            "cam_method": cam_method, "agreement": _agreement(audit),
+            "label_name": _class_name(audit.get("label"), classes),
+            "target_name": _class_name(audit.get("target_class"), classes),
+            "correct": audit.get("label") is None or audit["label"] == audit["prediction"],
+            "model": audit["provenance"].get("model") or {}}
+
+
+def render_slide_report(slide_dir: Path) -> Path:
+    """Write ``slide_dir/report.html`` (atomic) from audit.json and the slide's stores."""
+    slide_dir = Path(slide_dir)
+    path = _write(slide_dir / REPORT, "slide.html", slide_context(slide_dir))
+    log.info("wrote %s", path)
+    return path
+
+
+def _index_rows(audits: list[dict], failures: list[dict], marked: set[str]) -> list[dict]:
+    rows = []
+    for audit in audits:
+        flags = [f["flag"] for f in audit.get("flags", [])]
+        if audit.get("slide_id") in marked:
+            flags.append("table_check_failed")
+        rows.append({"kind": "audit", "slide_id": audit.get("slide_id"), "folder": audit["folder"],
+                     "label": _class_name(audit.get("label"), audit.get("classes", [])),
+                     "prediction": audit.get("prediction_name"),
+                     "probability": max(audit.get("probabilities", {0: None}).values(),
+                                        default=None),
+                     "correct": audit.get("label") is None
+                     or audit.get("label") == audit.get("prediction"),
+                     "scores": {m: {k: s.get(k, {}).get("value") for k in KEY_METRICS}
+                                for m, s in audit.get("metrics", {}).items()},
+                     "flags": flags})
+    for failure in failures:
+        rows.append({"kind": "failure", "slide_id": failure.get("slide_id", failure["folder"]),
+                     "folder": failure["folder"], "label": failure.get("label"),
+                     "stage": failure.get("stage"), "message": failure.get("message"),
+                     "flags": ["failed"]})
+    return rows
+
+
+def render_index(out: Path) -> tuple[Path, Path]:
+    """Write ``out/index.html`` and ``out/audit.csv`` (atomic) from every slide's audit.json and
+    failure.json; the table is checked by the ``audit.csv`` suite and failing slides marked."""
+    out = Path(out)
+    archive = scan(out)
+    table = audit_table(archive.audits)
+    metrics = metric_columns(archive.audits)
+    suite = validate_audit_table(table, metrics).to_dict() if len(table) else None
+    marked = {str(table.loc[i, "slide_id"]) for f in (suite or {}).get("failed", [])
+              for i in f.get("rows", []) if i in table.index}
+    with atomic_path(out / AUDIT_CSV) as tmp:
+        table.to_csv(tmp, index=False)
+    methods = list(dict.fromkeys(m for a in archive.audits for m in a.get("methods", [])))
+    labels = [method_title(m) for m in methods]
+    plots = [{"metric": m, "uri": F.distribution_plot(table, m, methods, labels, metric_title(m))}
+             for m in PLOTTED if m in table and table[m].notna().any()]
+    context = {"rows": _index_rows(archive.audits, archive.failures, marked), "methods": methods,
+               "key_metrics": KEY_METRICS, "plots": plots, "suite": suite,
+               "unreadable": archive.unreadable, "n_audits": len(archive.audits),
+               "n_failures": len(archive.failures), "csv": AUDIT_CSV}
+    index = _write(out / INDEX, "index.html", context)
+    log.info("wrote %s and %s: %d slides, %d failed", index, out / AUDIT_CSV,
+             len(archive.audits), len(archive.failures))
+    return index, out / AUDIT_CSV

@@ -1,0 +1,168 @@
+"""How well a map points at the annotated lesions: pure functions on numpy arrays.
+
+Every function takes a float map `m` (H, W), a lesion mask or label image and `valid`, the bool
+mask of the pixels that count (tissue where the map is finite). Pixels outside `valid` are
+ignored. A metric that is undefined on its input (no lesion or no background pixel, no positive
+mass) returns None, shown as "n/a".
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+from skimage.morphology import local_maxima
+
+
+def _values(m: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    return np.asarray(m, np.float64)[valid]
+
+
+def pixel_auroc(m: np.ndarray, lesion: np.ndarray, valid: np.ndarray) -> float | None:
+    """Area under the ROC curve of `m` as a pixel-wise lesion detector (Mann-Whitney U).
+
+    AUROC = U / (P·N), U = Σ_{lesion pixels i} (#{j: n_j < p_i} + ½·#{j: n_j = p_i}) over the P
+    lesion values p_i and the N other valid values n_j: the chance that a random lesion pixel
+    outscores a random other pixel, ties counting one half (= the rank-sum formula with average
+    ranks). Computed with one sort of each group and binary searches.
+    """
+    positive = np.asarray(lesion, bool)[valid]
+    values = _values(m, valid)
+    pos, neg = np.sort(values[positive]), np.sort(values[~positive])
+    if pos.size == 0 or neg.size == 0:
+        return None
+    below = np.searchsorted(neg, pos, side="left").sum()
+    at_or_below = np.searchsorted(neg, pos, side="right").sum()
+    return float((below + at_or_below) / 2 / (pos.size * neg.size))
+
+
+def pointing_game(m: np.ndarray, lesion: np.ndarray, valid: np.ndarray,
+                  tolerance_px: float = 0.0) -> float | None:
+    """1.0 if the map's maximum falls on a lesion, else 0.0 (Zhang et al. 2018).
+
+    Hit when some valid pixel with m = max(m[valid]) lies within `tolerance_px` (Euclidean,
+    map pixels) of a lesion pixel; every pixel tied at the maximum is tried.
+    """
+    lesion = np.asarray(lesion, bool)
+    if not (lesion & valid).any() or not valid.any():
+        return None
+    top = valid & (np.asarray(m) == np.max(np.asarray(m)[valid]))
+    rows, cols = np.nonzero(top)
+    pad = int(math.ceil(tolerance_px)) + 1
+    r0, c0 = max(rows.min() - pad, 0), max(cols.min() - pad, 0)
+    window = np.s_[r0:rows.max() + pad + 1, c0:cols.max() + pad + 1]
+    if not lesion[window].any():  # lesions beyond the window are farther than the tolerance
+        return 0.0
+    distance = ndimage.distance_transform_edt(~lesion[window])
+    return float(bool((distance[top[window]] <= tolerance_px).any()))
+
+
+def relevance_mass(m: np.ndarray, lesion: np.ndarray, valid: np.ndarray) -> float | None:
+    """Share of the map's positive mass inside lesions (energy-based pointing game).
+
+    mass = Σ_{lesion ∩ valid} max(m, 0) / Σ_{valid} max(m, 0); negative values are clipped
+    to 0 first. None when the map has no positive mass or there is no lesion.
+    """
+    positive = np.clip(_values(m, valid), 0, None)
+    inside = np.asarray(lesion, bool)[valid]
+    total = positive.sum()
+    if not inside.any() or total <= 0:
+        return None
+    return float(positive[inside].sum() / total)
+
+
+def relevance_rank_accuracy(m: np.ndarray, lesion: np.ndarray, valid: np.ndarray) -> float | None:
+    """Share of the K highest-valued pixels that lie in a lesion, K = |lesion ∩ valid|.
+
+    accuracy = |top-K ∩ lesion| / K (Arras et al. 2022). Pixels tied at the K-th value fill the
+    remaining places in proportion (the expected value under random tie-breaking), so the result
+    never depends on pixel order: a constant map scores K / |valid|.
+    """
+    values = _values(m, valid)
+    inside = np.asarray(lesion, bool)[valid]
+    k = int(inside.sum())
+    if k == 0:
+        return None
+    kth = np.partition(values, values.size - k)[values.size - k]
+    above, tied = values > kth, values == kth
+    hits = inside[above].sum() + (k - above.sum()) * inside[tied].mean()
+    return float(hits / k)
+
+
+def top_k_mask(m: np.ndarray, valid: np.ndarray, fraction: float) -> np.ndarray:
+    """The valid pixels at or above the value of the ceil(fraction·|valid|)-th highest one.
+
+    Pixels tied at that threshold are all included, so a constant map selects every valid pixel.
+    """
+    values = _values(m, valid)
+    mask = np.zeros(np.shape(valid), bool)
+    k = min(values.size, int(math.ceil(fraction * values.size)))
+    if k == 0:
+        return mask
+    threshold = np.partition(values, values.size - k)[values.size - k]
+    mask[valid] = values >= threshold
+    return mask
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Intersection over union |a ∩ b| / |a ∪ b| of two bool masks; None when both are empty."""
+    union = np.count_nonzero(a | b)
+    return float(np.count_nonzero(a & b) / union) if union else None
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Dice coefficient 2|a ∩ b| / (|a| + |b|) of two bool masks; None when both are empty."""
+    total = np.count_nonzero(a) + np.count_nonzero(b)
+    return float(2 * np.count_nonzero(a & b) / total) if total else None
+
+
+def _snap(component: np.ndarray, offset: tuple[int, int]) -> tuple[int, int]:
+    """The pixel of a bool component (within its bounding box at `offset`) nearest its centroid."""
+    rr, cc = np.nonzero(component)
+    k = int(np.argmin((rr - rr.mean()) ** 2 + (cc - cc.mean()) ** 2))
+    return int(rr[k] + offset[0]), int(cc[k] + offset[1])
+
+
+def peaks(m: np.ndarray, valid: np.ndarray, n_peaks: int, min_distance_px: int) -> np.ndarray:
+    """(≤ n_peaks, 2) row, col of the map's highest regional maxima over the valid pixels,
+    highest first, each at least `min_distance_px` (Chebyshev) from every higher one.
+
+    A regional maximum is a connected plateau whose neighbours are all lower (e.g. one patch's
+    attention); its peak is the plateau pixel nearest the plateau's centroid. A map constant
+    over the valid pixels has none.
+    """
+    values = _values(m, valid)
+    if values.size == 0 or values.min() == values.max():
+        return np.zeros((0, 2), np.int64)
+    image = np.where(valid, np.asarray(m, np.float64), -np.inf)
+    maxima = local_maxima(image, allow_borders=True) & valid
+    labels, _ = ndimage.label(maxima, structure=np.ones((3, 3)))
+    pixels = np.flatnonzero(labels)
+    _, first = np.unique(labels.ravel()[pixels], return_index=True)
+    heights = image.ravel()[pixels[first]]  # a plateau has one value: read any of its pixels
+    boxes = ndimage.find_objects(labels)
+    chosen: list[tuple[int, int]] = []
+    for k in np.argsort(-heights, kind="stable"):
+        box = boxes[k]
+        r, c = _snap(labels[box] == k + 1, (box[0].start, box[1].start))
+        if all(max(abs(r - r2), abs(c - c2)) >= min_distance_px for r2, c2 in chosen):
+            chosen.append((r, c))
+        if len(chosen) == n_peaks:
+            break
+    return np.array(chosen, np.int64).reshape(-1, 2)
+
+
+def lesion_hit_rate(found: np.ndarray, lesion_labels: np.ndarray,
+                    valid: np.ndarray) -> float | None:
+    """Share of annotated lesions holding at least one of the peaks `found` ((K, 2) row, col,
+    e.g. a map's top-N `peaks`).
+
+    hit rate = |{k : some peak p has labels[p] = k}| / |{k > 0 in labels ∩ valid}|; lesions
+    that lie wholly off the valid pixels are not counted.
+    """
+    present = np.unique(lesion_labels[valid & (lesion_labels > 0)])
+    if present.size == 0:
+        return None
+    found = np.asarray(found, np.int64).reshape(-1, 2)
+    hit = np.intersect1d(lesion_labels[found[:, 0], found[:, 1]], present)
+    return float(hit.size / present.size)

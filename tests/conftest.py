@@ -1,0 +1,60 @@
+"""Shared fixtures: a small sample archive (real pyramidal TIFFs) and patch stores tiled from it.
+
+`sample_archive`: manifest.csv of 4 slides (seed 0, SAMPLE_SIZE px wide: 3072 x 2304 level-0 px
+at 0.5 µm/px); slides 0 and 2 are positive. `tile_sample(index=0, config=TileConfig())` tiles
+slide `index` with `config` and returns its patches.zarr (one store folder per config, so
+different configs never overwrite each other; a repeated call is skipped by the stamp).
+"""
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tiling.store import config_hash
+from tiling.tile import TileConfig, tile_slide
+
+SAMPLE_SIZE = 3072
+SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
+
+
+def shared_file(name: str) -> Path:
+    """A file of the shared real test data; fails the test clearly when it is missing."""
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: the shared test data must be in ../shared/data (see its README)")
+    return path
+
+
+def manifest_rows(manifest: Path) -> list[dict[str, str]]:
+    """The manifest's rows with `path`, `annotation` and `annotation_xml` made absolute."""
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key in ("path", "annotation", "annotation_xml"):
+            row[key] = str(manifest.parent / row[key])
+    return rows
+
+
+@pytest.fixture(scope="session")
+def sample_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """manifest.csv of 4 small sample slides (seed 0)."""
+    from tiling.sample import write_sample_archive
+
+    return write_sample_archive(tmp_path_factory.mktemp("sample"), slides=4, seed=0, size=SAMPLE_SIZE)
+
+
+@pytest.fixture(scope="session")
+def tile_sample(sample_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """tile_sample(index=0, config=TileConfig()) -> patches.zarr of that sample slide."""
+    stores = tmp_path_factory.mktemp("stores")
+    rows = manifest_rows(sample_archive)
+
+    def tile(index: int = 0, config: TileConfig | None = None) -> Path:
+        config = config or TileConfig()
+        row = rows[index]
+        return tile_slide(Path(row["path"]), stores / config_hash(config), config, slide_id=row["slide_id"])
+
+    return tile

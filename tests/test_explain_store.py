@@ -1,0 +1,213 @@
+"""The explain stage on real patch stores with a small untrained model: the explain.zarr
+contract, resume, batch invariance, bad input, and the `explain` / `train` commands."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+from explainers.errors import ManifestError, ModelError
+from explainers.explain import ExplainConfig, explain_store, resolve_device
+from explainers.model_io import ModelConfig, build_model, load_model, model_sha256, save_model
+from explainers.patches import normalise, resize
+from explainers.slide_gradcam import METHODS
+from explainers.train import TrainConfig, read_manifest, train
+from pipeline.cli import main
+from tiling.errors import StoreError
+from tiling.store import create_patch_store, open_patch_store
+
+SMALL = ModelConfig(name="small", encoder_kwargs={"width": 4}, seed=1)   # 64 px at 3.5 µm/px
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_model(build_model(SMALL), SMALL, tmp_path_factory.mktemp("model") / "small")
+
+
+@pytest.fixture
+def slide_dir(tile_sample, tmp_path) -> Path:
+    """A private copy of a real tiled sample slide (224 px at 1 µm/px) in OUT/slides/<id>."""
+    target = tmp_path / "out" / "slides" / "sample_000"
+    shutil.copytree(tile_sample(0), target / "patches.zarr")
+    return target
+
+
+def mtime(slide_dir: Path) -> int:
+    return (slide_dir / "explain.zarr" / "zarr.json").stat().st_mtime_ns
+
+
+def test_explain_zarr_contract(slide_dir, model_dir):
+    out = explain_store(slide_dir, model_dir, ExplainConfig(methods=METHODS, batch=16))
+    group = zarr.open_group(out, mode="r")
+    store = open_patch_store(slide_dir)
+    n = len(store)
+    assert n > 16
+    attention, logits = group["attention"][:], group["slide_logits"][:]
+    assert attention.shape == (n,) and logits.shape == (2,) and group["instance_logits"].shape == (n, 2)
+    assert float(attention.sum()) == pytest.approx(1.0, abs=1e-5)
+    expected_shapes = {"gradcam": (8, 8), "gradcampp": (8, 8), "hirescam": (8, 8), "cam": (8, 8),
+                       "guided_backprop": (64, 64), "guided_gradcam": (64, 64), "occlusion": (8, 8)}
+    for name, hw in expected_shapes.items():
+        maps = group[name][:]
+        assert maps.dtype == np.float32 and maps.shape == (n, *hw) and np.isfinite(maps).all()
+    attrs = dict(group.attrs)
+    assert attrs["classes"] == ["normal", "lesion"] and attrs["head"] == "softmax"
+    assert attrs["target"] == "slide" and attrs["target_class"] == int(logits.argmax())
+    assert attrs["methods"] == list(METHODS)
+    assert attrs["model"]["sha256"] == model_sha256(model_dir) and attrs["model"]["config"]["encoder"] == "small_cnn"
+    assert attrs["source_sha256"] == open_patch_store(slide_dir).attrs["source_sha256"]
+    model, config = load_model(model_dir)
+    x = normalise(resize(store.patches[:], 64), config, torch.device("cpu"))
+    with torch.no_grad():
+        expected = model.classifier(model.encoder(x))
+        slide, att = model(x)
+    np.testing.assert_allclose(group["instance_logits"][:], expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(logits, slide.numpy(), atol=1e-5)
+    np.testing.assert_allclose(attention, att.numpy(), atol=1e-6)
+
+
+def test_rerun_is_skipped_until_the_config_or_model_changes(slide_dir, model_dir, tmp_path):
+    explain_store(slide_dir, model_dir, ExplainConfig())
+    first = mtime(slide_dir)
+    explain_store(slide_dir, model_dir, ExplainConfig(batch=7, device="cpu"))     # not in the stamp
+    assert mtime(slide_dir) == first
+    explain_store(slide_dir, model_dir, ExplainConfig(methods=("gradcam", "hirescam")))
+    assert mtime(slide_dir) != first
+    assert "hirescam" in zarr.open_group(slide_dir / "explain.zarr", mode="r")
+    second = mtime(slide_dir)
+    other = save_model(build_model(SMALL.__class__(**{**SMALL.__dict__, "seed": 9})), SMALL, tmp_path / "other")
+    explain_store(slide_dir, other, ExplainConfig(methods=("gradcam", "hirescam")))
+    assert mtime(slide_dir) != second
+    assert [p.name for p in slide_dir.iterdir() if p.name.startswith(".")] == []
+
+
+def test_batch_size_changes_no_value(slide_dir, model_dir, tmp_path):
+    twin = tmp_path / "twin" / "slides" / "sample_000"
+    shutil.copytree(slide_dir / "patches.zarr", twin / "patches.zarr")
+    methods = ("gradcam", "gradcampp", "occlusion")
+    a = zarr.open_group(explain_store(slide_dir, model_dir, ExplainConfig(methods=methods, batch=64)), mode="r")
+    b = zarr.open_group(explain_store(twin, model_dir, ExplainConfig(methods=methods, batch=5)), mode="r")
+    for name in ("attention", "slide_logits", "instance_logits", *methods):
+        np.testing.assert_allclose(a[name][:], b[name][:], rtol=1e-4, atol=1e-6)
+
+
+def test_instance_target_and_class(slide_dir, model_dir):
+    out = explain_store(slide_dir, model_dir, ExplainConfig(methods=("gradcam", "cam"), target="instance",
+                                                            target_class=0))
+    group = zarr.open_group(out, mode="r")
+    assert group.attrs["target"] == "instance" and group.attrs["target_class"] == 0
+    assert float(group["cam"][:].max()) > 0
+
+
+def nothing_written(slide_dir: Path) -> bool:
+    return sorted(p.name for p in slide_dir.iterdir()) == ["patches.zarr"]
+
+
+def test_a_store_with_no_patches_is_a_store_error(tmp_path, model_dir):
+    slide_dir = tmp_path / "slides" / "empty"
+    attrs = {"slide_id": "empty", "mpp": 1.0, "patch_size": 224, "config_hash": "c0", "source_sha256": "s0"}
+    create_patch_store(slide_dir / "patches.zarr", 224, 64, np.zeros((0, 2)), np.zeros(0), attrs)
+    with pytest.raises(StoreError, match="0 patches"):
+        explain_store(slide_dir, model_dir, ExplainConfig())
+    assert nothing_written(slide_dir)
+    with pytest.raises(StoreError, match="slideaudit tile"):
+        explain_store(tmp_path / "slides" / "never-tiled", model_dir, ExplainConfig())
+
+
+def broken_copy(model_dir: Path, dest: Path, change) -> Path:
+    shutil.copytree(model_dir, dest)
+    change(dest)
+    return dest
+
+
+def drop_weight(d: Path) -> None:
+    state = load_file(str(d / "model.safetensors"))
+    del state["encoder.block4.0.bias"]
+    save_file(state, str(d / "model.safetensors"))
+
+
+def reshape_weight(d: Path) -> None:
+    state = load_file(str(d / "model.safetensors"))
+    state["classifier.weight"] = torch.zeros(3, 16)
+    save_file(state, str(d / "model.safetensors"))
+
+
+def edit_config(**change):
+    def edit(d: Path) -> None:
+        raw = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps(raw | change))
+    return edit
+
+
+@pytest.mark.parametrize("change, message", [
+    (drop_weight, "encoder.block4.0.bias"),
+    (reshape_weight, r"classifier.weight.*\(3, 16\)"),
+    (edit_config(target_layer="encoder.block5"), "block5"),
+    (edit_config(mpp=1.0), "re-tile the slide with `slideaudit tile --mpp 1 --patch 64`"),
+])
+def test_bad_models_are_model_errors_and_nothing_is_written(slide_dir, model_dir, tmp_path, change, message):
+    broken = broken_copy(model_dir, tmp_path / "broken", change)
+    with pytest.raises(ModelError, match=message):
+        explain_store(slide_dir, broken, ExplainConfig())
+    assert nothing_written(slide_dir)
+
+
+def test_bad_explain_settings_are_refused(slide_dir, model_dir):
+    with pytest.raises(ValueError, match="lime"):
+        ExplainConfig(methods=("lime",))
+    with pytest.raises(ValueError, match="target"):
+        ExplainConfig(target="pixel")
+    with pytest.raises(ModelError, match="target class 5"):
+        explain_store(slide_dir, model_dir, ExplainConfig(target_class=5))
+    assert nothing_written(slide_dir)
+
+
+def test_device_choice():
+    assert resolve_device("cpu").type == "cpu"
+    if torch.cuda.is_available():
+        assert resolve_device("auto").type == "cuda" and resolve_device("cuda").type == "cuda"
+    else:
+        assert resolve_device("auto").type == "cpu"
+        with pytest.raises(ModelError, match="no CUDA device"):
+            resolve_device("cuda")
+
+
+def test_explain_command(slide_dir, model_dir, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["explain", str(slide_dir), "--model", str(model_dir),
+                                  "--methods", "gradcam,cam", "--batch", "8", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "gradcam, cam" in result.output and str(slide_dir / "explain.zarr") in result.output
+    assert zarr.open_group(slide_dir / "explain.zarr", mode="r").attrs["methods"] == ["gradcam", "cam"]
+    broken = broken_copy(model_dir, tmp_path / "broken", drop_weight)
+    result = runner.invoke(main, ["explain", str(slide_dir), "--model", str(broken)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith("Error: ") and "encoder.block4.0.bias" in result.output
+    result = runner.invoke(main, ["explain", str(slide_dir), "--model", str(model_dir), "--methods", "lime"])
+    assert result.exit_code == 2 and "lime" in result.output
+
+
+def test_train_command_and_manifest_errors(sample_archive, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", str(sample_archive), "--out", str(tmp_path / "model"),
+                                  "--epochs", "1", "--seed", "3", "--stores", str(tmp_path / "stores")])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["seed"] == 3 and config["metrics"]["epochs"] == 1 and config["metrics"]["slides"] == 4
+    assert len(config["metrics"]["loss_per_epoch"]) == 1 and config["mean"] != SMALL.mean
+    assert (tmp_path / "stores" / "slides" / "sample_000" / "patches.zarr").is_dir()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("slide_id,path\na,a.tiff\n")
+    result = runner.invoke(main, ["train", str(bad), "--out", str(tmp_path / "m2")])
+    assert result.exit_code == 1 and "label" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "m2").exists()
+    rows = read_manifest(sample_archive)
+    rows.loc[0, "label"] = "tumour"
+    rows.to_csv(bad, index=False)
+    with pytest.raises(ManifestError, match="tumour"):
+        train(bad, tmp_path / "m3", TrainConfig(epochs=1))

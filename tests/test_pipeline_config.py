@@ -1,0 +1,92 @@
+"""One config for the whole run: YAML or TOML, flags override, a hash of what changes outputs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, PipelineConfig, load_config, parse_assignment
+
+YAML = """
+tile: {mpp: 2, patch: 128}
+explain: {methods: [gradcam, hirescam]}
+stitch: {max_side: 2048}
+run: {workers: 1}
+"""
+TOML = """
+[tile]
+mpp = 2.0
+patch = 128
+[explain]
+methods = ["gradcam", "hirescam"]
+[stitch]
+max_side = 2048
+[run]
+workers = 1
+"""
+
+
+def test_yaml_and_toml_give_the_same_config(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(YAML)
+    (tmp_path / "c.toml").write_text(TOML)
+    from_yaml, from_toml = load_config(tmp_path / "c.yaml"), load_config(tmp_path / "c.toml")
+    assert from_yaml == from_toml
+    assert from_yaml.tile.mpp == 2.0 and isinstance(from_yaml.tile.mpp, float)
+    assert from_yaml.tile.patch == 128
+    assert from_yaml.explain.methods == ("gradcam", "hirescam")
+    assert from_yaml.stitch.max_side == 2048 and from_yaml.run.workers == 1
+    # untouched settings keep their defaults
+    assert from_yaml.tile.min_tissue == PipelineConfig().tile.min_tissue
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    (tmp_path / "c.yml").write_text(YAML)
+    config = load_config(tmp_path / "c.yml", {"explain.methods": "cam,gradcampp",
+                                              "stitch.max_side": 1024, "run.workers": 3})
+    assert config.explain.methods == ("cam", "gradcampp")
+    assert config.stitch.max_side == 1024 and config.run.workers == 3
+    assert config.tile.patch == 128
+
+
+def test_hash_follows_outputs_not_runtime() -> None:
+    base = load_config()
+    assert base.hash() == PipelineConfig().hash()
+    for runtime in ({"explain.device": "cpu"}, {"run.workers": 7}, {"run.scheduler": "tcp://x:1"}):
+        assert load_config(overrides=runtime).hash() == base.hash(), runtime
+    for setting in ({"tile.min_tissue": 0.25}, {"stitch.max_side": 999},
+                    {"explain.methods": ("gradcam", "cam")}):
+        assert load_config(overrides=setting).hash() != base.hash(), setting
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("tiles: {mpp: 1}", r"unknown setting\(s\) tiles"),
+    ("tile: {mpp: 1, size: 3}", r"tile: unknown setting\(s\) size; valid: .*patch"),
+    ("tile: {patch: big}", "tile.patch: expected a number"),
+    ("tile: {patch: 2.5}", "tile.patch: expected a whole number"),
+    ("explain: {methods: 3}", "explain.methods: expected a list"),
+    ("stitch: 5", "stitch: expected a table"),
+    ("- tile", "expected sections"),
+    ("tile: {mpp: [1", "not valid YAML"),
+])
+def test_bad_config_names_file_and_setting(tmp_path: Path, text: str, problem: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=problem) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_unknown_format_and_missing_file(tmp_path: Path) -> None:
+    (tmp_path / "c.ini").write_text("[tile]\n")
+    with pytest.raises(ConfigError, match="use .yaml, .yml or .toml"):
+        load_config(tmp_path / "c.ini")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_parse_assignment() -> None:
+    assert parse_assignment("stitch.max_side=2048") == ("stitch.max_side", 2048)
+    assert parse_assignment("explain.methods=[cam, gradcam]") == ("explain.methods", ["cam", "gradcam"])
+    assert parse_assignment("tile.slide_mpp=null") == ("tile.slide_mpp", None)
+    with pytest.raises(ConfigError, match="SECTION.KEY=VALUE"):
+        parse_assignment("max_side=5")

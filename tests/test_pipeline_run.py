@@ -1,0 +1,279 @@
+"""`slideaudit run` end to end on real sample slides, a real trained model and real Dask clusters.
+
+One reference run (LocalCluster, 2 worker processes) is shared; the other tests copy its OUT or
+run afresh and compare their audit.csv with its, byte for byte.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from conftest import manifest_rows
+from pipeline.commands.run import run
+from pipeline.config import load_config
+from pipeline.runner import RunResult, run_archive
+from tiling.store import file_sha256
+
+BIN = Path(sys.executable).parent
+SLIDEAUDIT, DASK = BIN / "slideaudit", BIN / "dask"
+CONFIG = "stitch: {max_side: 512}\nrun: {workers: 2}\n"  # small maps keep the audit stage quick
+STAGE_NAMES = ["tile", "explain", "stitch", "audit", "report", "validate"]
+
+
+@dataclass
+class Workspace:
+    root: Path
+    manifest: Path
+    model: Path
+    config: Path
+    archive_hashes: dict[str, str]
+
+    def archive_unchanged(self) -> bool:
+        return tree_hashes(self.manifest.parent) == self.archive_hashes
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def leftovers(out: Path) -> list[Path]:
+    """Temporary or replaced outputs that atomic_path leaves only when killed."""
+    return [p for p in out.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def run_json(out: Path) -> dict:
+    return json.loads((out / "run.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def workspace(sample_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """A small model trained on the 4 sample slides, and the run's config file."""
+    from explainers.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("pipeline")
+    hashes = tree_hashes(sample_archive.parent)
+    train(sample_archive, root / "model", TrainConfig(epochs=2, bag_size=32), stores=root / "train")
+    (root / "config.yaml").write_text(CONFIG)
+    return Workspace(root, sample_archive, root / "model", root / "config.yaml", hashes)
+
+
+@pytest.fixture(scope="module")
+def reference(workspace: Workspace) -> RunResult:
+    """The uninterrupted run: a LocalCluster of 2 workers, in this process."""
+    return run_archive(workspace.manifest, workspace.model, workspace.root / "reference",
+                       load_config(workspace.config))
+
+
+def copy_of(reference: RunResult, dest: Path) -> Path:
+    shutil.copytree(reference.out, dest)
+    return dest
+
+
+def test_local_cluster_run(workspace: Workspace, reference: RunResult) -> None:
+    out = reference.out
+    assert reference.exit_code == 0 and not reference.failed and not reference.skipped
+    manifest = run_json(out)
+    assert manifest["config_hash"] == load_config(workspace.config).hash()
+    assert manifest["counts"] == {"done": 4} and manifest["finished"]
+    for slide in manifest["slides"]:
+        assert slide["state"] == "done"
+        assert list(slide["stages"]) == STAGE_NAMES
+        assert all(slide["stages"][s] == "computed" for s in STAGE_NAMES[:-1]), slide
+    rows = (out / "audit.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 * 2  # header + slide x (attention, gradcam)
+    for sid in ("sample_000", "sample_001", "sample_002", "sample_003"):
+        folder = out / "slides" / sid
+        assert {p.name for p in folder.iterdir()} == {
+            "patches.zarr", "explain.zarr", "maps.zarr", "audit.json", "report.html"}
+        assert f"slides/{sid}/report.html" in (out / "index.html").read_text()
+    assert not leftovers(out)
+    assert workspace.archive_unchanged()
+
+
+def test_rerun_skips_and_a_changed_setting_recomputes_only_what_follows(
+        workspace: Workspace, reference: RunResult, tmp_path: Path) -> None:
+    out = copy_of(reference, tmp_path / "out")
+    again = run_archive(workspace.manifest, workspace.model, out, load_config(workspace.config))
+    assert again.exit_code == 0
+    for state in again.states:
+        assert [state.stages[s] for s in ("tile", "explain", "stitch", "audit")] == ["current"] * 4
+    assert (out / "audit.csv").read_bytes() == (reference.out / "audit.csv").read_bytes()
+
+    changed = run_archive(workspace.manifest, workspace.model, out,
+                          load_config(workspace.config, {"stitch.max_side": 384}))
+    for state in changed.states:
+        assert state.stages["tile"] == state.stages["explain"] == "current"
+        assert state.stages["stitch"] == state.stages["audit"] == "computed"
+    assert run_json(out)["config_hash"] != run_json(reference.out)["config_hash"]
+    shape = zarr.open_group(out / "slides" / "sample_000" / "maps.zarr", mode="r")["tissue"]["0"].shape
+    assert max(shape) <= 384
+    assert workspace.archive_unchanged()
+
+
+def test_only_new_audits_missing_slides_and_indexes_all(
+        workspace: Workspace, reference: RunResult, tmp_path: Path) -> None:
+    out = copy_of(reference, tmp_path / "out")
+    for name in ("audit.json", "report.html"):
+        (out / "slides" / "sample_003" / name).unlink()
+    (out / "index.html").unlink()
+    result = run_archive(workspace.manifest, workspace.model, out, load_config(workspace.config),
+                         only_new=True)
+    assert result.skipped == ["sample_000", "sample_001", "sample_002"]
+    assert [s.record.slide_id for s in result.states] == ["sample_003"]
+    assert result.states[0].stages["audit"] == "computed"
+    assert result.states[0].stages["explain"] == "current"
+    assert run_json(out)["counts"] == {"done": 1, "skipped": 3}
+    assert (out / "audit.csv").read_bytes() == (reference.out / "audit.csv").read_bytes()
+    assert "sample_000" in (out / "index.html").read_text()
+
+
+@pytest.fixture
+def dask_cluster(tmp_path: Path) -> Iterator[str]:
+    """A `dask scheduler` and `dask worker` (2 processes, 1 thread each) on loopback."""
+    info = tmp_path / "scheduler.json"
+    logs = open(tmp_path / "dask.log", "w")
+    procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", info], stdout=logs, stderr=logs)]
+    try:
+        deadline = time.monotonic() + 60
+        while not info.is_file() or not info.read_text().strip():
+            assert time.monotonic() < deadline and procs[0].poll() is None, "dask scheduler did not start"
+            time.sleep(0.2)
+        address = json.loads(info.read_text())["address"]
+        procs.append(subprocess.Popen([DASK, "worker", address, "--nworkers", "2", "--nthreads", "1",
+                                       "--no-dashboard", "--local-directory", tmp_path / "worker"],
+                                      stdout=logs, stderr=logs, cwd=tmp_path))
+        yield address
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(timeout=60)
+        logs.close()
+
+
+def test_external_scheduler(workspace: Workspace, reference: RunResult, dask_cluster: str,
+                            tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert dask_cluster.startswith("tcp://127.0.0.1:")
+    proc = subprocess.run([SLIDEAUDIT, "run", workspace.manifest, "--model", workspace.model,
+                           "--out", out, "--config", workspace.config, "--scheduler", dask_cluster],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"index: {out / 'index.html'}" in proc.stdout
+    assert run_json(out)["scheduler"] == dask_cluster
+    assert (out / "audit.csv").read_bytes() == (reference.out / "audit.csv").read_bytes()
+    assert workspace.archive_unchanged()
+
+
+def test_sigkill_then_rerun_gives_the_same_audit(workspace: Workspace, reference: RunResult,
+                                                 tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    command = [SLIDEAUDIT, "run", workspace.manifest, "--model", workspace.model, "--out", out,
+               "--config", workspace.config]
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while not any(out.glob("slides/*/explain.zarr")):
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no slide got explained in time"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its Dask workers, mid-way
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert len(list(out.glob("slides/*/audit.json"))) < 4
+    interrupted = run_json(out)
+    assert "finished" not in interrupted
+    assert {s["state"] for s in interrupted["slides"]} == {"pending"}
+
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (out / "audit.csv").read_bytes() == (reference.out / "audit.csv").read_bytes()
+    assert not leftovers(out)
+    assert workspace.archive_unchanged()
+
+
+def _tamper_attention(slide: Path) -> None:
+    """Double the stored attention (its sum becomes 2), keeping the store's stamp."""
+    array = zarr.open_group(slide / "explain.zarr", mode="r+")["attention"]
+    array[:] = np.asarray(array[:]) * 2
+
+
+def test_failures_are_recorded_per_slide(workspace: Workspace, reference: RunResult,
+                                         tmp_path: Path) -> None:
+    out = copy_of(reference, tmp_path / "out")
+    rows = manifest_rows(workspace.manifest)
+    (tmp_path / "broken.geojson").write_text('{"type": "FeatureCollection", "features": [')
+    sample = Path(rows[2]["path"]).read_bytes()
+    (tmp_path / "corrupt.tiff").write_bytes(sample[: len(sample) // 3])  # a truncated slide
+    rows[2]["annotation"] = str(tmp_path / "broken.geojson")
+    rows.append({**rows[0], "slide_id": "corrupt", "path": str(tmp_path / "corrupt.tiff")})
+    rows.append({**rows[3], "slide_id": "slot"})
+    (out / "slides" / "slot").write_text("a file where the slide's folder should be")
+    _tamper_attention(out / "slides" / "sample_001")
+    (out / "slides" / "sample_001" / "audit.json").unlink()
+    manifest = tmp_path / "bad.csv"
+    manifest.write_text("slide_id,path,label,annotation,annotation_xml\n" + "".join(
+        f"{r['slide_id']},{r['path']},{r['label']},{r['annotation']},{r['annotation_xml']}\n"
+        for r in rows))
+    kept = {name: (out / "slides" / "sample_002" / name).stat().st_mtime_ns
+            for name in ("maps.zarr", "audit.json")}
+
+    result = CliRunner().invoke(run, [str(manifest), "--model", str(workspace.model), "--out", str(out),
+                                      "--config", str(workspace.config)])
+    assert result.exit_code == 3, result.output
+    assert "4 done" not in result.output and "2 done, 4 failed" in result.output
+    expected = {"corrupt": ("tile", "SlideError"), "sample_002": ("stitch", "AnnotationError"),
+                "sample_001": ("validate", "ValidationFailed")}
+    for sid, (stage, error) in expected.items():
+        failure = json.loads((out / "slides" / sid / "failure.json").read_text())
+        assert (failure["stage"], failure["error_type"]) == (stage, error)
+        assert failure["slide_id"] == sid and failure["source_path"]
+        assert f"FAILED {sid} at {stage}" in result.output
+    assert "broken.geojson" in json.loads((out / "slides/sample_002/failure.json").read_text())["message"]
+    slot = next(s for s in run_json(out)["slides"] if s["slide_id"] == "slot")
+    assert slot["state"] == "failed" and slot["failure"]["error_type"] in ("FileExistsError",
+                                                                           "NotADirectoryError")
+    assert "traceback" in slot["failure"]
+    assert {name: (out / "slides" / "sample_002" / name).stat().st_mtime_ns for name in kept} == kept
+    index = (out / "index.html").read_text()
+    assert all(sid in index for sid in expected)
+    assert run_json(out)["counts"] == {"done": 2, "failed": 4}
+
+    # the slides fixed, a later run clears their failures
+    shutil.rmtree(out / "slides" / "sample_001" / "explain.zarr")
+    shutil.copytree(reference.out / "slides" / "sample_001" / "explain.zarr",
+                    out / "slides" / "sample_001" / "explain.zarr")
+    (out / "slides" / "sample_001" / "audit.json").unlink()
+    fixed = run_archive(workspace.manifest, workspace.model, out, load_config(workspace.config))
+    assert fixed.exit_code == 0
+    for sid in ("sample_001", "sample_002"):
+        assert not (out / "slides" / sid / "failure.json").exists()
+    assert (out / "audit.csv").read_bytes() == (reference.out / "audit.csv").read_bytes()
+    assert workspace.archive_unchanged()
+
+
+def test_bad_usage_and_config_exit_1(workspace: Workspace, tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = [str(workspace.manifest), "--model", str(workspace.model), "--out", str(tmp_path / "o")]
+    missing_out = runner.invoke(run, base[:3])
+    assert missing_out.exit_code == 1 and "--out" in missing_out.output
+    bad_set = runner.invoke(run, [*base, "--set", "stitch.max_sides=3"])
+    assert bad_set.exit_code == 1 and "unknown setting(s) max_sides" in bad_set.output
+    bad_method = runner.invoke(run, [*base, "--methods", "gradcam,nope"])
+    assert bad_method.exit_code == 1 and "nope" in bad_method.output
+    no_model = runner.invoke(run, [*base[:2], str(tmp_path), *base[3:]])
+    assert no_model.exit_code == 1 and "config.json missing" in no_model.output
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,199 @@
+"""The audit stage (audit.json), the slide report and the archive index on small real stores."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import zipfile
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from fake_stores import EVIL, build_archive, make_slide_case, real_slide
+from reports.audit import AuditConfig, audit_slide, load_audit
+from pipeline.cli import main
+from reports.html import render_index, render_slide_report
+from tiling.stitch import StitchConfig, stitch_slide
+from tiling.store import AUDIT, file_sha256
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> dict[str, Path]:
+    return build_archive(tmp_path_factory.mktemp("archive"))
+
+
+def sources(html: str, attribute: str) -> list[str]:
+    return re.findall(rf'{attribute}="([^"]*)"', html)
+
+
+def test_audit_json_records_metrics_flags_validation_provenance(archive) -> None:
+    audit = load_audit(archive["positive"])
+    assert audit["slide_id"] == "CMU-1 positive" and audit["label"] == 1
+    assert audit["prediction"] == 1 and audit["prediction_name"] == "tumor"
+    assert sum(audit["probabilities"].values()) == pytest.approx(1.0)
+    assert audit["methods"] == ["attention", "gradcam", "hirescam"]
+    gradcam, hirescam = audit["metrics"]["gradcam"], audit["metrics"]["hirescam"]
+    assert gradcam["auroc"]["value"] > 0.95 and gradcam["pointing_game"]["value"] == 1.0
+    assert hirescam["pointing_game"]["value"] == 0.0 and hirescam["auroc"]["value"] < 0.6
+    assert all(m["preprocessing"] for m in gradcam.values())
+    assert "clipped" in gradcam["relevance_mass"]["preprocessing"]
+    flags = {f["flag"]: f for f in audit["flags"]}
+    assert flags["focus_outside_lesion"]["methods"] == ["hirescam"]
+    assert "attention~hirescam" in flags["methods_disagree"]["methods"]
+    assert "prediction_wrong" not in flags
+    pair = next(p for p in audit["agreement"] if (p["a"], p["b"]) == ("attention", "gradcam"))
+    assert pair["spearman"] > 0.8
+    assert [s["suite"] for s in audit["validation"]] == ["patches.coords", "explain.attention",
+                                                          "maps"]
+    assert all(s["success"] for s in audit["validation"])
+    prov = audit["provenance"]
+    assert prov["versions"]["torch"] == metadata.version("torch")
+    assert set(prov["versions"]) >= {"slideaudit", "monai", "openslide-python"}
+    assert prov["model"]["sha256"] == "0" * 64 and prov["model"]["config"]["encoder"] == "small_cnn"
+    assert prov["source_sha256"] == file_sha256(real_slide())
+    assert prov["config_hash"] == audit["stamp"]["config_hash"]
+    assert datetime.fromisoformat(prov["run_at"]).utcoffset().total_seconds() == 0
+    assert audit["peaks"]["gradcam"][0]["lesion"] == "Tumor 1"
+    assert len(audit["top_patches"]) == AuditConfig().top_patches
+
+
+def test_negative_slide_has_na_lesion_metrics_and_shows_focus(archive) -> None:
+    audit = load_audit(archive["evil"])
+    assert audit["slide_id"] == EVIL and audit["lesions"]["on_tissue"] == 0
+    assert all(s["value"] is None for m in audit["metrics"].values() for s in m.values())
+    assert all(audit["peaks"][m] for m in audit["methods"])
+    html = (archive["evil"] / "report.html").read_text()
+    assert "No annotated lesion lies on this slide" in html and "n/a" in html
+
+
+def test_audit_skips_when_current_and_reruns_when_settings_change(archive, tmp_path) -> None:
+    slide_dir = tmp_path / "positive"
+    shutil.copytree(archive["positive"], slide_dir)
+    path = slide_dir / AUDIT
+    before = path.stat().st_mtime_ns
+    audit_slide(slide_dir, 1, AuditConfig())
+    assert path.stat().st_mtime_ns == before
+    audit_slide(slide_dir, 0, AuditConfig())  # a new label: recomputed, now wrong
+    assert "prediction_wrong" in {f["flag"] for f in load_audit(slide_dir)["flags"]}
+    stamp = load_audit(slide_dir)["stamp"]
+    audit_slide(slide_dir, 0, AuditConfig(tolerance_um=0.0))
+    assert load_audit(slide_dir)["stamp"] != stamp
+
+
+def test_slide_report_is_self_contained_and_escaped(archive) -> None:
+    html = (archive["positive"] / "report.html").read_text()
+    images = sources(html, "src")
+    assert images and all(src.startswith("data:image/") for src in images)
+    assert not re.search(r'(href|src)="(https?:)?//', html)
+    assert html.count('class="overlay"') == 3
+    assert "CMU-1 positive" in html and "Tumor 1" in html
+    evil = (archive["evil"] / "report.html").read_text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in evil and EVIL not in evil
+
+
+def test_index_and_csv_list_every_slide_and_failure(archive, tmp_path) -> None:
+    table = pd.read_csv(archive["csv"])
+    assert len(table) == 2 * 3
+    assert table.groupby(["slide_id", "method"]).size().max() == 1
+    assert set(table["slide_id"]) == {"CMU-1 positive", EVIL}
+    assert list(table.columns[:4]) == ["slide_id", "label", "prediction", "method"]
+    assert table.loc[table["slide_id"] == EVIL, "auroc"].isna().all()
+    hirescam = table[(table["slide_id"] == "CMU-1 positive") & (table["method"] == "hirescam")]
+    assert "focus_outside_lesion" in hirescam["flags"].iloc[0]
+    html = archive["index"].read_text()
+    assert "failed at tile" in html and "not a slide format OpenSlide can read" in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and EVIL not in html
+    assert all(src.startswith("data:image/png") for src in sources(html, "src"))
+    out = archive["index"].parent
+    zipped = shutil.make_archive(str(tmp_path / "archive"), "zip", out)
+    with zipfile.ZipFile(zipped) as z:
+        z.extractall(tmp_path / "unzipped")
+    links = [h for h in sources(html, "href") if not h.startswith("#")]
+    assert "audit.csv" in links and len(links) == 3
+    for link in links:  # relative links resolve inside the unzipped folder
+        assert (tmp_path / "unzipped" / link.replace("%20", " ")).is_file(), link
+
+
+def test_corrupted_table_fails_its_suite_and_the_index_says_so(archive, tmp_path) -> None:
+    out = tmp_path / "archive"
+    shutil.copytree(archive["index"].parent, out)
+    path = out / "slides" / "positive" / AUDIT
+    audit = json.loads(path.read_text())
+    audit["metrics"]["gradcam"]["relevance_mass"]["value"] = 1.7
+    path.write_text(json.dumps(audit))
+    index, csv = render_index(out)
+    html = index.read_text()
+    assert "The audit table failed its check" in html and "Table check failed" in html
+    assert "relevance_mass" in html.split('id="checks"')[1]
+    assert pd.read_csv(csv)["relevance_mass"].max() == pytest.approx(1.7)
+
+
+def test_corrupted_attention_fails_its_suite_and_the_report_says_so(tmp_path) -> None:
+    slide_dir, annotations = make_slide_case(tmp_path, "doubled")
+    attention = zarr.open_group(slide_dir / "explain.zarr", mode="r+")["attention"]
+    attention[:] = np.asarray(attention[:]) * 2  # sums to 2
+    stitch_slide(slide_dir, real_slide(), annotations, StitchConfig(max_side=256))
+    audit = load_audit(audit_slide(slide_dir, 1, AuditConfig()))
+    suites = {s["suite"]: s for s in audit["validation"]}
+    assert not suites["explain.attention"]["success"]
+    assert suites["explain.attention"]["failed"][0]["observed"] == pytest.approx(2.0, rel=1e-4)
+    assert "validation_failed" in {f["flag"] for f in audit["flags"]}
+    html = render_slide_report(slide_dir).read_text()
+    validation = html.split('id="validation"')[1]
+    assert "failed" in validation and "explain.attention" in validation
+    assert "expect_column_sum_to_be_between" in validation
+
+
+def test_report_command_rebuilds_the_index(archive, tmp_path) -> None:
+    out = tmp_path / "archive"
+    shutil.copytree(archive["index"].parent, out)
+    (out / "index.html").unlink()
+    result = CliRunner().invoke(main, ["report", str(out), "--slides"])
+    assert result.exit_code == 0, result.output
+    assert "re-rendered 2 slide report(s)" in result.output and (out / "index.html").is_file()
+    shutil.rmtree(out / "slides" / "positive" / "maps.zarr")
+    result = CliRunner().invoke(main, ["report", str(out), "--slides"])
+    assert result.exit_code == 1
+    assert "maps.zarr: no complete maps store" in result.output
+    assert "Traceback" not in result.output
+
+
+def keep_first(slide_dir: Path, k: int) -> None:
+    """Rewrite patches.zarr and explain.zarr with their first `k` patches only."""
+    for store in ("patches.zarr", "explain.zarr"):
+        group = zarr.open_group(slide_dir / store, mode="r")
+        arrays = {name: np.asarray(group[name][:]) for name in group.array_keys()}
+        attrs = dict(group.attrs)
+        fresh = zarr.open_group(slide_dir / store, mode="w", zarr_format=3)
+        for name, data in arrays.items():
+            fresh.create_array(name, data=data if name == "slide_logits" else data[:k])
+        fresh.attrs.update(attrs)
+    if k:
+        explain = zarr.open_group(slide_dir / "explain.zarr", mode="r+")
+        explain["attention"][:] = np.full(k, 1 / k, np.float32)
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_slides_with_no_or_one_patch_are_audited_and_reported(tmp_path, k) -> None:
+    slide_dir, annotations = make_slide_case(tmp_path, f"tiny{k}")
+    keep_first(slide_dir, k)
+    stitch_slide(slide_dir, real_slide(), annotations, StitchConfig(max_side=256))
+    audit = load_audit(audit_slide(slide_dir, 1, AuditConfig()))
+    suites = {s["suite"]: s["success"] for s in audit["validation"]}
+    assert suites["patches.coords"] == (k > 0) and suites["explain.attention"] == (k > 0)
+    assert audit["metrics"]["gradcam"]["auroc"]["value"] is None  # the lesion is off its tissue
+    assert len(audit["top_patches"]) == k
+    html = render_slide_report(slide_dir).read_text()
+    assert 'class="overlay"' in html
+
+
+def test_index_of_an_empty_archive(tmp_path) -> None:
+    index, csv = render_index(tmp_path)
+    assert "No audited slide yet" in index.read_text()
+    assert csv.read_text().strip() == "slide_id,label,prediction,method,flags,report"

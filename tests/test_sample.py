@@ -1,0 +1,102 @@
+"""The sample-slide generator: manifest, files, determinism, what the slides show."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+
+from conftest import manifest_rows
+from pipeline.cli import main
+from tiling.annotations import rasterize_lesions, read_annotations
+from tiling.sample import write_sample_archive
+from tiling.sample_draw import draw_slide
+from tiling.slide import open_slide
+from tiling.store import file_sha256, open_patch_store
+from tiling.tile import TileConfig, tile_slide
+from tiling.tissue import saturation
+
+
+def test_manifest_lists_slides_and_annotations(sample_archive: Path) -> None:
+    with open(sample_archive, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == ["slide_id", "path", "label", "annotation", "annotation_xml", "ink"]
+    assert [r["slide_id"] for r in rows] == ["sample_000", "sample_001", "sample_002", "sample_003"]
+    assert [r["label"] for r in rows] == ["1", "0", "1", "0"]
+    assert [r["ink"] for r in rows] == ["1", "1", "0", "0"]
+    for row in rows:
+        for key in ("path", "annotation", "annotation_xml"):
+            assert not Path(row[key]).is_absolute() and (sample_archive.parent / row[key]).is_file()
+    for row in manifest_rows(sample_archive):
+        assert (len(read_annotations(Path(row["annotation"]))) > 0) == (row["label"] == "1")
+
+
+def test_same_seed_same_bytes(tmp_path: Path) -> None:
+    def digests(folder: Path, seed: int) -> dict[str, str]:
+        write_sample_archive(folder, slides=2, seed=seed, size=1024)
+        return {p.name: file_sha256(p) for p in sorted(folder.iterdir())}
+
+    first = digests(tmp_path / "a", 7)
+    assert len(first) == 2 * 3 + 2                      # 2 x (tiff, geojson, xml), manifest, stamp
+    assert digests(tmp_path / "b", 7) == first
+    other = digests(tmp_path / "c", 8)
+    assert other["sample_000.tiff"] != first["sample_000.tiff"]
+
+
+def test_rerun_with_same_arguments_is_skipped(tmp_path: Path) -> None:
+    manifest = write_sample_archive(tmp_path, slides=1, seed=0, size=1024)
+    slide = tmp_path / "sample_000.tiff"
+    before = slide.stat().st_mtime_ns
+    assert write_sample_archive(tmp_path, slides=1, seed=0, size=1024) == manifest
+    assert slide.stat().st_mtime_ns == before
+    slide.unlink()                                       # a missing file is rewritten
+    write_sample_archive(tmp_path, slides=1, seed=0, size=1024)
+    assert slide.is_file()
+
+
+def test_lesions_are_dark_purple_and_stroma_pink(sample_archive: Path) -> None:
+    row = manifest_rows(sample_archive)[0]
+    with open_slide(Path(row["path"])) as slide:
+        image = slide.read_region((0, 0), 2, slide.level_dimensions[2]).astype(float)
+    lesion = rasterize_lesions(read_annotations(Path(row["annotation"])), image.shape[:2], 4.0)
+    tissue = saturation(image.astype(np.uint8)) > 0.15
+    stroma = tissue & ~lesion
+    assert lesion.sum() > 0.02 * lesion.size and stroma.sum() > 0.2 * lesion.size
+    red, green, blue = (image[..., c] for c in range(3))
+    assert image[lesion].mean() < image[stroma].mean() - 40           # darker
+    assert (blue - red)[lesion].mean() > 30 > (blue - red)[stroma].mean()   # purple vs pink
+    assert red[stroma].mean() > green[stroma].mean() + 40
+    glass = ~tissue
+    assert image[glass].mean() > 235                                 # bright glass around
+
+
+def test_ink_is_drawn_only_when_asked(tmp_path: Path) -> None:
+    plain = draw_slide(np.random.default_rng(3), (384, 512), 1.0, 2.0, positive=False, ink=False)
+    inked = draw_slide(np.random.default_rng(3), (384, 512), 1.0, 2.0, positive=False, ink=True)
+    changed = (plain.image != inked.image).any(axis=2)
+    assert 0.003 < changed.mean() < 0.2                   # one stroke, everything else identical
+    assert (inked.image[changed].sum(axis=1) < plain.image[changed].sum(axis=1)).all()
+    manifest = write_sample_archive(tmp_path, slides=4, seed=1, size=1024, ink_correlated=True)
+    assert [(r["label"], r["ink"]) for r in manifest_rows(manifest)] == [("1", "1"), ("0", "0")] * 2
+
+
+def test_default_size_gives_a_few_hundred_tissue_patches(tmp_path: Path) -> None:
+    manifest = write_sample_archive(tmp_path / "archive", slides=1, seed=0)
+    row = manifest_rows(manifest)[0]
+    with open_slide(Path(row["path"])) as slide:
+        assert slide.level_count >= 4
+    store = open_patch_store(tile_slide(Path(row["path"]), tmp_path / "out", TileConfig()))
+    assert 100 <= len(store) <= 400
+
+
+def test_cli_writes_the_archive(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["sample", str(tmp_path), "--slides", "2", "--seed", "3",
+                                       "--size", "1024"])
+    assert result.exit_code == 0, result.output
+    assert "manifest.csv" in result.output
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [f"sample_00{i}.{ext}" for i in range(2) for ext in ("tiff", "geojson", "xml")]
+        + ["manifest.csv", "sample.json"])

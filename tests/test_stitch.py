@@ -1,0 +1,138 @@
+"""Stitching patch values back to slide maps, and the OME-Zarr maps store."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from fake_stores import make_slide_case, real_slide
+from tiling.errors import StoreError
+from tiling.stitch import (PatchGrid, StitchConfig, map_downsample, map_shape, open_maps, spans,
+                           stitch_slide)
+from tiling.store import EXPLAIN, MAPS, read_stamp
+
+
+def stitched(coords: list[list[int]], values: np.ndarray, footprint: float, downsample: float,
+             shape: tuple[int, int]) -> np.ndarray:
+    grid = PatchGrid(np.array(coords, np.int64), footprint, downsample, shape)
+    return grid.stitch(values, grid.coverage())
+
+
+def test_patch_value_lands_on_exactly_its_pixels() -> None:
+    # patch x in [2, 10), y in [0, 8) at D = 2: pixel centres (c + .5)·2 inside -> cols 1..4,
+    # rows 0..3
+    m = stitched([[2, 0]], np.full((1, 1, 1), 3.0), 8, 2, (6, 8))
+    expected = np.full((6, 8), np.nan, np.float32)
+    expected[0:4, 1:5] = 3.0
+    np.testing.assert_array_equal(m, expected)
+
+
+def test_pixel_centre_rule_with_fractional_downsample() -> None:
+    # D = 2.5: centres 1.25, 3.75, 6.25, 8.75, 11.25; a patch [3, 9) holds the 2nd to 4th
+    lo, hi = spans(np.array([3]), 6, 2.5, 100)
+    assert (lo[0], hi[0]) == (1, 4)
+    lo, hi = spans(np.array([90]), 20, 2.5, 40)  # clipped at the map edge
+    assert (lo[0], hi[0]) == (36, 40)
+
+
+def test_overlapping_patches_are_averaged() -> None:
+    m = stitched([[0, 0], [4, 0]], np.array([1.0, 3.0]).reshape(2, 1, 1), 8, 1, (8, 14))
+    np.testing.assert_array_equal(m[:, 0:4], 1.0)
+    np.testing.assert_array_equal(m[:, 4:8], 2.0)  # (1 + 3) / 2
+    np.testing.assert_array_equal(m[:, 8:12], 3.0)
+    assert np.isnan(m[:, 12:]).all()
+
+
+def test_cam_is_resampled_bilinearly_onto_the_footprint() -> None:
+    # a 2 x 2 CAM [[0, 1], [2, 3]] on a 4 px footprint: pixel r sits at u = (r + .5)/2 - .5
+    # cells (clamped to [0, 1]), so value = 2·u_row + u_col
+    cam = np.array([[[0.0, 1.0], [2.0, 3.0]]])
+    m = stitched([[0, 0]], cam, 4, 1, (4, 4))
+    u = np.clip((np.arange(4) + 0.5) / 2 - 0.5, 0, 1)
+    np.testing.assert_allclose(m, 2 * u[:, None] + u[None, :], rtol=1e-6)
+
+
+def test_downsample_and_shape() -> None:
+    assert map_downsample((10000, 3000), StitchConfig(max_side=4096)) == 3.0
+    assert map_downsample((2000, 3000), StitchConfig(max_side=4096)) == 1.0
+    assert map_downsample((2000, 3000), StitchConfig(downsample=2.5)) == 2.5
+    assert map_shape((10000, 3001), 3.0) == (1001, 3334)
+
+
+def check_ngff_image(group: zarr.Group, name: str, pixel_um: float) -> None:
+    """The NGFF 0.5 rules for one image group (https://ngff.openmicroscopy.org/0.5/)."""
+    ome = group[name].attrs["ome"]
+    assert ome["version"] == "0.5"
+    (multiscale,) = ome["multiscales"]
+    axes = multiscale["axes"]
+    types = [a.get("type") for a in axes]
+    assert 2 <= len(axes) <= 5 and types.count("space") in (2, 3)
+    assert types == sorted(types, key=["time", "channel", "space"].index)  # t, c before space
+    assert len({a["name"] for a in axes}) == len(axes)
+    for dataset in multiscale["datasets"]:
+        array = group[name][dataset["path"]]
+        assert array.ndim == len(axes)
+        assert list(array.metadata.dimension_names) == [a["name"] for a in axes]
+        (scale,) = [t for t in dataset["coordinateTransformations"] if t["type"] == "scale"]
+        assert len(scale["scale"]) == len(axes)
+        assert scale["scale"][-2:] == [pytest.approx(pixel_um)] * 2
+
+
+def test_stitch_slide_writes_ome_maps_and_skips_when_current(tmp_path) -> None:
+    slide_dir, annotations = make_slide_case(tmp_path, "cmu")
+    config = StitchConfig(max_side=512)
+    path = stitch_slide(slide_dir, real_slide(), annotations, config)
+    assert path == slide_dir / MAPS
+    maps = open_maps(slide_dir)
+    patches = zarr.open_group(slide_dir / "patches.zarr", mode="r")
+    explain = zarr.open_group(slide_dir / EXPLAIN, mode="r")
+    coords, attention = patches["coords"][:], explain["attention"][:]
+    assert maps.downsample == 6.0 and maps.pixel_um == pytest.approx(6 * 0.499)
+    assert maps.heatmaps == ["attention", "attention_rank", "gradcam", "hirescam"]
+    images = ["tissue", *maps.heatmaps, "lesion", "thumbnail"]
+    for name in images:
+        check_ngff_image(maps.group, name, maps.pixel_um)
+    assert maps.group.attrs["ome"] == {"version": "0.5", "bioformats2raw.layout": 3}
+    assert maps.group["OME"].attrs["ome"]["series"] == images
+    a, tissue = maps["attention"], maps.tissue
+    assert a.shape == tissue.shape == (495, 370) and maps.thumbnail.shape == (495, 370, 3)
+    assert np.isnan(a[~tissue]).all() and np.isfinite(a[tissue]).all()
+    grid = PatchGrid(coords, 256.0, 6.0, a.shape)
+    for i in range(len(coords)):  # stride = footprint: no overlap, each patch its own value
+        block = a[grid.r0[i]:grid.r1[i], grid.c0[i]:grid.c1[i]]
+        np.testing.assert_array_equal(block, np.float32(attention[i]))
+    rank = maps["attention_rank"]
+    assert np.nanmax(rank) == 1.0 and np.nanmin(rank) == 0.0
+    assert rank[np.unravel_index(np.nanargmax(a), a.shape)] == 1.0
+    lesion = maps.lesion
+    assert lesion[round(1500 / 6), round(1100 / 6)] == 1 and lesion[10, 10] == 0
+    assert 70 ** 2 < (lesion == 1).sum() < 90 ** 2  # a 500 px square at D = 6: ~83² px
+    assert maps.attrs["lesion_names"] == ["Tumor 1"]
+    gradcam = maps["gradcam"]
+    assert np.unravel_index(np.nanargmax(gradcam), a.shape) == pytest.approx((250, 183), abs=8)
+    thumb = maps.thumbnail
+    assert thumb[~tissue].mean() > 200 and thumb[tissue].mean() < thumb[~tissue].mean()
+
+    stamp = read_stamp(path)
+    before = (path / "zarr.json").stat().st_mtime_ns
+    stitch_slide(slide_dir, real_slide(), annotations, config)
+    assert (path / "zarr.json").stat().st_mtime_ns == before
+    stitch_slide(slide_dir, real_slide(), annotations,
+                 StitchConfig(max_side=256))
+    assert read_stamp(path) != stamp and open_maps(path).downsample == 12.0
+    assert json.loads((path / "zarr.json").read_text())["attributes"]["source_sha256"] == \
+        patches.attrs["source_sha256"]
+
+
+def test_stitch_errors_name_the_store(tmp_path) -> None:
+    slide_dir, _ = make_slide_case(tmp_path, "bad", lesion=False,
+                                   attention=np.array([0.5, 0.5], np.float32))
+    with pytest.raises(StoreError, match="2 attention values for .* patches.*rerun the explain"):
+        stitch_slide(slide_dir, real_slide(), [], StitchConfig())
+    assert not (slide_dir / MAPS).exists()
+    with pytest.raises(StoreError, match="explain.zarr: missing or incomplete"):
+        stitch_slide(tmp_path / "slides" / "nothing", "x.svs", [], StitchConfig())
+    with pytest.raises(StoreError, match="maps.zarr: no complete maps store"):
+        open_maps(slide_dir)

@@ -1,0 +1,208 @@
+"""Lesion annotations: QuPath GeoJSON and ASAP/CAMELYON XML -> polygons -> lesion masks.
+
+Which annotations are lesions (a class is a GeoJSON classification name or an XML group,
+compared case-insensitively):
+- `lesion_classes` given: exactly those classes are lesions.
+- otherwise, XML follows CAMELYON16: groups `_0`, `_1`, `Tumor` are lesions, others ignored;
+  GeoJSON counts every annotation (classified or not) except the classes in `NON_LESION`.
+In both formats the classes in `EXCLUSION` (CAMELYON's `_2`) are exclusions: they are
+subtracted from every lesion they overlap, by adding them to that lesion's `holes`.
+GeoJSON features whose `objectType` is not "annotation" (cells, detections) are ignored.
+Files are parsed as data only (json, xml.etree with expat's entity-expansion limits).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import xml.etree.ElementTree as ET
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from skimage.draw import polygon as fill_polygon
+
+from tiling.errors import AnnotationError
+
+log = logging.getLogger(__name__)
+
+CAMELYON_LESION = frozenset({"_0", "_1", "tumor"})
+EXCLUSION = frozenset({"_2", "exclusion"})
+NON_LESION = frozenset({"other", "ignore*", "region*", "stroma", "immune cells", "necrosis",
+                        "normal", "background"})
+
+
+@dataclass
+class Lesion:
+    """One lesion polygon in level-0 pixel coordinates.
+
+    exterior: (K, 2) float64 x, y; holes: rings subtracted from it (its own holes and any
+    overlapping exclusion polygons); name: the annotation's name or id; group: its class.
+    """
+
+    exterior: np.ndarray
+    holes: list[np.ndarray] = field(default_factory=list)
+    name: str = ""
+    group: str = ""
+
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(x_min, y_min, x_max, y_max) of the exterior."""
+        (x0, y0), (x1, y1) = self.exterior.min(axis=0), self.exterior.max(axis=0)
+        return float(x0), float(y0), float(x1), float(y1)
+
+
+def _ring(points: Any, where: str) -> np.ndarray:
+    """A polygon ring as (K, 2) float64; raises ValueError naming `where` when malformed."""
+    if not isinstance(points, list) or not all(isinstance(p, (list, tuple)) and len(p) >= 2
+                                               for p in points):
+        raise ValueError(f"{where}: a ring must be a list of [x, y] coordinate pairs")
+    try:
+        ring = np.array([[float(p[0]), float(p[1])] for p in points], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: a coordinate is not a number") from exc
+    if not np.isfinite(ring).all():
+        raise ValueError(f"{where}: a coordinate is not finite")
+    if len(np.unique(ring, axis=0)) < 3:
+        raise ValueError(f"{where}: a polygon ring needs at least 3 distinct vertices, got {len(ring)} points")
+    return ring
+
+
+def _geojson_features(data: Any) -> list[Any]:
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        return data.get("features") or []
+    if isinstance(data, dict) and data.get("type") == "Feature":
+        return [data]
+    raise ValueError("expected a FeatureCollection, a Feature or a list of Features")
+
+
+def _class_name(properties: dict[str, Any]) -> str:
+    classification = properties.get("classification")
+    if isinstance(classification, dict):
+        return str(classification.get("name") or "")
+    return str(classification or properties.get("class") or "")
+
+
+def _geojson_polygons(data: Any) -> Iterator[Lesion]:
+    for i, feature in enumerate(_geojson_features(data)):
+        where = f"feature {i}"
+        if not isinstance(feature, dict):
+            raise ValueError(f"{where}: not a GeoJSON Feature object")
+        properties = feature.get("properties") or {}
+        if properties.get("objectType", "annotation") != "annotation":
+            continue
+        geometry = feature.get("geometry")
+        if geometry is None:
+            continue
+        if not isinstance(geometry, dict) or "coordinates" not in geometry:
+            raise ValueError(f"{where}: geometry has no coordinates")
+        kind, coordinates = geometry.get("type"), geometry["coordinates"]
+        if kind == "Polygon":
+            parts = [coordinates]
+        elif kind == "MultiPolygon":
+            parts = coordinates
+        else:
+            log.debug("%s: skipping a %s geometry", where, kind)
+            continue
+        if not isinstance(parts, list):
+            raise ValueError(f"{where}: {kind} coordinates must be a list")
+        name = str(properties.get("name") or feature.get("id") or where)
+        for j, rings in enumerate(parts):
+            here = f"{where} polygon {j}"
+            if not isinstance(rings, list) or not rings:
+                raise ValueError(f"{here}: a polygon must be a non-empty list of rings")
+            yield Lesion(_ring(rings[0], here), [_ring(r, f"{here} hole") for r in rings[1:]],
+                         name, _class_name(properties))
+
+
+def _xml_polygons(root: ET.Element) -> Iterator[Lesion]:
+    for i, annotation in enumerate(root.iter("Annotation")):
+        name = annotation.get("Name") or f"annotation {i}"
+        where = f"annotation {name!r}"
+        if annotation.get("Type", "Polygon") not in ("Polygon", "Spline", "Rectangle"):
+            log.debug("%s: skipping a %s annotation", where, annotation.get("Type"))
+            continue
+        points = []
+        for j, coordinate in enumerate(annotation.iter("Coordinate")):
+            x, y = coordinate.get("X"), coordinate.get("Y")
+            if x is None or y is None:
+                raise ValueError(f"{where}: coordinate {j} lacks its {'X' if x is None else 'Y'} attribute")
+            points.append((float(coordinate.get("Order", j)), x, y))
+        points.sort(key=lambda p: p[0])
+        yield Lesion(_ring([[x, y] for _, x, y in points], where), [], name,
+                     annotation.get("PartOfGroup", ""))
+
+
+def _load(path: Path) -> Iterator[Lesion]:
+    suffix = path.suffix.lower()
+    if suffix in (".geojson", ".json"):
+        return _geojson_polygons(json.loads(path.read_text(encoding="utf-8")))
+    if suffix == ".xml":
+        return _xml_polygons(ET.parse(path).getroot())
+    raise ValueError("unknown annotation format; use .geojson/.json (QuPath) or .xml (ASAP)")
+
+
+def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
+
+
+def read_annotations(path: Path, lesion_classes: Collection[str] | None = None) -> list[Lesion]:
+    """The lesions of a QuPath GeoJSON (.geojson/.json) or ASAP XML (.xml) file (module docstring).
+
+    Raises AnnotationError naming the file and the problem when it is missing or malformed.
+    """
+    path = Path(path)
+    xml = path.suffix.lower() == ".xml"
+    chosen = {c.lower() for c in lesion_classes} if lesion_classes is not None else None
+    try:
+        polygons = list(_load(path))
+    except FileNotFoundError as exc:
+        raise AnnotationError(f"{path}: no such annotation file; check the path") from exc
+    except (ValueError, ET.ParseError, UnicodeDecodeError) as exc:
+        raise AnnotationError(f"{path}: malformed annotation file: {exc}; fix or re-export it") from exc
+    lesions, exclusions = [], []
+    for polygon in polygons:
+        group = polygon.group.lower()
+        if group in EXCLUSION:
+            exclusions.append(polygon)
+        elif (group in chosen if chosen is not None else
+              group in CAMELYON_LESION if xml else group not in NON_LESION):
+            lesions.append(polygon)
+    for lesion in lesions:
+        box = lesion.bounds()
+        lesion.holes += [e.exterior for e in exclusions if _overlaps(box, e.bounds())]
+    log.debug("%s: %d lesions, %d exclusions", path, len(lesions), len(exclusions))
+    return lesions
+
+
+def _fill(ring: np.ndarray, origin: tuple[int, int], shape: tuple[int, int], downsample: float) -> np.ndarray:
+    """Mask of `shape` (offset by `origin` (row, col)) whose pixel centres lie inside `ring`."""
+    mask = np.zeros(shape, dtype=bool)
+    rows = ring[:, 1] / downsample - 0.5 - origin[0]
+    cols = ring[:, 0] / downsample - 0.5 - origin[1]
+    mask[fill_polygon(rows, cols, shape)] = True
+    return mask
+
+
+def rasterize_lesions(lesions: list[Lesion], shape_hw: tuple[int, int], downsample: float) -> np.ndarray:
+    """Boolean (H, W) lesion mask: pixel (r, c) covers level-0 [c*d, (c+1)*d) x [r*d, (r+1)*d)
+    for d = `downsample`, and is True when its centre ((c + 0.5) d, (r + 0.5) d) lies inside a
+    lesion's exterior and outside its holes. Each lesion is filled within its bounding box only.
+    """
+    height, width = shape_hw
+    mask = np.zeros((height, width), dtype=bool)
+    for lesion in lesions:
+        x0, y0, x1, y1 = lesion.bounds()
+        c0, r0 = max(0, math.floor(x0 / downsample)), max(0, math.floor(y0 / downsample))
+        c1, r1 = min(width, math.ceil(x1 / downsample) + 1), min(height, math.ceil(y1 / downsample) + 1)
+        if c1 <= c0 or r1 <= r0:
+            continue
+        box = (r1 - r0, c1 - c0)
+        inside = _fill(lesion.exterior, (r0, c0), box, downsample)
+        for hole in lesion.holes:
+            inside &= ~_fill(hole, (r0, c0), box, downsample)
+        mask[r0:r1, c0:c1] |= inside
+    return mask

@@ -1,0 +1,192 @@
+"""Whole-slide images behind one interface, addressed in level-0 pixels and microns per pixel.
+
+`Slide` reads a file with OpenSlide (openslide-python + the openslide-bin wheel); `ArraySlide`
+lets an RGB array pose as a one-level slide. Both return RGB uint8 arrays, transparent pixels
+composited on white.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openslide
+from PIL import Image
+
+from tiling.errors import SlideError
+
+log = logging.getLogger(__name__)
+
+# a level counts as "at or finer than" a target mpp within this relative tolerance
+MPP_RTOL = 1e-3
+
+
+def resize_rgb(image: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """Resize an (h, w, 3) uint8 image to `size_wh` with antialiased bilinear interpolation."""
+    w, h = size_wh
+    if image.shape[1] == w and image.shape[0] == h:
+        return image
+    return np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+
+
+def on_white(image: Image.Image) -> np.ndarray:
+    """(h, w, 3) uint8 RGB of a PIL image, transparent pixels composited on white."""
+    if image.mode == "RGBA" and image.getchannel("A").getextrema()[0] < 255:
+        image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image)
+    return np.array(image.convert("RGB"))
+
+
+def rgba_on_white(rgba: np.ndarray) -> np.ndarray:
+    """(h, w, 3) uint8 RGB of an (h, w, 4) uint8 straight-alpha RGBA array composited on white."""
+    return on_white(Image.fromarray(np.ascontiguousarray(rgba)))
+
+
+def read_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """`size` (w, h) times `scale`, rounded, at least 1 px each."""
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+class BaseSlide:
+    """What every slide offers; subclasses provide `read_region` and the level geometry."""
+
+    path: Path | None
+    mpp: float
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """Level-0 (width, height) in pixels."""
+        return self.level_dimensions[0]
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """(h, w, 3) uint8 RGB of `size` (w, h) level pixels whose top-left is level-0 `location`."""
+        raise NotImplementedError
+
+    def best_level(self, mpp: float) -> int:
+        """The coarsest level whose mpp (= slide mpp * downsample) is at or finer than `mpp`; 0 if none."""
+        fine = [i for i, d in enumerate(self.level_downsamples) if self.mpp * d <= mpp * (1 + MPP_RTOL)]
+        return max(fine, key=lambda i: self.level_downsamples[i]) if fine else 0
+
+    def read_at_mpp(self, location: tuple[int, int], size: tuple[int, int], mpp: float) -> np.ndarray:
+        """(h, w, 3) uint8 of `size` (w, h) pixels at `mpp` µm/px, top-left at level-0 `location`.
+
+        Reads the best level (`best_level`) then resizes: the level region is size * mpp / (slide
+        mpp * downsample) pixels, rounded.
+        """
+        level = self.best_level(mpp)
+        w, h = read_size(size, mpp / (self.mpp * self.level_downsamples[level]))
+        return resize_rgb(self.read_region(location, level, (w, h)), size)
+
+    def thumbnail(self, max_side: int) -> np.ndarray:
+        """The whole slide as (h, w, 3) uint8, its longer side `max_side` pixels (never upscaled)."""
+        width, height = self.dimensions
+        scale = min(1.0, max_side / max(width, height))
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        return self.read_at_mpp((0, 0), size, self.mpp * width / size[0])
+
+    def close(self) -> None:
+        """Release the file; the slide cannot be read afterwards."""
+
+    def __enter__(self) -> BaseSlide:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class Slide(BaseSlide):
+    """A slide file opened read-only with OpenSlide. Pickles by path (reopened where unpickled).
+
+    mpp: level-0 µm/px from the file (openslide.mpp-x); `mpp` is used only when the file has none.
+    """
+
+    def __init__(self, path: Path, mpp: float | None = None) -> None:
+        self.path = Path(path)
+        self._given_mpp = mpp
+        if not self.path.is_file():
+            raise SlideError(f"{self.path}: no such slide file; check the path")
+        try:
+            self._osr = openslide.OpenSlide(self.path)
+        except openslide.OpenSlideUnsupportedFormatError as exc:
+            raise SlideError(f"{self.path}: OpenSlide cannot read it ({exc}); check that it is a "
+                             "whole-slide image in a format OpenSlide supports and that it is complete "
+                             "(copy a truncated file again; convert other images to a pyramidal tiled "
+                             "TIFF)") from exc
+        except openslide.OpenSlideError as exc:
+            raise SlideError(f"{self.path}: OpenSlide cannot open it ({exc}); the file may be "
+                             "truncated or corrupt: copy it again") from exc
+        self.level_dimensions = tuple(self._osr.level_dimensions)
+        self.level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
+        self.mpp = self._resolve_mpp(mpp)
+
+    def _resolve_mpp(self, given: float | None) -> float:
+        recorded = self._osr.properties.get(openslide.PROPERTY_NAME_MPP_X)
+        value = float(recorded) if recorded else None
+        if value is not None and given is not None and not math.isclose(value, given, rel_tol=0.01):
+            log.warning("%s: file records %.4g µm/px, ignoring the given %.4g", self.path, value, given)
+        value = value if value is not None else given
+        if value is None:
+            raise SlideError(f"{self.path}: the file records no resolution (microns per pixel); "
+                             "pass it with --slide-mpp (e.g. --slide-mpp 0.25 for 40x)")
+        if not (math.isfinite(value) and value > 0):
+            raise SlideError(f"{self.path}: resolution {value} µm/px is not a positive number; "
+                             "pass the right one with --slide-mpp")
+        return value
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        try:
+            region = self._osr.read_region(tuple(int(v) for v in location), level,
+                                           tuple(int(v) for v in size))
+        except openslide.OpenSlideError as exc:
+            raise SlideError(f"{self.path}: reading level {level} at {tuple(location)} failed ({exc}); "
+                             "the file may be truncated or corrupt: copy it again") from exc
+        return on_white(region)
+
+    def close(self) -> None:
+        self._osr.close()
+
+    def __reduce__(self) -> tuple[type, tuple[Path, float | None]]:
+        return (Slide, (self.path, self._given_mpp))
+
+
+class ArraySlide(BaseSlide):
+    """An (H, W, 3) uint8 RGB array posing as a one-level slide of `mpp` µm/px."""
+
+    def __init__(self, array: np.ndarray, mpp: float) -> None:
+        array = np.asarray(array)
+        if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+            raise SlideError(f"<array>: expected an (H, W, 3) uint8 RGB image, got {array.shape} "
+                             f"{array.dtype}; convert it first")
+        if not (math.isfinite(mpp) and mpp > 0):
+            raise SlideError(f"<array>: resolution {mpp} µm/px is not a positive number; pass the image's mpp")
+        self.path = None
+        self.array = array
+        self.mpp = float(mpp)
+        self.level_dimensions = ((array.shape[1], array.shape[0]),)
+        self.level_downsamples = (1.0,)
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        if level != 0:
+            raise SlideError(f"<array>: has one level, asked for level {level}")
+        (x, y), (w, h) = location, size
+        out = np.full((h, w, 3), 255, dtype=np.uint8)
+        height, width = self.array.shape[:2]
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
+        if x1 > x0 and y1 > y0:
+            out[y0 - y:y1 - y, x0 - x:x1 - x] = self.array[y0:y1, x0:x1]
+        return out
+
+
+def open_slide(path: Path, mpp: float | None = None) -> Slide:
+    """Open a slide file read-only; `mpp` (level-0 µm/px) is used when the file records none.
+
+    Raises SlideError naming the file when OpenSlide cannot read it or no resolution is known.
+    """
+    return Slide(path, mpp)

@@ -1,0 +1,297 @@
+"""Stitching: patch values back onto one slide-level canvas (the inverse of the patch grid).
+
+Map pixel (r, c) covers level-0 rows [r·D, (r+1)·D) and columns [c·D, (c+1)·D), D being the
+downsample (level-0 px per map px). A patch with top-left (x, y) and side F (level-0 px) covers
+the map pixels whose centres lie inside it: rows ceil(y/D - 1/2) <= r < ceil((y+F)/D - 1/2),
+columns likewise. A patch's (h, w) values are resampled onto those pixels by bilinear
+interpolation between cell centres (h = w = 1 gives a constant); overlapping patches are
+averaged, map = Σ patch values / Σ coverage, and pixels that no patch covers are NaN.
+
+maps.zarr holds one OME-Zarr image per map (see tiling.ome): ``attention`` (A-MIL attention),
+``attention_rank`` (its percentile rank among patches, 0..1), one per CAM method (raw values),
+``tissue`` (uint8, 1 where a patch covers the pixel), ``lesion`` (uint16, k on the k-th
+annotated lesion, 0 elsewhere) and ``thumbnail`` ((3, H, W) uint8 RGB of the slide). The root
+lists them as an NGFF collection, so a viewer given maps.zarr finds every image.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from scipy.stats import rankdata
+from skimage.transform import resize
+from tqdm import tqdm
+
+from tiling.annotations import rasterize_lesions, read_annotations
+from tiling.errors import StoreError
+from tiling.ome import read_image, write_collection, write_image
+from tiling.slide import open_slide
+from tiling.store import (EXPLAIN, MAPS, PatchStore, atomic_path, chained_stamp, file_sha256,
+                          is_current, open_patch_store)
+
+log = logging.getLogger(__name__)
+
+ATTENTION, ATTENTION_RANK, TISSUE, LESION, THUMBNAIL = (
+    "attention", "attention_rank", "tissue", "lesion", "thumbnail")
+
+
+@dataclass(frozen=True)
+class StitchConfig:
+    """max_side: longest side of the maps in px (sets D unless `downsample` is given);
+    downsample: level-0 px per map px; chunk: zarr chunk side; block_pixels: most resampled
+    values held in memory at once while stitching."""
+
+    max_side: int = 4096
+    downsample: float | None = None
+    chunk: int = 1024
+    block_pixels: int = 1 << 24
+
+
+def map_downsample(dimensions: tuple[int, int], config: StitchConfig) -> float:
+    """D = config.downsample, else the smallest integer >= 1 with max(W, H) / D <= max_side."""
+    if config.downsample is not None:
+        if config.downsample <= 0:
+            raise ValueError(f"downsample must be > 0, got {config.downsample}")
+        return float(config.downsample)
+    return float(max(1, math.ceil(max(dimensions) / config.max_side)))
+
+
+def map_shape(dimensions: tuple[int, int], downsample: float) -> tuple[int, int]:
+    """(H, W) of the maps for a level-0 slide of (W, H): ceil(side / D)."""
+    width, height = dimensions
+    return math.ceil(height / downsample), math.ceil(width / downsample)
+
+
+def spans(starts: np.ndarray, footprint: float, downsample: float,
+          size: int) -> tuple[np.ndarray, np.ndarray]:
+    """First and one-past-last map pixel whose centre lies in [start, start + footprint)."""
+    lo = np.ceil(np.asarray(starts, np.float64) / downsample - 0.5).astype(np.int64)
+    hi = np.ceil((np.asarray(starts, np.float64) + footprint) / downsample - 0.5).astype(np.int64)
+    return np.clip(lo, 0, size), np.clip(hi, 0, size)
+
+
+def _interpolation(starts: np.ndarray, lo: np.ndarray, length: int, footprint: float,
+                   downsample: float, cells: int) -> np.ndarray:
+    """(N, length, cells) bilinear weights: map pixel lo+j of patch n from its `cells` values.
+
+    Pixel centre p = (lo + j + 1/2)·D in level-0 px sits at u = (p - start)/F·cells - 1/2 in
+    cell-centre units (clamped to [0, cells-1]); weights 1-frac(u) and frac(u) go to its two cells.
+    """
+    pixel = (lo[:, None] + np.arange(length)[None, :] + 0.5) * downsample
+    u = np.clip((pixel - starts[:, None]) / footprint * cells - 0.5, 0, cells - 1)
+    i0 = np.floor(u).astype(np.int64)
+    i1 = np.minimum(i0 + 1, cells - 1)
+    frac = (u - i0).astype(np.float32)
+    weights = np.zeros(u.shape + (cells,), np.float32)
+    n, j = np.indices(u.shape)
+    weights[n, j, i0] = 1 - frac
+    weights[n, j, i1] += frac
+    return weights
+
+
+@dataclass
+class PatchGrid:
+    """Where each patch lands on the map: rows [r0, r1) and columns [c0, c1) per patch."""
+
+    coords: np.ndarray
+    footprint: float
+    downsample: float
+    shape: tuple[int, int]
+    block_pixels: int = 1 << 24
+
+    def __post_init__(self) -> None:
+        x, y = self.coords[:, 0], self.coords[:, 1]
+        self.r0, self.r1 = spans(y, self.footprint, self.downsample, self.shape[0])
+        self.c0, self.c1 = spans(x, self.footprint, self.downsample, self.shape[1])
+
+    def accumulate(self, values: Any, out: np.ndarray) -> np.ndarray:
+        """Add each patch's (h, w) values, resampled onto its footprint, into `out` (H, W).
+
+        `values` is (N, h, w), a numpy or zarr array read block by block.
+        """
+        n, h, w = values.shape
+        rows = max(1, int((self.r1 - self.r0).max(initial=0)))
+        cols = max(1, int((self.c1 - self.c0).max(initial=0)))
+        block = max(1, self.block_pixels // (rows * cols))
+        ys, xs = self.coords[:, 1].astype(np.float64), self.coords[:, 0].astype(np.float64)
+        for start in range(0, n, block):
+            sl = slice(start, min(start + block, n))
+            patch = np.asarray(values[sl], np.float32)
+            wr = _interpolation(ys[sl], self.r0[sl], rows, self.footprint, self.downsample, h)
+            wc = _interpolation(xs[sl], self.c0[sl], cols, self.footprint, self.downsample, w)
+            resampled = wr @ patch @ wc.transpose(0, 2, 1)
+            bounds = (a[sl].tolist() for a in (self.r0, self.r1, self.c0, self.c1))
+            for k, (r0, r1, c0, c1) in enumerate(zip(*bounds, strict=True)):  # per patch
+                out[r0:r1, c0:c1] += resampled[k, : r1 - r0, : c1 - c0]
+        return out
+
+    def coverage(self) -> np.ndarray:
+        """(H, W) float32 count of patches covering each map pixel (the averaging weights)."""
+        ones = np.ones((len(self.coords), 1, 1), np.float32)
+        return self.accumulate(ones, np.zeros(self.shape, np.float32))
+
+    def stitch(self, values: Any, coverage: np.ndarray) -> np.ndarray:
+        """(H, W) float32 map: overlap-averaged patch values, NaN where no patch lies."""
+        total = self.accumulate(values, np.zeros(self.shape, np.float32))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(coverage > 0, total / coverage, np.nan).astype(np.float32)
+
+
+def percentile_rank(values: np.ndarray) -> np.ndarray:
+    """(rank - 1) / (N - 1) with ties averaged: 0 for the lowest value, 1 for the highest."""
+    values = np.asarray(values, np.float64)
+    if values.size < 2:
+        return np.ones_like(values, np.float32)
+    return ((rankdata(values) - 1) / (values.size - 1)).astype(np.float32)
+
+
+def lesion_labels(annotations: list[Path], shape: tuple[int, int],
+                  downsample: float) -> tuple[np.ndarray, list[str]]:
+    """(H, W) uint16: k on the k-th lesion of the annotation files (1-based), and their names."""
+    lesions = [lesion for path in annotations for lesion in read_annotations(path)]
+    labels = np.zeros(shape, np.uint16)
+    for k, lesion in enumerate(lesions, start=1):
+        labels[rasterize_lesions([lesion], shape, downsample)] = k
+    return labels, [str(lesion.name) for lesion in lesions]
+
+
+def open_explain_store(path: Path, store: PatchStore) -> zarr.Group:
+    """explain.zarr opened read-only, checked against its patch store (one attention value
+    per patch, an array per listed method)."""
+    try:
+        group = zarr.open_group(path, mode="r")
+        n = group["attention"].shape[0]
+    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
+        raise StoreError(f"{path}: no complete explain store here ({exc}); run the explain "
+                         "stage on the slide first") from exc
+    if n != len(store):
+        raise StoreError(f"{path}: {n} attention values for {len(store)} patches in "
+                         f"{store.path}; rerun the explain stage")
+    missing = [m for m in group.attrs.get("methods", []) if m not in group]
+    if missing:
+        raise StoreError(f"{path}: methods {missing} are listed but have no array; rerun explain")
+    return group
+
+
+def _thumbnail(slide_path: Path, slide_mpp: float | None, shape: tuple[int, int]) -> np.ndarray:
+    """(3, H, W) uint8 RGB of the slide resampled to the map grid."""
+    with open_slide(slide_path, mpp=slide_mpp) as slide:
+        rgb = slide.thumbnail(max(shape))
+    rgb = resize(rgb, shape, order=1, preserve_range=True, anti_aliasing=True)
+    return np.moveaxis(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), -1, 0)
+
+
+def stitch_slide(slide_dir: Path, slide_path: Path, annotations: list[Path],
+                 config: StitchConfig) -> Path:
+    """Write ``slide_dir/maps.zarr`` from patches.zarr, explain.zarr, the slide and its
+    annotations (read-only); skipped when its stamp is current. Returns the maps.zarr path."""
+    slide_dir, annotations = Path(slide_dir), [Path(a) for a in annotations]
+    out = slide_dir / MAPS
+    stamp = chained_stamp(config, slide_dir / EXPLAIN,
+                          annotations_sha=[file_sha256(a) for a in annotations])
+    if is_current(out, **stamp):
+        log.info("%s is current; skipping stitch", out)
+        return out
+    store = open_patch_store(slide_dir)
+    explain = open_explain_store(slide_dir / EXPLAIN, store)
+    attrs = store.attrs
+    dimensions = (int(attrs["dimensions"][0]), int(attrs["dimensions"][1]))
+    downsample = map_downsample(dimensions, config)
+    shape = map_shape(dimensions, downsample)
+    if attrs.get("slide_mpp") is None:
+        raise StoreError(f"{store.path}: attrs lack slide_mpp; retile the slide with --slide-mpp")
+    pixel_um = downsample * float(attrs["slide_mpp"])
+    grid = PatchGrid(store.coords, float(attrs["footprint"]), downsample, shape,
+                     config.block_pixels)
+    methods = [str(m) for m in explain.attrs.get("methods", [])]
+    attention = np.asarray(explain["attention"][:], np.float32)
+    sources = {ATTENTION: attention[:, None, None],
+               ATTENTION_RANK: percentile_rank(attention)[:, None, None],
+               **{m: explain[m] for m in methods}}
+    with atomic_path(out) as tmp:
+        root = zarr.open_group(tmp, mode="w", zarr_format=3)
+        coverage = grid.coverage()
+        write_image(root, TISSUE, (coverage > 0).astype(np.uint8), pixel_um,
+                    "1 where a tissue patch covers the pixel", config.chunk)
+        for name, values in tqdm(sources.items(), desc=f"stitch {slide_dir.name}", leave=False):
+            write_image(root, name, grid.stitch(values, coverage), pixel_um,
+                        "patch values averaged over overlapping patches; NaN off tissue",
+                        config.chunk)
+        labels, names = lesion_labels(annotations, shape, downsample)
+        write_image(root, LESION, labels, pixel_um, "k on the k-th annotated lesion", config.chunk)
+        write_image(root, THUMBNAIL, _thumbnail(Path(slide_path), attrs.get("slide_mpp"), shape),
+                    pixel_um, "slide RGB resampled to the map grid", config.chunk)
+        write_collection(root, [TISSUE, *sources, LESION, THUMBNAIL])
+        root.attrs.update({
+            "slide_id": attrs.get("slide_id"), "dimensions": list(dimensions),
+            "downsample": downsample, "pixel_um": pixel_um, "shape": list(shape),
+            "methods": methods, "heatmaps": list(sources), "lesion_names": names, **stamp})
+    log.info("stitched %s: %d maps of %d x %d px at %.3g µm/px", out, len(sources), shape[1],
+             shape[0], pixel_um)
+    return out
+
+
+@dataclass
+class Maps:
+    """A slide's maps.zarr opened read-only; ``maps[name]`` reads one (H, W) map as numpy."""
+
+    path: Path
+    group: zarr.Group
+    attrs: dict[str, Any]
+
+    @property
+    def downsample(self) -> float:
+        return float(self.attrs["downsample"])
+
+    @property
+    def pixel_um(self) -> float:
+        """Map pixel side in micrometres (D × level-0 mpp)."""
+        return float(self.attrs["pixel_um"])
+
+    @property
+    def methods(self) -> list[str]:
+        """CAM methods (explain.zarr order)."""
+        return list(self.attrs["methods"])
+
+    @property
+    def heatmaps(self) -> list[str]:
+        """Every float map: attention, attention_rank, then the CAM methods."""
+        return list(self.attrs["heatmaps"])
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return read_image(self.group, name)[...]
+
+    @property
+    def tissue(self) -> np.ndarray:
+        return self[TISSUE].astype(bool)
+
+    @property
+    def lesion(self) -> np.ndarray:
+        """(H, W) uint16 lesion labels: 0 background, k the k-th lesion."""
+        return self[LESION]
+
+    @property
+    def thumbnail(self) -> np.ndarray:
+        """(H, W, 3) uint8 RGB."""
+        return np.moveaxis(self[THUMBNAIL], 0, -1)
+
+
+def open_maps(path: Path) -> Maps:
+    """Open ``<slide_dir>/maps.zarr`` (or the .zarr path itself) read-only."""
+    path = Path(path)
+    if path.suffix != ".zarr":
+        path = path / MAPS
+    try:
+        group = zarr.open_group(path, mode="r")
+        complete = "heatmaps" in group.attrs
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        complete = False
+    if not complete:
+        raise StoreError(f"{path}: no complete maps store here; run the stitch stage on the "
+                         "slide first")
+    return Maps(path, group, dict(group.attrs))

@@ -1,0 +1,147 @@
+"""Tiling a slide into its patch store: tissue mask -> patch grid -> patches read in parallel.
+
+`tile_slide` writes <out>/slides/<slide_id>/patches.zarr (layout: `tiling.store.PatchStore`)
+atomically, stamped with the config hash and the slide's sha256 so a rerun skips it. Patches are
+read with Dask in blocks of `chunk` patches, one block per zarr chunk, each block written by the
+task that reads it: on the current dask.distributed Client if there is one (workers must see
+`out`), else on the threaded scheduler with one thread per core (OpenSlide releases the GIL).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import zarr
+from tqdm import tqdm
+from tqdm.dask import TqdmCallback
+
+from tiling.grid import footprint, patch_grid
+from tiling.slide import BaseSlide, open_slide
+from tiling.store import (PATCHES, atomic_path, config_hash, create_patch_store, file_sha256, is_current,
+                          slide_dir)
+from tiling.tissue import tissue_mask
+
+log = logging.getLogger(__name__)
+
+MASK_CELLS = 16  # tissue-mask pixels per patch side, within MASK_SIDES (thumbnail longer side, px)
+MASK_SIDES = (512, 4096)
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """mpp: patch resolution, µm/px; patch: side, px; stride: step between patches, px at `mpp`
+    (None = patch); min_tissue: least tissue fraction kept; slide_mpp: level-0 µm/px for slides
+    that record none; chunk: patches per zarr chunk and per Dask block."""
+
+    mpp: float = 1.0
+    patch: int = 224
+    stride: int | None = None
+    min_tissue: float = 0.5
+    slide_mpp: float | None = None
+    chunk: int = 64
+
+    def __post_init__(self) -> None:
+        if self.mpp <= 0 or self.patch < 1 or (self.stride is not None and self.stride < 1) or self.chunk < 1:
+            raise ValueError(f"invalid tiling config {self}: mpp, patch, stride and chunk must be positive")
+        if not 0 <= self.min_tissue <= 1:
+            raise ValueError(f"min_tissue must be in [0, 1], got {self.min_tissue}")
+
+    @property
+    def step(self) -> int:
+        return self.stride if self.stride is not None else self.patch
+
+
+def plan_patches(slide: BaseSlide, config: TileConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The patches to read: coords (N, 2) level-0 x, y, tissue (N,), and the store's attrs
+    describing the geometry (footprint = patch * mpp / slide_mpp level-0 px). The tissue mask
+    comes from a thumbnail with MASK_CELLS px per patch side (its longer side within MASK_SIDES)."""
+    side = footprint(config.patch, config.mpp, slide.mpp)
+    mask_side = round(max(slide.dimensions) * MASK_CELLS / side)
+    mask = tissue_mask(slide.thumbnail(min(max(mask_side, MASK_SIDES[0]), MASK_SIDES[1])))
+    coords, tissue = patch_grid(mask, slide.dimensions, side, footprint(config.step, config.mpp, slide.mpp),
+                                config.min_tissue)
+    attrs = {"mpp": config.mpp, "slide_mpp": slide.mpp, "level": slide.best_level(config.mpp),
+             "patch_size": config.patch, "stride": config.step, "footprint": side,
+             "dimensions": list(slide.dimensions)}
+    return coords, tissue, attrs
+
+
+def read_patches(slide: BaseSlide, coords: np.ndarray, patch: int, mpp: float) -> np.ndarray:
+    """(N, patch, patch, 3) uint8: `slide.read_at_mpp` at each level-0 (x, y) of `coords`."""
+    out = np.empty((len(coords), patch, patch, 3), dtype=np.uint8)
+    for i, (x, y) in enumerate(coords.tolist()):
+        out[i] = slide.read_at_mpp((x, y), (patch, patch), mpp)
+    return out
+
+
+def _fill_block(slide: BaseSlide, coords: np.ndarray, patch: int, mpp: float, patches: zarr.Array,
+                start: int) -> int:
+    """Read the patches at `coords` and write them to rows start.. of `patches`."""
+    patches[start:start + len(coords)] = read_patches(slide, coords, patch, mpp)
+    return len(coords)
+
+
+def _current_client() -> Any:
+    try:
+        from distributed import default_client
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def _run(tasks: list[Any], label: str) -> None:
+    """Compute `tasks`, showing progress. On a failure no task may still be writing when this
+    raises (the output is then removed): queued threads are cancelled and running ones awaited;
+    on a cluster every task is awaited, since cancelling does not stop a running one."""
+    client = _current_client()
+    if client is None:
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            try:
+                with TqdmCallback(desc=label, unit="block"):
+                    dask.compute(*tasks, scheduler="threads", pool=pool)
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+        return
+    from distributed import as_completed, wait
+    futures = client.compute(tasks)
+    try:
+        for future in tqdm(as_completed(futures), total=len(futures), desc=label, unit="block"):
+            future.result()
+    except BaseException:
+        wait(futures)  # a cancelled task may still be running: let every task end first
+        raise
+
+
+def tile_slide(slide_path: Path, out: Path, config: TileConfig, slide_id: str | None = None) -> Path:
+    """Write <out>/slides/<slide_id>/patches.zarr for the slide (slide_id: the file's stem).
+
+    Skips when the store is current (same config hash and slide sha256). A slide without tissue
+    gives an empty store (N = 0) and a warning. Raises SlideError naming the file when it cannot
+    be read; nothing is left behind then. Returns the store's path.
+    """
+    slide_path = Path(slide_path)
+    slide_id = slide_id or slide_path.stem
+    target = slide_dir(out, slide_id) / PATCHES
+    with open_slide(slide_path, config.slide_mpp) as slide:
+        stamp = {"config_hash": config_hash(config), "source_sha256": file_sha256(slide_path)}
+        if is_current(target, **stamp):
+            log.info("%s: up to date", target)
+            return target
+        coords, tissue, geometry = plan_patches(slide, config)
+        if len(coords) == 0:
+            log.warning("%s: no tissue found (min_tissue %.2f); writing an empty patch store",
+                        slide_path, config.min_tissue)
+        attrs = {"source_path": str(slide_path.resolve()), "slide_id": slide_id, **geometry, **stamp}
+        with atomic_path(target) as tmp:
+            patches = create_patch_store(tmp, config.patch, config.chunk, coords, tissue, attrs)
+            blocks = range(0, len(coords), config.chunk)
+            _run([dask.delayed(_fill_block)(slide, coords[i:i + config.chunk], config.patch, config.mpp,
+                                            patches, i) for i in blocks], slide_id)
+    log.info("%s: %d patches at level %d -> %s", slide_path.name, len(coords), geometry["level"], target)
+    return target

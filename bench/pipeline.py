@@ -2,30 +2,38 @@
 
 1. Throughput: the same archive of sample slides (8 by default) audited from scratch with 1 and
    with 2 local workers; slides/min = slides / wall-clock minutes of `run_archive` (cluster start
-   included); ratio = 2-worker rate / 1-worker rate (goal >= 1.7 on 2 cores).
+   included); ratio = 2-worker rate / 1-worker rate (goal >= 1.7 on 2 cores). Also printed: the
+   CPU seconds of the run (this process and its workers) and cores busy = CPU / wall.
 2. Memory: one sample slide, and the same slide drawn sqrt(10) times larger (10x the area, so
    ~10x the patches), each audited alone by 1 worker; peak = the worker process's VmHWM (peak
    resident set, /proc/PID/status); ratio = peak(10x) / peak(1x) (goal <= 1.5).
 
-    .venv/bin/python bench/pipeline.py [--slides 8] [--size 7168] [--keep DIR]
+    .venv/bin/python bench/pipeline.py [--slides 8] [--size PX] [--keep DIR] [--no-memory]
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import math
+import os
+import shutil
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-import psutil
+# run as a script, this file's folder comes first on sys.path and its name would hide the
+# `pipeline` package: look in the repository root instead
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from explainers.train import TrainConfig, train
-from pipeline.config import load_config
-from pipeline.runner import run_archive
-from tiling.sample import DEFAULT_SIZE, write_sample_archive
-from tiling.store import open_patch_store, slide_dir
+import psutil  # noqa: E402
+
+from explainers.train import TrainConfig, train  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.runner import run_archive  # noqa: E402
+from tiling.sample import DEFAULT_SIZE, write_sample_archive  # noqa: E402
+from tiling.store import open_patch_store, slide_dir  # noqa: E402
 
 MiB = 1 << 20
 
@@ -65,54 +73,73 @@ class PeakMemory:
         return max(self.peaks.values(), default=0)
 
 
-def audit(archive: Path, model: Path, out: Path, workers: int) -> float:
-    """Seconds to audit `archive` from scratch into `out` with `workers` local workers."""
-    start = time.perf_counter()
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the Dask workers), user + system."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def audit(archive: Path, model: Path, out: Path, workers: int) -> tuple[float, float]:
+    """(wall, CPU) seconds to audit `archive` from scratch into `out` with `workers` local workers."""
+    shutil.rmtree(out, ignore_errors=True)
+    wall, cpu = time.perf_counter(), cpu_seconds()
     result = run_archive(archive, model, out, load_config(overrides={"run.workers": workers}))
     if result.failed:
         raise SystemExit(f"benchmark run failed: {[s.failure for s in result.failed]}")
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, cpu_seconds() - cpu
 
 
 def patches(out: Path, slide_id: str) -> int:
     return len(open_patch_store(slide_dir(out, slide_id)))
 
 
+def throughput(root: Path, model: Path, slides: int, size: int) -> None:
+    """Print slides/min with 1 and 2 workers on `slides` sample slides, and their ratio."""
+    archive = write_sample_archive(root / "slides", slides, seed=3, size=size)
+    runs = {w: audit(archive, model, root / f"out-{w}w", w) for w in (1, 2)}
+    rate = {w: slides / (wall / 60) for w, (wall, _) in runs.items()}
+    mean_patches = sum(patches(root / "out-1w", f"sample_{i:03d}") for i in range(slides)) / slides
+    print(f"throughput, {slides} sample slides of {size} px (~{mean_patches:.0f} patches each), "
+          f"{os.cpu_count()} cores:")
+    for w, (wall, cpu) in runs.items():
+        print(f"  {w} worker(s): {rate[w]:6.2f} slides/min ({wall:.1f} s wall, {cpu:.1f} s CPU, "
+              f"{cpu / wall:.2f} cores busy)")
+    print(f"  ratio 2 workers / 1 worker: {rate[2] / rate[1]:.2f} (goal >= 1.7; other load on the "
+          "machine lowers 'cores busy' and this ratio)")
+
+
+def memory(root: Path, model: Path, size: int) -> None:
+    """Print a worker's peak memory for one slide and for one with 10x its area, and their ratio."""
+    peaks, counts = {}, {}
+    for scale in (1, 10):
+        one = write_sample_archive(root / f"one-{scale}x", 1, seed=4, size=int(size * math.sqrt(scale)))
+        with PeakMemory() as watch:
+            audit(one, model, root / f"mem-{scale}x", 1)
+        peaks[scale], counts[scale] = watch.peak, patches(root / f"mem-{scale}x", "sample_000")
+    print("peak memory of a worker (VmHWM):")
+    for scale in (1, 10):
+        print(f"  {scale:2d}x slide ({counts[scale]} patches): {peaks[scale] / MiB:7.0f} MiB")
+    print(f"  ratio 10x / 1x: {peaks[10] / peaks[1]:.2f} for {counts[10] / counts[1]:.1f}x the patches "
+          "(goal <= 1.5)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slides", type=int, default=8)
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="sample slide width, px")
-    parser.add_argument("--keep", type=Path, default=None, help="folder for the outputs (kept)")
+    parser.add_argument("--keep", type=Path, default=None, help="folder for the inputs and outputs (kept)")
+    parser.add_argument("--no-memory", action="store_true", help="measure the throughput only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as scratch:
         root = args.keep or Path(scratch)
-        train_manifest = write_sample_archive(root / "train", 4, seed=1, size=args.size)
         model = root / "model"
         if not (model / "config.json").is_file():
-            train(train_manifest, model, TrainConfig(epochs=2), stores=root / "train-store")
-
-        archive = write_sample_archive(root / "slides", args.slides, seed=3, size=args.size)
-        seconds = {w: audit(archive, model, root / f"out-{w}w", w) for w in (1, 2)}
-        rate = {w: args.slides / (s / 60) for w, s in seconds.items()}
-        mean_patches = sum(patches(root / "out-1w", f"sample_{i:03d}") for i in range(args.slides)) / args.slides
-        print(f"throughput, {args.slides} sample slides of {args.size} px (~{mean_patches:.0f} patches each):")
-        for w in (1, 2):
-            print(f"  {w} worker(s): {rate[w]:6.2f} slides/min ({seconds[w]:.1f} s)")
-        print(f"  ratio 2 workers / 1 worker: {rate[2] / rate[1]:.2f} (goal >= 1.7)")
-
-        peaks, counts = {}, {}
-        for scale in (1, 10):
-            size = int(args.size * math.sqrt(scale))
-            one = write_sample_archive(root / f"one-{scale}x", 1, seed=4, size=size)
-            with PeakMemory() as memory:
-                audit(one, model, root / f"mem-{scale}x", 1)
-            peaks[scale], counts[scale] = memory.peak, patches(root / f"mem-{scale}x", "sample_000")
-        print("peak memory of a worker (VmHWM):")
-        for scale in (1, 10):
-            print(f"  {scale:2d}x slide ({counts[scale]} patches): {peaks[scale] / MiB:7.0f} MiB")
-        print(f"  ratio 10x / 1x: {peaks[10] / peaks[1]:.2f} for {counts[10] / counts[1]:.1f}x the patches "
-              "(goal <= 1.5)")
+            manifest = write_sample_archive(root / "train", 4, seed=1, size=args.size)
+            train(manifest, model, TrainConfig(epochs=2), stores=root / "train-store")
+        throughput(root, model, args.slides, args.size)
+        if not args.no_memory:
+            memory(root, model, args.size)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def _conv_block(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 
 @register_encoder("small_cnn")
-def small_cnn(width: int = 16) -> nn.Sequential:
+def small_cnn(width: int = 8) -> nn.Sequential:
     """Four 3x3 conv + ReLU blocks (width, 2w, 4w, 4w channels), the first three with stride 2,
     then global average pooling: a P-px patch gives a (4w, P/8, P/8) grid at `block4` (the
     default target layer) and a 4w-dim embedding. Quick to train on a CPU."""

@@ -103,7 +103,7 @@ def explain_store(slide_dir: Path, model_dir: Path, config: ExplainConfig) -> Pa
                         arrays[name] = group.create_array(name, shape=(n, *values.shape[1:]), dtype="float32",
                                                           chunks=(config.batch, *values.shape[1:]))
                     arrays[name][lo:hi] = values
-            group.attrs.update({
+            group.update_attributes({
                 **stamp, "classes": list(classes), "head": model_config.head, "target": config.target,
                 "target_class": cls, "methods": list(config.methods),
                 "model": {"name": model_config.name, "sha256": sha, "config": dataclasses.asdict(model_config)}})
@@ -113,7 +113,7 @@ def explain_store(slide_dir: Path, model_dir: Path, config: ExplainConfig) -> Pa
 
 def _array(group: zarr.Group, name: str, values: torch.Tensor, batch: int) -> None:
     data = values.detach().float().cpu().numpy()
-    group.create_array(name, shape=data.shape, dtype="float32", chunks=(min(batch, data.shape[0]), *data.shape[1:]))[...] = data
+    group.create_array(name, data=data, chunks=(min(batch, data.shape[0]), *data.shape[1:]))
 
 
 def _counted(items, bar: tqdm):

@@ -42,7 +42,7 @@ class ModelConfig:
 
     name: str = "amil-small-cnn"
     encoder: str = "small_cnn"
-    encoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    encoder_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 8})
     attention_hidden: int = 32
     classes: list[str] = field(default_factory=lambda: ["normal", "lesion"])
     head: str = "softmax"

@@ -20,9 +20,10 @@ def check_fits(store: PatchStore, config: ModelConfig) -> None:
     a different pixel size alone is fine, the patches are resized."""
     mpp, size = float(store.attrs["mpp"]), int(store.attrs["patch_size"])
     if abs(mpp * size - config.footprint_um) > FOOTPRINT_TOLERANCE * config.footprint_um:
-        raise ModelError(f"{store.path}: patches cover {mpp * size:g} µm ({size} px at {mpp:g} µm/px) but model "
-                         f"{config.name!r} reads {config.footprint_um:g} µm ({config.patch} px at {config.mpp:g} µm/px); "
-                         f"re-tile the slide with `slideaudit tile --mpp {config.mpp:g} --patch {config.patch}`")
+        raise ModelError(f"{store.path}: patches cover {mpp * size:g} µm ({size} px at {mpp:g} µm/px) but "
+                         f"model {config.name!r} reads {config.footprint_um:g} µm ({config.patch} px at "
+                         f"{config.mpp:g} µm/px); re-tile the slide with "
+                         f"`slideaudit tile --mpp {config.mpp:g} --patch {config.patch}`")
 
 
 def resize(patches: np.ndarray, size: int) -> torch.Tensor:
@@ -34,10 +35,11 @@ def resize(patches: np.ndarray, size: int) -> torch.Tensor:
 
 
 def normalise(x: torch.Tensor, config: ModelConfig, device: torch.device) -> torch.Tensor:
-    """uint8 (B, 3, P, P) -> float32 on `device`: (x / 255 - mean) / std per channel."""
-    mean = torch.tensor(config.mean, device=device).view(1, 3, 1, 1)
+    """uint8 (B, 3, P, P) -> float32 on `device`: (x / 255 - mean) / std per channel, computed
+    in place as x * (1 / (255 std)) - mean / std (memory layout kept: channels-last convs are faster)."""
     std = torch.tensor(config.std, device=device).view(1, 3, 1, 1)
-    return (x.to(device, non_blocking=True).float() / 255 - mean) / std
+    mean = torch.tensor(config.mean, device=device).view(1, 3, 1, 1)
+    return x.to(device, non_blocking=True).float().mul_(1 / (255 * std)).sub_(mean / std)
 
 
 class PatchReader:

@@ -1,18 +1,20 @@
 """Every explanation of a bag of patches from one forward pass, exact and in bounded memory.
 
-Pass 1, per batch of patches x: A = head(x), the target layer's activations, go to a temporary
-memory-mapped file (host RAM while it fits, disk beyond); h = tail(A) are the embeddings
-(kept, N x D) and W h + b the instance logits.
+Pass 1, per batch of patches x: A = head(x), the target layer's activations, are kept on the
+host (in RAM up to RAM_LIMIT bytes, beyond that in a memory-mapped temporary file the OS pages
+to disk); h = tail(A) are the embeddings (kept, N x D) and W h + b the instance logits.
 MIL head: over all N embeddings at once, the attention a, the slide logits and, for the slide
 target, g_k = d(slide logit_t)/d(h_k) in one small backward.
 Pass 2, per chunk: only the tail is re-run, on the kept A, and
 G = torch.autograd.grad(tail(A), A, grad_outputs=g): since the slide logit depends on A_k only
-through h_k, this is exactly d(slide logit_t)/d(A_k), whatever the chunk size. For the instance
+through h_k, this is exactly d(slide logit_t)/d(A_k), whatever the chunk size (when the tail is
+global average pooling, G_cij = g_c / (hw) directly, without autograd). For the instance
 target (score W_t h_k + b_t) g_k = W_t. Every CAM method is computed from the same (A, G);
 guided backprop and occlusion re-read the chunk's patches and re-run the encoder on them.
 """
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +32,15 @@ from explainers.occlusion import occlusions
 
 METHODS = (*CAM_METHODS, "guided_backprop", "guided_gradcam", "occlusion")
 OCCLUSION_GRID = 8
+RAM_LIMIT = 1 << 30  # bytes of kept activations held in RAM; a larger bag spills to a mapped file
+
+
+def activation_cache(shape: tuple[int, ...]) -> np.ndarray:
+    """An empty float32 array of `shape`: in RAM up to RAM_LIMIT bytes, else mapped to an
+    anonymous temporary file, so host memory stays bounded for any number of patches."""
+    if 4 * math.prod(shape) <= RAM_LIMIT:
+        return np.empty(shape, dtype=np.float32)
+    return np.memmap(tempfile.TemporaryFile(), dtype=np.float32, mode="w+", shape=shape)
 
 
 @dataclass
@@ -37,7 +48,7 @@ class BagForward:
     """What pass 1 keeps of a bag of N patches."""
     h: torch.Tensor                # (N, D) embeddings, on the model's device
     instance_logits: torch.Tensor  # (N, C)
-    acts: np.ndarray               # (N, C', h, w) float32 target-layer activations (memory-mapped)
+    acts: np.ndarray               # (N, C', h, w) float32 target-layer activations (activation_cache)
 
 
 @dataclass
@@ -77,8 +88,10 @@ def instance_target(model: AttentionMIL, h: torch.Tensor, cls: int) -> BagTarget
 
 
 def _is_global_pool(tail: nn.Sequential) -> bool:
-    pools = (nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity)
-    return any(isinstance(m, nn.AdaptiveAvgPool2d) for m in tail) and all(isinstance(m, pools) for m in tail)
+    """True when the tail is global average pooling (plus flattening) and nothing else."""
+    pools = [m for m in tail if isinstance(m, nn.AdaptiveAvgPool2d)]
+    return (len(pools) == 1 and pools[0].output_size in (1, (1, 1))
+            and all(isinstance(m, (nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity)) for m in tail))
 
 
 class BagExplainer:
@@ -90,7 +103,8 @@ class BagExplainer:
             raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
         self.model, self.methods = model, tuple(methods)
         self.head, self.tail = split_encoder(model, target_layer)
-        if "cam" in methods and not _is_global_pool(self.tail):
+        self.global_pool = _is_global_pool(self.tail)
+        if "cam" in methods and not self.global_pool:
             raise ModelError(f"method 'cam' needs global average pooling right after the target layer "
                              f"{target_layer!r}; this encoder has {[type(m).__name__ for m in self.tail]}; use gradcam")
         self.cams = {name: (ClassCAM(model, target_layer, fc="classifier") if name == "cam"
@@ -106,7 +120,7 @@ class BagExplainer:
         for lo, hi, x in batches:
             a = self.head(x)
             if acts is None:
-                acts = np.memmap(tempfile.TemporaryFile(), dtype=np.float32, mode="w+", shape=(n, *a.shape[1:]))
+                acts = activation_cache((n, *a.shape[1:]))
             acts[lo:hi] = a.float().cpu().numpy()     # kept before the tail may change `a` in place
             emb = self.tail(a)
             out = self.model.classifier(emb)
@@ -117,7 +131,8 @@ class BagExplainer:
         return BagForward(h, logits, acts)
 
     def maps(self, bag: BagForward, target: BagTarget, batch: int,
-             read: Callable[[int, int], torch.Tensor] | None = None) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+             read: Callable[[int, int], torch.Tensor] | None = None,
+             ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
         """Pass 2: (lo, hi, {method: maps (hi-lo, h, w)}) chunk by chunk; `read(lo, hi)` gives
         the chunk's model inputs again (needed by guided backprop and occlusion only)."""
         if self.needs_patches and read is None:
@@ -125,9 +140,9 @@ class BagExplainer:
         device = bag.h.device
         for lo in range(0, bag.h.shape[0], batch):
             hi = min(lo + batch, bag.h.shape[0])
-            out = self._cams(torch.from_numpy(np.array(bag.acts[lo:hi])).to(device), target, lo, hi)
+            out = self._cams(torch.as_tensor(bag.acts[lo:hi], device=device), target, lo, hi)
             if self.needs_patches:
-                out.update(self._input_methods(read(lo, hi), bag, target, lo, hi, out.get("gradcam")))
+                out.update(self._input_methods(read(lo, hi), target, lo, hi, out.get("gradcam")))
             yield lo, hi, {name: out[name].detach().cpu().numpy() for name in self.methods}
 
     def _cams(self, acts: torch.Tensor, target: BagTarget, lo: int, hi: int) -> dict[str, torch.Tensor]:
@@ -136,14 +151,17 @@ class BagExplainer:
             wanted.setdefault("gradcam", self.gradcam)
         if not wanted:
             return {}
-        with torch.enable_grad():
-            acts.requires_grad_()
-            emb = self.tail(acts.clone())  # the clone keeps in-place ops in the tail off the leaf
-            grads, = torch.autograd.grad(emb, acts, grad_outputs=target.grad[lo:hi])
-        acts = acts.detach()
+        if self.global_pool:  # h = mean_ij A_ij, so dh_c/dA_cij = 1/(hw): no autograd needed
+            grads = (target.grad[lo:hi] / acts[0, 0].numel())[:, :, None, None].expand_as(acts)
+        else:
+            with torch.enable_grad():
+                acts.requires_grad_()
+                emb = self.tail(acts.clone())  # the clone keeps in-place ops in the tail off the leaf
+                grads, = torch.autograd.grad(emb, acts, grad_outputs=target.grad[lo:hi])
+            acts = acts.detach()
         return {name: cam.compute(acts, grads, target.linear[lo:hi]) for name, cam in wanted.items()}
 
-    def _input_methods(self, x: torch.Tensor, bag: BagForward, target: BagTarget, lo: int, hi: int,
+    def _input_methods(self, x: torch.Tensor, target: BagTarget, lo: int, hi: int,
                        gradcam: torch.Tensor | None) -> dict[str, torch.Tensor]:
         out = {}
         if {"guided_backprop", "guided_gradcam"} & set(self.methods):

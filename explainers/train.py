@@ -1,9 +1,10 @@
 """Train an attention-MIL model end to end from slide-level labels.
 
 Each slide is a bag of its patches, read from its patch store (tiled first where missing).
-One step = one slide: up to `bag_size` of its patches drawn at random, random flips and
-90° rotations, the bag's slide logits and a cross-entropy (softmax head) or binary
-cross-entropy (sigmoid head) loss, one Adam update. Every random choice comes from `seed`.
+One step = one slide: up to `bag_size` of its patches drawn at random, a random flip and
+90° rotation, the bag's slide logits and a cross-entropy (softmax head) or binary
+cross-entropy (sigmoid head) loss, the gradient's norm clipped to `clip`, one Adam update.
+Every random choice comes from `seed`.
 """
 from __future__ import annotations
 
@@ -34,15 +35,18 @@ MANIFEST_COLUMNS = ("slide_id", "path", "label")
 
 @dataclass
 class TrainConfig:
-    """epochs: passes over the slides; bag_size: patches drawn per slide and step; lr,
-    weight_decay: Adam's; model: the architecture (classes, mean/std and seed are filled in
-    by training); tile: how missing patch stores are tiled (its footprint must be the model's)."""
+    """epochs: passes over the slides; bag_size: most patches drawn per slide and step; lr,
+    weight_decay: Adam's; clip: largest gradient norm; model: the architecture (mean/std and
+    seed are filled in by training); tile: how missing patch stores are tiled (its footprint
+    must be the model's). The defaults train on 16 sample slides in well under a minute on
+    two CPU cores."""
 
-    epochs: int = 8
+    epochs: int = 12
     seed: int = 0
     lr: float = 1e-3
     weight_decay: float = 1e-4
     bag_size: int = 256
+    clip: float = 1.0
     device: str = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
     tile: TileConfig = field(default_factory=TileConfig)
@@ -93,16 +97,19 @@ def class_targets(labels: list[str], classes: list[str], head: str, manifest: Pa
 
 
 def load_bags(rows: pd.DataFrame, targets: list[torch.Tensor], stores: Path, config: TrainConfig) -> list[Bag]:
-    """Tile each slide into `stores` where needed, then read its patches at the model's size."""
+    """Tile each slide into `stores` where needed, then read its patches at the model's size
+    (kept in RAM as uint8: 3·P² bytes a patch, 12 KiB at 64 px)."""
     bags = []
-    for (_, row), target in zip(rows.iterrows(), targets, strict=True):
+    for (_, row), target in tqdm(zip(rows.iterrows(), targets, strict=True), total=len(rows), desc="read slides",
+                                 unit="slide"):
         store = open_patch_store(tile_slide(Path(row["path"]), stores, config.tile, slide_id=row["slide_id"]))
         if len(store) == 0:
             log.warning("%s: no tissue patches; left out of training", row["slide_id"])
             continue
         check_fits(store, config.model)
-        patches = torch.cat([resize(store.patches[lo:lo + 256], config.model.patch)
-                             for lo in range(0, len(store), 256)])
+        step = store.patches.chunks[0]
+        patches = torch.cat([resize(store.patches[lo:lo + step], config.model.patch)
+                             for lo in range(0, len(store), step)])
         bags.append(Bag(row["slide_id"], patches, target))
     return bags
 
@@ -178,11 +185,13 @@ def train(manifest: Path, model_dir: Path, config: TrainConfig, stores: Path | N
             loss = bag_loss(logits, bag.target.to(device), model_config.head)
             optimiser.zero_grad()
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
             optimiser.step()
             losses.append(float(loss))
         history.append(round(float(np.mean(losses)), 4))
     metrics = evaluate(model, bags, model_config, device)
     model_config.metrics = {"train_" + k: v for k, v in metrics.items()} | {
-        "epochs": config.epochs, "loss_per_epoch": history, "slides": len(bags), "patches": int(sum(len(b.patches) for b in bags))}
+        "epochs": config.epochs, "loss_per_epoch": history, "slides": len(bags),
+        "patches": sum(len(b.patches) for b in bags)}
     log.info("trained %s on %d slides: %s", model_config.name, len(bags), model_config.metrics)
     return save_model(model.cpu(), model_config, model_dir)

@@ -3,12 +3,15 @@
     tile-<id> -> explain-<id> -> stitch-<id> -> audit-<id> -> report-<id> -> validate-<id>
     index <- every slide's last state (the fan-in)
 
+(each key also ends in a token of the run).
+
 Explain tasks carry `resources={"GPU": 1}` when the run uses CUDA, so a cluster runs them only
-on workers that offer a GPU. Task keys are readable names, shown as such on the dashboard.
+on workers that offer a GPU. The dashboard groups tasks by stage.
 """
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,7 +33,9 @@ def build_index(out: Path, states: Sequence[SlideState]) -> list[SlideState]:
 
 def build_graph(records: Sequence[SlideRecord], ctx: Context, gpu: bool) -> tuple[list[Delayed], Delayed]:
     """Every stage task of every slide (for progress), and the index task whose result is the
-    list of final `SlideState`s."""
+    list of final `SlideState`s. Keys end in a token of this graph, so two runs sharing a
+    scheduler never share a task."""
+    token = uuid.uuid4().hex[:8]
     tasks, finals = [], []
     for rec in records:
         state: Delayed | SlideState = SlideState(rec)
@@ -38,10 +43,10 @@ def build_graph(records: Sequence[SlideRecord], ctx: Context, gpu: bool) -> tupl
             gpu_task = gpu and stage == "explain"
             with dask.annotate(resources={"GPU": 1}) if gpu_task else contextlib.nullcontext():
                 state = delayed(run_stage, pure=False)(stage, state, ctx,
-                                                      dask_key_name=f"{stage}-{rec.slide_id}")
+                                                      dask_key_name=f"{stage}-{rec.slide_id}-{token}")
             tasks.append(state)
         finals.append(state)
-    index = delayed(build_index, pure=False)(ctx.out, finals, dask_key_name="index")
+    index = delayed(build_index, pure=False)(ctx.out, finals, dask_key_name=f"index-{token}")
     return tasks, index
 
 

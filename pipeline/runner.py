@@ -113,10 +113,11 @@ def run_archive(archive: Path, model_dir: Path, out: Path, config: PipelineConfi
     skipped_entries = [{"slide_id": s, "state": "skipped", "reason": f"{AUDIT} exists (--only-new)"}
                        for s in skipped]
     pending = [{"slide_id": r.slide_id, "state": "pending", "source_path": str(r.path)} for r in todo]
-    write_manifest(out, info, pending + skipped_entries)
-    log.info("%d slide(s) to audit, %d skipped, config %s", len(todo), len(skipped), info["config_hash"])
     with open_client(config.run, gpu) as client:
         info["scheduler"] = client.scheduler.address
+        write_manifest(out, info, pending + skipped_entries)
+        log.info("%d slide(s) to audit, %d skipped, config %s", len(todo), len(skipped),
+                 info["config_hash"])
         tasks, index = build_graph(todo, Context(out, model_dir, config), gpu)
         states = compute(client, tasks, index)
     info["finished"] = _now()

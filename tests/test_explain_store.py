@@ -1,5 +1,6 @@
 """The explain stage on real patch stores with a small untrained model: the explain.zarr
 contract, resume, batch invariance, bad input, and the `explain` / `train` commands."""
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -16,7 +17,7 @@ from explainers.explain import ExplainConfig, explain_store, resolve_device
 from explainers.model_io import ModelConfig, build_model, load_model, model_sha256, save_model
 from explainers.patches import normalise, resize
 from explainers.slide_gradcam import METHODS
-from explainers.train import TrainConfig, read_manifest, train
+from explainers.train import TrainConfig, class_targets, read_manifest, train
 from pipeline.cli import main
 from tiling.errors import StoreError
 from tiling.store import create_patch_store, open_patch_store
@@ -80,7 +81,8 @@ def test_rerun_is_skipped_until_the_config_or_model_changes(slide_dir, model_dir
     assert mtime(slide_dir) != first
     assert "hirescam" in zarr.open_group(slide_dir / "explain.zarr", mode="r")
     second = mtime(slide_dir)
-    other = save_model(build_model(SMALL.__class__(**{**SMALL.__dict__, "seed": 9})), SMALL, tmp_path / "other")
+    reseeded = dataclasses.replace(SMALL, seed=9)
+    other = save_model(build_model(reseeded), reseeded, tmp_path / "other")
     explain_store(slide_dir, other, ExplainConfig(methods=("gradcam", "hirescam")))
     assert mtime(slide_dir) != second
     assert [p.name for p in slide_dir.iterdir() if p.name.startswith(".")] == []
@@ -211,3 +213,18 @@ def test_train_command_and_manifest_errors(sample_archive, tmp_path):
     rows.to_csv(bad, index=False)
     with pytest.raises(ManifestError, match="tumour"):
         train(bad, tmp_path / "m3", TrainConfig(epochs=1))
+
+
+def test_a_sigmoid_head_trains_on_named_labels_and_explains(sample_archive, tmp_path):
+    rows = read_manifest(sample_archive)
+    rows["label"] = ["lesion;ink" if label == "1" else "" for label in rows["label"]]
+    manifest = tmp_path / "multi.csv"
+    rows.to_csv(manifest, index=False)
+    targets = class_targets(["lesion;ink", "", "1"], ["lesion", "ink"], "sigmoid", manifest)
+    assert [t.tolist() for t in targets] == [[1.0, 1.0], [0.0, 0.0], [0.0, 1.0]]
+    config = TrainConfig(epochs=1, model=ModelConfig(head="sigmoid", classes=["lesion", "ink"]))
+    model_dir = train(manifest, tmp_path / "model", config, stores=tmp_path / "out")
+    out = explain_store(tmp_path / "out" / "slides" / "sample_000", model_dir, ExplainConfig(target_class=1))
+    group = zarr.open_group(out, mode="r")
+    assert group.attrs["head"] == "sigmoid" and group.attrs["classes"] == ["lesion", "ink"]
+    assert group["slide_logits"].shape == (2,) and group.attrs["target_class"] == 1

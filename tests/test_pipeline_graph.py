@@ -18,15 +18,20 @@ RECORDS = [SlideRecord("a", Path("/nowhere/a.svs"), 1), SlideRecord("b", Path("/
 @pytest.mark.parametrize("gpu", [True, False])
 def test_one_chain_per_slide_and_gpu_annotation_on_explain_only(tmp_path: Path, gpu: bool) -> None:
     tasks, index = build_graph(RECORDS, Context(tmp_path, tmp_path, PipelineConfig()), gpu=gpu)
-    assert [t.key for t in tasks] == [f"{s}-{r.slide_id}" for r in RECORDS for s in STAGES]
+    token = index.key.removeprefix("index-")
+    assert [t.key for t in tasks] == [f"{s}-{r.slide_id}-{token}" for r in RECORDS for s in STAGES]
     for task in tasks:
         graph = task.__dask_graph__()
         wanted = {"resources": {"GPU": 1}} if gpu and task.key.startswith("explain-") else None
         assert graph.layers[task.key].annotations == wanted, task.key
-        stage, slide = task.key.split("-")
+        stage, slide, _ = task.key.split("-")
         previous = list(STAGES).index(stage) - 1
-        assert graph.dependencies[task.key] == ({f"{list(STAGES)[previous]}-{slide}"} if previous >= 0 else set())
-    assert index.__dask_graph__().dependencies["index"] == {"validate-a", "validate-b"}
+        assert graph.dependencies[task.key] == (
+            {f"{list(STAGES)[previous]}-{slide}-{token}"} if previous >= 0 else set())
+    assert index.__dask_graph__().dependencies[index.key] == {f"validate-a-{token}", f"validate-b-{token}"}
+    # another graph of the same slides shares no key with this one
+    other, _ = build_graph(RECORDS, Context(tmp_path, tmp_path, PipelineConfig()), gpu=gpu)
+    assert not {t.key for t in tasks} & {t.key for t in other}
 
 
 def test_only_new_skips_slides_with_an_audit(tmp_path: Path) -> None:

@@ -168,9 +168,12 @@ def test_external_scheduler(workspace: Workspace, reference: RunResult, dask_clu
                             tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert dask_cluster.startswith("tcp://127.0.0.1:")
-    proc = subprocess.run([SLIDEAUDIT, "run", workspace.manifest, "--model", workspace.model,
-                           "--out", out, "--config", workspace.config, "--scheduler", dask_cluster],
-                          capture_output=True, text=True, timeout=600)
+    command = [SLIDEAUDIT, "run", workspace.manifest, "--model", workspace.model, "--out", out,
+               "--config", workspace.config, "--scheduler", dask_cluster]
+    gpu = subprocess.run([*command, "--device", "cuda"], capture_output=True, text=True, timeout=600)
+    assert gpu.returncode == 1 and "no worker offers a GPU" in gpu.stderr
+    assert not out.exists()
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert f"index: {out / 'index.html'}" in proc.stdout
     assert run_json(out)["scheduler"] == dask_cluster

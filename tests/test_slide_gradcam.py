@@ -10,6 +10,7 @@ from explainers.cams import CAM_METHODS, GradCAM
 from explainers.errors import ModelError
 from explainers.guided import guided_relus, saliency
 from explainers.model_io import ModelConfig, build_model
+from explainers import slide_gradcam
 from explainers.slide_gradcam import METHODS, BagExplainer, instance_target, slide_target
 
 N, P = 11, 32
@@ -26,8 +27,8 @@ def bag():
     return torch.randn(N, 3, P, P, generator=torch.Generator().manual_seed(4))
 
 
-def run(model, x, methods, target="slide", cls=1, batch=4, forward_batch=3):
-    explainer = BagExplainer(model, LAYER, methods)
+def run(model, x, methods, target="slide", cls=1, batch=4, forward_batch=3, layer=LAYER):
+    explainer = BagExplainer(model, layer, methods)
     with frozen(model):
         chunks = ((lo, min(lo + forward_batch, N), x[lo:lo + forward_batch]) for lo in range(0, N, forward_batch))
         fwd = explainer.forward(chunks, N)
@@ -41,20 +42,21 @@ def run(model, x, methods, target="slide", cls=1, batch=4, forward_batch=3):
     return fwd, tgt, out
 
 
-def full_graph_slide_grads(model, x, cls):
+def full_graph_slide_grads(model, x, cls, layer=LAYER):
     """d(slide logit)/d(target-layer activations) from one backward over the whole bag (hooks)."""
-    with capture(model.get_submodule(LAYER)) as kept, torch.enable_grad():
+    with capture(model.get_submodule(layer)) as kept, torch.enable_grad():
         logits, attention = model(x)
         grads, = torch.autograd.grad(logits[cls], kept["acts"])
     return kept["acts"].detach(), grads, attention.detach()
 
 
+@pytest.mark.parametrize("layer", [LAYER, "encoder.block3"])   # tail: pooling only / block4 + pooling
 @pytest.mark.parametrize("batch", [1, 3, 4, N])
-def test_chunked_slide_gradcam_equals_one_full_graph_backward(model, bag, batch):
-    _, _, out = run(model, bag, ("gradcam", "gradcampp", "hirescam"), batch=batch)
-    acts, grads, _ = full_graph_slide_grads(model, bag, 1)
+def test_chunked_slide_gradcam_equals_one_full_graph_backward(model, bag, batch, layer):
+    _, _, out = run(model, bag, ("gradcam", "gradcampp", "hirescam"), batch=batch, layer=layer)
+    acts, grads, _ = full_graph_slide_grads(model, bag, 1, layer)
     for name in ("gradcam", "gradcampp", "hirescam"):
-        expected = CAM_METHODS[name](model, LAYER).compute(acts, grads)
+        expected = CAM_METHODS[name](model, layer).compute(acts, grads)
         assert float(expected.abs().max()) > 0
         torch.testing.assert_close(out[name], expected, atol=1e-5, rtol=1e-5)
 
@@ -104,9 +106,14 @@ def test_slide_guided_backprop_equals_the_full_graph_guided_gradient(model, bag)
     torch.testing.assert_close(out["guided_gradcam"], out["guided_backprop"] * up)
 
 
-def test_activations_are_kept_memory_mapped(model, bag):
-    fwd, _, _ = run(model, bag, ("gradcam",))
-    assert isinstance(fwd.acts, np.memmap) and fwd.acts.shape == (N, 16, 4, 4)
+def test_activations_spill_to_a_mapped_file_beyond_the_ram_limit(model, bag, monkeypatch):
+    fwd, _, in_ram = run(model, bag, ("gradcam", "hirescam"))
+    assert not isinstance(fwd.acts, np.memmap) and fwd.acts.shape == (N, 16, 4, 4)
+    monkeypatch.setattr(slide_gradcam, "RAM_LIMIT", 16 * 4 * 4 * 4 * 5)   # room for 5 patches
+    fwd, _, mapped = run(model, bag, ("gradcam", "hirescam"))
+    assert isinstance(fwd.acts, np.memmap)
+    for name in ("gradcam", "hirescam"):
+        torch.testing.assert_close(mapped[name], in_ram[name], rtol=0, atol=0)
 
 
 def test_engine_leaves_the_model_as_it_was(model, bag):

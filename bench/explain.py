@@ -1,0 +1,150 @@
+"""Benchmark: the explain stage against the forward-pass floor and a captum-based assembly.
+
+On the patches of one tiled sample slide and one model (the default architecture), with the
+model inputs (decoded, resized, normalised) prepared once in memory:
+
+  (a) floor:   one forward of the encoder and the MIL head with autograd on;
+  (b) explain: attention + slide-level Grad-CAM + instance Grad-CAM from one forward pass
+               (`BagExplainer`, the engine of `slideaudit explain`);
+  (c) captum:  `LayerGradCam` for the instance target plus a separate A-MIL forward for the
+               attention, what a user would assemble from existing tools.
+
+Then the same from the store on disk, zarr decode and resize included: (a') the floor reading
+through the stage's loader, and (b') the whole stage `explain_store` (slide Grad-CAM, zarr writes).
+Prints patches/s (wall) and CPU s per 1000 patches, and time(b)/time(a) (goal <= 1.25),
+time(b)/time(c) (goal <= 0.6), time(b')/time(a'). Best of --repeats runs, the methods alternated.
+
+    .venv/bin/python bench/explain.py [--size 16384] [--repeats 7] [--batch 64] [--device auto] [--threads N]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+# run as a script, this file's folder comes first on sys.path and bench/tiling.py would hide
+# the `tiling` package: look in the repository root instead
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import torch  # noqa: E402
+from captum.attr import LayerGradCam  # noqa: E402
+from torch import nn  # noqa: E402
+
+from explainers.cam import frozen  # noqa: E402
+from explainers.explain import ExplainConfig, explain_store, resolve_device  # noqa: E402
+from explainers.model_io import ModelConfig, build_model, load_model, save_model  # noqa: E402
+from explainers.patches import PatchReader  # noqa: E402
+from explainers.slide_gradcam import BagExplainer, instance_target, slide_target  # noqa: E402
+from tiling.sample import write_sample_archive  # noqa: E402
+from tiling.store import EXPLAIN, open_patch_store  # noqa: E402
+from tiling.tile import TileConfig, tile_slide  # noqa: E402
+
+
+Batches = list[tuple[int, int, torch.Tensor]]
+
+
+def floor(model, batches: Batches) -> None:
+    """(a) encoder + MIL head forward with autograd on, nothing else."""
+    with torch.enable_grad():
+        h = torch.cat([model.encoder(x) for _, _, x in batches])
+        logits, attention = model.pool(h)
+    _sync(logits)
+
+
+def explain(model, batches: Batches, layer: str) -> None:
+    """(b) attention, slide Grad-CAM and instance Grad-CAM from one forward pass."""
+    explainer = BagExplainer(model, layer, ("gradcam",))
+    bag = explainer.forward(batches, batches[-1][1])
+    with torch.no_grad():
+        logits, attention = model.pool(bag.h)
+    cls = int(logits.argmax())
+    for target in (slide_target(model, bag.h, cls), instance_target(model, bag.h, cls)):
+        for _, _, maps in explainer.maps(bag, target, batches[0][1]):
+            pass
+    _sync(attention)
+
+
+def captum(model, batches: Batches, layer: str) -> None:
+    """(c) a separate A-MIL forward for attention + captum LayerGradCam (instance target)."""
+    with torch.no_grad():
+        logits, attention = model.pool(torch.cat([model.encoder(x) for _, _, x in batches]))
+    cls = int(logits.argmax())
+    gradcam = LayerGradCam(nn.Sequential(model.encoder, model.classifier), model.get_submodule(layer))
+    for _, _, x in batches:
+        maps = gradcam.attribute(x, target=cls, relu_attributions=True)
+    _sync(maps)
+
+
+def _sync(t: torch.Tensor) -> None:
+    if t.is_cuda:
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], None]) -> tuple[float, float]:
+    """(wall s, process CPU s) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=16384, help="sample slide width in level-0 px")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--model", type=Path, default=None, help="a model folder (default: an untrained default model)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="bench-explain-"))
+    try:
+        manifest = write_sample_archive(work / "archive", slides=1, seed=11, size=args.size)
+        slide_dir = tile_slide(manifest.parent / "sample_000.tiff", work / "out", TileConfig()).parent
+        model_dir = args.model or save_model(build_model(ModelConfig()), ModelConfig(), work / "model")
+        model, config = load_model(model_dir)
+        device = resolve_device(args.device)
+        model.to(device)
+        reader = PatchReader(open_patch_store(slide_dir), config, device)
+        n, layer = len(reader), config.target_layer
+        batches = list(reader.batches(args.batch))
+        stage = ExplainConfig(methods=("gradcam",), device=args.device, batch=args.batch)
+
+        def whole_stage() -> None:
+            shutil.rmtree(slide_dir / EXPLAIN, ignore_errors=True)
+            explain_store(slide_dir, model_dir, stage)
+
+        runs = {"(a) floor: encoder + MIL forward, autograd on": lambda: floor(model, batches),
+                "(b) explain: attention + slide & instance Grad-CAM": lambda: explain(model, batches, layer),
+                "(c) captum LayerGradCam + A-MIL forward": lambda: captum(model, batches, layer),
+                "(a') floor, reading the store": lambda: floor(model, list(reader.batches(args.batch))),
+                "(b') explain_store: slide Grad-CAM, store to store": whole_stage}
+        best = {name: (float("inf"), float("inf")) for name in runs}
+        with frozen(model):
+            for fn in runs.values():   # warm-up
+                fn()
+            for _ in range(args.repeats):
+                for name, fn in runs.items():
+                    wall, cpu = timed(fn)
+                    best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
+        print(f"{n} patches of {config.patch} px (stored at 224 px), model {config.name}, device {device}, "
+              f"batch {args.batch}, torch threads {torch.get_num_threads()}, best of {args.repeats}")
+        for name, (wall, cpu) in best.items():
+            print(f"  {name:52s} {n / wall:8.0f} patches/s   {1000 * cpu / n:6.2f} CPU s / 1000 patches")
+        (a, _), (b, _), (c, _), (a2, _), (b2, _) = best.values()
+        print(f"time(b)/time(a)   = {b / a:.2f}   (goal <= 1.25)")
+        print(f"time(b)/time(c)   = {b / c:.2f}   (goal <= 0.6)")
+        print(f"time(b')/time(a') = {b2 / a2:.2f}   (store to store)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

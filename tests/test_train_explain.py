@@ -1,0 +1,81 @@
+"""Train the default model on 16 sample slides (seed 1), explain a held-out archive (seed 2):
+it classifies the held-out slides, and its attention and slide Grad-CAM fall on the lesions."""
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from explainers.explain import ExplainConfig, explain_store
+from explainers.model_io import load_model
+from explainers.train import TrainConfig, read_manifest, train
+from tiling.annotations import rasterize_lesions, read_annotations
+from tiling.sample import write_sample_archive
+from tiling.store import PatchStore, open_patch_store
+from tiling.tile import TileConfig, tile_slide
+
+METHODS = ("gradcam", "gradcampp", "hirescam", "cam")
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory) -> Path:
+    """The default model trained on 16 sample slides (seed 1): one training run per session."""
+    root = tmp_path_factory.mktemp("amil")
+    manifest = write_sample_archive(root / "train", slides=16, seed=1)
+    return train(manifest, root / "model", TrainConfig(), stores=root / "stores")
+
+
+@pytest.fixture(scope="session")
+def heldout(tmp_path_factory, trained_model) -> list[tuple[dict, Path]]:
+    """(manifest row, slide dir with explain.zarr) for each slide of a held-out archive (seed 2)."""
+    root = tmp_path_factory.mktemp("heldout")
+    manifest = write_sample_archive(root / "archive", slides=10, seed=2)
+    rows = read_manifest(manifest)
+    rows["annotation"] = [str(manifest.parent / p) for p in rows["annotation"]]
+    explained = []
+    for _, row in rows.iterrows():
+        slide_dir = tile_slide(Path(row["path"]), root / "out", TileConfig(), slide_id=row["slide_id"]).parent
+        explain_store(slide_dir, trained_model, ExplainConfig(methods=METHODS))
+        explained.append((row, slide_dir))
+    return explained
+
+
+def lesion_fraction(store: PatchStore, annotation: Path, cells: int = 8) -> np.ndarray:
+    """Fraction (N,) of each patch's footprint inside the annotated lesions (mask at footprint/8)."""
+    footprint = float(store.attrs["footprint"])
+    down = footprint / cells
+    width, height = store.attrs["dimensions"]
+    mask = rasterize_lesions(read_annotations(annotation), (math.ceil(height / down) + cells,
+                                                            math.ceil(width / down) + cells), down)
+    integral = np.pad(mask.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    r, c = (np.round(store.coords[:, 1] / down).astype(int), np.round(store.coords[:, 0] / down).astype(int))
+    inside = integral[r + cells, c + cells] - integral[r, c + cells] - integral[r + cells, c] + integral[r, c]
+    return inside / cells ** 2
+
+
+def test_the_model_folder_records_what_training_did(trained_model):
+    model, config = load_model(trained_model)
+    assert config.classes == ["normal", "lesion"] and config.seed == TrainConfig().seed
+    assert config.metrics["slides"] == 16 and len(config.metrics["loss_per_epoch"]) == TrainConfig().epochs
+    assert config.metrics["train_slide_accuracy"] >= 0.9
+    assert config.mean != [0.5, 0.5, 0.5] and min(config.std) > 0       # measured on the training patches
+    assert config.mpp * config.patch == pytest.approx(TileConfig().mpp * TileConfig().patch)
+
+
+def test_heldout_slides_are_classified(heldout):
+    hits = [int(zarr.open_group(d / "explain.zarr", mode="r")["slide_logits"][:].argmax()) == int(row["label"])
+            for row, d in heldout]
+    assert {int(row["label"]) for row, _ in heldout} == {0, 1}
+    assert np.mean(hits) >= 0.9, hits
+
+
+def test_attention_and_gradcam_fall_on_lesions(heldout):
+    positives = [(row, d) for row, d in heldout if int(row["label"]) == 1]
+    assert len(positives) == 5
+    for row, slide_dir in positives:
+        lesion = lesion_fraction(open_patch_store(slide_dir), Path(row["annotation"])) > 0.5
+        assert lesion.any() and not lesion.all(), row["slide_id"]
+        group = zarr.open_group(slide_dir / "explain.zarr", mode="r")
+        for name, values in [("attention", group["attention"][:]), ("gradcam", group["gradcam"][:].mean((1, 2)))]:
+            assert values[lesion].mean() > values[~lesion].mean(), (row["slide_id"], name)

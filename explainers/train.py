@@ -187,7 +187,7 @@ def train(manifest: Path, model_dir: Path, config: TrainConfig, stores: Path | N
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
             optimiser.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         history.append(round(float(np.mean(losses)), 4))
     metrics = evaluate(model, bags, model_config, device)
     model_config.metrics = {"train_" + k: v for k, v in metrics.items()} | {

@@ -15,6 +15,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from explainers.impressions import render_impressions
 from pipeline.archive import SlideRecord, read_archive
 from pipeline.cluster import open_client
 from pipeline.config import ConfigError, PipelineConfig
@@ -24,6 +25,7 @@ from tiling.store import AUDIT, atomic_path, file_sha256, slide_dir
 
 log = logging.getLogger(__name__)
 RUN_MANIFEST = "run.json"
+MODEL_CACHE = "model"  # OUT/model/: what is computed once per model (class impressions)
 EXIT_OK, EXIT_FAILURES = 0, 3
 
 
@@ -118,7 +120,9 @@ def run_archive(archive: Path, model_dir: Path, out: Path, config: PipelineConfi
         write_manifest(out, info, pending + skipped_entries)
         log.info("%d slide(s) to audit, %d skipped, config %s", len(todo), len(skipped),
                  info["config_hash"])
-        tasks, index = build_graph(todo, Context(out, model_dir, config), gpu)
+        # once per run, before the slides: each report shows what the model learnt
+        impressions = render_impressions(model_dir, out / MODEL_CACHE) if todo else {}
+        tasks, index = build_graph(todo, Context(out, model_dir, config, impressions), gpu)
         states = compute(client, tasks, index)
     info["finished"] = _now()
     write_manifest(out, info, [s.summary() for s in states] + skipped_entries)

@@ -43,6 +43,7 @@ class Context:
     out: Path
     model_dir: Path
     config: PipelineConfig
+    impressions: dict[str, Path] = field(default_factory=dict)  # class -> PNG, for the reports
 
 
 @dataclass
@@ -87,7 +88,7 @@ def _audit(rec: SlideRecord, ctx: Context) -> None:
 
 
 def _report(rec: SlideRecord, ctx: Context) -> None:
-    render_slide_report(slide_dir(ctx.out, rec.slide_id))
+    render_slide_report(slide_dir(ctx.out, rec.slide_id), ctx.impressions)
 
 
 class ValidationFailed(AuditError):

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import jinja2
 import numpy as np
+from PIL import Image
 from skimage.transform import resize
 
 from reports import figures as F
@@ -142,8 +143,15 @@ def _agreement(audit: dict[str, Any]) -> dict[str, Any]:
     return {"methods": methods, "cells": [[matrix.get((a, b)) for b in methods] for a in methods]}
 
 
-def slide_context(slide_dir: Path) -> dict[str, Any]:
-    """Everything report.html shows, from the slide's audit.json and stores."""
+def _impressions(impressions: dict[str, Path] | None) -> list[dict[str, str]]:
+    """{class: PNG path} -> [{"name", "src" (data URI)}] for the "what the model learnt" section."""
+    return [{"name": name, "src": F.png_data_uri(np.asarray(Image.open(path).convert("RGB")))}
+            for name, path in (impressions or {}).items()]
+
+
+def slide_context(slide_dir: Path, impressions: dict[str, Path] | None = None) -> dict[str, Any]:
+    """Everything report.html shows, from the slide's audit.json and stores, and the model's
+    class impressions ({class: PNG path}, from `explainers.impressions.render_impressions`)."""
     slide_dir = Path(slide_dir)
     audit, maps = load_audit(slide_dir), open_maps(slide_dir)
     thumbnail, panels, scales = _overlays(audit, maps)
@@ -159,13 +167,14 @@ def slide_context(slide_dir: Path) -> dict[str, Any]:
             "label_name": _class_name(audit.get("label"), classes),
             "target_name": _class_name(audit.get("target_class"), classes),
             "correct": audit.get("label") is None or audit["label"] == audit["prediction"],
-            "model": audit["provenance"].get("model") or {}}
+            "model": audit["provenance"].get("model") or {}, "impressions": _impressions(impressions)}
 
 
-def render_slide_report(slide_dir: Path) -> Path:
-    """Write ``slide_dir/report.html`` (atomic) from audit.json and the slide's stores."""
+def render_slide_report(slide_dir: Path, impressions: dict[str, Path] | None = None) -> Path:
+    """Write ``slide_dir/report.html`` (atomic) from audit.json and the slide's stores, with the
+    model's class impressions ({class: PNG path}) when given."""
     slide_dir = Path(slide_dir)
-    path = _write(slide_dir / REPORT, "slide.html", slide_context(slide_dir))
+    path = _write(slide_dir / REPORT, "slide.html", slide_context(slide_dir, impressions))
     log.info("wrote %s", path)
     return path
 

@@ -99,6 +99,9 @@ def test_local_cluster_run(workspace: Workspace, reference: RunResult) -> None:
         assert {p.name for p in folder.iterdir()} == {
             "patches.zarr", "explain.zarr", "maps.zarr", "audit.json", "report.html"}
         assert f"slides/{sid}/report.html" in (out / "index.html").read_text()
+        report = (folder / "report.html").read_text()
+        assert report.count('alt="class impression of') == 2  # what the model learnt, per class
+    assert sorted(p.suffix for p in (out / "model" / "impressions").iterdir()) == [".json", ".png", ".png"]
     assert not leftovers(out)
     assert workspace.archive_unchanged()
 

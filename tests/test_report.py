@@ -197,3 +197,18 @@ def test_index_of_an_empty_archive(tmp_path) -> None:
     index, csv = render_index(tmp_path)
     assert "No audited slide yet" in index.read_text()
     assert csv.read_text().strip() == "slide_id,label,prediction,method,flags,report"
+
+
+def test_slide_report_shows_what_the_model_learnt(archive, tmp_path) -> None:
+    from PIL import Image
+    slide = tmp_path / "slide"
+    shutil.copytree(archive["positive"], slide)
+    impressions = {}
+    for i, name in enumerate(["normal", EVIL]):
+        impressions[name] = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((8, 8, 3), 60 * (i + 1), np.uint8)).save(impressions[name])
+    html = render_slide_report(slide, impressions).read_text()
+    section = html[html.index('id="learnt"'):html.index('id="provenance"')]
+    assert section.count("<img") == 2 and "normal" in section
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in section and EVIL not in section
+    assert 'id="learnt"' not in (archive["positive"] / "report.html").read_text()

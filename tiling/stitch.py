@@ -32,7 +32,7 @@ from tiling.errors import StoreError
 from tiling.ome import read_image, write_collection, write_image
 from tiling.slide import open_slide
 from tiling.store import (EXPLAIN, MAPS, PatchStore, atomic_path, chained_stamp, file_sha256,
-                          is_current, open_patch_store)
+                          is_current, open_patch_store, stage_path)
 
 log = logging.getLogger(__name__)
 
@@ -283,9 +283,7 @@ class Maps:
 
 def open_maps(path: Path) -> Maps:
     """Open ``<slide_dir>/maps.zarr`` (or the .zarr path itself) read-only."""
-    path = Path(path)
-    if path.suffix != ".zarr":
-        path = path / MAPS
+    path = stage_path(path, MAPS)
     try:
         group = zarr.open_group(path, mode="r")
         complete = "heatmaps" in group.attrs

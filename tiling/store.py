@@ -141,11 +141,15 @@ class PatchStore:
         return int(self.coords.shape[0])
 
 
+def stage_path(path: Path, name: str) -> Path:
+    """`path` when it names a .zarr store itself, else the stage output `name` in that slide folder."""
+    path = Path(path)
+    return path if path.suffix == ".zarr" else path / name
+
+
 def open_patch_store(path: Path) -> PatchStore:
     """Open `<slide_dir>/patches.zarr` (or the .zarr path itself) read-only."""
-    path = Path(path)
-    if path.suffix != ".zarr":
-        path = path / PATCHES
+    path = stage_path(path, PATCHES)
     try:
         group = zarr.open_group(path, mode="r")
         return PatchStore(path, group["patches"], np.asarray(group["coords"][:], dtype=np.int64),

@@ -24,14 +24,10 @@ import yaml
 
 from explainers.explain import ExplainConfig
 from reports.audit import AuditConfig
-from tiling.errors import AuditError
+from tiling.errors import ConfigError
 from tiling.stitch import StitchConfig
 from tiling.store import config_hash
 from tiling.tile import TileConfig
-
-
-class ConfigError(AuditError):
-    """A config file, a flag or a cluster setting is invalid: the whole run cannot start."""
 
 
 @dataclass

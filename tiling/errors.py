@@ -15,3 +15,8 @@ class AnnotationError(AuditError):
 
 class StoreError(AuditError):
     """A stage's output in the store is missing, incomplete or inconsistent."""
+
+
+class ConfigError(AuditError):
+    """A setting (config file, flag, stage config) is invalid: nothing can run until it is fixed.
+    The message names the key and the allowed values."""

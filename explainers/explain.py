@@ -18,11 +18,11 @@ import torch
 import zarr
 from tqdm import tqdm
 
-from explainers.cam import frozen
 from explainers.errors import ModelError
 from explainers.model_io import load_model, model_sha256, read_config
 from explainers.patches import PatchReader
-from explainers.slide_gradcam import METHODS, BagExplainer, instance_target, slide_target
+from explainers.engine import BagExplainer, frozen, instance_target, slide_target
+from explainers.methods import parse_methods
 from tiling.errors import StoreError
 from tiling.store import EXPLAIN, PATCHES, atomic_path, chained_stamp, is_current, open_patch_store
 
@@ -33,7 +33,7 @@ TARGETS = ("slide", "instance")
 
 @dataclass
 class ExplainConfig:
-    """methods: names from METHODS; target: "slide" (the slide logit, through the attention
+    """methods: registered method names (`explainers.methods`); target: "slide" (the slide logit, through the attention
     pooling) or "instance" (each patch's own logit); target_class: None = the slide's
     predicted class; device: "auto" (CUDA when present), "cpu" or "cuda"; batch: patches per
     forward (bounds memory, changes no value)."""
@@ -45,10 +45,7 @@ class ExplainConfig:
     batch: int = 64
 
     def __post_init__(self) -> None:
-        self.methods = tuple(self.methods)
-        unknown = sorted(set(self.methods) - set(METHODS))
-        if unknown or not self.methods:
-            raise ValueError(f"unknown or no methods {unknown}; choose from {', '.join(METHODS)}")
+        self.methods = parse_methods(self.methods, "explain.methods")
         if self.target not in TARGETS:
             raise ValueError(f"target {self.target!r} is not one of {TARGETS}")
         if self.device not in ("auto", "cpu", "cuda") or self.batch < 1:

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from explainers.cam import frozen
 from explainers.explain import resolve_device
 from explainers.feature_views import activation_views
 from explainers.mil import AttentionMIL
 from explainers.model_io import ModelConfig
 from explainers.patches import normalise, resize
-from explainers.slide_gradcam import METHODS, BagExplainer, slide_target
+from explainers.engine import BagExplainer, frozen, slide_target
+from explainers.methods import parse_methods
 from tiling.errors import AuditError
 from tiling.slide import resize_rgb, rgba_on_white
 from tiling.stitch import PatchGrid
@@ -56,7 +56,7 @@ class ImageTooLarge(ImageError):
 @dataclass(frozen=True)
 class RegionConfig:
     """targets: class names, or "top5" for the five most probable; () = the predicted class.
-    methods: names from `explainers.slide_gradcam.METHODS`. max_tiles bounds the work per image;
+    methods: registered method names (`explainers.methods`). max_tiles bounds the work per image;
     channels: how many activation views; device: "auto" | "cpu" | "cuda"."""
 
     targets: tuple[str, ...] = ()
@@ -66,9 +66,7 @@ class RegionConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.methods) - set(METHODS))
-        if unknown or not self.methods:
-            raise ValueError(f"unknown or no methods {unknown}; choose from {', '.join(METHODS)}")
+        object.__setattr__(self, "methods", parse_methods(self.methods))
 
 
 @dataclass

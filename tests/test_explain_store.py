@@ -16,10 +16,10 @@ from explainers.errors import ManifestError, ModelError
 from explainers.explain import ExplainConfig, explain_store, resolve_device
 from explainers.model_io import ModelConfig, build_model, load_model, model_sha256, save_model
 from explainers.patches import normalise, resize
-from explainers.slide_gradcam import METHODS
+from explainers.methods import method_names
 from explainers.train import TrainConfig, class_targets, read_manifest, train
 from pipeline.cli import main
-from tiling.errors import StoreError
+from tiling.errors import ConfigError, StoreError
 from tiling.store import create_patch_store, open_patch_store
 
 SMALL = ModelConfig(name="small", encoder_kwargs={"width": 4}, seed=1)   # 64 px at 3.5 µm/px
@@ -43,7 +43,7 @@ def mtime(slide_dir: Path) -> int:
 
 
 def test_explain_zarr_contract(slide_dir, model_dir):
-    out = explain_store(slide_dir, model_dir, ExplainConfig(methods=METHODS, batch=16))
+    out = explain_store(slide_dir, model_dir, ExplainConfig(methods=method_names(), batch=16))
     group = zarr.open_group(out, mode="r")
     store = open_patch_store(slide_dir)
     n = len(store)
@@ -59,7 +59,7 @@ def test_explain_zarr_contract(slide_dir, model_dir):
     attrs = dict(group.attrs)
     assert attrs["classes"] == ["normal", "lesion"] and attrs["head"] == "softmax"
     assert attrs["target"] == "slide" and attrs["target_class"] == int(logits.argmax())
-    assert attrs["methods"] == list(METHODS)
+    assert attrs["methods"] == list(method_names())
     assert attrs["model"]["sha256"] == model_sha256(model_dir) and attrs["model"]["config"]["encoder"] == "small_cnn"
     assert attrs["source_sha256"] == open_patch_store(slide_dir).attrs["source_sha256"]
     model, config = load_model(model_dir)
@@ -160,7 +160,7 @@ def test_bad_models_are_model_errors_and_nothing_is_written(slide_dir, model_dir
 
 
 def test_bad_explain_settings_are_refused(slide_dir, model_dir):
-    with pytest.raises(ValueError, match="lime"):
+    with pytest.raises(ConfigError, match="lime"):
         ExplainConfig(methods=("lime",))
     with pytest.raises(ValueError, match="target"):
         ExplainConfig(target="pixel")

@@ -9,13 +9,13 @@ from pipeline import options
 
 
 def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
-    from explainers.slide_gradcam import METHODS
+    from explainers.methods import parse_methods
+    from tiling.errors import ConfigError
 
-    names = tuple(m.strip() for m in value.split(",") if m.strip())
-    unknown = [m for m in names if m not in METHODS]
-    if unknown or not names:
-        raise click.BadParameter(f"unknown {unknown}; choose from {','.join(METHODS)}")
-    return names
+    try:
+        return parse_methods(value, "--methods")
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from exc
 
 
 @click.command()

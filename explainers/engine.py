@@ -169,7 +169,9 @@ class BagExplainer:
     @torch.no_grad()
     def forward(self, batches: Iterable[tuple[int, int, torch.Tensor]], n: int) -> BagForward:
         """Pass 1 over `batches` of (lo, hi, inputs) covering patches 0..n-1 in order."""
-        acts = h = logits = None
+        acts: np.ndarray | None = None
+        h: torch.Tensor | None = None
+        logits: torch.Tensor | None = None
         for lo, hi, x in batches:
             a = self.head(x)
             if acts is None:
@@ -177,10 +179,11 @@ class BagExplainer:
             acts[lo:hi] = a.float().cpu().numpy()     # kept before the tail may change `a` in place
             emb = self.tail(a)
             out = self.model.classifier(emb)
-            if h is None:
-                h = emb.new_empty(n, emb.shape[1])
-                logits = out.new_empty(n, out.shape[1])
+            if h is None or logits is None:
+                h, logits = emb.new_empty(n, emb.shape[1]), out.new_empty(n, out.shape[1])
             h[lo:hi], logits[lo:hi] = emb, out
+        if acts is None or h is None or logits is None:
+            raise ValueError("an empty bag: `batches` gave no patches")
         return BagForward(h, logits, acts)
 
     def maps(self, bag: BagForward, target: BagTarget, batch: int,

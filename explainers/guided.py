@@ -75,4 +75,4 @@ class GuidedGradCAM(MapMethod):
 
     def explain(self, chunk: Chunk) -> torch.Tensor:
         guided = chunk.maps["guided_backprop"]
-        return guided * upsample(chunk.maps["gradcam"], tuple(guided.shape[-2:]))
+        return guided * upsample(chunk.maps["gradcam"], (guided.shape[-2], guided.shape[-1]))

@@ -112,10 +112,9 @@ class RegionExplanation:
 
 def _recorded_mpp(img: Image.Image) -> float | None:
     """µm/px from the file's resolution (dpi) when it is a microscope's, else None."""
-    dpi = img.info.get("dpi")
     try:
-        mpp = 25400.0 / float(dpi[0])
-    except (TypeError, ValueError, ZeroDivisionError, IndexError):
+        mpp = 25400.0 / float(img.info["dpi"][0])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, IndexError):
         return None
     return mpp if 0 < mpp <= MICROSCOPE_MPP else None
 

@@ -14,6 +14,7 @@ import contextlib
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import dask
 from dask.delayed import Delayed, delayed
@@ -36,9 +37,10 @@ def build_graph(records: Sequence[SlideRecord], ctx: Context, gpu: bool) -> tupl
     list of final `SlideState`s. Keys end in a token of this graph, so two runs sharing a
     scheduler never share a task."""
     token = uuid.uuid4().hex[:8]
-    tasks, finals = [], []
+    tasks: list[Delayed] = []
+    finals: list[Delayed] = []
     for rec in records:
-        state: Delayed | SlideState = SlideState(rec)
+        state: Any = SlideState(rec)  # a Delayed after the first stage
         for stage in STAGES:
             gpu_task = gpu and stage == "explain"
             with dask.annotate(resources={"GPU": 1}) if gpu_task else contextlib.nullcontext():

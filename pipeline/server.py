@@ -23,8 +23,9 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Message, Receive
 
 from explainers.engine import BagExplainer
 from explainers.errors import ModelError
@@ -75,11 +76,11 @@ def status_of(exc: Exception) -> int:
     return 400 if isinstance(exc, FormProblem) else 415
 
 
-def limited(receive: Callable[[], Awaitable[dict]], limit: int) -> Callable[[], Awaitable[dict]]:
+def limited(receive: Receive, limit: int) -> Receive:
     """An ASGI `receive` that raises UploadTooLarge once more than `limit` body bytes arrived."""
     seen = 0
 
-    async def wrapped() -> dict:
+    async def wrapped() -> Message:
         nonlocal seen
         message = await receive()
         seen += len(message.get("body", b""))
@@ -194,7 +195,8 @@ def create_app(model_dir: Path, config: ServeConfig = ServeConfig()) -> Starlett
     async def health(request: Request) -> Response:
         return PlainTextResponse("ok")
 
-    routes = [Route("/", home), Route("/explain", explain, methods=["POST"]), Route("/healthz", health)]
+    routes: list[BaseRoute] = [Route("/", home), Route("/explain", explain, methods=["POST"]),
+                               Route("/healthz", health)]
     if config.reports is not None:
         routes.append(Mount("/reports", StaticFiles(directory=Path(config.reports), html=True), name="reports"))
     return Starlette(routes=routes)

@@ -85,7 +85,7 @@ def figures(result: RegionExplanation) -> dict[str, Any]:
 
 def _context(result: RegionExplanation | None, info: PageInfo, figs: dict[str, Any] | None,
              filters: np.ndarray | None) -> dict[str, Any]:
-    if result is None:
+    if result is None or figs is None:
         return {"result": None, "info": info}
     methods = list(dict.fromkeys(m for (_, m) in figs["overlays"]))
     return {

@@ -64,7 +64,7 @@ def write_pyramid_tiff(path: Path, image: np.ndarray, mpp: float | None, upsampl
     """
     with tifffile.TiffWriter(path) as tif:
         for k, (data, shape) in enumerate(_levels(image, upsample_first)):
-            resolution = {} if mpp is None else {
+            resolution: dict[str, Any] = {} if mpp is None else {
                 "resolution": (1e4 / (mpp * 2 ** k),) * 2, "resolutionunit": "CENTIMETER"}
             tif.write(data, shape=shape, dtype=np.uint8, tile=(TILE, TILE), photometric="rgb",
                       compression="jpeg", compressionargs={"level": JPEG_QUALITY},

@@ -33,7 +33,7 @@ def resize_rgb(image: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
 
 def on_white(image: Image.Image) -> np.ndarray:
     """(h, w, 3) uint8 RGB of a PIL image, transparent pixels composited on white."""
-    if image.mode == "RGBA" and image.getchannel("A").getextrema()[0] < 255:
+    if image.mode == "RGBA" and image.getchannel("A").getextrema()[0] < 255:  # type: ignore[operator]
         image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image)
     return np.array(image.convert("RGB"))
 
@@ -142,8 +142,8 @@ class Slide(BaseSlide):
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         try:
-            region = self._osr.read_region(tuple(int(v) for v in location), level,
-                                           tuple(int(v) for v in size))
+            region = self._osr.read_region((int(location[0]), int(location[1])), level,
+                                           (int(size[0]), int(size[1])))
         except openslide.OpenSlideError as exc:
             raise SlideError(f"{self.path}: reading level {level} at {tuple(location)} failed ({exc}); "
                              "the file may be truncated or corrupt: copy it again") from exc
@@ -152,7 +152,7 @@ class Slide(BaseSlide):
     def close(self) -> None:
         self._osr.close()
 
-    def __reduce__(self) -> tuple[type, tuple[Path, float | None]]:
+    def __reduce__(self) -> tuple[type, tuple[Path | None, float | None]]:
         return (Slide, (self.path, self._given_mpp))
 
 

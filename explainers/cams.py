@@ -91,6 +91,9 @@ class ClassCAM(CAM):
     Grad-CAM's α_c = W[class, c] / Z, so CAM = Z · Grad-CAM."""
 
     def check(self, engine: BagExplainer) -> None:
+        if not engine.model.linear_features:
+            raise ModelError(f"method 'cam' needs a head linear in the embedding; {type(engine.model).__name__} "
+                             "transforms the embedding first; use gradcam")
         if not engine.global_pool:
             raise ModelError(f"method 'cam' needs global average pooling right after the target layer; this "
                              f"encoder has {[type(m).__name__ for m in engine.tail]} there; use gradcam")

@@ -29,7 +29,7 @@ from torch import nn
 
 from explainers.errors import ModelError
 from explainers.methods import METHODS, MapMethod, parse_methods
-from explainers.mil import AttentionMIL, split_encoder
+from explainers.mil import MILModel, split_encoder
 
 RAM_LIMIT = 1 << 30  # bytes of kept activations held in RAM; a larger bag spills to a mapped file
 
@@ -67,35 +67,39 @@ class BagTarget:
     """The score being explained, seen from the embeddings h (N, D)."""
     cls: int
     grad: torch.Tensor    # (N, D) d(score)/d(h_k)
-    linear: torch.Tensor  # (N, D) the score's weights on globally pooled activations (for CAM)
+    linear: torch.Tensor | None  # (N, D) the score's weights on globally pooled activations (CAM), if linear
     drop: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (idx, h_new) -> exact score drop
 
 
-def slide_target(model: AttentionMIL, h: torch.Tensor, cls: int) -> BagTarget:
+def slide_target(model: MILModel, h: torch.Tensor, cls: int) -> BagTarget:
     """Target = the slide logit `cls` of embeddings h (N, D), through the attention pooling.
-    CAM's weights are a_k W_cls: the slide logit is Σ_k a_k W_cls·pool(A_k) + b."""
+    CAM's weights (heads with z = h) are a_k w_cls: the slide logit is Σ_k a_k w_cls·pool(A_k) + b."""
     with torch.enable_grad():
         hg = h.detach().requires_grad_()
-        logits, attention = model.pool(hg)
+        logits, attention = model.pool(hg, cls)
         grad, = torch.autograd.grad(logits[cls], hg)
     logits, attention = logits.detach(), attention.detach()
-    weight = model.classifier.weight[cls].detach()
 
     def drop(idx: torch.Tensor, h_new: torch.Tensor) -> torch.Tensor:
         return logits[cls] - model.pool_replacing(h, idx, h_new)[:, cls]
 
-    return BagTarget(cls, grad, attention[:, None] * weight, drop)
+    linear = attention[:, None] * model.class_weights(cls).detach() if model.linear_features else None
+    return BagTarget(cls, grad, linear, drop)
 
 
-def instance_target(model: AttentionMIL, h: torch.Tensor, cls: int) -> BagTarget:
-    """Target = each patch's own instance logit `cls`, W_cls·h_k + b_cls."""
-    weight = model.classifier.weight[cls].detach()
-    grad = weight.expand_as(h)
+def instance_target(model: MILModel, h: torch.Tensor, cls: int) -> BagTarget:
+    """Target = each patch's own instance logit `cls` (the head applied to that patch alone);
+    g_k = d(instance logit_cls of k)/d(h_k), each k independent of the others."""
+    with torch.enable_grad():
+        hg = h.detach().requires_grad_()
+        grad, = torch.autograd.grad(model.instance_logits(hg)[:, cls].sum(), hg)
+    scores = model.instance_logits(h)[:, cls].detach()
 
     def drop(idx: torch.Tensor, h_new: torch.Tensor) -> torch.Tensor:
-        return (h[idx] - h_new) @ weight
+        return scores[idx] - model.instance_logits(h_new)[:, cls]
 
-    return BagTarget(cls, grad, grad, drop)
+    linear = model.class_weights(cls).detach().expand_as(h) if model.linear_features else None
+    return BagTarget(cls, grad, linear, drop)
 
 
 def _is_global_pool(tail: nn.Sequential) -> bool:
@@ -119,9 +123,9 @@ class Chunk:
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
-    def linear(self) -> torch.Tensor:
-        """(B, D) the score's weights on globally pooled activations (for CAM)."""
-        return self.target.linear[self.lo:self.hi]
+    def linear(self) -> torch.Tensor | None:
+        """(B, D) the score's weights on globally pooled activations (for CAM), None for nonlinear heads."""
+        return None if self.target.linear is None else self.target.linear[self.lo:self.hi]
 
     @functools.cached_property
     def grads(self) -> torch.Tensor:
@@ -147,7 +151,7 @@ class BagExplainer:
     """Runs pass 1 (`forward`) and pass 2 (`maps`) of a model on one bag of patches, for the
     registered methods `methods` (see `explainers.methods`)."""
 
-    def __init__(self, model: AttentionMIL, target_layer: str, methods: Sequence[str]) -> None:
+    def __init__(self, model: MILModel, target_layer: str, methods: Sequence[str]) -> None:
         self.model, self.methods = model, parse_methods(methods)
         self.head, self.tail = split_encoder(model, target_layer)
         self.global_pool = _is_global_pool(self.tail)
@@ -178,7 +182,7 @@ class BagExplainer:
                 acts = activation_cache((n, *a.shape[1:]))
             acts[lo:hi] = a.float().cpu().numpy()     # kept before the tail may change `a` in place
             emb = self.tail(a)
-            out = self.model.classifier(emb)
+            out = self.model.instance_logits(emb)
             if h is None or logits is None:
                 h, logits = emb.new_empty(n, emb.shape[1]), out.new_empty(n, out.shape[1])
             h[lo:hi], logits[lo:hi] = emb, out

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from explainers.engine import frozen
 from explainers.errors import ModelError
-from explainers.mil import AttentionMIL
+from explainers.mil import MILModel
 from explainers.model_io import ModelConfig, load_model, model_sha256
 from tiling.store import atomic_path, config_hash, is_current
 
@@ -77,11 +77,11 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
 
 
-def patch_logits(model: AttentionMIL, config: ModelConfig, x: torch.Tensor) -> torch.Tensor:
-    """Instance logits (B, C) of RGB images x (B, 3, H, W) in [0, 1]: classifier(encoder((x - mean) / std))."""
+def patch_logits(model: MILModel, config: ModelConfig, x: torch.Tensor) -> torch.Tensor:
+    """Instance logits (B, C) of RGB images x (B, 3, H, W) in [0, 1]: the head on encoder((x - mean) / std)."""
     mean = torch.tensor(config.mean, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(config.std, dtype=x.dtype).view(1, 3, 1, 1)
-    return model.classifier(model.encoder((x - mean) / std))
+    return model.instance_logits(model.encoder((x - mean) / std))
 
 
 def colour_box(config: ModelConfig, k: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,7 +115,7 @@ def _score(logits: torch.Tensor, cls: int, head: str) -> torch.Tensor:
     return logits[:, cls] - logits.mean(dim=1) if head == "softmax" else logits[:, cls]
 
 
-def class_impression(model: AttentionMIL, config: ModelConfig, class_name: str,
+def class_impression(model: MILModel, config: ModelConfig, class_name: str,
                      cfg: ImpressionConfig = ImpressionConfig()) -> Impression:
     """Grow the impression of `class_name` (see the module docstring); the model is left as it was
     (training flag restored, parameter gradients untouched)."""

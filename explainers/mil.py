@@ -1,11 +1,16 @@
-"""Attention-based multiple-instance learning with gated attention (Ilse, Tomczak & Welling 2018).
+"""Attention-based multiple-instance learning: a slide is a bag of patches x_k, each turned into
+an embedding h_k (D,) by the encoder, then pooled by attention (Ilse, Tomczak & Welling 2018).
 
-A slide is a bag of patches x_k. The encoder gives embeddings h_k (D,); gated attention scores
+Every head here is four maps (`MILModel`), so the explain engine treats them all alike:
 
-    s_k = w^T (tanh(V h_k) ⊙ sigmoid(U h_k)),    a_k = softmax_k(s_k),
+    z_k = features(h_k)                     (N, D')   the head's own patch features
+    s   = scores(z)                         (K, N)    one row of attention scores per branch
+    a^b = softmax_k(s^b),   M = a z         (K, D')   pooled features per branch
+    logits = classify(M)                    (C,)      the slide logits
+    instance logits = classify(z_k) alone   (N, C)    what one patch says on its own
 
-pool them into z = Σ_k a_k h_k, and a linear classifier gives the slide logits W z + b (C,).
-Applied to one h_k, the same classifier gives the patch's instance logits.
+s_k and z_k depend on h_k only. `AttentionMIL` (ours): z = h, one gated branch, a linear
+classifier. CLAM and ABMIL heads read from their checkpoints are in `explainers.heads`.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from explainers.errors import ModelError
 
 
 class GatedAttention(nn.Module):
-    """a = softmax_k(w^T (tanh(V h_k) ⊙ sigmoid(U h_k))) over the N embeddings h (N, D)."""
+    """s_k = w^T (tanh(V h_k) ⊙ sigmoid(U h_k)), one score per embedding of h (N, D)."""
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
@@ -30,19 +35,44 @@ class GatedAttention(nn.Module):
         return torch.softmax(self.scores(h), dim=0)
 
 
-class AttentionMIL(nn.Module):
-    """encoder (images -> h) + gated attention pooling + linear classifier."""
+class MILModel(nn.Module):
+    """Base of every model: `encoder` (images -> h) and a head given by `features`, `scores`
+    (`branches` rows), `classify` (module docstring). `linear_features`: z = h, so each logit is
+    linear in the pooled embedding (what CAM needs)."""
 
-    def __init__(self, encoder: nn.Sequential, dim: int, hidden: int, n_classes: int) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.attention = GatedAttention(dim, hidden)
-        self.classifier = nn.Linear(dim, n_classes)
+    branches: int = 1
+    linear_features: bool = False
 
-    def pool(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(slide logits (C,), attention (N,)) of a bag of embeddings h (N, D)."""
-        a = self.attention(h)
-        return self.classifier(a @ h), a
+    def features(self, h: torch.Tensor) -> torch.Tensor:
+        return h
+
+    def scores(self, z: torch.Tensor) -> torch.Tensor:
+        """(K, N) attention scores of the features z (N, D')."""
+        raise NotImplementedError
+
+    def classify(self, m: torch.Tensor) -> torch.Tensor:
+        """Logits (..., C) of pooled features (..., K, D')."""
+        raise NotImplementedError
+
+    def branch(self, cls: int) -> int:
+        """The attention branch that explains class `cls` (0 for single-branch heads)."""
+        return 0
+
+    def class_weights(self, cls: int) -> torch.Tensor:
+        """w with logit_cls(M) = w · M[branch(cls)] + b, for heads with `linear_features` (CAM)."""
+        raise ModelError(f"{type(self).__name__} has no linear class weights on the embedding; use gradcam")
+
+    def pool(self, h: torch.Tensor, cls: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(slide logits (C,), attention (N,) of the branch of `cls`, default the predicted class)."""
+        z = self.features(h)
+        a = torch.softmax(self.scores(z), dim=1)
+        logits = self.classify(a @ z)
+        return logits, a[self.branch(int(logits.argmax()) if cls is None else cls)]
+
+    def instance_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(N, C): each patch's logits as a bag of its own (all attention on it)."""
+        z = self.features(h)
+        return self.classify(z[:, None, :].expand(-1, self.branches, -1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(slide logits (C,), attention (N,)) of one bag of images x (N, 3, P, P)."""
@@ -52,21 +82,41 @@ class AttentionMIL(nn.Module):
     def pool_replacing(self, h: torch.Tensor, idx: torch.Tensor, h_new: torch.Tensor) -> torch.Tensor:
         """Slide logits (B, C) when h[idx[b]] is replaced by h_new[b], each b on its own.
 
-        Only s_k changes, so with e_j = exp(s_j - m): Z' = Z - e_k + e'_k and
-        z' = (Σ_j e_j h_j - e_k h_k + e'_k h'_k) / Z'; O(B·D) after one O(N·D) pass, in float64.
+        Only s_k and z_k change, so per branch with e_j = exp(s_j - m): Z' = Z - e_k + e'_k and
+        M' = (Σ_j e_j z_j - e_k z_k + e'_k z'_k) / Z'; O(B·K·D') after one O(N·K·D') pass, in float64.
         """
-        s = self.attention.scores(h).double()
-        s_new = self.attention.scores(h_new).double()
-        m = torch.maximum(s.max(), s_new.max())
-        e, e_new = torch.exp(s - m), torch.exp(s_new - m)
-        h64, h_new64 = h.double(), h_new.double()
-        total = e @ h64
-        num = total - e[idx, None] * h64[idx] + e_new[:, None] * h_new64
-        z = num / (e.sum() - e[idx] + e_new)[:, None]
-        return self.classifier(z.to(h.dtype))
+        z, z_new = self.features(h).double(), self.features(h_new).double()
+        s, s_new = self.scores(z.to(h.dtype)).double(), self.scores(z_new.to(h.dtype)).double()
+        m = torch.maximum(s.amax(1), s_new.amax(1))[:, None]
+        e, e_new = torch.exp(s - m), torch.exp(s_new - m)                       # (K, N), (K, B)
+        total = e @ z                                                             # (K, D')
+        num = total[None] - (e[:, idx].T)[..., None] * z[idx][:, None] + (e_new.T)[..., None] * z_new[:, None]
+        pooled = num / (e.sum(1)[None] - e[:, idx].T + e_new.T)[..., None]      # (B, K, D')
+        return self.classify(pooled.to(h.dtype))
 
 
-def split_encoder(model: AttentionMIL, target_layer: str) -> tuple[nn.Sequential, nn.Sequential]:
+class AttentionMIL(MILModel):
+    """Ours: encoder + one gated-attention branch on h + a linear classifier W z + b."""
+
+    linear_features = True
+
+    def __init__(self, encoder: nn.Sequential, dim: int, hidden: int, n_classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.attention = GatedAttention(dim, hidden)
+        self.classifier = nn.Linear(dim, n_classes)
+
+    def scores(self, z: torch.Tensor) -> torch.Tensor:
+        return self.attention.scores(z)[None]
+
+    def classify(self, m: torch.Tensor) -> torch.Tensor:
+        return self.classifier(m[..., 0, :])
+
+    def class_weights(self, cls: int) -> torch.Tensor:
+        return self.classifier.weight[cls]
+
+
+def split_encoder(model: MILModel, target_layer: str) -> tuple[nn.Sequential, nn.Sequential]:
     """(head, tail) of the encoder cut after `target_layer` (e.g. "encoder.block4"), so that
     head(x) is the target layer's output and tail(head(x)) == encoder(x). Both share the
     model's modules; the model itself is not changed."""
@@ -84,7 +134,7 @@ def _split(seq: nn.Sequential, parts: list[str], full: str) -> tuple[list[nn.Mod
     i = names.index(parts[0])
     before, child, after = list(seq)[:i], seq[i], list(seq)[i + 1:]
     if len(parts) == 1:
-        return before + [child], after
+        return [*before, child], after
     if not isinstance(child, nn.Sequential):
         raise ModelError(f"target layer {full!r}: {parts[0]!r} is a {type(child).__name__}, not an "
                          "nn.Sequential, so the encoder cannot be split inside it; pick one of its "

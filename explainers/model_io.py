@@ -20,7 +20,8 @@ from safetensors.torch import load_file, save_file
 
 from explainers.encoders import build_encoder, embedding_dim
 from explainers.errors import ModelError
-from explainers.mil import AttentionMIL, split_encoder
+from explainers.heads import HEADS as MIL_HEADS
+from explainers.mil import AttentionMIL, MILModel, split_encoder
 from tiling.store import atomic_path, file_sha256
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ HEADS = ("softmax", "sigmoid")
 class ModelConfig:
     """What a model is and what it expects.
 
+    mil names the head: "amil" (ours, `attention_hidden` units) or one read from a checkpoint
+    (`explainers.heads.HEADS`: clam_sb, clam_mb, abmil) with its `mil_kwargs`.
     The model reads `patch` x `patch` RGB patches at `mpp` µm/px (footprint patch*mpp µm),
     scaled to [0, 1] then normalised per channel as (x - mean) / std. The default reads the
     pipeline's 224-px patches at 1 µm/px reduced to 64 px (3.5 µm/px, the same 224 µm
@@ -44,6 +47,8 @@ class ModelConfig:
     encoder: str = "small_cnn"
     encoder_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 8})
     attention_hidden: int = 32
+    mil: str = "amil"
+    mil_kwargs: dict[str, Any] = field(default_factory=dict)
     classes: list[str] = field(default_factory=lambda: ["normal", "lesion"])
     head: str = "softmax"
     target_layer: str = "encoder.block4"
@@ -59,6 +64,8 @@ class ModelConfig:
         problems = []
         if self.head not in HEADS:
             problems.append(f"head {self.head!r} is not one of {HEADS}")
+        if self.mil not in ("amil", *MIL_HEADS):
+            problems.append(f"mil {self.mil!r} is not one of amil, {', '.join(MIL_HEADS)}")
         if len(self.classes) < (2 if self.head == "softmax" else 1):
             problems.append(f"{len(self.classes)} classes is too few for a {self.head} head")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
@@ -74,19 +81,26 @@ class ModelConfig:
         return self.patch * self.mpp
 
 
-def build_model(config: ModelConfig) -> AttentionMIL:
+def build_model(config: ModelConfig) -> MILModel:
     """A freshly initialised model for `config` (initial weights drawn from `config.seed`)."""
     config.check()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         encoder = build_encoder(config.encoder, **config.encoder_kwargs)
         dim = embedding_dim(encoder, config.patch)
-        model = AttentionMIL(encoder, dim, config.attention_hidden, len(config.classes))
+        model: MILModel
+        if config.mil == "amil":
+            model = AttentionMIL(encoder, dim, config.attention_hidden, len(config.classes))
+        else:
+            try:
+                model = MIL_HEADS[config.mil][0](encoder, dim, len(config.classes), **config.mil_kwargs)
+            except TypeError as exc:
+                raise ModelError(f"mil {config.mil!r} does not take these settings {config.mil_kwargs}: {exc}") from exc
     split_encoder(model, config.target_layer)  # fails early on an unknown target layer
     return model
 
 
-def save_model(model: AttentionMIL, config: ModelConfig, model_dir: Path) -> Path:
+def save_model(model: MILModel, config: ModelConfig, model_dir: Path) -> Path:
     """Write `model_dir/model.safetensors` and `model_dir/config.json` atomically."""
     model_dir = Path(model_dir)
     with atomic_path(model_dir) as tmp:
@@ -139,7 +153,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_model(model_dir: Path) -> tuple[AttentionMIL, ModelConfig]:
+def load_model(model_dir: Path) -> tuple[MILModel, ModelConfig]:
     """(model in eval mode on the CPU, its config) from `model_dir`; ModelError on any mismatch."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():

@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 from explainers.explain import resolve_device
 from explainers.feature_views import activation_views
-from explainers.mil import AttentionMIL
+from explainers.mil import MILModel
 from explainers.model_io import ModelConfig
 from explainers.patches import normalise, resize
 from explainers.engine import BagExplainer, frozen, slide_target
@@ -203,7 +203,7 @@ def probabilities_of(logits: np.ndarray, head: str) -> np.ndarray:
     return e / e.sum()
 
 
-def explain_region(image: np.ndarray, mpp: float | None, model: AttentionMIL, model_config: ModelConfig,
+def explain_region(image: np.ndarray, mpp: float | None, model: MILModel, model_config: ModelConfig,
                    config: RegionConfig = RegionConfig()) -> RegionExplanation:
     """Predict and explain an RGB region (H, W, 3) uint8 of `mpp` µm/px (None = the model's mpp)."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:

@@ -2,7 +2,6 @@
 audit.csv (one row per slide x method)."""
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +9,9 @@ from typing import Any
 
 import pandas as pd
 
+from tiling.errors import StoreError
 from tiling.store import AUDIT, FAILURE
+from tiling.store.records import load_audit, load_failure
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +32,14 @@ def scan(out: Path) -> Archive:
     """Read every ``out/slides/*/audit.json`` and ``failure.json`` (sorted by folder name)."""
     archive = Archive([], [], [])
     for folder in sorted(p for p in (Path(out) / "slides").glob("*") if p.is_dir()):
-        for name, bucket in ((FAILURE, archive.failures), (AUDIT, archive.audits)):
+        for name, load, bucket in ((FAILURE, load_failure, archive.failures),
+                                   (AUDIT, load_audit, archive.audits)):
             path = folder / name
             if not path.is_file():
                 continue
             try:
-                record = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
+                record = load(path)
+            except StoreError as exc:
                 archive.unreadable.append(f"{folder.name}/{name}: {exc}")
                 continue
             bucket.append({**record, "folder": folder.name})

@@ -183,14 +183,15 @@ def test_report_command_rebuilds_the_index(archive, tmp_path) -> None:
 
 
 def keep_first(slide_dir: Path, k: int) -> None:
-    """Rewrite patches.zarr and explain.zarr with their first `k` patches only."""
+    """Rewrite patches.zarr and explain.zarr with their first `k` patches only (the per-slide
+    slide_logits and thumbnail stay whole)."""
     for store in ("patches.zarr", "explain.zarr"):
         group = zarr.open_group(slide_dir / store, mode="r")
         arrays = {name: np.asarray(group[name][:]) for name in group.array_keys()}
         attrs = dict(group.attrs)
         fresh = zarr.open_group(slide_dir / store, mode="w", zarr_format=3)
         for name, data in arrays.items():
-            fresh.create_array(name, data=data if name == "slide_logits" else data[:k])
+            fresh.create_array(name, data=data if name in ("slide_logits", "thumbnail") else data[:k])
         fresh.attrs.update(attrs)
     if k:
         explain = zarr.open_group(slide_dir / "explain.zarr", mode="r+")

@@ -100,14 +100,17 @@ def _metadata(path: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def _stamp(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The STAMP_KEYS of `meta`: flat in zarr attrs, under "stamp" in a JSON document."""
+    stamp = meta if path.suffix == ".zarr" else meta.get("stamp") or {}
+    return {k: stamp.get(k) for k in STAMP_KEYS}
+
+
 def read_stamp(path: Path) -> dict[str, Any] | None:
     """The stamp of a stage output (zarr group attrs or a JSON file's "stamp"), None if absent."""
     path = Path(path)
     meta = _metadata(path)
-    if meta is None:
-        return None
-    stamp = meta if path.suffix == ".zarr" else meta.get("stamp") or {}
-    return {k: stamp.get(k) for k in STAMP_KEYS}
+    return None if meta is None else _stamp(path, meta)
 
 
 def chained_stamp(config: Any, upstream: Path, **extra: Any) -> dict[str, str]:
@@ -128,8 +131,9 @@ def is_current(path: Path, config_hash: str, source_sha256: str) -> bool:
     """True when `path` exists, was made from the same config and the same source bytes, and
     is in the current format version of its file name (FORMAT_VERSIONS; none for other files)."""
     path = Path(path)
-    meta = _metadata(path) or {}
-    return (read_stamp(path) == {"config_hash": config_hash, "source_sha256": source_sha256}
+    meta = _metadata(path)
+    return (meta is not None
+            and _stamp(path, meta) == {"config_hash": config_hash, "source_sha256": source_sha256}
             and meta.get(VERSION_KEY) == FORMAT_VERSIONS.get(path.name))
 
 
@@ -146,8 +150,6 @@ def stage_path(path: Path, name: str) -> Path:
     """`path` when it names a .zarr store itself, else the stage output `name` in that slide folder."""
     path = Path(path)
     return path if path.suffix == ".zarr" else path / name
-
-
 
 
 # the format modules use the contract above; FORMAT_VERSIONS is what is_current checks

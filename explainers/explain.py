@@ -1,10 +1,5 @@
-"""The explain stage: a slide's patch store + a model -> `<slide_dir>/explain.zarr`.
-
-Arrays: `attention` (N,) summing to 1, `slide_logits` (C,), `instance_logits` (N, C), and one
-float32 array per method named after it: (N, h, w) raw values on the target layer's grid
-(gradcam, gradcampp, hirescam, cam), at the model's input size (guided_backprop,
-guided_gradcam) or on the occlusion grid (occlusion). Attrs: the stamp, `classes`, `head`,
-`target`, `target_class`, `methods`, `model` ({name, sha256, config}).
+"""The explain stage: a slide's patch store + a model -> `<slide_dir>/explain.zarr`
+(layout: tiling.store.explain).
 """
 from __future__ import annotations
 
@@ -15,16 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import zarr
 from tqdm import tqdm
 
 from explainers.errors import ModelError
-from explainers.model_io import load_model, model_sha256, read_config
+from explainers.model_io import load_model, read_config
+from explainers.model_io import model_sha256 as weights_sha256
 from explainers.patches import PatchReader
 from explainers.engine import BagExplainer, frozen, instance_target, slide_target
 from explainers.methods import parse_methods
 from tiling.errors import StoreError
 from tiling.store import EXPLAIN, PATCHES, atomic_path, chained_stamp, is_current, open_patch_store
+from tiling.store.explain import ExplainWriter
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +55,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-def explain_store(slide_dir: Path, model_dir: Path, config: ExplainConfig) -> Path:
-    """Write `slide_dir/explain.zarr` (skipped when current); returns its path."""
+def explain_store(slide_dir: Path, model_dir: Path, config: ExplainConfig,
+                  model_sha256: str | None = None) -> Path:
+    """Write `slide_dir/explain.zarr` (skipped when current); returns its path.
+
+    model_sha256: the sha256 of the model's weights file when the caller has it (a run hashes
+    the model once for all its slides); None hashes the file here.
+    """
     slide_dir, out = Path(slide_dir), Path(slide_dir) / EXPLAIN
     store = open_patch_store(slide_dir)
-    model_config, sha = read_config(model_dir), model_sha256(model_dir)
+    model_config = read_config(model_dir)
+    sha = model_sha256 if model_sha256 is not None else weights_sha256(model_dir)
     stamped = {"methods": list(config.methods), "target": config.target, "target_class": config.target_class}
     stamp = chained_stamp(stamped, slide_dir / PATCHES, model_sha256=sha,
                           model_config=dataclasses.asdict(model_config))
@@ -84,33 +86,25 @@ def explain_store(slide_dir: Path, model_dir: Path, config: ExplainConfig) -> Pa
     with frozen(model.to(device)), tqdm(total=2 * steps, desc=f"explain {slide_dir.name}", unit="batch") as bar:
         bag = explainer.forward(_counted(reader.batches(config.batch), bar), n)
         with torch.no_grad():
-            slide_logits, attention = model.pool(bag.h)
-        cls = int(slide_logits.argmax()) if config.target_class is None else config.target_class
+            slide_logits = model.pool(bag.h)[0]
+            cls = int(slide_logits.argmax()) if config.target_class is None else config.target_class
+            attention = model.pool(bag.h, cls)[1]     # the attention branch that explains `cls`
         target = (slide_target(model, bag.h, cls) if config.target == "slide"
                   else instance_target(model, bag.h, cls))
         with atomic_path(out) as tmp:
-            group = zarr.open_group(tmp, mode="w")
-            _array(group, "attention", attention, config.batch)
-            _array(group, "slide_logits", slide_logits, config.batch)
-            _array(group, "instance_logits", bag.instance_logits, config.batch)
-            arrays: dict[str, zarr.Array] = {}
+            writer = ExplainWriter(tmp, n, config.batch)
+            for name, values in (("attention", attention), ("slide_logits", slide_logits),
+                                 ("instance_logits", bag.instance_logits)):
+                writer.array(name, values.detach().float().cpu().numpy())
             for lo, hi, maps in _counted(explainer.maps(bag, target, config.batch, reader.read), bar):
-                for name, values in maps.items():
-                    if name not in arrays:
-                        arrays[name] = group.create_array(name, shape=(n, *values.shape[1:]), dtype="float32",
-                                                          chunks=(config.batch, *values.shape[1:]))
-                    arrays[name][lo:hi] = values
-            group.update_attributes({
+                writer.maps(lo, hi, maps)
+            writer.finish({
                 **stamp, "classes": list(classes), "head": model_config.head, "target": config.target,
-                "target_class": cls, "methods": list(config.methods),
+                "target_class": cls, "methods": list(config.methods), "mil": model_config.mil,
+                "attention_branch": model.branch(cls),
                 "model": {"name": model_config.name, "sha256": sha, "config": dataclasses.asdict(model_config)}})
     log.info("%s: %d patches, target %s class %s (%s)", out, n, config.target, cls, classes[cls])
     return out
-
-
-def _array(group: zarr.Group, name: str, values: torch.Tensor, batch: int) -> None:
-    data = values.detach().float().cpu().numpy()
-    group.create_array(name, data=data, chunks=(min(batch, data.shape[0]), *data.shape[1:]))
 
 
 def _counted(items, bar: tqdm):

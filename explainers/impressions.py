@@ -39,7 +39,8 @@ from tqdm import tqdm
 from explainers.engine import frozen
 from explainers.errors import ModelError
 from explainers.mil import MILModel
-from explainers.model_io import ModelConfig, load_model, model_sha256
+from explainers.model_io import ModelConfig, load_model
+from explainers.model_io import model_sha256 as weights_sha256
 from tiling.store import atomic_path, config_hash, is_current
 
 log = logging.getLogger(__name__)
@@ -145,16 +146,18 @@ def _file_name(index: int, class_name: str) -> str:
     return f"{index:02d}-{re.sub(r'[^A-Za-z0-9_-]+', '_', class_name)[:40]}.png"
 
 
-def render_impressions(model_dir: Path, cache_dir: Path,
-                       cfg: ImpressionConfig = ImpressionConfig()) -> dict[str, Path]:
+def render_impressions(model_dir: Path, cache_dir: Path, cfg: ImpressionConfig = ImpressionConfig(),
+                       model_sha256: str | None = None) -> dict[str, Path]:
     """{class name: PNG path} of every class's impression, written once to `cache_dir/impressions/`.
 
     The folder holds one PNG per class (model input size, RGB) and `impressions.json` (stamp:
     config hash of `cfg` and the model weights' sha256; per class: file, logits before/after).
     A rerun with the same model and settings reads it back instead of recomputing.
+    model_sha256: the weights' sha256 when the caller has it; None hashes the file here.
     """
     folder = Path(cache_dir) / "impressions"
-    stamp = {"config_hash": config_hash(cfg), "source_sha256": model_sha256(model_dir)}
+    sha = model_sha256 if model_sha256 is not None else weights_sha256(model_dir)
+    stamp = {"config_hash": config_hash(cfg), "source_sha256": sha}
     if not is_current(folder / INDEX, **stamp):
         model, config = load_model(model_dir)
         with atomic_path(folder) as tmp:

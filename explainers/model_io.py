@@ -1,7 +1,8 @@
 """A model on disk: `config.json` (the architecture and what the model expects) plus its weights.
 
-Weights are read from the first of `model.safetensors`, `model.ts` (a TorchScript archive: only
-its tensors are used) or `model.pt` (a state dict, read with `torch.load(weights_only=True)`).
+Weights are read from the first of `model.safetensors` or `model.pt` (a state dict of tensors,
+read with `torch.load(weights_only=True)`). TorchScript archives are not read: loading one runs
+code stored in the file.
 Nothing a user supplies is ever unpickled; the architecture always comes from `config.json`.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tiling.store import atomic_path, file_sha256
 log = logging.getLogger(__name__)
 
 CONFIG = "config.json"
-WEIGHT_FILES = ("model.safetensors", "model.ts", "model.pt")
+WEIGHT_FILES = ("model.safetensors", "model.pt")
 HEADS = ("softmax", "sigmoid")
 
 
@@ -139,17 +140,24 @@ def model_sha256(model_dir: Path) -> str:
     return file_sha256(weights_path(model_dir))
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors file or of a torch state-dict file (`weights_only=True`:
+    plain tensors and containers only, nothing a file brings is run); ModelError otherwise."""
+    path = Path(path)
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
-        if path.suffix == ".ts":
-            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, OSError, ValueError, pickle.UnpicklingError) as exc:
-        raise ModelError(f"{path}: unreadable weights ({exc}); re-save the model") from exc
-    if not isinstance(state, dict):
-        raise ModelError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors")
+    except pickle.UnpicklingError as exc:
+        raise ModelError(f"{path}: holds objects other than tensors, which are never unpickled here; "
+                         "save a plain state dict (`torch.save(model.state_dict(), ...)`) or safetensors") from exc
+    except (SafetensorError, RuntimeError, OSError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable weights ({str(exc).splitlines()[0]}); save a state dict or "
+                         "safetensors file again") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path}: not a state dict of tensors; save `model.state_dict()`")
     return state
 
 
@@ -161,7 +169,7 @@ def load_model(model_dir: Path) -> tuple[MILModel, ModelConfig]:
     config = read_config(model_dir)
     model = build_model(config)
     path = weights_path(model_dir)
-    state = _read_weights(path)
+    state = read_weights(path)
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:

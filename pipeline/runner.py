@@ -1,30 +1,29 @@
 """Audit a whole archive: read it, pick the slides, run the graph, write the run manifest.
 
-OUT/run.json records the run: archive, model (sha256 of its files), config and its hash, when it
-started and finished, and each slide's state ("pending" until the run ends, then "done",
-"failed" or "skipped"), per-stage "computed"/"current" and seconds. It is written when the run
-starts and again when it ends, so an interrupted run leaves "pending" slides and no "finished".
+OUT/run.json (layout: tiling.store.records) records the run: archive, model (sha256 of its
+files), config and its hash, when it started and finished, and each slide's state ("pending"
+until the run ends, then "done", "failed" or "skipped"), per-stage "computed"/"current" and
+seconds. It is written when the run starts and again when it ends, so an interrupted run leaves
+"pending" slides and no "finished". The model's files are hashed once, here, for every stage.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
-
 from explainers.impressions import render_impressions
+from explainers.model_io import weights_path
 from pipeline.archive import SlideRecord, read_archive
 from pipeline.cluster import open_client
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.graph import build_graph, compute
 from pipeline.stages import Context, SlideState
-from tiling.store import AUDIT, atomic_path, file_sha256, slide_dir
+from tiling.store import AUDIT, RUN_MANIFEST, file_sha256, slide_dir
+from tiling.store.records import write_manifest
 
 log = logging.getLogger(__name__)
-RUN_MANIFEST = "run.json"
 MODEL_CACHE = "model"  # OUT/model/: what is computed once per model (class impressions)
 EXIT_OK, EXIT_FAILURES = 0, 3
 
@@ -83,16 +82,6 @@ def _model_files(model_dir: Path) -> dict[str, str]:
     return {p.name: file_sha256(p) for p in sorted(model_dir.iterdir()) if p.is_file()}
 
 
-def write_manifest(out: Path, info: dict[str, Any], slides: list[dict[str, Any]]) -> Path:
-    """OUT/run.json: `info` plus the slides, their counts by state and the time (atomic)."""
-    counts: dict[str, int] = {}
-    for s in slides:
-        counts[s["state"]] = counts.get(s["state"], 0) + 1
-    with atomic_path(out / RUN_MANIFEST) as tmp:
-        tmp.write_text(json.dumps({**info, "counts": counts, "slides": slides}, indent=2, default=str))
-    return out / RUN_MANIFEST
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -109,8 +98,10 @@ def run_archive(archive: Path, model_dir: Path, out: Path, config: PipelineConfi
     records = read_archive(archive)
     todo, skipped = select(records, out, only_new)
     gpu = uses_gpu(config.explain.device)
+    model_files = _model_files(model_dir)
+    model_sha = model_files[weights_path(model_dir).name]
     info = {"slideaudit": version("slideaudit"), "archive": str(archive), "model": str(model_dir),
-            "model_files": _model_files(model_dir), "out": str(out), "config": config.to_dict(),
+            "model_files": model_files, "out": str(out), "config": config.to_dict(),
             "config_hash": config.hash(), "only_new": only_new, "gpu": gpu, "started": _now()}
     skipped_entries = [{"slide_id": s, "state": "skipped", "reason": f"{AUDIT} exists (--only-new)"}
                        for s in skipped]
@@ -121,8 +112,9 @@ def run_archive(archive: Path, model_dir: Path, out: Path, config: PipelineConfi
         log.info("%d slide(s) to audit, %d skipped, config %s", len(todo), len(skipped),
                  info["config_hash"])
         # once per run, before the slides: each report shows what the model learnt
-        impressions = render_impressions(model_dir, out / MODEL_CACHE) if todo else {}
-        tasks, index = build_graph(todo, Context(out, model_dir, config, impressions), gpu)
+        impressions = (render_impressions(model_dir, out / MODEL_CACHE, model_sha256=model_sha)
+                       if todo else {})
+        tasks, index = build_graph(todo, Context(out, model_dir, config, impressions, model_sha), gpu)
         states = compute(client, tasks, index)
     info["finished"] = _now()
     write_manifest(out, info, [s.summary() for s in states] + skipped_entries)

@@ -3,16 +3,14 @@
 Each stage is one call into its package, which writes one stamped output and skips itself when
 that output is current. `run_stage` wraps a stage for the Dask graph: it takes the slide's
 `SlideState` from the previous stage and returns it updated. A failed stage writes
-`slide_dir/failure.json` ({"slide_id", "stage", "message", "label", "source_path",
-"error_type"}, plus "traceback" for an unexpected exception) atomically and the later stages of
-that slide pass the state through untouched; the slide's other outputs stay as they were. The
+`slide_dir/failure.json` (layout: tiling.store.records) and the later stages of that slide
+pass the state through untouched; the slide's other outputs stay as they were. The
 last stage, "validate", fails the slide when a great-expectations suite of its audit failed
 (after the report that shows it is written). A slide whose chain completes loses its old
 failure.json.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -26,11 +24,12 @@ from typing import Any
 from explainers.explain import explain_store
 from pipeline.archive import SlideRecord
 from pipeline.config import PipelineConfig
-from reports.audit import audit_slide, load_audit
+from reports.audit import audit_slide
 from reports.html import render_slide_report
 from tiling.errors import AuditError
 from tiling.stitch import stitch_slide
-from tiling.store import AUDIT, EXPLAIN, FAILURE, MAPS, PATCHES, REPORT, atomic_path, slide_dir
+from tiling.store import AUDIT, EXPLAIN, FAILURE, MAPS, PATCHES, REPORT, slide_dir
+from tiling.store.records import load_audit, write_failure_record
 from tiling.tile import tile_slide
 
 log = logging.getLogger(__name__)
@@ -44,6 +43,7 @@ class Context:
     model_dir: Path
     config: PipelineConfig
     impressions: dict[str, Path] = field(default_factory=dict)  # class -> PNG, for the reports
+    model_sha256: str | None = None  # of the weights file, hashed once per run (None: per slide)
 
 
 @dataclass
@@ -76,7 +76,8 @@ def _tile(rec: SlideRecord, ctx: Context) -> None:
 
 
 def _explain(rec: SlideRecord, ctx: Context) -> None:
-    explain_store(slide_dir(ctx.out, rec.slide_id), ctx.model_dir, ctx.config.explain)
+    explain_store(slide_dir(ctx.out, rec.slide_id), ctx.model_dir, ctx.config.explain,
+                  model_sha256=ctx.model_sha256)
 
 
 def _stitch(rec: SlideRecord, ctx: Context) -> None:
@@ -134,8 +135,7 @@ def write_failure(state: SlideState, out: Path, stage: str, exc: BaseException) 
     if not isinstance(exc, AuditError):
         failure["traceback"] = "".join(traceback.format_exception(exc))
     try:
-        with atomic_path(slide_dir(out, rec.slide_id) / FAILURE) as tmp:
-            tmp.write_text(json.dumps(failure, indent=2))
+        write_failure_record(slide_dir(out, rec.slide_id) / FAILURE, failure)
     except OSError as err:  # the slide's folder itself is unusable: run.json still records it
         log.error("%s: cannot write %s (%s)", rec.slide_id, FAILURE, err)
     return replace(state, failure=failure)

@@ -1,5 +1,5 @@
 """The audit stage: each map against the lesions, methods against each other, flags,
-validation and provenance, written to ``slide_dir/audit.json``.
+validation and provenance, written to ``slide_dir/audit.json`` (layout: tiling.store.records).
 
 Metrics are computed on the stitched maps (maps.zarr, D level-0 px per map px) over the valid
 pixels: tissue where the map is finite. A-MIL attention and every CAM method are scored alike.
@@ -7,7 +7,6 @@ pixels: tissue where the map is finite. A-MIL attention and every CAM method are
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -22,10 +21,10 @@ from reports import metrics as M
 from reports.registry import FlagInputs, MapView, metrics_for, raise_flags
 from reports.agreement import agreement
 from reports.validation import map_stats, validate_attention, validate_coords, validate_maps
-from tiling.errors import StoreError
-from tiling.stitch import ATTENTION, Maps, open_explain_store, open_maps
-from tiling.store import (AUDIT, EXPLAIN, MAPS, PatchStore, atomic_path, chained_stamp, is_current,
-                          open_patch_store)
+from tiling.store import AUDIT, EXPLAIN, MAPS, PatchStore, chained_stamp, is_current, open_patch_store
+from tiling.store.explain import open_explain_store
+from tiling.store.maps import ATTENTION, Maps, open_maps
+from tiling.store.records import write_audit
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +211,7 @@ def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig) -> Path
     record = {
         "slide_id": str(store.attrs.get("slide_id", slide_dir.name)), "label": label,
         "classes": classes, **predicted, "head": attrs.get("head"), "target": attrs.get("target"),
+        "mil": attrs["mil"], "attention_branch": attrs["attention_branch"],
         "target_class": attrs.get("target_class"),
         "map": {"downsample": maps.downsample, "pixel_um": maps.pixel_um,
                 "shape": list(tissue.shape)},
@@ -223,21 +223,9 @@ def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig) -> Path
         "provenance": provenance(attrs.get("model", {}), stamp, config),
         "stamp": stamp,
     }
-    with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps(_finite(record), indent=2, allow_nan=False))
+    write_audit(out, _finite(record))
     log.info("audited %s: %d flag(s)", record["slide_id"], len(record["flags"]))
     return out
-
-
-def load_audit(path: Path) -> dict[str, Any]:
-    """Read an audit.json (a slide folder or the file itself)."""
-    path = Path(path)
-    path = path / AUDIT if path.is_dir() else path
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise StoreError(f"{path}: missing or unreadable ({exc}); run the audit stage on the "
-                         "slide again") from exc
 
 
 def is_negative(audit: dict[str, Any]) -> bool:

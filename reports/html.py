@@ -22,12 +22,14 @@ from skimage.transform import resize
 
 from explainers.methods import title as method_title
 from reports import figures as F
-from reports.audit import is_negative, load_audit
+from reports.audit import is_negative
 from reports.registry import BASE_METRICS, LESION_HIT_RATE, flag, metric
 from reports.table import audit_table, method_flags, metric_columns, missing_metrics, scan
 from reports.validation import validate_audit_table
-from tiling.stitch import Maps, open_explain_store, open_maps
 from tiling.store import EXPLAIN, REPORT, atomic_path, open_patch_store
+from tiling.store.explain import open_explain_store
+from tiling.store.maps import Maps, open_maps
+from tiling.store.records import load_audit
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,6 @@
 audit.csv (one row per slide x method)."""
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,9 @@ from typing import Any
 import pandas as pd
 
 from reports.registry import flag, metric
+from tiling.errors import StoreError
 from tiling.store import AUDIT, FAILURE
+from tiling.store.records import load_audit, load_failure
 
 log = logging.getLogger(__name__)
 VALIDATE = "validate"  # the pipeline's last stage: it fails a slide whose audit failed a check
@@ -36,13 +37,14 @@ def scan(out: Path) -> Archive:
     that failed only its validation keeps its fresh audit, whose flags say so."""
     archive = Archive([], [], [])
     for folder in sorted(p for p in (Path(out) / "slides").glob("*") if p.is_dir()):
-        for name, bucket in ((FAILURE, archive.failures), (AUDIT, archive.audits)):
+        for name, load, bucket in ((FAILURE, load_failure, archive.failures),
+                                   (AUDIT, load_audit, archive.audits)):
             path = folder / name
             if not path.is_file():
                 continue
             try:
-                record = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
+                record = load(path)
+            except StoreError as exc:
                 archive.unreadable.append(f"{folder.name}/{name}: {exc}")
                 continue
             if name == FAILURE and record.get("stage") == VALIDATE:

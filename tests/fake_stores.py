@@ -14,7 +14,9 @@ import zarr
 from conftest import shared_file
 
 from tiling.slide import open_slide
-from tiling.store import EXPLAIN, PATCHES, config_hash
+from tiling.store import EXPLAIN, FAILURE, PATCHES, config_hash
+from tiling.store.explain import ExplainWriter
+from tiling.store.records import write_failure_record
 from tiling.tile import TileConfig, tile_slide
 
 PATCH = 32          # px at the patch mpp
@@ -75,19 +77,19 @@ def write_explain_store(slide_dir: Path, patch_attrs: dict, centre: tuple[float,
         attention = np.exp(score - score.max())
         attention /= attention.sum()
     methods = ["gradcam", "hirescam"]
-    attrs = {"classes": CLASSES, "head": "softmax", "target": "slide", "target_class": 1,
-             "methods": methods,
+    attrs = {"classes": CLASSES, "head": "softmax", "target": "slide", "target_class": 1, "mil": "amil",
+             "attention_branch": 0, "methods": methods,
              "model": {"name": "fake-amil", "sha256": "0" * 64,
                        "config": {"encoder": "small_cnn", "classes": CLASSES}},
              "config_hash": config_hash({"fake": "explain", "up": patch_attrs["config_hash"]}),
              "source_sha256": patch_attrs["source_sha256"]}
-    group = zarr.open_group(slide_dir / EXPLAIN, mode="w", zarr_format=3)
-    group.create_array("attention", data=np.asarray(attention, np.float32))
-    group.create_array("slide_logits", data=np.asarray(logits, np.float32))
-    group.create_array("instance_logits", data=np.zeros((len(coords), 2), np.float32))
-    group.create_array("gradcam", data=bump(coords, footprint, centre, 300.0, 7))
-    group.create_array("hirescam", data=bump(coords, footprint, elsewhere, 300.0, 7))
-    group.attrs.update(attrs)
+    writer = ExplainWriter(slide_dir / EXPLAIN, len(coords), max(1, len(coords)))
+    writer.array("attention", attention)
+    writer.array("slide_logits", np.asarray(logits))
+    writer.array("instance_logits", np.zeros((len(coords), 2)))
+    writer.maps(0, len(coords), {"gradcam": bump(coords, footprint, centre, 300.0, 7),
+                                 "hirescam": bump(coords, footprint, elsewhere, 300.0, 7)})
+    writer.finish(attrs)
     return attrs
 
 
@@ -132,9 +134,9 @@ def build_archive(out: Path) -> dict[str, Path]:
         folders[folder] = slide_dir
     broken = out / "slides" / "broken"
     broken.mkdir(parents=True)
-    (broken / "failure.json").write_text(json.dumps({
+    write_failure_record(broken / FAILURE, {
         "slide_id": "broken-slide", "stage": "tile", "label": None, "source_path": "broken.svs",
-        "message": "broken.svs: not a slide format OpenSlide can read; convert it"}))
+        "message": "broken.svs: not a slide format OpenSlide can read; convert it"})
     folders["broken"] = broken
     folders["index"], folders["csv"] = render_index(out)
     return folders

@@ -88,6 +88,32 @@ def test_rerun_is_skipped_until_the_config_or_model_changes(slide_dir, model_dir
     assert [p.name for p in slide_dir.iterdir() if p.name.startswith(".")] == []
 
 
+def test_a_given_model_sha256_is_used_and_the_weights_are_not_hashed(slide_dir, model_dir, monkeypatch):
+    sha = model_sha256(model_dir)
+
+    def no_hashing(path, *args, **kwargs):
+        raise AssertionError(f"{path} hashed again")
+
+    monkeypatch.setattr("explainers.model_io.file_sha256", no_hashing)
+    out = explain_store(slide_dir, model_dir, ExplainConfig(), model_sha256=sha)
+    assert zarr.open_group(out, mode="r").attrs["model"]["sha256"] == sha
+    first = mtime(slide_dir)
+    explain_store(slide_dir, model_dir, ExplainConfig(), model_sha256=sha)
+    assert mtime(slide_dir) == first
+    monkeypatch.undo()
+    explain_store(slide_dir, model_dir, ExplainConfig())  # the standalone command hashes it: same stamp
+    assert mtime(slide_dir) == first
+
+
+def test_an_explain_store_of_another_format_version_is_rewritten(slide_dir, model_dir):
+    out = explain_store(slide_dir, model_dir, ExplainConfig())
+    zarr.open_group(out, mode="r+").attrs["format_version"] = 0
+    first = mtime(slide_dir)
+    explain_store(slide_dir, model_dir, ExplainConfig())
+    assert mtime(slide_dir) != first
+    assert zarr.open_group(out, mode="r").attrs["format_version"] == 1
+
+
 def test_batch_size_changes_no_value(slide_dir, model_dir, tmp_path):
     twin = tmp_path / "twin" / "slides" / "sample_000"
     shutil.copytree(slide_dir / "patches.zarr", twin / "patches.zarr")
@@ -113,7 +139,8 @@ def nothing_written(slide_dir: Path) -> bool:
 def test_a_store_with_no_patches_is_a_store_error(tmp_path, model_dir):
     slide_dir = tmp_path / "slides" / "empty"
     attrs = {"slide_id": "empty", "mpp": 1.0, "patch_size": 224, "config_hash": "c0", "source_sha256": "s0"}
-    create_patch_store(slide_dir / "patches.zarr", 224, 64, np.zeros((0, 2)), np.zeros(0), attrs)
+    create_patch_store(slide_dir / "patches.zarr", 224, 64, np.zeros((0, 2)), np.zeros(0), attrs,
+                       np.full((4, 4, 3), 255, np.uint8))
     with pytest.raises(StoreError, match="0 patches"):
         explain_store(slide_dir, model_dir, ExplainConfig())
     assert nothing_written(slide_dir)

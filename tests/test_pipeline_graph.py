@@ -1,7 +1,6 @@
 """The graph's shape, slide selection and per-slide failure capture, without a cluster."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from pipeline.config import PipelineConfig
 from pipeline.graph import build_graph
 from pipeline.runner import select, uses_gpu
 from pipeline.stages import STAGES, Context, SlideState, remove_leftovers, run_stage
+from tiling.store.records import load_failure
 
 RECORDS = [SlideRecord("a", Path("/nowhere/a.svs"), 1), SlideRecord("b", Path("/nowhere/b.svs"), 0)]
 
@@ -50,14 +50,22 @@ def test_uses_gpu_follows_the_device() -> None:
 def test_a_failed_stage_is_recorded_and_the_rest_pass_through(tmp_path: Path) -> None:
     ctx = Context(tmp_path, tmp_path / "model", PipelineConfig())
     state = run_stage("tile", SlideState(RECORDS[0]), ctx)
-    failure = json.loads((tmp_path / "slides" / "a" / "failure.json").read_text())
-    assert failure == state.failure
+    failure = load_failure(tmp_path / "slides" / "a" / "failure.json")
+    assert failure.pop("format_version") == 1 and failure == state.failure
     assert failure["stage"] == "tile" and failure["error_type"] == "SlideError"
     assert failure["slide_id"] == "a" and failure["label"] == 1
     assert failure["source_path"] == "/nowhere/a.svs" and "/nowhere/a.svs" in failure["message"]
     assert "traceback" not in failure  # an AuditError is expected, not a crash
     assert run_stage("explain", state, ctx) is state
     assert state.summary()["state"] == "failed" and state.stages == {}
+
+
+def test_the_explain_stage_gets_the_run_s_model_sha256(tmp_path: Path, monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr("pipeline.stages.explain_store", lambda *args, **kwargs: calls.append(kwargs))
+    ctx = Context(tmp_path, tmp_path / "model", PipelineConfig(), model_sha256="ab" * 32)
+    state = run_stage("explain", SlideState(RECORDS[0]), ctx)
+    assert state.failure is None and calls == [{"model_sha256": "ab" * 32}]
 
 
 def test_leftovers_of_a_killed_stage_are_removed(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from pipeline.commands.run import run
 from pipeline.config import load_config
 from pipeline.runner import RunResult, run_archive
 from tiling.store import file_sha256
+from tiling.store.records import load_manifest
 
 BIN = Path(sys.executable).parent
 SLIDEAUDIT, DASK = BIN / "slideaudit", BIN / "dask"
@@ -55,7 +56,7 @@ def leftovers(out: Path) -> list[Path]:
 
 
 def run_json(out: Path) -> dict:
-    return json.loads((out / "run.json").read_text())
+    return load_manifest(out)
 
 
 @pytest.fixture(scope="module")

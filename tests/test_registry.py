@@ -17,12 +17,13 @@ from explainers.errors import ModelError
 from explainers.methods import METHODS, method, method_names, parse_methods, register_method
 from explainers.model_io import ModelConfig, build_model, save_model
 from pipeline.cli import main
-from reports.audit import AuditConfig, audit_slide, load_audit
+from reports.audit import AuditConfig, audit_slide
 from reports.errors import RegistryError
 from reports.html import render_index, render_slide_report
 from reports.registry import FLAGS, flag, metric, metrics_for
 from tiling.errors import ConfigError
 from tiling.stitch import StitchConfig, stitch_slide
+from tiling.store.records import load_audit, write_audit
 
 
 @pytest.fixture
@@ -98,10 +99,8 @@ def test_metric_and_flag_keys_are_checked():
 
 
 def test_the_index_refuses_an_unregistered_metric(tmp_path):
-    folder = tmp_path / "slides" / "s1"
-    folder.mkdir(parents=True)
-    (folder / "audit.json").write_text('{"slide_id": "s1", "methods": ["attention"], "flags": [], '
-                                       '"metrics": {"attention": {"made_up": {"value": 0.5}}}}')
+    write_audit(tmp_path / "slides" / "s1" / "audit.json", {
+        "slide_id": "s1", "methods": ["attention"], "flags": [], "metrics": {"attention": {"made_up": {"value": 0.5}}}})
     with pytest.raises(RegistryError, match="made_up"):
         render_index(tmp_path)
 

@@ -16,11 +16,14 @@ import zarr
 from click.testing import CliRunner
 
 from fake_stores import EVIL, build_archive, make_slide_case, real_slide
-from reports.audit import AuditConfig, audit_slide, load_audit
+from reports.audit import AuditConfig, audit_slide
 from pipeline.cli import main
 from reports.html import render_index, render_slide_report
 from tiling.stitch import StitchConfig, stitch_slide
-from tiling.store import AUDIT, file_sha256
+from reports.table import scan
+from tiling.errors import StoreError
+from tiling.store import AUDIT, file_sha256, is_current, read_stamp
+from tiling.store.records import load_audit
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +137,21 @@ def test_corrupted_table_fails_its_suite_and_the_index_says_so(archive, tmp_path
     assert pd.read_csv(csv)["relevance_mass"].max() == pytest.approx(1.7)
 
 
+def test_an_audit_json_of_another_format_version_is_refused_and_redone(archive, tmp_path) -> None:
+    out = tmp_path / "archive"
+    shutil.copytree(archive["index"].parent, out)
+    path = out / "slides" / "positive" / AUDIT
+    audit = json.loads(path.read_text())
+    assert audit.pop("format_version") == 1
+    path.write_text(json.dumps(audit))
+    with pytest.raises(StoreError, match="audit.json: format version None.*run the audit stage"):
+        load_audit(path)
+    assert [u.split(":")[0] for u in scan(out).unreadable] == ["positive/audit.json"]
+    assert not is_current(path, **read_stamp(path))
+    audit_slide(path.parent, 1, AuditConfig())
+    assert load_audit(path)["format_version"] == 1 and is_current(path, **read_stamp(path))
+
+
 def test_corrupted_attention_fails_its_suite_and_the_report_says_so(tmp_path) -> None:
     slide_dir, annotations = make_slide_case(tmp_path, "doubled")
     attention = zarr.open_group(slide_dir / "explain.zarr", mode="r+")["attention"]
@@ -165,14 +183,15 @@ def test_report_command_rebuilds_the_index(archive, tmp_path) -> None:
 
 
 def keep_first(slide_dir: Path, k: int) -> None:
-    """Rewrite patches.zarr and explain.zarr with their first `k` patches only."""
+    """Rewrite patches.zarr and explain.zarr with their first `k` patches only (the per-slide
+    slide_logits and thumbnail stay whole)."""
     for store in ("patches.zarr", "explain.zarr"):
         group = zarr.open_group(slide_dir / store, mode="r")
         arrays = {name: np.asarray(group[name][:]) for name in group.array_keys()}
         attrs = dict(group.attrs)
         fresh = zarr.open_group(slide_dir / store, mode="w", zarr_format=3)
         for name, data in arrays.items():
-            fresh.create_array(name, data=data if name == "slide_logits" else data[:k])
+            fresh.create_array(name, data=data if name in ("slide_logits", "thumbnail") else data[:k])
         fresh.attrs.update(attrs)
     if k:
         explain = zarr.open_group(slide_dir / "explain.zarr", mode="r+")

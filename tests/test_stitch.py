@@ -9,9 +9,10 @@ import zarr
 
 from fake_stores import make_slide_case, real_slide
 from tiling.errors import StoreError
-from tiling.stitch import (PatchGrid, StitchConfig, map_downsample, map_shape, open_maps, spans,
-                           stitch_slide)
-from tiling.store import EXPLAIN, MAPS, read_stamp
+from tiling.stitch import PatchGrid, StitchConfig, map_downsample, map_shape, spans, stitch_slide
+from tiling.store import EXPLAIN, MAPS, PATCHES, is_current, open_patch_store, read_stamp
+from tiling.store.explain import open_explain_store
+from tiling.store.maps import open_maps
 
 
 def stitched(coords: list[list[int]], values: np.ndarray, footprint: float, downsample: float,
@@ -136,3 +137,45 @@ def test_stitch_errors_name_the_store(tmp_path) -> None:
         stitch_slide(tmp_path / "slides" / "nothing", "x.svs", [], StitchConfig())
     with pytest.raises(StoreError, match="maps.zarr: no complete maps store"):
         open_maps(slide_dir)
+
+
+def test_stitch_takes_the_thumbnail_from_the_patch_store(tmp_path) -> None:
+    slide_dir, annotations = make_slide_case(tmp_path, "cmu")
+    thumb = open_patch_store(slide_dir).thumbnail[...]
+    assert thumb.dtype == np.uint8 and thumb.ndim == 3 and thumb.shape[2] == 3
+    # the slide is never opened: a path where no file is works as well
+    stitch_slide(slide_dir, tmp_path / "moved-away.svs", annotations, StitchConfig(max_side=512))
+    maps = open_maps(slide_dir)
+    assert maps.thumbnail.shape == (*maps.tissue.shape, 3)
+    # the patch store's thumbnail resampled: mean colour kept within a grey level
+    np.testing.assert_allclose(maps.thumbnail.reshape(-1, 3).mean(0), thumb.reshape(-1, 3).mean(0), atol=1.5)
+
+
+def set_version(path, version) -> None:
+    group = zarr.open_group(path, mode="r+")
+    if version is None:
+        del group.attrs["format_version"]
+    else:
+        group.attrs["format_version"] = version
+
+
+@pytest.mark.parametrize("version", [None, 99])
+def test_a_store_of_another_format_version_is_not_current(tmp_path, version) -> None:
+    slide_dir, annotations = make_slide_case(tmp_path, "cmu")
+    config = StitchConfig(max_side=512)
+    path = stitch_slide(slide_dir, real_slide(), annotations, config)
+    stamp = read_stamp(path)
+    assert is_current(path, **stamp)
+    set_version(path, version)
+    assert not is_current(path, **stamp)
+    with pytest.raises(StoreError, match=f"maps.zarr: format version {version}.*rerun the stitch stage"):
+        open_maps(slide_dir)
+    stitch_slide(slide_dir, real_slide(), annotations, config)  # rewritten, current again
+    assert is_current(path, **stamp) and open_maps(slide_dir).downsample == 6.0
+
+    set_version(slide_dir / EXPLAIN, version)
+    with pytest.raises(StoreError, match=f"explain.zarr: format version {version}.*rerun the explain"):
+        open_explain_store(slide_dir / EXPLAIN, open_patch_store(slide_dir))
+    set_version(slide_dir / PATCHES, version)
+    with pytest.raises(StoreError, match=f"patches.zarr: format version {version}.*slideaudit tile"):
+        open_patch_store(slide_dir)

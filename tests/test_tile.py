@@ -20,7 +20,7 @@ from tiling.grid import patch_grid
 from tiling.sample_tiff import write_pyramid_tiff
 from tiling.slide import open_slide
 from tiling.store import PATCHES, file_sha256, open_patch_store, read_stamp
-from tiling.tile import TileConfig, tile_slide
+from tiling.tile import MASK_SIDES, TileConfig, plan_patches, tile_slide
 from tiling.tissue import saturation, tissue_mask
 
 SMALL = TileConfig(mpp=1.5, patch=96, chunk=8)        # level 1 (1.0 µm/px) read at 144 px, resized
@@ -57,6 +57,17 @@ def test_store_layout_and_attrs(tile_sample: Callable[..., Path], sample_archive
                 "footprint": 448.0, "dimensions": [width, height]}
     assert {k: store.attrs[k] for k in expected} == expected
     assert read_stamp(store.path)["source_sha256"] == file_sha256(path)
+    assert store.attrs["format_version"] == 1
+
+
+def test_store_keeps_the_thumbnail_of_the_tissue_mask(tile_sample: Callable[..., Path],
+                                                      sample_archive: Path) -> None:
+    store = open_patch_store(tile_sample(0))
+    thumb = store.thumbnail[...]
+    assert thumb.dtype == np.uint8 and thumb.shape[2] == 3
+    assert MASK_SIDES[0] <= max(thumb.shape[:2]) <= MASK_SIDES[1]
+    with open_slide(slide_path(sample_archive)) as slide:
+        np.testing.assert_array_equal(thumb, plan_patches(slide, TileConfig())[3])
 
 
 def test_patches_equal_openslide_read_region(tile_sample: Callable[..., Path], sample_archive: Path) -> None:

@@ -7,11 +7,8 @@ columns likewise. A patch's (h, w) values are resampled onto those pixels by bil
 interpolation between cell centres (h = w = 1 gives a constant); overlapping patches are
 averaged, map = Σ patch values / Σ coverage, and pixels that no patch covers are NaN.
 
-maps.zarr holds one OME-Zarr image per map (see tiling.ome): ``attention`` (A-MIL attention),
-``attention_rank`` (its percentile rank among patches, 0..1), one per CAM method (raw values),
-``tissue`` (uint8, 1 where a patch covers the pixel), ``lesion`` (uint16, k on the k-th
-annotated lesion, 0 elsewhere) and ``thumbnail`` ((3, H, W) uint8 RGB of the slide). The root
-lists them as an NGFF collection, so a viewer given maps.zarr finds every image.
+`stitch_slide` writes maps.zarr (layout: tiling.store.maps) from patches.zarr (whose thumbnail
+it resamples: the slide itself is not reopened), explain.zarr and the annotation files.
 """
 from __future__ import annotations
 
@@ -29,15 +26,11 @@ from tqdm import tqdm
 
 from tiling.annotations import rasterize_lesions, read_annotations
 from tiling.errors import StoreError
-from tiling.ome import read_image, write_collection, write_image
-from tiling.slide import open_slide
-from tiling.store import (EXPLAIN, MAPS, PatchStore, atomic_path, chained_stamp, file_sha256,
-                          is_current, open_patch_store, stage_path)
+from tiling.store import EXPLAIN, MAPS, atomic_path, chained_stamp, file_sha256, is_current, open_patch_store
+from tiling.store.explain import open_explain_store
+from tiling.store.maps import ATTENTION, ATTENTION_RANK, LESION, THUMBNAIL, TISSUE, MapsWriter
 
 log = logging.getLogger(__name__)
-
-ATTENTION, ATTENTION_RANK, TISSUE, LESION, THUMBNAIL = (
-    "attention", "attention_rank", "tissue", "lesion", "thumbnail")
 
 
 @dataclass(frozen=True)
@@ -160,36 +153,18 @@ def lesion_labels(annotations: list[Path], shape: tuple[int, int],
     return labels, [str(lesion.name) for lesion in lesions]
 
 
-def open_explain_store(path: Path, store: PatchStore) -> zarr.Group:
-    """explain.zarr opened read-only, checked against its patch store (one attention value
-    per patch, an array per listed method)."""
-    try:
-        group = zarr.open_group(path, mode="r")
-        n = group["attention"].shape[0]
-    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
-        raise StoreError(f"{path}: no complete explain store here ({exc}); run the explain "
-                         "stage on the slide first") from exc
-    if n != len(store):
-        raise StoreError(f"{path}: {n} attention values for {len(store)} patches in "
-                         f"{store.path}; rerun the explain stage")
-    missing = [m for m in group.attrs.get("methods", []) if m not in group]
-    if missing:
-        raise StoreError(f"{path}: methods {missing} are listed but have no array; rerun explain")
-    return group
-
-
-def _thumbnail(slide_path: Path, slide_mpp: float | None, shape: tuple[int, int]) -> np.ndarray:
-    """(3, H, W) uint8 RGB of the slide resampled to the map grid."""
-    with open_slide(slide_path, mpp=slide_mpp) as slide:
-        rgb = slide.thumbnail(max(shape))
-    rgb = resize(rgb, shape, order=1, preserve_range=True, anti_aliasing=True)
+def _thumbnail(thumbnail: zarr.Array, shape: tuple[int, int]) -> np.ndarray:
+    """(3, H, W) uint8: the patch store's (h, w, 3) RGB thumbnail resampled to the map grid."""
+    rgb = resize(np.asarray(thumbnail[...], np.float32), shape, order=1, preserve_range=True,
+                 anti_aliasing=True)
     return np.moveaxis(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), -1, 0)
 
 
 def stitch_slide(slide_dir: Path, slide_path: Path, annotations: list[Path],
                  config: StitchConfig) -> Path:
-    """Write ``slide_dir/maps.zarr`` from patches.zarr, explain.zarr, the slide and its
-    annotations (read-only); skipped when its stamp is current. Returns the maps.zarr path."""
+    """Write ``slide_dir/maps.zarr`` from patches.zarr (its thumbnail too), explain.zarr and the
+    annotations (read-only); skipped when its stamp is current. Returns the maps.zarr path.
+    `slide_path` is no longer read: the slide's thumbnail comes from patches.zarr."""
     slide_dir, annotations = Path(slide_dir), [Path(a) for a in annotations]
     out = slide_dir / MAPS
     stamp = chained_stamp(config, slide_dir / EXPLAIN,
@@ -214,20 +189,16 @@ def stitch_slide(slide_dir: Path, slide_path: Path, annotations: list[Path],
                ATTENTION_RANK: percentile_rank(attention)[:, None, None],
                **{m: explain[m] for m in methods}}
     with atomic_path(out) as tmp:
-        root = zarr.open_group(tmp, mode="w", zarr_format=3)
+        writer = MapsWriter(tmp, pixel_um, config.chunk)
         coverage = grid.coverage()
-        write_image(root, TISSUE, (coverage > 0).astype(np.uint8), pixel_um,
-                    "1 where a tissue patch covers the pixel", config.chunk)
+        writer.image(TISSUE, (coverage > 0).astype(np.uint8), "1 where a tissue patch covers the pixel")
         for name, values in tqdm(sources.items(), desc=f"stitch {slide_dir.name}", leave=False):
-            write_image(root, name, grid.stitch(values, coverage), pixel_um,
-                        "patch values averaged over overlapping patches; NaN off tissue",
-                        config.chunk)
+            writer.image(name, grid.stitch(values, coverage),
+                         "patch values averaged over overlapping patches; NaN off tissue")
         labels, names = lesion_labels(annotations, shape, downsample)
-        write_image(root, LESION, labels, pixel_um, "k on the k-th annotated lesion", config.chunk)
-        write_image(root, THUMBNAIL, _thumbnail(Path(slide_path), attrs.get("slide_mpp"), shape),
-                    pixel_um, "slide RGB resampled to the map grid", config.chunk)
-        write_collection(root, [TISSUE, *sources, LESION, THUMBNAIL])
-        root.attrs.update({
+        writer.image(LESION, labels, "k on the k-th annotated lesion")
+        writer.image(THUMBNAIL, _thumbnail(store.thumbnail, shape), "slide RGB resampled to the map grid")
+        writer.finish({
             "slide_id": attrs.get("slide_id"), "dimensions": list(dimensions),
             "downsample": downsample, "pixel_um": pixel_um, "shape": list(shape),
             "methods": methods, "heatmaps": list(sources), "lesion_names": names, **stamp})
@@ -235,61 +206,3 @@ def stitch_slide(slide_dir: Path, slide_path: Path, annotations: list[Path],
              shape[0], pixel_um)
     return out
 
-
-@dataclass
-class Maps:
-    """A slide's maps.zarr opened read-only; ``maps[name]`` reads one (H, W) map as numpy."""
-
-    path: Path
-    group: zarr.Group
-    attrs: dict[str, Any]
-
-    @property
-    def downsample(self) -> float:
-        return float(self.attrs["downsample"])
-
-    @property
-    def pixel_um(self) -> float:
-        """Map pixel side in micrometres (D × level-0 mpp)."""
-        return float(self.attrs["pixel_um"])
-
-    @property
-    def methods(self) -> list[str]:
-        """CAM methods (explain.zarr order)."""
-        return list(self.attrs["methods"])
-
-    @property
-    def heatmaps(self) -> list[str]:
-        """Every float map: attention, attention_rank, then the CAM methods."""
-        return list(self.attrs["heatmaps"])
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return read_image(self.group, name)[...]
-
-    @property
-    def tissue(self) -> np.ndarray:
-        return self[TISSUE].astype(bool)
-
-    @property
-    def lesion(self) -> np.ndarray:
-        """(H, W) uint16 lesion labels: 0 background, k the k-th lesion."""
-        return self[LESION]
-
-    @property
-    def thumbnail(self) -> np.ndarray:
-        """(H, W, 3) uint8 RGB."""
-        return np.moveaxis(self[THUMBNAIL], 0, -1)
-
-
-def open_maps(path: Path) -> Maps:
-    """Open ``<slide_dir>/maps.zarr`` (or the .zarr path itself) read-only."""
-    path = stage_path(path, MAPS)
-    try:
-        group = zarr.open_group(path, mode="r")
-        complete = "heatmaps" in group.attrs
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-        complete = False
-    if not complete:
-        raise StoreError(f"{path}: no complete maps store here; run the stitch stage on the "
-                         "slide first")
-    return Maps(path, group, dict(group.attrs))

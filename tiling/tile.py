@@ -1,6 +1,6 @@
 """Tiling a slide into its patch store: tissue mask -> patch grid -> patches read in parallel.
 
-`tile_slide` writes <out>/slides/<slide_id>/patches.zarr (layout: `tiling.store.PatchStore`)
+`tile_slide` writes <out>/slides/<slide_id>/patches.zarr (layout: `tiling.store.patches`)
 atomically, stamped with the config hash and the slide's sha256 so a rerun skips it. Patches are
 read with Dask in blocks of `chunk` patches, one block per zarr chunk, each block written by the
 task that reads it: on the current dask.distributed Client if there is one (workers must see
@@ -57,19 +57,22 @@ class TileConfig:
         return self.stride if self.stride is not None else self.patch
 
 
-def plan_patches(slide: BaseSlide, config: TileConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """The patches to read: coords (N, 2) level-0 x, y, tissue (N,), and the store's attrs
-    describing the geometry (footprint = patch * mpp / slide_mpp level-0 px). The tissue mask
-    comes from a thumbnail with MASK_CELLS px per patch side (its longer side within MASK_SIDES)."""
+def plan_patches(slide: BaseSlide,
+                 config: TileConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any], np.ndarray]:
+    """The patches to read: coords (N, 2) level-0 x, y, tissue (N,), the store's attrs
+    describing the geometry (footprint = patch * mpp / slide_mpp level-0 px) and the (h, w, 3)
+    uint8 thumbnail the tissue mask comes from: MASK_CELLS px per patch side (its longer side
+    within MASK_SIDES)."""
     side = footprint(config.patch, config.mpp, slide.mpp)
     mask_side = round(max(slide.dimensions) * MASK_CELLS / side)
-    mask = tissue_mask(slide.thumbnail(min(max(mask_side, MASK_SIDES[0]), MASK_SIDES[1])))
+    thumbnail = slide.thumbnail(min(max(mask_side, MASK_SIDES[0]), MASK_SIDES[1]))
+    mask = tissue_mask(thumbnail)
     coords, tissue = patch_grid(mask, slide.dimensions, side, footprint(config.step, config.mpp, slide.mpp),
                                 config.min_tissue)
     attrs = {"mpp": config.mpp, "slide_mpp": slide.mpp, "level": slide.best_level(config.mpp),
              "patch_size": config.patch, "stride": config.step, "footprint": side,
              "dimensions": list(slide.dimensions)}
-    return coords, tissue, attrs
+    return coords, tissue, attrs, thumbnail
 
 
 def read_patches(slide: BaseSlide, coords: np.ndarray, patch: int, mpp: float) -> np.ndarray:
@@ -133,13 +136,13 @@ def tile_slide(slide_path: Path, out: Path, config: TileConfig, slide_id: str | 
         if is_current(target, **stamp):
             log.info("%s: up to date", target)
             return target
-        coords, tissue, geometry = plan_patches(slide, config)
+        coords, tissue, geometry, thumbnail = plan_patches(slide, config)
         if len(coords) == 0:
             log.warning("%s: no tissue found (min_tissue %.2f); writing an empty patch store",
                         slide_path, config.min_tissue)
         attrs = {"source_path": str(slide_path.resolve()), "slide_id": slide_id, **geometry, **stamp}
         with atomic_path(target) as tmp:
-            patches = create_patch_store(tmp, config.patch, config.chunk, coords, tissue, attrs)
+            patches = create_patch_store(tmp, config.patch, config.chunk, coords, tissue, attrs, thumbnail)
             blocks = range(0, len(coords), config.chunk)
             _run([dask.delayed(_fill_block)(slide, coords[i:i + config.chunk], config.patch, config.mpp,
                                             patches, i) for i in blocks], slide_id)

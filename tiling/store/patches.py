@@ -1,0 +1,75 @@
+"""patches.zarr: a slide's tissue patches, written by the tile stage (zarr v3 group).
+
+    patches    (N, S, S, 3) uint8 RGB at the store's target mpp, chunked (B, S, S, 3), PATCH_CODEC
+    coords     (N, 2) int64 level-0 (x, y) of each patch's top-left corner
+    tissue     (N,) float32 tissue fraction of each patch in [0, 1]
+    thumbnail  (h, w, 3) uint8 RGB of the whole slide, the one the tissue mask was computed on
+               (longer side within tiling.tile.MASK_SIDES); stitching resamples it to the maps
+    attrs      source_path, source_sha256, slide_id, mpp, slide_mpp, level, patch_size, stride,
+               footprint (patch side in level-0 px), dimensions (level-0 W, H), config_hash,
+               format_version (FORMAT_VERSION)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from tiling.errors import StoreError
+from tiling.store import PATCHES, VERSION_KEY, check_version, stage_path
+
+FORMAT_VERSION = 1
+# patches: LZ4 (1.9x smaller on real H&E patches, 1.1x on the noisy sample ones) keeps writing
+# well below decoding cost; zstd level 1 writes 7-26% fewer bytes for 2-3x the CPU
+PATCH_CODEC = zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")
+
+
+@dataclass
+class PatchStore:
+    """A slide's patches.zarr opened read-only (layout: the module docstring); `patches` and
+    `thumbnail` are read lazily, coords and tissue are loaded."""
+
+    path: Path
+    patches: zarr.Array
+    coords: np.ndarray
+    tissue: np.ndarray
+    attrs: dict[str, Any]
+    thumbnail: zarr.Array
+
+    def __len__(self) -> int:
+        return int(self.coords.shape[0])
+
+
+def open_patch_store(path: Path) -> PatchStore:
+    """Open `<slide_dir>/patches.zarr` (or the .zarr path itself) read-only."""
+    path = stage_path(path, PATCHES)
+    try:
+        group = zarr.open_group(path, mode="r")
+        attrs = dict(group.attrs)
+        check_version(path, attrs, FORMAT_VERSION, "run `slideaudit tile` on the slide again")
+        return PatchStore(path, group["patches"], np.asarray(group["coords"][:], dtype=np.int64),
+                          np.asarray(group["tissue"][:], dtype=np.float32), attrs, group["thumbnail"])
+    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
+        raise StoreError(f"{path}: no complete patch store here ({exc}); run `slideaudit tile` "
+                         "on the slide first") from exc
+
+
+def create_patch_store(path: Path, patch_size: int, chunk: int, coords: np.ndarray,
+                       tissue: np.ndarray, attrs: dict[str, Any], thumbnail: np.ndarray) -> zarr.Array:
+    """Create a patches.zarr at `path` (the module docstring's layout) with its coords, tissue,
+    thumbnail and attrs, and return its empty `patches` array (N, S, S, 3) uint8 in chunks of
+    `chunk` patches (PATCH_CODEC), for the caller to fill chunk by chunk (each chunk written
+    once, so zarr's check for empty chunks, which costs as much as the write, is off)."""
+    group = zarr.open_group(path, mode="w", zarr_format=3)
+    n, size = len(coords), patch_size
+    patches = group.create_array("patches", shape=(n, size, size, 3), chunks=(chunk, size, size, 3),
+                                 dtype=np.uint8, compressors=PATCH_CODEC, fill_value=0,
+                                 config={"write_empty_chunks": True})
+    group.create_array("coords", data=np.asarray(coords, dtype=np.int64).reshape(n, 2))
+    group.create_array("tissue", data=np.asarray(tissue, dtype=np.float32).reshape(n))
+    group.create_array("thumbnail", data=np.ascontiguousarray(thumbnail, dtype=np.uint8))
+    group.attrs.update({**attrs, VERSION_KEY: FORMAT_VERSION})
+    return patches

@@ -128,6 +128,13 @@ class Block(nn.Module):
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 
+class ViTEncoder(nn.Sequential):
+    """`Sequential(embed, blocks, norm, pool)` plus what a token grid needs (module docstring)."""
+
+    prefix_tokens: int
+    patch_grid: tuple[int, int]
+
+
 class ClassToken(nn.Module):
     """Tokens (B, T, C) -> the class token (B, C)."""
 
@@ -137,13 +144,13 @@ class ClassToken(nn.Module):
 
 def vision_transformer(dim: int, depth: int, heads: int, patch_size: int = 16, img_size: int = 224,
                        mlp_ratio: float = 4.0, registers: int = 0, layer_scale: float | None = None,
-                       no_embed_class: bool = False) -> nn.Sequential:
+                       no_embed_class: bool = False) -> ViTEncoder:
     """A ViT encoder `Sequential(embed, blocks, norm, pool)` (module docstring) giving (B, dim).
 
     `registers`: R register tokens (timm's `reg_tokens`); `layer_scale`: LayerScale's initial
     value (timm's `init_values`; None = no LayerScale); `no_embed_class`: positions for the patch
     tokens only (timm's `no_embed_class`, e.g. DINOv2 with registers)."""
-    encoder = nn.Sequential(OrderedDict(
+    encoder = ViTEncoder(OrderedDict(
         embed=Embed(img_size, patch_size, dim, registers, no_embed_class),
         blocks=nn.Sequential(*[Block(dim, heads, mlp_ratio, layer_scale) for _ in range(depth)]),
         norm=nn.LayerNorm(dim, eps=LN_EPS), pool=ClassToken()))

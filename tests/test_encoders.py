@@ -7,7 +7,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from explainers.encoders import IMAGENET_MEAN, IMAGENET_STD, build_encoder, embedding_dim, encoder_spec
+from explainers.encoders import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_encoder,
+    embedding_dim,
+    encoder_spec,
+)
 from explainers.errors import ModelError
 from explainers.mil import split_encoder
 from explainers.model_io import ModelConfig, build_model

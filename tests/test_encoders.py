@@ -307,6 +307,11 @@ def test_the_vit_splits_at_a_block_inside_a_model():
         assert tokens.shape == (3, 3 + 4, 32)
         torch.testing.assert_close(tail(tokens), model.encoder(x))
     assert model.classifier.in_features == 32
+    for layer, reaches_patches in [("encoder.blocks.0", True), ("encoder.blocks.1", False)]:
+        head, tail = split_encoder(model, layer)  # after the last block only the class token matters
+        tokens = head(x).detach().requires_grad_()
+        grad, = torch.autograd.grad(tail(tokens).sum(), tokens)
+        assert bool(grad[:, 3:].abs().sum() > 0) == reaches_patches
 
 
 def test_specs_declare_inputs_dims_and_target_layers():

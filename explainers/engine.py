@@ -10,6 +10,9 @@ G = torch.autograd.grad(tail(A), A, grad_outputs=g): since the slide logit depen
 through h_k, this is exactly d(slide logit_t)/d(A_k), whatever the chunk size (when the tail is
 global average pooling, G_cij = g_c / (hw) directly, without autograd). For the instance
 target (score W_t h_k + b_t) g_k = W_t. Every CAM method is computed from the same (A, G);
+a transformer's target layer gives tokens (B, T, C): A and G are its patch tokens on their grid,
+tokens[:, L:] as (B, C, h, w) after the L class and register tokens (the encoder's
+`prefix_tokens` and `patch_grid`), while the tail re-runs on all tokens.
 guided backprop and occlusion re-read the chunk's patches and re-run the encoder on them.
 The methods come from the registry (`explainers.methods`); in each chunk every method is
 computed once, after the methods it requires.
@@ -59,7 +62,7 @@ class BagForward:
     """What pass 1 keeps of a bag of N patches."""
     h: torch.Tensor                # (N, D) embeddings, on the model's device
     instance_logits: torch.Tensor  # (N, C)
-    acts: np.ndarray               # (N, C', h, w) float32 target-layer activations (activation_cache)
+    acts: np.ndarray               # (N, C', h, w) or (N, T, C') float32 target-layer output (activation_cache)
 
 
 @dataclass
@@ -111,16 +114,22 @@ def _is_global_pool(tail: nn.Sequential) -> bool:
 
 @dataclass
 class Chunk:
-    """What a method sees of patches lo..hi-1 in pass 2: the kept activations, the target, the
-    maps computed so far; gradients and re-read patches are computed once, when first asked for."""
+    """What a method sees of patches lo..hi-1 in pass 2: the kept target-layer output, the
+    target, the maps computed so far; activations and gradients on the grid and re-read patches
+    are computed once, when first asked for."""
 
     engine: BagExplainer
     target: BagTarget
     lo: int
     hi: int
-    acts: torch.Tensor                                   # (B, C, h, w) target-layer activations
+    kept: torch.Tensor                 # the target layer's output: (B, C, h, w), or (B, T, C) tokens
     read: Callable[[int, int], torch.Tensor] | None
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @functools.cached_property
+    def acts(self) -> torch.Tensor:
+        """A (B, C, h, w): the target layer's activations on their grid."""
+        return self.engine.grid(self.kept)
 
     @property
     def linear(self) -> torch.Tensor | None:
@@ -134,10 +143,10 @@ class Chunk:
         if self.engine.global_pool:  # h = mean_ij A_ij, so dh_c/dA_cij = 1/(hw): no autograd needed
             return (g / self.acts[0, 0].numel())[:, :, None, None].expand_as(self.acts)
         with torch.enable_grad():
-            acts = self.acts.detach().requires_grad_()
-            emb = self.engine.tail(acts.clone())  # the clone keeps in-place ops in the tail off the leaf
-            grads, = torch.autograd.grad(emb, acts, grad_outputs=g)
-        return grads
+            kept = self.kept.detach().requires_grad_()
+            emb = self.engine.tail(kept.clone())  # the clone keeps in-place ops in the tail off the leaf
+            grads, = torch.autograd.grad(emb, kept, grad_outputs=g)
+        return self.engine.grid(grads)
 
     @functools.cached_property
     def inputs(self) -> torch.Tensor:
@@ -161,6 +170,19 @@ class BagExplainer:
         for step in self.steps.values():
             step.check(self)
         self.needs_patches = any("patches" in METHODS[name].needs for name in self.steps)
+        self.prefix_tokens = int(getattr(model.encoder, "prefix_tokens", 0))
+        self.patch_grid: tuple[int, int] | None = getattr(model.encoder, "patch_grid", None)
+
+    def grid(self, kept: torch.Tensor) -> torch.Tensor:
+        """The target layer's output as (B, C, h, w): as it is for a CNN; a transformer's patch
+        tokens (B, T, C) without the `prefix_tokens` class/register tokens, on `patch_grid`."""
+        if kept.ndim == 4:
+            return kept
+        if kept.ndim != 3 or self.patch_grid is None:
+            raise ModelError(f"the target layer gives {tuple(kept.shape)} values per batch; CAM methods need "
+                             "(B, C, h, w) maps or (B, T, C) tokens of an encoder with `patch_grid`")
+        h, w = self.patch_grid
+        return kept[:, self.prefix_tokens:].transpose(1, 2).reshape(kept.shape[0], kept.shape[2], h, w)
 
     def _add(self, name: str) -> None:
         """Add `name` after the methods it requires (each computed once)."""

@@ -10,19 +10,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from explainers.encoders import build_encoder, embedding_dim
 from explainers.errors import ModelError
 from explainers.heads import HEADS as MIL_HEADS
 from explainers.mil import AttentionMIL, MILModel, split_encoder
+from explainers.weights import read_state_dict
 from tiling.store import atomic_path, file_sha256
 
 log = logging.getLogger(__name__)
@@ -140,27 +139,6 @@ def model_sha256(model_dir: Path) -> str:
     return file_sha256(weights_path(model_dir))
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a .safetensors file or of a torch state-dict file (`weights_only=True`:
-    plain tensors and containers only, nothing a file brings is run); ModelError otherwise."""
-    path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ModelError(f"{path}: holds objects other than tensors, which are never unpickled here; "
-                         "save a plain state dict (`torch.save(model.state_dict(), ...)`) or safetensors") from exc
-    except (SafetensorError, RuntimeError, OSError, ValueError) as exc:
-        raise ModelError(f"{path}: unreadable weights ({str(exc).splitlines()[0]}); save a state dict or "
-                         "safetensors file again") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(f"{path}: not a state dict of tensors; save `model.state_dict()`")
-    return state
-
-
 def load_model(model_dir: Path) -> tuple[MILModel, ModelConfig]:
     """(model in eval mode on the CPU, its config) from `model_dir`; ModelError on any mismatch."""
     model_dir = Path(model_dir)
@@ -169,7 +147,7 @@ def load_model(model_dir: Path) -> tuple[MILModel, ModelConfig]:
     config = read_config(model_dir)
     model = build_model(config)
     path = weights_path(model_dir)
-    state = read_weights(path)
+    state = read_state_dict(path)
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:

@@ -235,7 +235,7 @@ def explain_region(image: np.ndarray, mpp: float | None, model: MILModel, model_
     targets = [TargetView(model_config.classes[cls], cls, int(ranks[cls]), float(probabilities[cls]),
                           {name: grid.stitch(values, coverage) for name, values in maps.items()})
                for cls, maps in zip(wanted, raw, strict=True)]
-    views = activation_views(bag.acts, config.channels)
+    views = activation_views(explainer.grid(torch.as_tensor(bag.acts)).numpy(), config.channels)
     activations = np.stack([grid.stitch(views.maps[:, i], coverage) for i in range(len(views.channels))])
     log.debug("region %s at %.3g µm/px: %d tiles, top %s", image.shape, mpp, n, model_config.classes[order[0]])
     return RegionExplanation(image, mpp, assumed, region, tiles, list(model_config.classes), model_config.head,

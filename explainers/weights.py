@@ -87,18 +87,23 @@ def _listed(keys: list[str]) -> str:
     return f"{len(keys)} [{', '.join(keys[:SHOWN])}{more}]"
 
 
-def check_keys(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], path: Path, layout: str) -> None:
-    """ModelError naming `path` and listing the missing, unexpected and mis-shaped keys, if any."""
+ENCODER_HINT = ("Check that the encoder name and its options (e.g. a ViT's registers, layer_scale, "
+                "no_embed_class, img_size) match the checkpoint, and the layout")
+
+
+def check_keys(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], path: Path, what: str,
+               hint: str = ENCODER_HINT) -> None:
+    """ModelError naming `path` and listing the missing, unexpected and mis-shaped keys, if any;
+    `what` names what the weights must fit, `hint` what to check."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    shapes = [f"{k}: file {tuple(state[k].shape)}, encoder {tuple(v.shape)}"
+    shapes = [f"{k}: file {tuple(state[k].shape)}, needed {tuple(v.shape)}"
               for k, v in expected.items() if k in state and state[k].shape != v.shape]
     problems = [f"{what} {_listed(keys)}" for what, keys in
                 (("missing", missing), ("unexpected", unexpected), ("shape mismatches", shapes)) if keys]
     if problems:
-        raise ModelError(f"{path}: weights ({layout} layout, after stripping prefixes) do not fit the encoder: "
-                         + "; ".join(problems) + ". Check that the encoder name and its options (e.g. a ViT's "
-                         "registers, layer_scale, no_embed_class, img_size) match the checkpoint, and the layout")
+        raise ModelError(f"{path}: weights (after stripping prefixes) do not fit {what}: "
+                         + "; ".join(problems) + f". {hint}")
 
 
 def load_encoder_weights(encoder: nn.Sequential, path: Path, layout: str = "native") -> nn.Sequential:
@@ -106,7 +111,7 @@ def load_encoder_weights(encoder: nn.Sequential, path: Path, layout: str = "nati
     when the file is unreadable or its keys or shapes do not match exactly."""
     state = to_native(strip_prefixes(read_state_dict(path)), layout, encoder)
     expected = encoder.state_dict()
-    check_keys(state, expected, Path(path), layout)
+    check_keys(state, expected, Path(path), f"the encoder ({layout} layout)")
     encoder.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     log.debug("loaded %d encoder tensors from %s (%s layout)", len(state), path, layout)
     return encoder

@@ -17,6 +17,7 @@ COMMANDS = {
     "report": "pipeline.commands.report:report",
     "train": "pipeline.commands.train:train",
     "explain": "pipeline.commands.explain:explain",
+    "import-model": "pipeline.commands.import_model:import_model",
 }
 
 

@@ -134,7 +134,7 @@ def test_a_missing_resnet_key_is_named(resnet50, resnet_file, tmp_path):
         load_encoder_weights(resnet50, path, "torchvision")
     msg = str(err.value)
     assert str(path) in msg and "missing 1 [layer3.5.bn3.running_var]" in msg
-    assert "layer1.0.conv2.weight: file (64, 64, 1, 1), encoder (64, 64, 3, 3)" in msg
+    assert "layer1.0.conv2.weight: file (64, 64, 1, 1), needed (64, 64, 3, 3)" in msg
 
 
 # ---- timm ViT --------------------------------------------------------------------------------
@@ -259,7 +259,7 @@ def test_wrong_vit_keys_are_named(tmp_path):
     msg = str(err.value)
     assert str(path) in msg and "missing 1 [blocks.1.attn.qkv.weight]" in msg
     assert "unexpected 2 [blocks.0.attn.qkv_weight_typo, embed.reg_token]" in msg
-    assert "embed.pos_embed: file (1, 9, 32), encoder (1, 5, 32)" in msg and "registers" in msg
+    assert "embed.pos_embed: file (1, 9, 32), needed (1, 5, 32)" in msg and "registers" in msg
 
 
 def test_many_missing_keys_are_counted_not_all_listed(tmp_path):

@@ -150,3 +150,38 @@ def test_engine_refuses_unknown_methods_and_cam_without_global_pooling(model):
     with pytest.raises(ModelError, match="global average pooling"):
         BagExplainer(model, "encoder.block3", ("cam",))
     assert BagExplainer(model, "encoder.block3", ("gradcam",)).tail[0] is model.encoder.block4
+
+
+VIT = {"dim": 16, "depth": 3, "heads": 2, "img_size": 32, "registers": 2}
+
+
+def test_vit_slide_and_instance_gradcam_equal_a_float64_hand_computation():
+    """Grad-CAM at a ViT block: its patch tokens (class and register tokens dropped) on their
+    2 x 2 grid, A (B, C, h, w), G = d(score)/dA through the rest of the ViT and the MIL head."""
+    model = build_model(ModelConfig(encoder="vit_small_patch16", encoder_kwargs=VIT, patch=32,
+                                    target_layer="encoder.blocks.1", seed=2)).eval()
+    x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    ref = model.double()
+    enc = ref.encoder
+    with torch.enable_grad():
+        tokens = enc.blocks[:2](enc.embed(x.double())).detach().requires_grad_()
+        h = enc.pool(enc.norm(enc.blocks[2:](tokens)))
+        slide, _ = ref.pool(h)
+        instance = ref.instance_logits(h)[:, 0].sum()
+        g_slide, = torch.autograd.grad(slide[1], tokens, retain_graph=True)
+        g_inst, = torch.autograd.grad(instance, tokens)
+
+    def gradcam(grads):
+        acts, g = (t[:, 3:].transpose(1, 2).reshape(5, 16, 2, 2) for t in (tokens.detach(), grads))
+        return torch.relu((g.mean((2, 3), keepdim=True) * acts).sum(1)).float()
+
+    model.float()
+    for target, cls, grads in (("slide", 1, g_slide), ("instance", 0, g_inst)):
+        explainer = BagExplainer(model, "encoder.blocks.1", ("gradcam",))
+        with frozen(model):
+            fwd = explainer.forward([(0, 5, x)], 5)
+            tgt = (slide_target if target == "slide" else instance_target)(model, fwd.h, cls)
+            out = torch.from_numpy(next(explainer.maps(fwd, tgt, 2))[2]["gradcam"])
+        expected = gradcam(grads)[:2]
+        assert float(expected.abs().max()) > 0
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)

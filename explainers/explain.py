@@ -20,20 +20,22 @@ from tqdm import tqdm
 
 from explainers.cam import frozen
 from explainers.errors import ModelError
+from explainers.methods import parse_methods
 from explainers.model_io import load_model, model_sha256, read_config
 from explainers.patches import PatchReader
-from explainers.slide_gradcam import METHODS, BagExplainer, instance_target, slide_target
-from tiling.errors import StoreError
-from tiling.store import EXPLAIN, PATCHES, atomic_path, chained_stamp, is_current, open_patch_store
+from explainers.slide_gradcam import BagExplainer, instance_target, slide_target
+from tiling.errors import StoreError, require
+from tiling.store import EXPLAIN, PATCHES, atomic_path, chained_stamp, is_current, open_patch_store, runtime
 
 log = logging.getLogger(__name__)
 
 TARGETS = ("slide", "instance")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
 class ExplainConfig:
-    """methods: names from METHODS; target: "slide" (the slide logit, through the attention
+    """methods: names from `explainers.methods`; target: "slide" (the slide logit, through the attention
     pooling) or "instance" (each patch's own logit); target_class: None = the slide's
     predicted class; device: "auto" (CUDA when present), "cpu" or "cuda"; batch: patches per
     forward (bounds memory, changes no value)."""
@@ -41,18 +43,16 @@ class ExplainConfig:
     methods: tuple[str, ...] = ("gradcam",)
     target: str = "slide"
     target_class: int | None = None
-    device: str = "auto"
-    batch: int = 64
+    device: str = runtime("auto")
+    batch: int = runtime(64)
 
     def __post_init__(self) -> None:
-        self.methods = tuple(self.methods)
-        unknown = sorted(set(self.methods) - set(METHODS))
-        if unknown or not self.methods:
-            raise ValueError(f"unknown or no methods {unknown}; choose from {', '.join(METHODS)}")
-        if self.target not in TARGETS:
-            raise ValueError(f"target {self.target!r} is not one of {TARGETS}")
-        if self.device not in ("auto", "cpu", "cuda") or self.batch < 1:
-            raise ValueError(f"device {self.device!r} must be auto|cpu|cuda and batch {self.batch} >= 1")
+        self.methods = parse_methods(self.methods, "methods")
+        require(self.target in TARGETS, "target", self.target, f"one of {', '.join(TARGETS)}")
+        require(self.target_class is None or self.target_class >= 0, "target_class", self.target_class,
+                "a class index >= 0 or null (the predicted class)")
+        require(self.device in DEVICES, "device", self.device, f"one of {', '.join(DEVICES)}")
+        require(self.batch >= 1, "batch", self.batch, "a whole number of patches >= 1")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -67,8 +67,7 @@ def explain_store(slide_dir: Path, model_dir: Path, config: ExplainConfig) -> Pa
     slide_dir, out = Path(slide_dir), Path(slide_dir) / EXPLAIN
     store = open_patch_store(slide_dir)
     model_config, sha = read_config(model_dir), model_sha256(model_dir)
-    stamped = {"methods": list(config.methods), "target": config.target, "target_class": config.target_class}
-    stamp = chained_stamp(stamped, slide_dir / PATCHES, model_sha256=sha,
+    stamp = chained_stamp(config, slide_dir / PATCHES, model_sha256=sha,
                           model_config=dataclasses.asdict(model_config))
     if is_current(out, **stamp):
         log.info("%s: up to date", out)

@@ -27,12 +27,13 @@ from PIL import Image, UnidentifiedImageError
 
 from explainers.cam import frozen
 from explainers.explain import resolve_device
+from explainers.errors import ImageError, ImageTooLarge
 from explainers.feature_views import activation_views
+from explainers.methods import parse_methods
 from explainers.mil import AttentionMIL
 from explainers.model_io import ModelConfig
 from explainers.patches import normalise, resize
-from explainers.slide_gradcam import METHODS, BagExplainer, slide_target
-from tiling.errors import AuditError
+from explainers.slide_gradcam import BagExplainer, slide_target
 from tiling.slide import resize_rgb, rgba_on_white
 from tiling.stitch import PatchGrid
 
@@ -45,18 +46,10 @@ TOP5 = "top5"
 MICROSCOPE_MPP = 20.0  # a recorded resolution coarser than this (µm/px) is a screen dpi, not a microscope's
 
 
-class ImageError(AuditError):
-    """An uploaded or given image cannot be explained: not an image, wrong mode, bad settings."""
-
-
-class ImageTooLarge(ImageError):
-    """An image has more pixels, or needs more model tiles, than the configured limit."""
-
-
 @dataclass(frozen=True)
 class RegionConfig:
     """targets: class names, or "top5" for the five most probable; () = the predicted class.
-    methods: names from `explainers.slide_gradcam.METHODS`. max_tiles bounds the work per image;
+    methods: names from `explainers.methods.method_names()`. max_tiles bounds the work per image;
     channels: how many activation views; device: "auto" | "cpu" | "cuda"."""
 
     targets: tuple[str, ...] = ()
@@ -66,9 +59,7 @@ class RegionConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.methods) - set(METHODS))
-        if unknown or not self.methods:
-            raise ValueError(f"unknown or no methods {unknown}; choose from {', '.join(METHODS)}")
+        object.__setattr__(self, "methods", parse_methods(self.methods, "methods"))
 
 
 @dataclass

@@ -16,17 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from explainers.impressions import render_impressions
-from pipeline.archive import SlideRecord, read_archive
+from explainers.model_io import read_config
 from pipeline.cluster import open_client
-from pipeline.config import ConfigError, PipelineConfig
+from pipeline.config import PipelineConfig
+from pipeline.errors import EXIT_OK, EXIT_SLIDES_FAILED
 from pipeline.graph import build_graph, compute
 from pipeline.stages import Context, SlideState
+from tiling.archive import SlideRecord, read_archive
+from tiling.errors import ConfigError
 from tiling.store import AUDIT, atomic_path, file_sha256, slide_dir
 
 log = logging.getLogger(__name__)
 RUN_MANIFEST = "run.json"
 MODEL_CACHE = "model"  # OUT/model/: what is computed once per model (class impressions)
-EXIT_OK, EXIT_FAILURES = 0, 3
 
 
 @dataclass
@@ -43,7 +45,7 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_FAILURES if self.failed else EXIT_OK
+        return EXIT_SLIDES_FAILED if self.failed else EXIT_OK
 
     @property
     def index(self) -> Path:
@@ -106,11 +108,13 @@ def run_archive(archive: Path, model_dir: Path, out: Path, config: PipelineConfi
     config or scheduler raises ConfigError/ArchiveError before anything runs.
     """
     archive, model_dir, out = Path(archive).absolute(), Path(model_dir).absolute(), Path(out).absolute()
-    records = read_archive(archive)
+    model_files = _model_files(model_dir)
+    model = read_config(model_dir)
+    records = read_archive(archive, model.classes, model.head == "sigmoid")
     todo, skipped = select(records, out, only_new)
     gpu = uses_gpu(config.explain.device)
     info = {"slideaudit": version("slideaudit"), "archive": str(archive), "model": str(model_dir),
-            "model_files": _model_files(model_dir), "out": str(out), "config": config.to_dict(),
+            "model_files": model_files, "out": str(out), "config": config.to_dict(),
             "config_hash": config.hash(), "only_new": only_new, "gpu": gpu, "started": _now()}
     skipped_entries = [{"slide_id": s, "state": "skipped", "reason": f"{AUDIT} exists (--only-new)"}
                        for s in skipped]

@@ -26,10 +26,11 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from explainers.errors import ImageError, ImageTooLarge
 from explainers.feature_views import filter_grid
 from explainers.model_io import load_model, model_sha256
-from explainers.single_image import (ImageError, ImageTooLarge, RegionConfig, RegionExplanation,
-                                     explain_region, read_image)
+from explainers.single_image import RegionConfig, RegionExplanation, explain_region, read_image
+from pipeline.errors import FormProblem, UploadTooLarge
 from reports.image_page import PageForm, PageInfo, mpp_notes, render_image_page
 
 log = logging.getLogger(__name__)
@@ -55,14 +56,6 @@ class ServeConfig:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
-
-
-class UploadTooLarge(Exception):
-    """The request body passed the configured limit (HTTP 413)."""
-
-
-class FormProblem(Exception):
-    """A form value is missing or invalid (HTTP 400)."""
 
 
 def status_of(exc: Exception) -> int:

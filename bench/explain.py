@@ -35,11 +35,10 @@ import torch  # noqa: E402
 from captum.attr import LayerGradCam  # noqa: E402
 from torch import nn  # noqa: E402
 
-from explainers.cam import frozen  # noqa: E402
 from explainers.explain import ExplainConfig, explain_store, resolve_device  # noqa: E402
 from explainers.model_io import ModelConfig, build_model, load_model, save_model  # noqa: E402
 from explainers.patches import PatchReader  # noqa: E402
-from explainers.slide_gradcam import BagExplainer, instance_target, slide_target  # noqa: E402
+from explainers.engine import BagExplainer, frozen, instance_target, slide_target  # noqa: E402
 from tiling.sample import write_sample_archive  # noqa: E402
 from tiling.store import EXPLAIN, open_patch_store  # noqa: E402
 from tiling.tile import TileConfig, tile_slide  # noqa: E402

@@ -1,40 +1,68 @@
 """The class-activation methods: each only says how it weights the target layer's channels.
 
 A = activations (B, C, h, w) of the target layer, G = d(score)/dA, Z = h·w; every map is
-relu(Σ_c α_c ⊙ A_c) (see `explainers.cam.CAM`).
+
+    map = relu(Σ_c α_c ⊙ A_c)
+
+with α per channel (B, C, 1, 1) or per element, from `weights`. Maps keep raw (unnormalised)
+values on the target layer's grid.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from torch import nn
+import torch.nn.functional as F
 
-from explainers.cam import CAM, find_layer
 from explainers.errors import ModelError
+from explainers.methods import MapMethod, register_method
+
+if TYPE_CHECKING:
+    from explainers.engine import BagExplainer, Chunk
+
+CAM_NEEDS = ("activations", "gradients")
 
 
+class CAM(MapMethod):
+    """Base of the class-activation family: a subclass gives α from `weights`."""
+
+    def weights(self, acts: torch.Tensor, grads: torch.Tensor | None,
+                linear: torch.Tensor | None) -> torch.Tensor:
+        """α, broadcastable to acts. `linear` (B, C) are the target score's weights on the
+        globally pooled activations (used by CAM only)."""
+        raise NotImplementedError
+
+    def compute(self, acts: torch.Tensor, grads: torch.Tensor | None,
+                linear: torch.Tensor | None = None) -> torch.Tensor:
+        """relu(Σ_c α_c ⊙ A_c): maps (B, h, w)."""
+        return torch.relu((self.weights(acts, grads, linear) * acts).sum(1))
+
+    def explain(self, chunk: Chunk) -> torch.Tensor:
+        grads = chunk.grads if "gradients" in self.method.needs else None
+        return self.compute(chunk.acts, grads, chunk.linear)
+
+
+@register_method("gradcam", "Grad-CAM", kind="cam", needs=CAM_NEEDS,
+                 formula="Selvaraju et al. 2017: α_c = mean_ij G_cij",
+                 description="Regions whose features raise the class score (coarse, at the target layer's grid).")
 class GradCAM(CAM):
-    """Grad-CAM (Selvaraju et al. 2017): α_c = (1/Z) Σ_ij G_cij, the spatial mean gradient.
-
-        >>> GradCAM(model, "layer4")(images).maps      # (B, 1, h, w)
-    """
-
-    name = "gradcam"
+    """Grad-CAM (Selvaraju et al. 2017): α_c = (1/Z) Σ_ij G_cij, the spatial mean gradient."""
 
     def weights(self, acts, grads, linear):
         return grads.mean((2, 3), keepdim=True)
 
 
+@register_method("gradcampp", "Grad-CAM++", kind="cam", needs=CAM_NEEDS,
+                 formula="Chattopadhay et al. 2018: α_c = Σ_ij a_cij relu(G_cij)",
+                 description="Like Grad-CAM, but weights each location's positive gradients, so several "
+                             "separate regions of one class show up better.")
 class GradCAMpp(CAM):
     """Grad-CAM++ (Chattopadhay et al. 2018), in the closed form that assumes an exponential
     score, so only first-order gradients are needed:
 
         a_cij = G_cij² / (2 G_cij² + (Σ_kl A_ckl) G_cij³)    (0 where the denominator is 0)
         α_c   = Σ_ij a_cij · relu(G_cij)
-
-        >>> GradCAMpp(model, "layer4")(images, target=1).maps
     """
-
-    name = "gradcampp"
 
     def weights(self, acts, grads, linear):
         g2 = grads.pow(2)
@@ -44,37 +72,28 @@ class GradCAMpp(CAM):
         return (a * torch.relu(grads)).sum((2, 3), keepdim=True)
 
 
+@register_method("hirescam", "HiResCAM", kind="cam", needs=CAM_NEEDS,
+                 formula="Draelos & Carin 2020: α = G element-wise",
+                 description="Grad-CAM without averaging the gradients: follows the model's own computation.")
 class HiResCAM(CAM):
-    """HiResCAM (Draelos & Carin 2020): α = G element-wise, map = relu(Σ_c G_c ⊙ A_c).
-
-        >>> HiResCAM(model, "layer4")(images).maps
-    """
-
-    name = "hirescam"
+    """HiResCAM (Draelos & Carin 2020): α = G element-wise, map = relu(Σ_c G_c ⊙ A_c)."""
 
     def weights(self, acts, grads, linear):
         return grads
 
 
+@register_method("cam", "CAM", kind="cam", needs=("activations",),
+                 formula="Zhou et al. 2016: α_c = the linear weight of channel c after global pooling",
+                 description="The classifier's weights on the pooled features, mapped back to locations.")
 class ClassCAM(CAM):
-    """CAM (Zhou et al. 2016), for a network whose target layer is followed by global average
-    pooling and the linear layer `fc`: α_c = W[class, c]. On such a network Grad-CAM's
-    α_c = W[class, c] / Z, so CAM = Z · Grad-CAM.
+    """CAM (Zhou et al. 2016), for a target layer followed by global average pooling and a
+    linear score: α_c = W[class, c] (for the slide target, a_k W[class, c]). On such a network
+    Grad-CAM's α_c = W[class, c] / Z, so CAM = Z · Grad-CAM."""
 
-        >>> ClassCAM(model, "layer4", fc="fc")(images).maps
-    """
-
-    name = "cam"
-    uses_gradients = False
-
-    def __init__(self, model: nn.Module, layer: str, fc: str) -> None:
-        super().__init__(model, layer)
-        self.fc = find_layer(model, fc)
-        if not isinstance(self.fc, nn.Linear):
-            raise ModelError(f"CAM needs a linear layer after global pooling; {fc!r} is a {type(self.fc).__name__}")
-
-    def linear(self, classes):
-        return self.fc.weight[classes]
+    def check(self, engine: BagExplainer) -> None:
+        if not engine.global_pool:
+            raise ModelError(f"method 'cam' needs global average pooling right after the target layer; this "
+                             f"encoder has {[type(m).__name__ for m in engine.tail]} there; use gradcam")
 
     def weights(self, acts, grads, linear):
         if linear is None or linear.shape[1] != acts.shape[1]:
@@ -83,4 +102,9 @@ class ClassCAM(CAM):
         return linear[:, :, None, None]
 
 
-CAM_METHODS: dict[str, type[CAM]] = {m.name: m for m in (GradCAM, GradCAMpp, HiResCAM, ClassCAM)}
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of maps (..., h, w) to `size`."""
+    lead = maps.shape[:-2]
+    out = F.interpolate(maps.reshape(-1, 1, *maps.shape[-2:]), size=size, mode="bilinear", align_corners=False)
+    return out.reshape(*lead, *size)
+

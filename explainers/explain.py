@@ -18,12 +18,11 @@ import torch
 import zarr
 from tqdm import tqdm
 
-from explainers.cam import frozen
+from explainers.engine import BagExplainer, frozen, instance_target, slide_target
 from explainers.errors import ModelError
 from explainers.methods import parse_methods
 from explainers.model_io import load_model, model_sha256, read_config
 from explainers.patches import PatchReader
-from explainers.slide_gradcam import BagExplainer, instance_target, slide_target
 from tiling.errors import StoreError, require
 from tiling.store import EXPLAIN, PATCHES, atomic_path, chained_stamp, is_current, open_patch_store, runtime
 
@@ -35,7 +34,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass
 class ExplainConfig:
-    """methods: names from `explainers.methods`; target: "slide" (the slide logit, through the attention
+    """methods: registered method names (`explainers.methods`); target: "slide" (the slide logit, through the attention
     pooling) or "instance" (each patch's own logit); target_class: None = the slide's
     predicted class; device: "auto" (CUDA when present), "cpu" or "cuda"; batch: patches per
     forward (bounds memory, changes no value)."""

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from explainers.cam import Explainer, upsample
-from explainers.cams import GradCAM
+from explainers.cams import upsample
+from explainers.methods import MapMethod, register_method
+
+if TYPE_CHECKING:
+    from explainers.engine import Chunk
 
 
 class _GuidedGrad(torch.autograd.Function):
@@ -31,12 +35,12 @@ class _GuidedGrad(torch.autograd.Function):
 
 
 @contextlib.contextmanager
-def guided_relus(model: nn.Module) -> Iterator[dict]:
+def guided_relus(model: nn.Module) -> Iterator[None]:
     """Guided backward through every nn.ReLU of `model` inside the block; hooks removed after."""
     handles = [m.register_forward_hook(lambda mod, inputs, out: _GuidedGrad.apply(out))
                for m in model.modules() if isinstance(m, nn.ReLU)]
     try:
-        yield {}
+        yield
     finally:
         for handle in handles:
             handle.remove()
@@ -47,33 +51,28 @@ def saliency(grads: torch.Tensor) -> torch.Tensor:
     return grads.abs().amax(1)
 
 
-class GuidedBackprop(Explainer):
-    """Guided-backprop saliency of each image's target score.
+@register_method("guided_backprop", "Guided backprop", kind="input-gradient", needs=("patches",),
+                 formula="Springenberg et al. 2015: max_c |guided d(score)/d(image)|",
+                 description="Fine pixel detail the class score is sensitive to (not class-specific on its own).")
+class GuidedBackprop(MapMethod):
+    """Guided-backprop saliency of the target score, re-running the encoder on the patches:
+    the score depends on patch k only through h_k, so d(score)/dx_k = (dh_k/dx_k)^T g_k."""
 
-        >>> GuidedBackprop(model)(images, target=1).maps     # (B, 1, H, W)
-    """
-
-    name = "guided_backprop"
-    input_gradients = True
-
-    def hooks(self):
-        return guided_relus(self.model)
-
-    def attribute(self, images, logits, classes, kept):
-        grads, = torch.autograd.grad(self.score(logits, classes), images, retain_graph=True)
+    def explain(self, chunk: Chunk) -> torch.Tensor:
+        encoder = chunk.engine.model.encoder
+        with guided_relus(encoder), torch.enable_grad():
+            x = chunk.inputs.detach().requires_grad_()
+            grads, = torch.autograd.grad(encoder(x), x, grad_outputs=chunk.target.grad[chunk.lo:chunk.hi])
         return saliency(grads)
 
 
-class GuidedGradCAM(Explainer):
-    """Guided Grad-CAM: guided-backprop saliency ⊙ Grad-CAM upsampled (bilinear) to the image.
+@register_method("guided_gradcam", "Guided Grad-CAM", kind="input-gradient", needs=("patches",),
+                 requires=("gradcam", "guided_backprop"),
+                 formula="Selvaraju et al. 2017: guided backprop ⊙ Grad-CAM upsampled to the patch",
+                 description="Guided backprop restricted to the Grad-CAM region: fine detail of the evidence.")
+class GuidedGradCAM(MapMethod):
+    """Guided Grad-CAM: guided-backprop saliency ⊙ Grad-CAM upsampled (bilinear) to the patch."""
 
-        >>> GuidedGradCAM(model, "layer4")(images).maps      # (B, 1, H, W)
-    """
-
-    name = "guided_gradcam"
-
-    def __call__(self, images, target=None):
-        cam = GradCAM(self.model, self.layer_name)(images, target)
-        guided = GuidedBackprop(self.model)(images, cam.classes)
-        guided.maps = guided.maps * upsample(cam.maps, tuple(images.shape[-2:]))
-        return guided
+    def explain(self, chunk: Chunk) -> torch.Tensor:
+        guided = chunk.maps["guided_backprop"]
+        return guided * upsample(chunk.maps["gradcam"], tuple(guided.shape[-2:]))

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from explainers.cam import frozen
+from explainers.engine import frozen
 from explainers.errors import ModelError
 from explainers.mil import AttentionMIL
 from explainers.model_io import ModelConfig, load_model, model_sha256

@@ -5,7 +5,7 @@ A method is one small class registered with its record; the explain engine
 titles, the upload page's choices, help texts and the tests all read `METHODS`:
 
     >>> @register_method("mycam", "My-CAM", kind="cam", needs=("activations", "gradients"),
-    ...                  summary="α_c = max_ij G_cij")
+    ...                  formula="α_c = max_ij G_cij", description="Where the strongest gradients are.")
     ... class MyCAM(CAM):
     ...     def weights(self, acts, grads, linear):
     ...         return grads.amax((2, 3), keepdim=True)
@@ -18,9 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from tiling.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from explainers.engine import BagExplainer, Chunk
 
 KINDS = ("attention", "cam", "input-gradient", "perturbation")
 NEEDS = ("activations", "gradients", "patches")
@@ -33,14 +38,16 @@ class Method:
     KINDS; needs: what the engine must provide (NEEDS: the target layer's activations, the
     gradients of the target score with respect to them, the patches re-read as model inputs);
     requires: methods computed first and handed over (not stored unless chosen too);
-    summary: one line for help texts and the report glossary; interactive: cheap enough for the
-    upload page; implementation: the class computing it (None for attention)."""
+    formula: the reference and formula in one line; description: what the map shows, in plain
+    words for the reports; interactive: cheap enough for the upload page; implementation: the
+    class computing it (None for attention)."""
 
     name: str
     title: str
     kind: str
     needs: frozenset[str]
-    summary: str
+    formula: str
+    description: str
     requires: tuple[str, ...] = ()
     interactive: bool = True
     implementation: type | None = None
@@ -52,12 +59,26 @@ class Method:
 
 METHODS: dict[str, Method] = {
     ATTENTION: Method(ATTENTION, "A-MIL attention", "attention", frozenset(),
-                      "the A-MIL gated-attention weight a_k of each patch (Σ_k a_k = 1)"),
+                      "Ilse et al. 2018: a_k = softmax_k(w^T (tanh(V h_k) ⊙ sigmoid(U h_k)))",
+                      "How much each patch weighs in the slide's prediction (the weights sum to 1)."),
 }
 C = TypeVar("C", bound=type)
 
 
-def register_method(name: str, title: str, kind: str, needs: Iterable[str], summary: str,
+class MapMethod:
+    """Base of every method class: `explain` gives one map per patch of a chunk of the bag."""
+
+    method: ClassVar[Method]
+
+    def check(self, engine: BagExplainer) -> None:
+        """Raise ModelError when the engine's model cannot give this map (default: it can)."""
+
+    def explain(self, chunk: Chunk) -> torch.Tensor:
+        """Maps (B, h, w) of the chunk's patches for the chunk's target score."""
+        raise NotImplementedError
+
+
+def register_method(name: str, title: str, kind: str, needs: Iterable[str], formula: str, description: str,
                     requires: tuple[str, ...] = (), interactive: bool = True) -> Callable[[C], C]:
     """Class decorator: record the class as method `name` (see `Method`); sets `cls.method`."""
     needs = frozenset(needs)
@@ -68,7 +89,7 @@ def register_method(name: str, title: str, kind: str, needs: Iterable[str], summ
         raise ValueError(f"method {name!r} requires unregistered methods {missing}; register them first")
 
     def add(cls: C) -> C:
-        record = Method(name, title, kind, needs, summary, tuple(requires), interactive, cls)
+        record = Method(name, title, kind, needs, formula, description, tuple(requires), interactive, cls)
         cls.method = record  # type: ignore[attr-defined]
         METHODS[name] = record
         return cls
@@ -77,9 +98,10 @@ def register_method(name: str, title: str, kind: str, needs: Iterable[str], summ
 
 
 def method_names() -> tuple[str, ...]:
-    """Every method a user can choose, in registration order."""
+    """Every method a user can choose, by kind (KINDS order), then in registration order."""
     _load()
-    return tuple(name for name, m in METHODS.items() if m.choosable)
+    chosen = [m for m in METHODS.values() if m.choosable]
+    return tuple(m.name for m in sorted(chosen, key=lambda m: KINDS.index(m.kind)))
 
 
 def method(name: str) -> Method:
@@ -108,9 +130,8 @@ def parse_methods(value: str | Iterable[str], key: str = "methods") -> tuple[str
 
 
 def help_text() -> str:
-    """One line per method for --help: name: title, summary."""
-    _load()
-    return "; ".join(f"{m.name} ({m.title})" for m in METHODS.values() if m.choosable)
+    """The choosable methods for --help: "name (title), ..."."""
+    return ", ".join(f"{name} ({METHODS[name].title})" for name in method_names())
 
 
 def _load() -> Any:

@@ -1,19 +1,22 @@
 """Occlusion sensitivity (Zeiler & Fergus 2014) on patches.
 
-The image is cut into a grid x grid of windows of side ceil(P / grid) px; window (i, j) is set
-to `value` (0 = the normalisation mean for normalised inputs) and the map holds the drop of the
+The patch is cut into a grid x grid of windows of side ceil(P / grid) px; window (i, j) is set
+to 0 (the normalisation mean of the model's inputs) and the map holds the exact drop of the
 target score: map[i, j] = s(x) - s(x with window (i, j) occluded). Positive = evidence for the
-target. Costs grid² forwards per image.
+target. Costs grid² encoder forwards per patch.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
-from explainers.cam import Explainer
+from explainers.methods import MapMethod, register_method
+
+if TYPE_CHECKING:
+    from explainers.engine import Chunk
 
 
 def occlusions(images: torch.Tensor, grid: int, value: float = 0.0) -> Iterator[tuple[int, int, torch.Tensor]]:
@@ -26,22 +29,19 @@ def occlusions(images: torch.Tensor, grid: int, value: float = 0.0) -> Iterator[
             yield i, j, occluded
 
 
-class Occlusion(Explainer):
-    """Occlusion maps (B, grid, grid) of each image's target score.
+@register_method("occlusion", "Occlusion", kind="perturbation", needs=("patches",), interactive=False,
+                 formula="Zeiler & Fergus 2014: s(x) - s(x with window (i, j) blanked), 8 x 8 windows",
+                 description="How much the class score drops when each window of the patch is greyed out.")
+class Occlusion(MapMethod):
+    """Occlusion maps (B, grid, grid): each patch's windows blanked in turn, the rest of the bag as it is."""
 
-        >>> Occlusion(model, grid=8)(images, target=1).maps      # (B, 1, 8, 8)
-    """
+    grid = 8
 
-    name = "occlusion"
-
-    def __init__(self, model: nn.Module, grid: int = 8, value: float = 0.0) -> None:
-        super().__init__(model)
-        self.grid, self.value = grid, value
-
-    def attribute(self, images, logits, classes, kept):
+    def explain(self, chunk: Chunk) -> torch.Tensor:
+        x, encoder = chunk.inputs, chunk.engine.model.encoder
+        idx = torch.arange(chunk.lo, chunk.hi, device=x.device)
+        maps = x.new_zeros(len(idx), self.grid, self.grid)
         with torch.no_grad():
-            base = logits.gather(1, classes[:, None])[:, 0]
-            maps = images.new_zeros(images.shape[0], self.grid, self.grid)
-            for i, j, occluded in occlusions(images, self.grid, self.value):
-                maps[:, i, j] = base - self.model(occluded).gather(1, classes[:, None])[:, 0]
+            for i, j, occluded in occlusions(x, self.grid):
+                maps[:, i, j] = chunk.target.drop(idx, encoder(occluded))
         return maps

@@ -25,15 +25,14 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from explainers.cam import frozen
-from explainers.explain import resolve_device
+from explainers.engine import BagExplainer, frozen, slide_target
 from explainers.errors import ImageError, ImageTooLarge
+from explainers.explain import resolve_device
 from explainers.feature_views import activation_views
 from explainers.methods import parse_methods
 from explainers.mil import AttentionMIL
 from explainers.model_io import ModelConfig
 from explainers.patches import normalise, resize
-from explainers.slide_gradcam import BagExplainer, slide_target
 from tiling.slide import resize_rgb, rgba_on_white
 from tiling.stitch import PatchGrid
 
@@ -49,7 +48,7 @@ MICROSCOPE_MPP = 20.0  # a recorded resolution coarser than this (µm/px) is a s
 @dataclass(frozen=True)
 class RegionConfig:
     """targets: class names, or "top5" for the five most probable; () = the predicted class.
-    methods: names from `explainers.methods.method_names()`. max_tiles bounds the work per image;
+    methods: registered method names (`explainers.methods`). max_tiles bounds the work per image;
     channels: how many activation views; device: "auto" | "cpu" | "cuda"."""
 
     targets: tuple[str, ...] = ()
@@ -59,7 +58,7 @@ class RegionConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "methods", parse_methods(self.methods, "methods"))
+        object.__setattr__(self, "methods", parse_methods(self.methods))
 
 
 @dataclass

@@ -26,8 +26,11 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from explainers.errors import ImageError, ImageTooLarge
+from explainers.engine import BagExplainer
+from explainers.errors import ImageError, ImageTooLarge, ModelError
 from explainers.feature_views import filter_grid
+from explainers.methods import method, method_names
+from explainers.mil import AttentionMIL
 from explainers.model_io import load_model, model_sha256
 from explainers.single_image import RegionConfig, RegionExplanation, explain_region, read_image
 from pipeline.errors import FormProblem, UploadTooLarge
@@ -35,7 +38,6 @@ from reports.image_page import PageForm, PageInfo, mpp_notes, render_image_page
 
 log = logging.getLogger(__name__)
 
-SERVE_METHODS = ("gradcam", "gradcampp", "guided_backprop", "guided_gradcam", "hirescam")
 SECURITY_HEADERS = {"Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
                                                "form-action 'self'; frame-ancestors 'none'",
                     "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
@@ -87,14 +89,15 @@ class ImageService:
         self.model, self.model_config = load_model(model_dir)
         self.filters = filter_grid(self.model)
         self.config = config
+        self.methods = offered_methods(self.model, self.model_config.target_layer)
         self.info = PageInfo(model_name=self.model_config.name, model_sha256=model_sha256(model_dir),
                              reports_url="/reports/" if config.reports else None)
         self._lock = threading.Lock()
 
     def explain(self, data: bytes, name: str, fields: dict[str, str]) -> RegionExplanation:
         """Check the form values, read the image and explain it (the model runs one request at a time)."""
-        if fields["method"] not in SERVE_METHODS:
-            raise FormProblem(f"unknown method {fields['method']!r}; choose one of {', '.join(SERVE_METHODS)}")
+        if fields["method"] not in self.methods:
+            raise FormProblem(f"unknown method {fields['method']!r}; choose one of {', '.join(self.methods)}")
         if fields["target"] and fields["target"] not in self.model_config.classes:
             raise FormProblem(f"unknown class {fields['target']!r}; pick one of the list")
         mpp = _mpp(fields["mpp"])
@@ -106,11 +109,23 @@ class ImageService:
 
     def page(self, fields: dict[str, str], status: int = 200, result: RegionExplanation | None = None,
              source: str = "", error: str | None = None) -> HTMLResponse:
-        form = PageForm(classes=list(self.model_config.classes), methods=list(SERVE_METHODS),
+        form = PageForm(classes=list(self.model_config.classes), methods=list(self.methods),
                         max_upload_mb=self.config.max_upload_mb, model_mpp=self.model_config.mpp, **fields)
         info = replace(self.info, source=source, notes=mpp_notes(result) if result is not None else [])
         html = render_image_page(result, info, form=form, error=error, filters=self.filters)
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+
+
+def offered_methods(model: AttentionMIL, target_layer: str) -> tuple[str, ...]:
+    """The registered methods cheap enough for a request (`Method.interactive`) that this model can give."""
+    offered = []
+    for name in (n for n in method_names() if method(n).interactive):
+        try:
+            BagExplainer(model, target_layer, (name,))
+        except ModelError:
+            continue
+        offered.append(name)
+    return tuple(offered)
 
 
 def _mpp(text: str) -> float | None:
@@ -143,7 +158,7 @@ async def _read_form(request: Request, limit: int) -> tuple[str, bytes, dict[str
         if not data:
             raise FormProblem(f"{upload.filename}: the uploaded file is empty; choose a PNG, JPEG or TIFF file")
         fields = {k: str(form.get(k) or "") for k in ("target", "method", "mpp")}
-        return upload.filename or "upload", data, {**fields, "method": fields["method"] or SERVE_METHODS[0]}
+        return upload.filename or "upload", data, fields
     finally:
         await form.close()
 
@@ -153,7 +168,7 @@ def create_app(model_dir: Path, config: ServeConfig = ServeConfig()) -> Starlett
     service = ImageService(model_dir, config)
     too_large = (f"The upload is larger than the limit of {config.max_upload_mb:g} MB; crop the region of "
                  "interest, or start `slideaudit serve` with a larger --max-upload-mb.")
-    defaults = {"target": "", "method": SERVE_METHODS[0], "mpp": ""}
+    defaults = {"target": "", "method": service.methods[0], "mpp": ""}
 
     async def home(request: Request) -> Response:
         return service.page(defaults)
@@ -162,6 +177,7 @@ def create_app(model_dir: Path, config: ServeConfig = ServeConfig()) -> Starlett
         fields = defaults
         try:
             name, data, fields = await _read_form(request, config.max_upload_bytes)
+            fields["method"] = fields["method"] or defaults["method"]
             result = await run_in_threadpool(service.explain, data, name, fields)
         except (UploadTooLarge, FormProblem, ImageError) as exc:
             return service.page(fields, status_of(exc), error=str(exc) or too_large)

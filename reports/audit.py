@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from reports import metrics as M
+from reports.registry import FlagInputs, MapView, metrics_for, raise_flags
 from reports.agreement import agreement
 from reports.validation import map_stats, validate_attention, validate_coords, validate_maps
 from tiling.errors import StoreError, require
@@ -70,10 +71,8 @@ class AuditConfig:
 
 
 def metric_names(config: AuditConfig) -> list[str]:
-    """The per-method metric keys, in report order; all lie in [0, 1]."""
-    tops = [f"{kind}_top{round(k * 100)}" for k in config.top_k for kind in ("iou", "dice")]
-    return ["auroc", "pointing_game", "relevance_mass", "rank_accuracy", "iou_lesion_share",
-            "dice_lesion_share", *tops, "lesion_hit_rate"]
+    """The per-method metric keys, in report order (`reports.registry.metrics_for`)."""
+    return list(metrics_for(config))
 
 
 def peak_distance_px(config: AuditConfig, pixel_um: float) -> int:
@@ -83,32 +82,11 @@ def peak_distance_px(config: AuditConfig, pixel_um: float) -> int:
 
 def score_map(m: np.ndarray, labels: np.ndarray, valid: np.ndarray, found: np.ndarray,
               pixel_um: float, config: AuditConfig) -> dict[str, dict[str, Any]]:
-    """Every lesion metric of one map, given its top peaks `found` (`metrics.peaks`):
+    """Every registered lesion metric of one map, given its top peaks `found` (`metrics.peaks`):
     {name: {"value": float | None, "preprocessing": str}}."""
-    lesion = labels > 0
-    where = f"tissue pixels at {pixel_um:.3g} µm/px, raw stitched values"
-    share = float(lesion[valid].mean()) if valid.any() else 0.0
-    scored = {
-        "auroc": (M.pixel_auroc(m, lesion, valid), f"{where}; rank-based, ties count ½"),
-        "pointing_game": (M.pointing_game(m, lesion, valid, config.tolerance_um / pixel_um),
-                          f"{where}; hit within {config.tolerance_um:g} µm, any pixel tied "
-                          "at the maximum counts"),
-        "relevance_mass": (M.relevance_mass(m, lesion, valid),
-                           f"{where}; negative values clipped to 0, no normalisation"),
-        "rank_accuracy": (M.relevance_rank_accuracy(m, lesion, valid),
-                          f"{where}; top-|lesion| pixels, ties at the cut shared pro rata"),
-    }
-    fractions = {"lesion_share": share, **{f"top{round(k * 100)}": k for k in config.top_k}}
-    for key, fraction in fractions.items():  # n/a without a lesion on tissue
-        top = M.top_k_mask(m, valid, fraction) if share else None
-        note = f"{where}; top {fraction:.1%} of tissue pixels, ties at the threshold included"
-        scored[f"iou_{key}"] = (M.iou(top, lesion & valid) if share else None, note)
-        scored[f"dice_{key}"] = (M.dice(top, lesion & valid) if share else None, note)
-    scored["lesion_hit_rate"] = (
-        M.lesion_hit_rate(found, labels, valid),
-        f"{where}; top {config.n_peaks} local maxima at least {config.peak_distance_um:g} µm apart")
-    return {name: {"value": scored[name][0], "preprocessing": scored[name][1]}
-            for name in metric_names(config)}
+    view = MapView(m, labels, valid, found, pixel_um, config)
+    return {name: {"value": spec.score(view), "preprocessing": spec.preprocessing(view)}
+            for name, spec in metrics_for(config).items()}
 
 
 def peak_records(m: np.ndarray, found: np.ndarray, labels: np.ndarray, downsample: float,
@@ -145,29 +123,9 @@ def slide_prediction(logits: np.ndarray, head: str, classes: list[str]) -> dict[
 
 def flags(label: int | None, prediction: int, scores: dict[str, dict], pairs: list[dict],
           suites: list[dict], config: AuditConfig) -> list[dict[str, Any]]:
-    """The slide's flags: focus outside the lesion, methods disagree, prediction wrong,
-    validation failed; each {"flag", "message", "methods"}."""
-    found = []
-    outside = [method for method, s in scores.items()
-               if s["pointing_game"]["value"] == 0.0 or (
-                   s["auroc"]["value"] is not None and s["auroc"]["value"] < config.min_auroc)]
-    if outside:
-        found.append({"flag": "focus_outside_lesion", "methods": outside,
-                      "message": f"maximum off the lesion or AUROC < {config.min_auroc:g}: "
-                                 f"{', '.join(outside)}"})
-    disagree = [f"{p['a']}~{p['b']}" for p in pairs
-                if p["spearman"] is not None and p["spearman"] < config.min_spearman]
-    if disagree:
-        found.append({"flag": "methods_disagree", "methods": disagree,
-                      "message": f"Spearman ρ < {config.min_spearman:g}: {', '.join(disagree)}"})
-    if label is not None and prediction != label:
-        found.append({"flag": "prediction_wrong", "methods": [],
-                      "message": f"predicted class {prediction}, label {label}"})
-    failed = [s["suite"] for s in suites if not s["success"]]
-    if failed:
-        found.append({"flag": "validation_failed", "methods": failed,
-                      "message": f"failed checks: {', '.join(failed)}"})
-    return found
+    """The slide's flags by the rules of `reports.registry.FLAGS`; each {"flag", "severity",
+    "methods", "message"}."""
+    return raise_flags(FlagInputs(label, prediction, scores, pairs, suites, config))
 
 
 def _version(package: str) -> str | None:

@@ -20,9 +20,11 @@ import numpy as np
 from PIL import Image
 from skimage.transform import resize
 
+from explainers.methods import title as method_title
 from reports import figures as F
 from reports.audit import is_negative, load_audit
-from reports.table import audit_table, method_flags, metric_columns, scan
+from reports.registry import BASE_METRICS, LESION_HIT_RATE, flag, metric
+from reports.table import audit_table, method_flags, metric_columns, missing_metrics, scan
 from reports.validation import validate_audit_table
 from tiling.stitch import Maps, open_explain_store, open_maps
 from tiling.store import EXPLAIN, REPORT, atomic_path, open_patch_store
@@ -31,31 +33,8 @@ log = logging.getLogger(__name__)
 
 DISPLAY_SIDE = 640
 INDEX, AUDIT_CSV = "index.html", "audit.csv"
-KEY_METRICS = ("auroc", "pointing_game", "relevance_mass")
-PLOTTED = ("auroc", "pointing_game", "relevance_mass", "rank_accuracy", "iou_lesion_share",
-           "lesion_hit_rate")
-METHOD_TITLES = {"attention": "A-MIL attention", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++",
-                 "hirescam": "HiResCAM", "cam": "CAM", "guided_gradcam": "Guided Grad-CAM",
-                 "occlusion": "Occlusion"}
-METRIC_TITLES = {"auroc": "AUROC", "pointing_game": "Pointing game",
-                 "relevance_mass": "Relevance mass", "rank_accuracy": "Rank accuracy",
-                 "iou_lesion_share": "IoU @ lesion share",
-                 "dice_lesion_share": "Dice @ lesion share", "lesion_hit_rate": "Lesion hit rate"}
-FLAG_TITLES = {"focus_outside_lesion": "Focus outside lesion",
-               "methods_disagree": "Methods disagree", "prediction_wrong": "Prediction wrong", "validation_failed": "Validation failed",
-               "table_check_failed": "Table check failed"}
-
-
-def method_title(name: str) -> str:
-    return METHOD_TITLES.get(name, name)
-
-
-def metric_title(name: str) -> str:
-    """Display name of a metric key; iou_top10 -> "IoU top 10%"."""
-    kind, _, top = name.partition("_top")
-    if kind in ("iou", "dice") and top.isdigit():
-        return f"{'IoU' if kind == 'iou' else 'Dice'} top {top}%"
-    return METRIC_TITLES.get(name, name)
+KEY_METRICS = tuple(m.name for m in BASE_METRICS if m.key)
+PLOTTED = tuple(m.name for m in (*BASE_METRICS, LESION_HIT_RATE) if m.plotted)
 
 
 def number(value: Any, digits: int = 2) -> str:
@@ -78,8 +57,9 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("reports", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(number=number, shade=shade, method=method_title, metric=metric_title,
-                       flag=lambda f: FLAG_TITLES.get(f, f), url=lambda s: quote(str(s)),
+    env.filters.update(number=number, shade=shade, method=method_title, metric=lambda m: metric(m).title,
+                       short=lambda m: metric(m).short, flag=lambda f: flag(f).title,
+                       severity=lambda f: "bad" if flag(f).severity == "error" else "warn", url=lambda s: quote(str(s)),
                        pretty=lambda v: json.dumps(v, indent=2, sort_keys=True, default=str))
     env.globals["gradient"] = F.css_gradient()
     return env
@@ -210,18 +190,18 @@ def render_index(out: Path) -> tuple[Path, Path]:
     archive = scan(out)
     table = audit_table(archive.audits)
     metrics = metric_columns(archive.audits)
-    suite = validate_audit_table(table, metrics).to_dict() if len(table) else None
+    suite = validate_audit_table(table, {m: metric(m).range for m in metrics}).to_dict() if len(table) else None
     marked = {str(table.loc[i, "slide_id"]) for f in (suite or {}).get("failed", [])
               for i in f.get("rows", []) if i in table.index}
     with atomic_path(out / AUDIT_CSV) as tmp:
         table.to_csv(tmp, index=False)
     methods = list(dict.fromkeys(m for a in archive.audits for m in a.get("methods", [])))
     labels = [method_title(m) for m in methods]
-    plots = [{"metric": m, "uri": F.distribution_plot(table, m, methods, labels, metric_title(m))}
+    plots = [{"metric": m, "uri": F.distribution_plot(table, m, methods, labels, metric(m).title)}
              for m in PLOTTED if m in table and table[m].notna().any()]
     context = {"rows": _index_rows(archive.audits, archive.failures, marked), "methods": methods,
                "key_metrics": KEY_METRICS, "plots": plots, "suite": suite,
-               "unreadable": archive.unreadable, "n_audits": len(archive.audits),
+               "unreadable": archive.unreadable + missing_metrics(archive.audits, metrics), "n_audits": len(archive.audits),
                "n_failures": len(archive.failures), "csv": AUDIT_CSV}
     index = _write(out / INDEX, "index.html", context)
     log.info("wrote %s and %s: %d slides, %d failed", index, out / AUDIT_CSV,

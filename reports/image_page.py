@@ -20,6 +20,7 @@ from PIL import Image
 from skimage.transform import resize
 
 from explainers.feature_views import filter_grid
+from explainers.methods import method
 from explainers.model_io import load_model, model_sha256
 from explainers.single_image import RegionConfig, RegionExplanation, explain_region, read_image
 from reports.figures import colourise, display_shape, overlay, png_data_uri
@@ -32,20 +33,6 @@ PAGE, RESULT = "index.html", "result.json"
 DISPLAY_SIDE = 512
 VIEW_SIDE = 128
 HIGH_QUANTILE = 99.5
-METHOD_TEXT = {
-    "gradcam": ("Grad-CAM", "Regions whose features raise the class score (coarse, at the target layer's grid)."),
-    "gradcampp": ("Grad-CAM++", "Like Grad-CAM, but weights each location's positive gradients, "
-                                "so several separate regions of one class show up better."),
-    "hirescam": ("HiResCAM", "Grad-CAM without averaging the gradients: follows the model's own computation."),
-    "cam": ("CAM", "The classifier's weights on the pooled features, mapped back to locations."),
-    "guided_backprop": ("Guided backprop", "Fine pixel detail the class score is sensitive to (not class-specific on its own)."),
-    "guided_gradcam": ("Guided Grad-CAM", "Guided backprop restricted to the Grad-CAM region: fine detail of the evidence."),
-    "occlusion": ("Occlusion", "How much the class score drops when each window of the tile is greyed out."),
-}
-
-LABELS = {key: label for key, (label, _) in METHOD_TEXT.items()}
-
-
 @dataclass
 class PageForm:
     """The upload form of `slideaudit serve`: choices and what was picked."""
@@ -104,7 +91,7 @@ def _context(result: RegionExplanation | None, info: PageInfo, figs: dict[str, A
     return {
         "result": result, "info": info, "image": png_data_uri(figs["image"]),
         "top": result.top(5), "multi_label": result.head == "sigmoid",
-        "methods": [(m, *METHOD_TEXT.get(m, (m, ""))) for m in methods],
+        "methods": [(m, method(m).title, method(m).description) for m in methods],
         "targets": [{"view": t, "overlays": {m: png_data_uri(figs["overlays"][t.name, m])
                                              for m in methods if (t.name, m) in figs["overlays"]}}
                     for t in result.targets],
@@ -118,7 +105,7 @@ def render_image_page(result: RegionExplanation | None, info: PageInfo, form: Pa
     """The page as HTML: the upload `form` (server only), an `error`, and the `result` if any
     (every computed overlay; `filters` = the first-layer filter grid)."""
     figs = figures(result) if result is not None else None
-    return environment().get_template("image_page.html").render(form=form, error=error, labels=LABELS,
+    return environment().get_template("image_page.html").render(form=form, error=error,
                                                                 **_context(result, info, figs, filters))
 
 

@@ -10,9 +10,11 @@ from typing import Any
 
 import pandas as pd
 
+from reports.registry import flag, metric
 from tiling.store import AUDIT, FAILURE
 
 log = logging.getLogger(__name__)
+VALIDATE = "validate"  # the pipeline's last stage: it fails a slide whose audit failed a check
 
 ID_COLUMNS = ["slide_id", "label", "prediction", "method"]
 
@@ -28,7 +30,10 @@ class Archive:
 
 
 def scan(out: Path) -> Archive:
-    """Read every ``out/slides/*/audit.json`` and ``failure.json`` (sorted by folder name)."""
+    """Read every ``out/slides/*/audit.json`` and ``failure.json`` (sorted by folder name).
+
+    A slide that failed before its audit lists as a failure (an older audit.json is stale); one
+    that failed only its validation keeps its fresh audit, whose flags say so."""
     archive = Archive([], [], [])
     for folder in sorted(p for p in (Path(out) / "slides").glob("*") if p.is_dir()):
         for name, bucket in ((FAILURE, archive.failures), (AUDIT, archive.audits)):
@@ -40,29 +45,47 @@ def scan(out: Path) -> Archive:
             except (OSError, json.JSONDecodeError) as exc:
                 archive.unreadable.append(f"{folder.name}/{name}: {exc}")
                 continue
+            if name == FAILURE and record.get("stage") == VALIDATE:
+                continue
             bucket.append({**record, "folder": folder.name})
             if name == FAILURE:
-                break  # a failed slide's older audit.json is stale
+                break
     return archive
 
 
 def metric_columns(audits: list[dict[str, Any]]) -> list[str]:
-    """Every metric name found in the audits, first-seen order."""
+    """Every metric name found in the audits, first-seen order; each must be registered
+    (`reports.registry.metric` raises RegistryError naming an unknown one)."""
     names: dict[str, None] = {}
     for audit in audits:
         for scores in audit.get("metrics", {}).values():
             names.update(dict.fromkeys(scores))
-    return list(names)
+    return [metric(name).name for name in names]
+
+
+def missing_metrics(audits: list[dict[str, Any]], columns: list[str]) -> list[str]:
+    """"folder: metrics" for each audit that lacks some of `columns` (audited with another
+    config); shown on the index, never dropped silently."""
+    problems = []
+    for audit in audits:
+        for method, scores in audit.get("metrics", {}).items():
+            lacking = [c for c in columns if c not in scores]
+            if lacking:
+                problems.append(f"{audit['folder']}/{AUDIT}: {method} lacks {', '.join(lacking)} "
+                                "(audited with other settings); rerun the audit of this slide")
+                break
+    return problems
 
 
 def method_flags(audit: dict[str, Any], method: str) -> list[str]:
-    """The slide's flags that concern `method`: slide-wide ones and those naming it."""
+    """The slide's flags that concern `method`: slide-scope ones, and method-scope ones naming it
+    (alone or in a pair "a~b")."""
     found = []
-    for flag in audit.get("flags", []):
-        names = flag.get("methods", [])
-        if flag["flag"] in ("prediction_wrong", "validation_failed") or method in names or any(
+    for raised in audit.get("flags", []):
+        names = raised.get("methods", [])
+        if flag(raised["flag"]).scope == "slide" or method in names or any(
                 method in pair.split("~") for pair in names):
-            found.append(flag["flag"])
+            found.append(raised["flag"])
     return found
 
 

@@ -134,12 +134,14 @@ def validate_maps(stats: pd.DataFrame) -> SuiteResult:
     ])
 
 
-def validate_audit_table(table: pd.DataFrame, metrics: list[str]) -> SuiteResult:
-    """audit.csv: one row per slide x method, every metric in [0, 1] (n/a allowed)."""
+def validate_audit_table(table: pd.DataFrame, metrics: dict[str, tuple[float, float]]) -> SuiteResult:
+    """audit.csv: one row per slide x method, every metric within its registered range
+    ({name: (low, high)}; n/a allowed)."""
     return run_suite("audit.csv", table, [
         E.ExpectTableRowCountToBeBetween(min_value=1),
         E.ExpectColumnValuesToNotBeNull(column="slide_id"),
         E.ExpectColumnValuesToNotBeNull(column="method"),
         E.ExpectCompoundColumnsToBeUnique(column_list=["slide_id", "method"]),
-        *[E.ExpectColumnValuesToBeBetween(column=m, min_value=0, max_value=1) for m in metrics],
+        *[E.ExpectColumnValuesToBeBetween(column=m, min_value=low, max_value=high)
+          for m, (low, high) in metrics.items()],
     ])

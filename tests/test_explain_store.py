@@ -18,7 +18,7 @@ from explainers.errors import ModelError
 from explainers.explain import ExplainConfig, explain_store, resolve_device
 from explainers.model_io import ModelConfig, build_model, load_model, model_sha256, save_model
 from explainers.patches import normalise, resize
-from explainers.slide_gradcam import METHODS
+from explainers.methods import method_names
 from explainers.train import TrainConfig, class_target, train
 from pipeline.cli import main
 from tiling.errors import ArchiveError, ConfigError, StoreError
@@ -45,7 +45,7 @@ def mtime(slide_dir: Path) -> int:
 
 
 def test_explain_zarr_contract(slide_dir, model_dir):
-    out = explain_store(slide_dir, model_dir, ExplainConfig(methods=METHODS, batch=16))
+    out = explain_store(slide_dir, model_dir, ExplainConfig(methods=method_names(), batch=16))
     group = zarr.open_group(out, mode="r")
     store = open_patch_store(slide_dir)
     n = len(store)
@@ -61,7 +61,7 @@ def test_explain_zarr_contract(slide_dir, model_dir):
     attrs = dict(group.attrs)
     assert attrs["classes"] == ["normal", "lesion"] and attrs["head"] == "softmax"
     assert attrs["target"] == "slide" and attrs["target_class"] == int(logits.argmax())
-    assert attrs["methods"] == list(METHODS)
+    assert attrs["methods"] == list(method_names())
     assert attrs["model"]["sha256"] == model_sha256(model_dir) and attrs["model"]["config"]["encoder"] == "small_cnn"
     assert attrs["source_sha256"] == open_patch_store(slide_dir).attrs["source_sha256"]
     model, config = load_model(model_dir)

@@ -7,11 +7,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from explainers.cam import frozen
 from explainers.encoders import ENCODERS, register_encoder
 from explainers.errors import ModelError
 from explainers.model_io import ModelConfig, build_model, load_model, model_sha256, save_model
-from explainers.slide_gradcam import BagExplainer, slide_target
+from explainers.engine import BagExplainer, frozen, slide_target
 
 CONFIG = ModelConfig(name="tiny", encoder_kwargs={"width": 4}, patch=32, seed=5, metrics={"train_loss": 0.1})
 

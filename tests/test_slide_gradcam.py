@@ -5,13 +5,16 @@ import pytest
 import torch
 from torch import nn
 
-from explainers.cam import capture, frozen
-from explainers.cams import CAM_METHODS, GradCAM
+from explainers import engine
+from explainers.engine import BagExplainer, frozen, instance_target, slide_target
 from explainers.errors import ModelError
 from explainers.guided import guided_relus, saliency
+from explainers.methods import method, method_names
 from explainers.model_io import ModelConfig, build_model
-from explainers import slide_gradcam
-from explainers.slide_gradcam import METHODS, BagExplainer, instance_target, slide_target
+from oracles import ImageExplainer, capture
+from tiling.errors import ConfigError
+
+METHODS = method_names()
 
 N, P = 11, 32
 LAYER = "encoder.block4"
@@ -56,7 +59,7 @@ def test_chunked_slide_gradcam_equals_one_full_graph_backward(model, bag, batch,
     _, _, out = run(model, bag, ("gradcam", "gradcampp", "hirescam"), batch=batch, layer=layer)
     acts, grads, _ = full_graph_slide_grads(model, bag, 1, layer)
     for name in ("gradcam", "gradcampp", "hirescam"):
-        expected = CAM_METHODS[name](model, layer).compute(acts, grads)
+        expected = method(name).implementation().compute(acts, grads)
         assert float(expected.abs().max()) > 0
         torch.testing.assert_close(out[name], expected, atol=1e-5, rtol=1e-5)
 
@@ -67,9 +70,9 @@ def test_instance_maps_equal_the_per_image_methods(model, bag):
     classifier.add_module("encoder", model.encoder)
     classifier.add_module("classifier", model.classifier)
     for name in ("gradcam", "hirescam"):
-        expected = CAM_METHODS[name](classifier, LAYER)(bag, target=0).maps[:, 0]
+        expected = ImageExplainer(classifier, name, LAYER)(bag, target=0).maps[:, 0]
         torch.testing.assert_close(out[name], expected, atol=1e-5, rtol=1e-5)
-    expected = CAM_METHODS["cam"](classifier, LAYER, fc="classifier")(bag, target=0).maps[:, 0]
+    expected = ImageExplainer(classifier, "cam", LAYER, fc="classifier")(bag, target=0).maps[:, 0]
     torch.testing.assert_close(out["cam"], expected, atol=1e-5, rtol=1e-5)
     with torch.no_grad():
         torch.testing.assert_close(fwd.instance_logits, classifier(bag))
@@ -109,7 +112,7 @@ def test_slide_guided_backprop_equals_the_full_graph_guided_gradient(model, bag)
 def test_activations_spill_to_a_mapped_file_beyond_the_ram_limit(model, bag, monkeypatch):
     fwd, _, in_ram = run(model, bag, ("gradcam", "hirescam"))
     assert not isinstance(fwd.acts, np.memmap) and fwd.acts.shape == (N, 16, 4, 4)
-    monkeypatch.setattr(slide_gradcam, "RAM_LIMIT", 16 * 4 * 4 * 4 * 5)   # room for 5 patches
+    monkeypatch.setattr(engine, "RAM_LIMIT", 16 * 4 * 4 * 4 * 5)   # room for 5 patches
     fwd, _, mapped = run(model, bag, ("gradcam", "hirescam"))
     assert isinstance(fwd.acts, np.memmap)
     for name in ("gradcam", "hirescam"):
@@ -142,9 +145,8 @@ def test_engine_leaves_the_model_as_it_was(model, bag):
 
 
 def test_engine_refuses_unknown_methods_and_cam_without_global_pooling(model):
-    with pytest.raises(ValueError, match="unknown methods"):
+    with pytest.raises(ConfigError, match="unknown or no methods"):
         BagExplainer(model, LAYER, ("gradcam", "lime"))
     with pytest.raises(ModelError, match="global average pooling"):
         BagExplainer(model, "encoder.block3", ("cam",))
     assert BagExplainer(model, "encoder.block3", ("gradcam",)).tail[0] is model.encoder.block4
-    assert isinstance(GradCAM(model, LAYER).layer, nn.Sequential)

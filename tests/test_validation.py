@@ -54,12 +54,12 @@ def test_audit_table_one_row_per_slide_and_method() -> None:
     table = pd.DataFrame({"slide_id": ["a", "a", "b"],
                           "method": ["attention", "gradcam", "attention"],
                           "auroc": [0.9, None, 0.4], "relevance_mass": [0.1, 0.2, 1.0]})
-    assert validate_audit_table(table, ["auroc", "relevance_mass"]).success
+    assert validate_audit_table(table, {"auroc": (0, 1), "relevance_mass": (0, 1)}).success
     corrupt = table.copy()
     corrupt.loc[2, "method"] = "gradcam"
     corrupt.loc[2, "slide_id"] = "a"
     corrupt.loc[0, "relevance_mass"] = 1.7
-    result = validate_audit_table(corrupt, ["auroc", "relevance_mass"])
+    result = validate_audit_table(corrupt, {"auroc": (0, 1), "relevance_mass": (0, 1)})
     assert not result.success
     found = failed(result)
     assert found["expect_compound_columns_to_be_unique:"]["rows"] == [1, 2]

@@ -11,28 +11,39 @@ through h_k, this is exactly d(slide logit_t)/d(A_k), whatever the chunk size (w
 global average pooling, G_cij = g_c / (hw) directly, without autograd). For the instance
 target (score W_t h_k + b_t) g_k = W_t. Every CAM method is computed from the same (A, G);
 guided backprop and occlusion re-read the chunk's patches and re-run the encoder on them.
+The methods come from the registry (`explainers.methods`); in each chunk every method is
+computed once, after the methods it requires.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from explainers.cam import upsample
-from explainers.cams import CAM_METHODS, ClassCAM, GradCAM
 from explainers.errors import ModelError
-from explainers.guided import guided_relus, saliency
+from explainers.methods import METHODS, MapMethod, parse_methods
 from explainers.mil import AttentionMIL, split_encoder
-from explainers.occlusion import occlusions
 
-METHODS = (*CAM_METHODS, "guided_backprop", "guided_gradcam", "occlusion")
-OCCLUSION_GRID = 8
 RAM_LIMIT = 1 << 30  # bytes of kept activations held in RAM; a larger bag spills to a mapped file
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode inside the block; every submodule's training flag restored afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, flag in flags:
+            module.training = flag
 
 
 def activation_cache(shape: tuple[int, ...]) -> np.ndarray:
@@ -94,24 +105,66 @@ def _is_global_pool(tail: nn.Sequential) -> bool:
             and all(isinstance(m, (nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity)) for m in tail))
 
 
+@dataclass
+class Chunk:
+    """What a method sees of patches lo..hi-1 in pass 2: the kept activations, the target, the
+    maps computed so far; gradients and re-read patches are computed once, when first asked for."""
+
+    engine: BagExplainer
+    target: BagTarget
+    lo: int
+    hi: int
+    acts: torch.Tensor                                   # (B, C, h, w) target-layer activations
+    read: Callable[[int, int], torch.Tensor] | None
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def linear(self) -> torch.Tensor:
+        """(B, D) the score's weights on globally pooled activations (for CAM)."""
+        return self.target.linear[self.lo:self.hi]
+
+    @functools.cached_property
+    def grads(self) -> torch.Tensor:
+        """G = d(score)/dA (B, C, h, w), through the re-run tail (module docstring)."""
+        g = self.target.grad[self.lo:self.hi]
+        if self.engine.global_pool:  # h = mean_ij A_ij, so dh_c/dA_cij = 1/(hw): no autograd needed
+            return (g / self.acts[0, 0].numel())[:, :, None, None].expand_as(self.acts)
+        with torch.enable_grad():
+            acts = self.acts.detach().requires_grad_()
+            emb = self.engine.tail(acts.clone())  # the clone keeps in-place ops in the tail off the leaf
+            grads, = torch.autograd.grad(emb, acts, grad_outputs=g)
+        return grads
+
+    @functools.cached_property
+    def inputs(self) -> torch.Tensor:
+        """The chunk's patches again as model inputs (B, 3, P, P)."""
+        if self.read is None:
+            raise ValueError("methods that need the patches need `read` to re-read them")
+        return self.read(self.lo, self.hi)
+
+
 class BagExplainer:
-    """Runs pass 1 (`forward`) and pass 2 (`maps`) of a model on one bag of patches."""
+    """Runs pass 1 (`forward`) and pass 2 (`maps`) of a model on one bag of patches, for the
+    registered methods `methods` (see `explainers.methods`)."""
 
     def __init__(self, model: AttentionMIL, target_layer: str, methods: Sequence[str]) -> None:
-        unknown = sorted(set(methods) - set(METHODS))
-        if unknown:
-            raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
-        self.model, self.methods = model, tuple(methods)
+        self.model, self.methods = model, parse_methods(methods)
         self.head, self.tail = split_encoder(model, target_layer)
         self.global_pool = _is_global_pool(self.tail)
-        if "cam" in methods and not self.global_pool:
-            raise ModelError(f"method 'cam' needs global average pooling right after the target layer "
-                             f"{target_layer!r}; this encoder has {[type(m).__name__ for m in self.tail]}; use gradcam")
-        self.cams = {name: (ClassCAM(model, target_layer, fc="classifier") if name == "cam"
-                            else CAM_METHODS[name](model, target_layer))
-                     for name in methods if name in CAM_METHODS}
-        self.gradcam = GradCAM(model, target_layer)
-        self.needs_patches = bool({"guided_backprop", "guided_gradcam", "occlusion"} & set(methods))
+        self.steps: dict[str, MapMethod] = {}
+        for name in self.methods:
+            self._add(name)
+        for step in self.steps.values():
+            step.check(self)
+        self.needs_patches = any("patches" in METHODS[name].needs for name in self.steps)
+
+    def _add(self, name: str) -> None:
+        """Add `name` after the methods it requires (each computed once)."""
+        record = METHODS[name]
+        for required in record.requires:
+            self._add(required)
+        if name not in self.steps and record.implementation is not None:
+            self.steps[name] = record.implementation()
 
     @torch.no_grad()
     def forward(self, batches: Iterable[tuple[int, int, torch.Tensor]], n: int) -> BagForward:
@@ -134,48 +187,13 @@ class BagExplainer:
              read: Callable[[int, int], torch.Tensor] | None = None,
              ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
         """Pass 2: (lo, hi, {method: maps (hi-lo, h, w)}) chunk by chunk; `read(lo, hi)` gives
-        the chunk's model inputs again (needed by guided backprop and occlusion only)."""
+        the chunk's model inputs again (needed by methods that need the patches)."""
         if self.needs_patches and read is None:
-            raise ValueError("guided backprop and occlusion need `read` to re-read the patches")
+            raise ValueError(f"{', '.join(self.steps)} need `read` to re-read the patches")
         device = bag.h.device
         for lo in range(0, bag.h.shape[0], batch):
             hi = min(lo + batch, bag.h.shape[0])
-            out = self._cams(torch.as_tensor(bag.acts[lo:hi], device=device), target, lo, hi)
-            if self.needs_patches:
-                out.update(self._input_methods(read(lo, hi), target, lo, hi, out.get("gradcam")))
-            yield lo, hi, {name: out[name].detach().cpu().numpy() for name in self.methods}
-
-    def _cams(self, acts: torch.Tensor, target: BagTarget, lo: int, hi: int) -> dict[str, torch.Tensor]:
-        wanted = dict(self.cams)
-        if "guided_gradcam" in self.methods:
-            wanted.setdefault("gradcam", self.gradcam)
-        if not wanted:
-            return {}
-        if self.global_pool:  # h = mean_ij A_ij, so dh_c/dA_cij = 1/(hw): no autograd needed
-            grads = (target.grad[lo:hi] / acts[0, 0].numel())[:, :, None, None].expand_as(acts)
-        else:
-            with torch.enable_grad():
-                acts.requires_grad_()
-                emb = self.tail(acts.clone())  # the clone keeps in-place ops in the tail off the leaf
-                grads, = torch.autograd.grad(emb, acts, grad_outputs=target.grad[lo:hi])
-            acts = acts.detach()
-        return {name: cam.compute(acts, grads, target.linear[lo:hi]) for name, cam in wanted.items()}
-
-    def _input_methods(self, x: torch.Tensor, target: BagTarget, lo: int, hi: int,
-                       gradcam: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        out = {}
-        if {"guided_backprop", "guided_gradcam"} & set(self.methods):
-            with guided_relus(self.model.encoder), torch.enable_grad():
-                xg = x.detach().requires_grad_()
-                grads, = torch.autograd.grad(self.model.encoder(xg), xg, grad_outputs=target.grad[lo:hi])
-            out["guided_backprop"] = saliency(grads)
-            if gradcam is not None:
-                out["guided_gradcam"] = out["guided_backprop"] * upsample(gradcam, tuple(x.shape[-2:]))
-        if "occlusion" in self.methods:
-            idx = torch.arange(lo, hi, device=x.device)
-            maps = x.new_zeros(hi - lo, OCCLUSION_GRID, OCCLUSION_GRID)
-            with torch.no_grad():
-                for i, j, occluded in occlusions(x, OCCLUSION_GRID):
-                    maps[:, i, j] = target.drop(idx, self.model.encoder(occluded))
-            out["occlusion"] = maps
-        return out
+            chunk = Chunk(self, target, lo, hi, torch.as_tensor(bag.acts[lo:hi], device=device), read)
+            for name, step in self.steps.items():
+                chunk.maps[name] = step.explain(chunk)
+            yield lo, hi, {name: chunk.maps[name].detach().cpu().numpy() for name in self.methods}

@@ -1,0 +1,6 @@
+"""Errors of the reports package. Each message names the file or key and what to do."""
+from tiling.errors import AuditError
+
+
+class RegistryError(AuditError):
+    """A metric or flag key is not registered (e.g. an audit.json written by another version)."""

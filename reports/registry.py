@@ -1,0 +1,220 @@
+"""The registries of metrics and flags: one record each, everything else derived from them.
+
+`audit.py` scores and flags through them, `html.py` and the index take titles, glossary and the
+key and plotted columns from them, `table.py` takes audit.csv's columns and `validation.py` the
+ranges of its suite. An unknown or missing key is an error, never a silent drop.
+
+A metric is scored on a `MapView` (one stitched map against the lesion labels); its note says
+how the map was prepared, with `{…}` filled from the audit config (e.g. `{tolerance_um:g}`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from reports import metrics as M
+from reports.errors import RegistryError
+
+if TYPE_CHECKING:
+    from reports.audit import AuditConfig
+
+SEVERITIES = ("warning", "error")
+SCOPES = ("method", "slide")
+
+
+@dataclass
+class MapView:
+    """One map (H, W) as the metrics see it: lesion labels (0 = none, k = k-th lesion), the valid
+    pixels (tissue where the map is finite), its peaks (row, col), map pixel side in µm."""
+
+    values: np.ndarray
+    labels: np.ndarray
+    valid: np.ndarray
+    peaks: np.ndarray
+    pixel_um: float
+    config: AuditConfig
+
+    @functools.cached_property
+    def lesion(self) -> np.ndarray:
+        return self.labels > 0
+
+    @functools.cached_property
+    def lesion_share(self) -> float:
+        """Share of the valid pixels inside a lesion (0 without valid pixels)."""
+        return float(self.lesion[self.valid].mean()) if self.valid.any() else 0.0
+
+    def overlap(self, fraction: float, measure: Callable[[np.ndarray, np.ndarray], float | None]) -> float | None:
+        """`measure` (IoU or Dice) of the top-`fraction` region and the lesion; n/a without a lesion."""
+        if not self.lesion_share:
+            return None
+        return measure(M.top_k_mask(self.values, self.valid, fraction), self.lesion & self.valid)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """name: key in audit.json and audit.csv; title: for reports; short: index column header;
+    formula: one line; note: the map's preprocessing (a format string over the audit config);
+    range: the values it can take; key: shown per method in the index; plotted: a distribution
+    plot in the index; score: the value on a MapView (None = n/a)."""
+
+    name: str
+    title: str
+    short: str
+    formula: str
+    note: str
+    score: Callable[[MapView], float | None]
+    range: tuple[float, float] = (0.0, 1.0)
+    key: bool = False
+    plotted: bool = False
+
+    def preprocessing(self, view: MapView) -> str:
+        where = f"tissue pixels at {view.pixel_um:.3g} µm/px, raw stitched values"
+        return f"{where}; {self.note.format(**dataclasses.asdict(view.config))}"
+
+
+TOP_NOTE = "top {fraction} of tissue pixels, ties at the threshold included"
+BASE_METRICS = (
+    Metric("auroc", "AUROC", "AUROC", "P(a lesion pixel outscores a non-lesion pixel) = U / (P·N)",
+           "rank-based, ties count ½", lambda v: M.pixel_auroc(v.values, v.lesion, v.valid),
+           key=True, plotted=True),
+    Metric("pointing_game", "Pointing game", "PG", "1 when the map's maximum lies on a lesion, else 0",
+           "hit within {tolerance_um:g} µm, any pixel tied at the maximum counts",
+           lambda v: M.pointing_game(v.values, v.lesion, v.valid, v.config.tolerance_um / v.pixel_um),
+           key=True, plotted=True),
+    Metric("relevance_mass", "Relevance mass", "Mass", "Σ_lesion max(m, 0) / Σ_tissue max(m, 0)",
+           "negative values clipped to 0, no normalisation",
+           lambda v: M.relevance_mass(v.values, v.lesion, v.valid), key=True, plotted=True),
+    Metric("rank_accuracy", "Rank accuracy", "Rank", "|top-K pixels ∩ lesion| / K, K = |lesion|",
+           "top-|lesion| pixels, ties at the cut shared pro rata",
+           lambda v: M.relevance_rank_accuracy(v.values, v.lesion, v.valid), plotted=True),
+    Metric("iou_lesion_share", "IoU @ lesion share", "IoU", "|top ∩ lesion| / |top ∪ lesion|, top = lesion's share",
+           TOP_NOTE.format(fraction="lesion share"), lambda v: v.overlap(v.lesion_share, M.iou), plotted=True),
+    Metric("dice_lesion_share", "Dice @ lesion share", "Dice", "2|top ∩ lesion| / (|top| + |lesion|)",
+           TOP_NOTE.format(fraction="lesion share"), lambda v: v.overlap(v.lesion_share, M.dice)),
+)
+LESION_HIT_RATE = Metric(
+    "lesion_hit_rate", "Lesion hit rate", "Hits", "lesions holding a peak / lesions on tissue",
+    "top {n_peaks} local maxima at least {peak_distance_um:g} µm apart",
+    lambda v: M.lesion_hit_rate(v.peaks, v.labels, v.valid), plotted=True)
+
+
+def top_k_metrics(k: float) -> tuple[Metric, Metric]:
+    """IoU and Dice of the top-k fraction of tissue against the lesion (k in (0, 1])."""
+    pct = round(k * 100)
+    note = TOP_NOTE.format(fraction=f"{k:.1%}")
+    return (Metric(f"iou_top{pct}", f"IoU top {pct}%", f"IoU{pct}", "|top ∩ lesion| / |top ∪ lesion|", note,
+                   lambda v: v.overlap(k, M.iou)),
+            Metric(f"dice_top{pct}", f"Dice top {pct}%", f"Dice{pct}", "2|top ∩ lesion| / (|top| + |lesion|)", note,
+                   lambda v: v.overlap(k, M.dice)))
+
+
+def metrics_for(config: AuditConfig) -> dict[str, Metric]:
+    """Every metric an audit with `config` records, in report order."""
+    tops = [m for k in config.top_k for m in top_k_metrics(k)]
+    return {m.name: m for m in (*BASE_METRICS, *tops, LESION_HIT_RATE)}
+
+
+def metric(name: str) -> Metric:
+    """The record of a metric key (top-k ones included: iou_top10 -> IoU top 10%)."""
+    fixed = {m.name: m for m in (*BASE_METRICS, LESION_HIT_RATE)}
+    if name in fixed:
+        return fixed[name]
+    kind, _, pct = name.partition("_top")
+    if kind in ("iou", "dice") and pct.isdigit() and 0 < int(pct) <= 100:
+        return top_k_metrics(int(pct) / 100)[kind == "dice"]
+    raise RegistryError(f"unknown metric {name!r}; known: {', '.join(fixed)}, iou_topN, dice_topN")
+
+
+@dataclass(frozen=True)
+class FlagInputs:
+    """What the flag rules read: the slide's label and prediction, each method's scores
+    ({method: {metric: {"value", ...}}}), method agreement pairs, validation suites, config."""
+
+    label: int | None
+    prediction: int
+    scores: dict[str, dict[str, dict[str, Any]]]
+    pairs: list[dict[str, Any]]
+    suites: list[dict[str, Any]]
+    config: AuditConfig
+
+
+@dataclass(frozen=True)
+class Flag:
+    """name: key in audit.json; title; meaning (for the report glossary); severity: "warning"
+    (look closer) or "error" (the result cannot be trusted); scope: "method" (names the methods
+    concerned) or "slide"; rule: FlagInputs -> (methods, message) when raised, else None
+    (None for flags the index raises itself)."""
+
+    name: str
+    title: str
+    meaning: str
+    severity: str
+    scope: str
+    rule: Callable[[FlagInputs], tuple[list[str], str] | None] | None = None
+
+
+def _focus_outside(f: FlagInputs) -> tuple[list[str], str] | None:
+    outside = [name for name, s in f.scores.items() if s["pointing_game"]["value"] == 0.0
+               or (s["auroc"]["value"] is not None and s["auroc"]["value"] < f.config.min_auroc)]
+    return (outside, f"maximum off the lesion or AUROC < {f.config.min_auroc:g}: {', '.join(outside)}"
+            ) if outside else None
+
+
+def _disagree(f: FlagInputs) -> tuple[list[str], str] | None:
+    pairs = [f"{p['a']}~{p['b']}" for p in f.pairs
+             if p["spearman"] is not None and p["spearman"] < f.config.min_spearman]
+    return (pairs, f"Spearman ρ < {f.config.min_spearman:g}: {', '.join(pairs)}") if pairs else None
+
+
+def _prediction_wrong(f: FlagInputs) -> tuple[list[str], str] | None:
+    if f.label is None or f.prediction == f.label:
+        return None
+    return [], f"predicted class {f.prediction}, label {f.label}"
+
+
+def _validation_failed(f: FlagInputs) -> tuple[list[str], str] | None:
+    failed = [s["suite"] for s in f.suites if not s["success"]]
+    return (failed, f"failed checks: {', '.join(failed)}") if failed else None
+
+
+FLAGS: dict[str, Flag] = {flag.name: flag for flag in (
+    Flag("focus_outside_lesion", "Focus outside lesion",
+         "On a slide with lesions, the method's maximum misses them or its pixel AUROC is below audit.min_auroc.",
+         "warning", "method", _focus_outside),
+    Flag("methods_disagree", "Methods disagree",
+         "Two methods' maps rank the tissue differently (Spearman ρ below audit.min_spearman).",
+         "warning", "method", _disagree),
+    Flag("prediction_wrong", "Prediction wrong", "The slide's predicted class differs from its label.",
+         "error", "slide", _prediction_wrong),
+    Flag("validation_failed", "Validation failed",
+         "A great-expectations check of the slide's stores failed; its numbers cannot be trusted.",
+         "error", "slide", _validation_failed),
+    Flag("table_check_failed", "Table check failed",
+         "The archive's audit.csv check found a problem in this slide's rows.", "error", "slide"),
+    Flag("failed", "Failed", "A stage of the slide failed; the message says which and what to do.",
+         "error", "slide"),
+)}
+
+
+def flag(name: str) -> Flag:
+    """The record of flag `name`; RegistryError when unknown."""
+    if name not in FLAGS:
+        raise RegistryError(f"unknown flag {name!r}; known: {', '.join(FLAGS)}")
+    return FLAGS[name]
+
+
+def raise_flags(inputs: FlagInputs) -> list[dict[str, Any]]:
+    """Every flag whose rule fires: [{"flag", "severity", "methods", "message"}], registry order."""
+    raised = []
+    for record in FLAGS.values():
+        found = record.rule(inputs) if record.rule is not None else None
+        if found is not None:
+            methods, message = found
+            raised.append({"flag": record.name, "severity": record.severity, "methods": methods,
+                           "message": message})
+    return raised

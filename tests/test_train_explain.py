@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import zarr
 
+from conftest import manifest_rows
 from explainers.explain import ExplainConfig, explain_store
 from explainers.model_io import load_model
 from explainers.train import TrainConfig, train

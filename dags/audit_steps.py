@@ -1,8 +1,9 @@
 """The steps of the scheduled audit, in plain Python (stdlib only, no Airflow, no slideaudit).
 
 The DAG in `slide_audit.py` wires these into tasks. They run in the Airflow virtual environment,
-which must not import slideaudit's packages (their pins differ), so the audit itself runs the
-`slideaudit` executable in a subprocess and everything else reads the store's files:
+which must not import slideaudit's packages (their pins differ), so the listing of an archive's
+slides (`slideaudit slides`) and the audit itself (`slideaudit run`) run the `slideaudit`
+executable in a subprocess and everything else reads the store's files:
 
     OUT/index.html, OUT/audit.csv, OUT/run.json      the archive index (rebuilt by every run)
     OUT/slides/<slide_id>/audit.json                 present once a slide was audited
@@ -10,7 +11,6 @@ which must not import slideaudit's packages (their pins differ), so the audit it
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -27,9 +27,6 @@ log = logging.getLogger(__name__)
 
 # Exit codes of `slideaudit run`.
 EXIT_OK, EXIT_WITH_FAILURES = 0, 3
-# Slide files of a folder archive, each named by its stem (as pipeline/archive.py reads them).
-SLIDE_SUFFIXES = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs",
-                            ".svslide", ".bif"})
 INDEX_FILES = ("index.html", "audit.csv", "run.json")
 LATEST = "latest"
 
@@ -52,29 +49,33 @@ class AuditResult:
     failures: list[dict]
 
 
-def archive_slide_ids(archive: Path) -> list[str]:
-    """Slide ids of an archive: a manifest CSV's `slide_id` column (the `path` stem where that
-    cell is empty), or the stems of the slide files in a folder (not recursive)."""
-    archive = Path(archive)
-    if archive.is_dir():
-        return sorted(p.stem for p in archive.iterdir()
-                      if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
-    if not archive.is_file():
-        raise DagInputError(f"archive {archive} does not exist: pass a manifest CSV or a folder "
-                            "of slides as the DAG's `archive` param")
-    with open(archive, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if rows and "path" not in rows[0]:
-        raise DagInputError(f"manifest {archive} has no `path` column: it needs the columns "
-                            "slide_id,path[,label,annotation]")
-    return sorted((row.get("slide_id") or "").strip() or Path(row["path"]).stem for row in rows)
+def executable(slideaudit: str) -> str:
+    """The path of the `slideaudit` executable named by the DAG's `slideaudit_bin` param."""
+    exe = shutil.which(slideaudit)
+    if exe is None:
+        raise DagInputError(f"slideaudit executable {slideaudit!r} not found: set the DAG's "
+                            "`slideaudit_bin` param or $SLIDEAUDIT_BIN to its path")
+    return exe
 
 
-def new_slide_ids(archive: Path, out: Path) -> list[str]:
-    """Slides of the archive without `OUT/slides/<id>/audit.json`: those `--only-new` audits
-    (never audited, or whose last run failed)."""
-    return [s for s in archive_slide_ids(archive)
-            if not (Path(out) / "slides" / s / "audit.json").is_file()]
+def archive_slide_ids(slideaudit: str, archive: Path, out: Path | None = None) -> list[str]:
+    """Slide ids of an archive as slideaudit reads it (`slideaudit slides ARCHIVE --json`); with
+    `out`, only those without `OUT/slides/<id>/audit.json` (`--out OUT --new`: what
+    `run --only-new` audits: never audited, or failed last time). DagInputError when slideaudit
+    refuses the archive (its message says why)."""
+    cmd = [executable(slideaudit), "slides", str(archive), "--json"]
+    if out is not None:
+        cmd += ["--out", str(out), "--new"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if proc.returncode != EXIT_OK:
+        raise DagInputError(f"{shlex.join(cmd)} exited with code {proc.returncode}: "
+                            f"{proc.stderr.strip() or proc.stdout.strip()}")
+    return json.loads(proc.stdout)
+
+
+def new_slide_ids(slideaudit: str, archive: Path, out: Path) -> list[str]:
+    """Slides of the archive that `slideaudit run --only-new` audits into `out`."""
+    return archive_slide_ids(slideaudit, archive, out)
 
 
 def run_audit(slideaudit: str, archive: Path, model: Path, out: Path, slide_ids: list[str],
@@ -82,11 +83,7 @@ def run_audit(slideaudit: str, archive: Path, model: Path, out: Path, slide_ids:
     """Run `slideaudit run ARCHIVE --model MODEL --out OUT --only-new [--workers N]
     [--config FILE]`, logging its output line by line. Exit 0 or 3 returns the result (3: some
     slides failed, index written); any other exit code raises `AuditRunError`."""
-    exe = shutil.which(slideaudit)
-    if exe is None:
-        raise DagInputError(f"slideaudit executable {slideaudit!r} not found: set the DAG's "
-                            "`slideaudit_bin` param or $SLIDEAUDIT_BIN to its path")
-    cmd = [exe, "run", str(archive), "--model", str(model), "--out", str(out), "--only-new"]
+    cmd = [executable(slideaudit), "run", str(archive), "--model", str(model), "--out", str(out), "--only-new"]
     if workers:
         cmd += ["--workers", str(workers)]
     if config:

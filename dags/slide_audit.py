@@ -91,7 +91,8 @@ def slide_audit() -> None:
     @task
     def find_new_slides() -> list[str]:
         """Slide ids of the archive that `slideaudit run --only-new` will audit."""
-        return steps.new_slide_ids(Path(_setting("archive")), Path(_setting("out")))
+        return steps.new_slide_ids(_setting("slideaudit_bin", "slideaudit"), Path(_setting("archive")),
+                                   Path(_setting("out")))
 
     @task
     def audit(slide_ids: list[str]) -> dict:

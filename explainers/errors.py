@@ -6,5 +6,9 @@ class ModelError(AuditError):
     """A model folder, its config or its weights are missing, malformed or do not fit the data."""
 
 
-class ManifestError(AuditError):
-    """A training manifest is missing, malformed or names unusable labels."""
+class ImageError(AuditError):
+    """An uploaded or given image cannot be explained: not an image, wrong mode, bad settings."""
+
+
+class ImageTooLarge(ImageError):
+    """An image has more pixels, or needs more model tiles, than the configured limit."""

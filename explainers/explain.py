@@ -12,19 +12,20 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from explainers.engine import BagExplainer, frozen, instance_target, slide_target
 from explainers.errors import ModelError
+from explainers.methods import parse_methods
 from explainers.model_io import load_model, read_config
 from explainers.model_io import model_sha256 as weights_sha256
 from explainers.patches import PatchReader
-from explainers.engine import BagExplainer, frozen, instance_target, slide_target
-from explainers.methods import parse_methods
-from tiling.errors import StoreError
-from tiling.store import EXPLAIN, PATCHES, atomic_path, chained_stamp, is_current, open_patch_store
+from tiling.errors import StoreError, require
+from tiling.store import EXPLAIN, PATCHES, atomic_path, chained_stamp, is_current, open_patch_store, runtime
 from tiling.store.explain import ExplainWriter
 
 log = logging.getLogger(__name__)
 
 TARGETS = ("slide", "instance")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -37,15 +38,16 @@ class ExplainConfig:
     methods: tuple[str, ...] = ("gradcam",)
     target: str = "slide"
     target_class: int | None = None
-    device: str = "auto"
-    batch: int = 64
+    device: str = runtime("auto")
+    batch: int = runtime(64)
 
     def __post_init__(self) -> None:
-        self.methods = parse_methods(self.methods, "explain.methods")
-        if self.target not in TARGETS:
-            raise ValueError(f"target {self.target!r} is not one of {TARGETS}")
-        if self.device not in ("auto", "cpu", "cuda") or self.batch < 1:
-            raise ValueError(f"device {self.device!r} must be auto|cpu|cuda and batch {self.batch} >= 1")
+        self.methods = parse_methods(self.methods, "methods")
+        require(self.target in TARGETS, "target", self.target, f"one of {', '.join(TARGETS)}")
+        require(self.target_class is None or self.target_class >= 0, "target_class", self.target_class,
+                "a class index >= 0 or null (the predicted class)")
+        require(self.device in DEVICES, "device", self.device, f"one of {', '.join(DEVICES)}")
+        require(self.batch >= 1, "batch", self.batch, "a whole number of patches >= 1")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,8 +68,7 @@ def explain_store(slide_dir: Path, model_dir: Path, config: ExplainConfig,
     store = open_patch_store(slide_dir)
     model_config = read_config(model_dir)
     sha = model_sha256 if model_sha256 is not None else weights_sha256(model_dir)
-    stamped = {"methods": list(config.methods), "target": config.target, "target_class": config.target_class}
-    stamp = chained_stamp(stamped, slide_dir / PATCHES, model_sha256=sha,
+    stamp = chained_stamp(config, slide_dir / PATCHES, model_sha256=sha,
                           model_config=dataclasses.asdict(model_config))
     if is_current(out, **stamp):
         log.info("%s: up to date", out)

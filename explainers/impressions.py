@@ -41,6 +41,7 @@ from explainers.errors import ModelError
 from explainers.mil import MILModel
 from explainers.model_io import ModelConfig, load_model
 from explainers.model_io import model_sha256 as weights_sha256
+from tiling.errors import require
 from tiling.store import atomic_path, config_hash, is_current
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,14 @@ class ImpressionConfig:
     tv_weight: float = 5.0
     colour_range: float = 2.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.steps >= 0, "steps", self.steps, "a whole number >= 0 (0: no impressions)")
+        require(self.lr > 0, "lr", self.lr, "a positive step size")
+        require(min(self.jitter, self.rotate, self.scale, self.colour, self.tv_weight) >= 0 and self.scale < 1,
+                "jitter, rotate, scale, colour, tv_weight", (self.jitter, self.rotate, self.scale, self.colour,
+                                                             self.tv_weight), "numbers >= 0, scale < 1")
+        require(self.colour_range > 0, "colour_range", self.colour_range, "a positive number of std")
 
 
 @dataclass

@@ -25,14 +25,14 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from explainers.engine import BagExplainer, frozen, slide_target
+from explainers.errors import ImageError, ImageTooLarge
 from explainers.explain import resolve_device
 from explainers.feature_views import activation_views
+from explainers.methods import parse_methods
 from explainers.mil import MILModel
 from explainers.model_io import ModelConfig
 from explainers.patches import normalise, resize
-from explainers.engine import BagExplainer, frozen, slide_target
-from explainers.methods import parse_methods
-from tiling.errors import AuditError
 from tiling.slide import resize_rgb, rgba_on_white
 from tiling.stitch import PatchGrid
 
@@ -43,14 +43,6 @@ MODES = ("RGB", "RGBA", "L", "LA", "P")
 DEFAULT_METHODS = ("gradcam", "gradcampp", "guided_backprop", "guided_gradcam")
 TOP5 = "top5"
 MICROSCOPE_MPP = 20.0  # a recorded resolution coarser than this (µm/px) is a screen dpi, not a microscope's
-
-
-class ImageError(AuditError):
-    """An uploaded or given image cannot be explained: not an image, wrong mode, bad settings."""
-
-
-class ImageTooLarge(ImageError):
-    """An image has more pixels, or needs more model tiles, than the configured limit."""
 
 
 @dataclass(frozen=True)

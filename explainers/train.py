@@ -15,22 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from explainers.errors import ManifestError
-from explainers.explain import resolve_device
+from explainers.explain import DEVICES, resolve_device
 from explainers.mil import AttentionMIL
 from explainers.model_io import ModelConfig, build_model, save_model
 from explainers.patches import check_fits, normalise, resize
-from tiling.store import open_patch_store
+from tiling.archive import SlideRecord, read_archive
+from tiling.errors import ArchiveError, require
+from tiling.store import open_patch_store, runtime
 from tiling.tile import TileConfig, tile_slide
 
 log = logging.getLogger(__name__)
-
-MANIFEST_COLUMNS = ("slide_id", "path", "label")
 
 
 @dataclass
@@ -47,9 +45,17 @@ class TrainConfig:
     weight_decay: float = 1e-4
     bag_size: int = 256
     clip: float = 1.0
-    device: str = "auto"
+    device: str = runtime("auto")
     model: ModelConfig = field(default_factory=ModelConfig)
     tile: TileConfig = field(default_factory=TileConfig)
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "bag_size"):
+            require(getattr(self, key) >= 1, key, getattr(self, key), "a whole number >= 1")
+        require(self.lr > 0, "lr", self.lr, "a positive learning rate")
+        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        require(self.clip > 0, "clip", self.clip, "a positive gradient norm")
+        require(self.device in DEVICES, "device", self.device, f"one of {', '.join(DEVICES)}")
 
 
 @dataclass
@@ -59,58 +65,31 @@ class Bag:
     target: torch.Tensor   # class index (softmax head) or multi-hot float (C,) (sigmoid head)
 
 
-def read_manifest(manifest: Path) -> pd.DataFrame:
-    """The manifest's rows with `path` made absolute (relative paths are to its folder)."""
-    manifest = Path(manifest)
-    try:
-        rows = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-    except (FileNotFoundError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{manifest}: cannot read the manifest ({exc}); give a CSV with columns "
-                            f"{', '.join(MANIFEST_COLUMNS)}") from exc
-    missing = [c for c in MANIFEST_COLUMNS if c not in rows.columns]
-    if missing or rows.empty:
-        raise ManifestError(f"{manifest}: needs at least one row and the columns {', '.join(MANIFEST_COLUMNS)} "
-                            f"(missing {missing})")
-    rows["path"] = [str((manifest.parent / p).resolve()) for p in rows["path"]]
-    return rows
-
-
-def class_targets(labels: list[str], classes: list[str], head: str, manifest: Path) -> list[torch.Tensor]:
-    """Manifest labels -> training targets. A label is a class index or name; for a sigmoid
-    head a cell may list several, separated by ';' (an empty cell = none)."""
-    def index(label: str) -> int:
-        label = label.strip()
-        if label in classes:
-            return classes.index(label)
-        if label.isdigit() and int(label) < len(classes):
-            return int(label)
-        raise ManifestError(f"{manifest}: label {label!r} is neither a class of {classes} nor an index below "
-                            f"{len(classes)}; fix the label column or set the model's classes")
+def class_target(labels: tuple[int, ...], classes: int, head: str) -> torch.Tensor:
+    """A slide's class indices -> its training target: the index (softmax head) or a multi-hot
+    vector of `classes` (sigmoid head)."""
     if head == "softmax":
-        return [torch.tensor(index(label)) for label in labels]
-    targets = []
-    for label in labels:
-        multi_hot = torch.zeros(len(classes))
-        multi_hot[[index(part) for part in label.split(";") if part.strip()]] = 1.0
-        targets.append(multi_hot)
-    return targets
+        return torch.tensor(labels[0])
+    multi_hot = torch.zeros(classes)
+    multi_hot[list(labels)] = 1.0
+    return multi_hot
 
 
-def load_bags(rows: pd.DataFrame, targets: list[torch.Tensor], stores: Path, config: TrainConfig) -> list[Bag]:
-    """Tile each slide into `stores` where needed, then read its patches at the model's size
-    (kept in RAM as uint8: 3·P² bytes a patch, 12 KiB at 64 px)."""
+def load_bags(records: list[SlideRecord], stores: Path, config: TrainConfig) -> list[Bag]:
+    """Tile each labelled slide into `stores` where needed, then read its patches at the model's
+    size (kept in RAM as uint8: 3·P² bytes a patch, 12 KiB at 64 px)."""
     bags = []
-    for (_, row), target in tqdm(zip(rows.iterrows(), targets, strict=True), total=len(rows), desc="read slides",
-                                 unit="slide"):
-        store = open_patch_store(tile_slide(Path(row["path"]), stores, config.tile, slide_id=row["slide_id"]))
+    for record in tqdm(records, desc="read slides", unit="slide"):
+        store = open_patch_store(tile_slide(record.path, stores, config.tile, slide_id=record.slide_id))
         if len(store) == 0:
-            log.warning("%s: no tissue patches; left out of training", row["slide_id"])
+            log.warning("%s: no tissue patches; left out of training", record.slide_id)
             continue
         check_fits(store, config.model)
         step = store.patches.chunks[0]
         patches = torch.cat([resize(store.patches[lo:lo + step], config.model.patch)
                              for lo in range(0, len(store), step)])
-        bags.append(Bag(row["slide_id"], patches, target))
+        target = class_target(record.labels, len(config.model.classes), config.model.head)
+        bags.append(Bag(record.slide_id, patches, target))
     return bags
 
 
@@ -156,17 +135,24 @@ def evaluate(model: AttentionMIL, bags: list[Bag], config: ModelConfig, device: 
 
 
 def train(manifest: Path, model_dir: Path, config: TrainConfig, stores: Path | None = None) -> Path:
-    """Train on the slides of `manifest`; write `model_dir` (model.safetensors + config.json).
+    """Train on the labelled slides of `manifest` (read by `tiling.archive.read_archive` against
+    the model's classes; unlabelled slides are left out); write `model_dir` (model.safetensors +
+    config.json).
 
     stores: the folder whose `slides/<slide_id>/patches.zarr` are used (and written where
     missing); None tiles into a temporary folder removed afterwards.
     """
-    rows = read_manifest(manifest)
-    targets = class_targets(list(rows["label"]), list(config.model.classes), config.model.head, Path(manifest))
+    records = read_archive(manifest, config.model.classes, config.model.head == "sigmoid")
+    unknown = [r.slide_id for r in records if r.labels is None]
+    if unknown:
+        log.warning("%s: %d slide(s) without a label left out of training: %s", manifest, len(unknown),
+                    ", ".join(unknown))
+    labelled = [r for r in records if r.labels is not None]
     with tempfile.TemporaryDirectory() as scratch:
-        bags = load_bags(rows, targets, Path(stores) if stores is not None else Path(scratch), config)
+        bags = load_bags(labelled, Path(stores) if stores is not None else Path(scratch), config)
     if not bags:
-        raise ManifestError(f"{manifest}: no slide with tissue patches to train on")
+        raise ArchiveError(f"{manifest}: no labelled slide with tissue patches to train on; fill the "
+                           "`label` column (a class name or index of the model)")
     mean, std = channel_stats(bags)
     model_config = dataclasses.replace(config.model, seed=config.seed, mean=mean, std=std, metrics={})
     device = resolve_device(config.device)

@@ -1,10 +1,21 @@
-"""The `slideaudit` command line. Commands load lazily, so `slideaudit --help` is instant."""
+"""The `slideaudit` command line. Commands load lazily, so `slideaudit --help` is instant.
+
+Exit codes are decided here and only here (`exit_code`; constants in `pipeline.errors`):
+0 ok; 2 usage: a malformed command line, a ConfigError or an ArchiveError (input to fix before
+anything runs); 3 a slide could not be processed: any other AuditError, or `run` completing with
+failed slides; 4 audit thresholds met; 1 a crash: an unexpected exception (traceback with -v).
+"""
 from __future__ import annotations
 
 import importlib
 import logging
+import traceback
+from typing import Any
 
 import click
+
+from pipeline.errors import EXIT_CRASH, EXIT_SLIDES_FAILED, EXIT_USAGE
+from tiling.errors import ArchiveError, AuditError, ConfigError
 
 # command name -> "module:function" of a click command
 COMMANDS = {
@@ -18,10 +29,28 @@ COMMANDS = {
     "train": "pipeline.commands.train:train",
     "explain": "pipeline.commands.explain:explain",
     "import-model": "pipeline.commands.import_model:import_model",
+    "slides": "pipeline.commands.slides:slides",
 }
 
 
+class CommandFailed(click.ClickException):
+    """An error of a command, shown as "Error: message" and exiting with `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def exit_code(exc: Exception) -> int:
+    """The exit code for an exception a command raised (module docstring)."""
+    if isinstance(exc, (ConfigError, ArchiveError)):
+        return EXIT_USAGE
+    return EXIT_SLIDES_FAILED if isinstance(exc, AuditError) else EXIT_CRASH
+
+
 class LazyGroup(click.Group):
+    """Loads commands on demand and turns their exceptions into exit codes (`exit_code`)."""
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
@@ -31,10 +60,28 @@ class LazyGroup(click.Group):
         module, attr = COMMANDS[name].split(":")
         return getattr(importlib.import_module(module), attr)
 
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one place exceptions become exit codes
+            code = exit_code(exc)
+            if code != EXIT_CRASH:
+                raise CommandFailed(str(exc), code) from exc
+            if ctx.params.get("verbose"):
+                click.echo(traceback.format_exc(), err=True, nl=False)
+            raise CommandFailed(f"unexpected {type(exc).__name__}: {exc} (a bug or the environment; "
+                                "rerun with -v for the traceback)", code) from exc
+
 
 @click.group(cls=LazyGroup)
-@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages; show the traceback of a crash.")
 def main(verbose: bool) -> None:
     """slideaudit: where does the slide classifier look, and is that where the lesion is?"""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+
+
+if __name__ == "__main__":
+    main(prog_name="slideaudit")

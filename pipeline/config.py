@@ -6,11 +6,12 @@ A config file (YAML or TOML) has one section per stage plus `run`; every key is 
     explain: {methods: [gradcam, hirescam], device: auto}
     stitch:  {max_side: 4096}
     audit:   {...}
+    impressions: {steps: 150}     # class impressions in the reports; 0 = none
     run:     {workers: 2}
 
 CLI flags override the file as dotted keys (`explain.methods=...`). `PipelineConfig.hash()` names
-what the run produces: it covers every stage setting and leaves out the runtime-only ones
-(`RUNTIME_KEYS`: where and how fast things run, never what comes out).
+what the run produces: it covers every stage setting and leaves out the runtime-only fields
+(declared with `tiling.store.runtime`: where and how fast things run, never what comes out).
 """
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ from typing import Any
 import yaml
 
 from explainers.explain import ExplainConfig
+from explainers.impressions import ImpressionConfig
 from reports.audit import AuditConfig
-from tiling.errors import ConfigError
+from tiling.errors import ConfigError, require
 from tiling.stitch import StitchConfig
-from tiling.store import config_hash
+from tiling.store import config_hash, runtime
 from tiling.tile import TileConfig
 
 
@@ -39,19 +41,25 @@ class RunSettings:
     scheduler: address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (None = local).
     """
 
-    workers: int = 2
-    torch_threads: int = 0
-    scheduler: str | None = None
+    workers: int = runtime(2)
+    torch_threads: int = runtime(0)
+    scheduler: str | None = runtime(None)
+
+    def __post_init__(self) -> None:
+        require(self.workers >= 1, "workers", self.workers, "a whole number of processes >= 1")
+        require(self.torch_threads >= 0, "torch_threads", self.torch_threads, "a whole number >= 0 (0 = automatic)")
 
 
 @dataclass
 class PipelineConfig:
-    """Every setting of `slideaudit run`: the four stages' configs and the run settings."""
+    """Every setting of `slideaudit run`: the four stages' configs, the class impressions the
+    reports show (steps 0 = none) and the run settings."""
 
     tile: TileConfig = field(default_factory=TileConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     stitch: StitchConfig = field(default_factory=StitchConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    impressions: ImpressionConfig = field(default_factory=ImpressionConfig)
     run: RunSettings = field(default_factory=RunSettings)
 
     def to_dict(self) -> dict[str, Any]:
@@ -59,18 +67,8 @@ class PipelineConfig:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        """config_hash of every setting that can change an output (RUNTIME_KEYS left out)."""
-        data = self.to_dict()
-        for section, keys in RUNTIME_KEYS.items():
-            data[section] = {k: v for k, v in data[section].items() if k not in keys}
-        return config_hash(data)
-
-
-# settings that decide where and how fast a stage runs, never what it writes
-RUNTIME_KEYS: dict[str, tuple[str, ...]] = {
-    "explain": ("device", "batch"),
-    "run": tuple(f.name for f in dataclasses.fields(RunSettings)),
-}
+        """config_hash of every setting that can change an output (runtime fields left out)."""
+        return config_hash(self)
 
 
 def _coerce(where: str, default: Any, value: Any) -> Any:
@@ -108,7 +106,7 @@ def _apply(base: Any, updates: dict[str, Any], where: str) -> Any:
     changes = {k: _coerce(f"{where}.{k}", getattr(base, k), v) for k, v in updates.items()}
     try:
         return dataclasses.replace(base, **changes)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ConfigError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
@@ -131,7 +129,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected sections tile/explain/stitch/audit/run at the top level")
+        raise ConfigError(f"{path}: expected sections tile/explain/stitch/audit/impressions/run at the top level")
     return data
 
 

@@ -19,9 +19,9 @@ from typing import Any
 import dask
 from dask.delayed import Delayed, delayed
 from distributed import Client, as_completed
+from tiling.archive import SlideRecord
 from tqdm import tqdm
 
-from pipeline.archive import SlideRecord
 from pipeline.stages import STAGES, Context, SlideState, run_stage
 from reports.html import render_index
 

@@ -1,9 +1,13 @@
 """Click options shared by several commands, defined once."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 out_dir = click.option("--out", "out", required=True, type=click.Path(path_type=Path),
                        help="Output folder (the store): OUT/slides/<slide_id>/...")
@@ -25,3 +29,35 @@ workers = click.option("--workers", default=None, type=click.IntRange(min=1),
 model_dir = click.option("--model", "model_dir", required=True,
                          type=click.Path(exists=True, file_okay=False, path_type=Path),
                          help="Model folder (model.safetensors + config.json), e.g. from `slideaudit train`.")
+
+
+class MethodsType(click.ParamType):
+    """Comma-separated explanation methods -> their names, checked by
+    `explainers.methods.parse_methods` (imported on first use, so --help stays fast)."""
+
+    name = "methods"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
+        from explainers.methods import parse_methods
+        from tiling.errors import ConfigError
+
+        try:
+            return parse_methods(value, "--methods")
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class MethodsOption(click.Option):
+    """`--methods`, whose help ends with the registered methods (read when help is shown)."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from explainers.methods import help_text
+
+        record = super().get_help_record(ctx)
+        return None if record is None else (record[0], f"{record[1]} Choices: {help_text()}.")
+
+
+def methods(default: str | None, help: str) -> Callable[[F], F]:
+    """The `--methods M1,M2` option of every command that explains (value: a tuple of names)."""
+    return click.option("--methods", cls=MethodsOption, type=MethodsType(), default=default,
+                        show_default=default is not None, metavar="M1,M2", help=help)

@@ -14,18 +14,19 @@ from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
 from explainers.impressions import render_impressions
-from explainers.model_io import weights_path
-from pipeline.archive import SlideRecord, read_archive
+from explainers.model_io import read_config, weights_path
 from pipeline.cluster import open_client
-from pipeline.config import ConfigError, PipelineConfig
+from pipeline.config import PipelineConfig
+from pipeline.errors import EXIT_OK, EXIT_SLIDES_FAILED
 from pipeline.graph import build_graph, compute
 from pipeline.stages import Context, SlideState
+from tiling.archive import SlideRecord, read_archive
+from tiling.errors import ConfigError
 from tiling.store import AUDIT, RUN_MANIFEST, file_sha256, slide_dir
 from tiling.store.records import write_manifest
 
 log = logging.getLogger(__name__)
 MODEL_CACHE = "model"  # OUT/model/: what is computed once per model (class impressions)
-EXIT_OK, EXIT_FAILURES = 0, 3
 
 
 @dataclass
@@ -42,7 +43,7 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_FAILURES if self.failed else EXIT_OK
+        return EXIT_SLIDES_FAILED if self.failed else EXIT_OK
 
     @property
     def index(self) -> Path:
@@ -95,10 +96,11 @@ def run_archive(archive: Path, model_dir: Path, out: Path, config: PipelineConfi
     config or scheduler raises ConfigError/ArchiveError before anything runs.
     """
     archive, model_dir, out = Path(archive).absolute(), Path(model_dir).absolute(), Path(out).absolute()
-    records = read_archive(archive)
+    model_files = _model_files(model_dir)
+    model = read_config(model_dir)
+    records = read_archive(archive, model.classes, model.head == "sigmoid")
     todo, skipped = select(records, out, only_new)
     gpu = uses_gpu(config.explain.device)
-    model_files = _model_files(model_dir)
     model_sha = model_files[weights_path(model_dir).name]
     info = {"slideaudit": version("slideaudit"), "archive": str(archive), "model": str(model_dir),
             "model_files": model_files, "out": str(out), "config": config.to_dict(),
@@ -112,8 +114,8 @@ def run_archive(archive: Path, model_dir: Path, out: Path, config: PipelineConfi
         log.info("%d slide(s) to audit, %d skipped, config %s", len(todo), len(skipped),
                  info["config_hash"])
         # once per run, before the slides: each report shows what the model learnt
-        impressions = (render_impressions(model_dir, out / MODEL_CACHE, model_sha256=model_sha)
-                       if todo else {})
+        impressions = (render_impressions(model_dir, out / MODEL_CACHE, config.impressions, model_sha256=model_sha)
+                       if todo and config.impressions.steps else {})
         tasks, index = build_graph(todo, Context(out, model_dir, config, impressions, model_sha), gpu)
         states = compute(client, tasks, index)
     info["finished"] = _now()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,13 +27,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive
 
 from explainers.engine import BagExplainer
-from explainers.errors import ModelError
+from explainers.errors import ImageError, ImageTooLarge, ModelError
 from explainers.feature_views import filter_grid
 from explainers.methods import method, method_names
 from explainers.mil import AttentionMIL
 from explainers.model_io import load_model, model_sha256
-from explainers.single_image import (ImageError, ImageTooLarge, RegionConfig, RegionExplanation,
-                                     explain_region, read_image)
+from explainers.single_image import RegionConfig, RegionExplanation, explain_region, read_image
+from pipeline.errors import FormProblem, UploadTooLarge
 from reports.image_page import PageForm, PageInfo, mpp_notes, render_image_page
 
 log = logging.getLogger(__name__)
@@ -59,14 +58,6 @@ class ServeConfig:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
-
-
-class UploadTooLarge(Exception):
-    """The request body passed the configured limit (HTTP 413)."""
-
-
-class FormProblem(Exception):
-    """A form value is missing or invalid (HTTP 400)."""
 
 
 def status_of(exc: Exception) -> int:

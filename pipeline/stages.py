@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from explainers.explain import explain_store
-from pipeline.archive import SlideRecord
 from pipeline.config import PipelineConfig
+from pipeline.errors import ValidationFailed
 from reports.audit import audit_slide
 from reports.html import render_slide_report
+from tiling.archive import SlideRecord
 from tiling.errors import AuditError
 from tiling.stitch import stitch_slide
 from tiling.store import AUDIT, EXPLAIN, FAILURE, MAPS, PATCHES, REPORT, slide_dir
@@ -90,10 +91,6 @@ def _audit(rec: SlideRecord, ctx: Context) -> None:
 
 def _report(rec: SlideRecord, ctx: Context) -> None:
     render_slide_report(slide_dir(ctx.out, rec.slide_id), ctx.impressions)
-
-
-class ValidationFailed(AuditError):
-    """A great-expectations suite of the slide's audit failed (the report shows which)."""
 
 
 def _validate(rec: SlideRecord, ctx: Context) -> None:

@@ -21,6 +21,7 @@ from reports import metrics as M
 from reports.registry import FlagInputs, MapView, metrics_for, raise_flags
 from reports.agreement import agreement
 from reports.validation import map_stats, validate_attention, validate_coords, validate_maps
+from tiling.errors import require
 from tiling.store import AUDIT, EXPLAIN, MAPS, PatchStore, chained_stamp, is_current, open_patch_store
 from tiling.store.explain import open_explain_store
 from tiling.store.maps import ATTENTION, Maps, open_maps
@@ -55,6 +56,18 @@ class AuditConfig:
     min_spearman: float = 0.3
     top_patches: int = 6
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.tolerance_um >= 0, "tolerance_um", self.tolerance_um, "a number of µm >= 0")
+        require(len(self.top_k) > 0 and all(0 < k <= 1 for k in self.top_k), "top_k", self.top_k,
+                "a non-empty list of fractions in (0, 1]")
+        for key in ("n_peaks", "agreement_pixels", "top_patches"):
+            require(getattr(self, key) >= 1, key, getattr(self, key), "a whole number >= 1")
+        require(self.peak_distance_um >= 0, "peak_distance_um", self.peak_distance_um, "a number of µm >= 0")
+        require(0 < self.agreement_fraction <= 1, "agreement_fraction", self.agreement_fraction,
+                "a fraction in (0, 1]")
+        require(0 <= self.min_auroc <= 1, "min_auroc", self.min_auroc, "an AUROC in [0, 1]")
+        require(-1 <= self.min_spearman <= 1, "min_spearman", self.min_spearman, "a correlation in [-1, 1]")
 
 
 def metric_names(config: AuditConfig) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.archive import read_archive
+from tiling.archive import read_archive
 
 REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "dags"
@@ -42,31 +42,33 @@ def _sha256_tree(folder: Path) -> dict[str, str]:
 
 # ---- the steps, on real files --------------------------------------------------------------
 
-def test_slide_ids_agree_with_the_pipeline(tmp_path: Path) -> None:
+def test_the_dag_lists_the_slides_the_reader_reads(tmp_path: Path) -> None:
     folder = tmp_path / "folder"
     folder.mkdir()
     for name in ("b.svs", "a.TIF", "a.geojson", "notes.txt"):
         (folder / name).write_bytes(b"x")
     manifest = tmp_path / "manifest.csv"
-    manifest.write_text("slide_id,path,label\ns1,x/one.svs,1\n,x/two.tiff,0\n")
+    manifest.write_text("slide_id,path,label\ns1,x/one.svs,1\n,x/two.tiff,0\n", encoding="utf-8-sig")
     for archive, expected in ((folder, ["a", "b"]), (manifest, ["s1", "two"])):
-        assert steps.archive_slide_ids(archive) == expected
-        assert expected == sorted(r.slide_id for r in read_archive(archive))
+        assert steps.archive_slide_ids(str(SLIDEAUDIT), archive) == expected
+        assert expected == [r.slide_id for r in read_archive(archive)]
     out = tmp_path / "out"
     (out / "slides" / "s1").mkdir(parents=True)
     (out / "slides" / "s1" / "audit.json").write_text("{}")
     (out / "slides" / "two").mkdir()
     (out / "slides" / "two" / "failure.json").write_text("{}")  # failed last time: new again
-    assert steps.new_slide_ids(manifest, out) == ["two"]
+    assert steps.new_slide_ids(str(SLIDEAUDIT), manifest, out) == ["two"]
 
 
 def test_bad_archive_is_named(tmp_path: Path) -> None:
-    with pytest.raises(steps.DagInputError, match="missing.csv does not exist"):
-        steps.archive_slide_ids(tmp_path / "missing.csv")
+    with pytest.raises(steps.DagInputError, match="missing.csv' does not exist"):
+        steps.archive_slide_ids(str(SLIDEAUDIT), tmp_path / "missing.csv")
     bad = tmp_path / "bad.csv"
     bad.write_text("slide,file\na,a.svs\n")
-    with pytest.raises(steps.DagInputError, match="bad.csv has no `path` column"):
-        steps.archive_slide_ids(bad)
+    with pytest.raises(steps.DagInputError, match="exited with code 2: Error: .*bad.csv: no `path` column"):
+        steps.archive_slide_ids(str(SLIDEAUDIT), bad)
+    with pytest.raises(steps.DagInputError, match="SLIDEAUDIT_BIN"):
+        steps.archive_slide_ids(str(tmp_path / "no-such-slideaudit"), bad)
 
 
 def _store(out: Path, index: str) -> None:
@@ -208,7 +210,7 @@ def test_dag_audits_new_slides_and_publishes(airflow_env: dict[str, str], tmp_pa
     assert run["schedule"] == ("0 0 * * *", 1)  # daily, one run at a time
     assert run["state"] == "success"
     assert run["tasks"] == {"find_new_slides": "success", "audit": "success", "publish": "success"}
-    assert run["xcom"][("find_new_slides", "return_value")] == sorted([*good, "broken"])
+    assert run["xcom"][("find_new_slides", "return_value")] == [r.slide_id for r in read_archive(with_broken)]
     assert run["xcom"][("audit", "exit_code")] == 3
     failures = run["xcom"][("audit", "failures")]
     assert [(f["slide_id"], f["stage"]) for f in failures] == [("broken", "tile")]

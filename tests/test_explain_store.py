@@ -1,5 +1,6 @@
 """The explain stage on real patch stores with a small untrained model: the explain.zarr
 contract, resume, batch invariance, bad input, and the `explain` / `train` commands."""
+import csv
 import dataclasses
 import json
 import shutil
@@ -12,14 +13,15 @@ import zarr
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from explainers.errors import ManifestError, ModelError
+from conftest import manifest_rows
+from explainers.errors import ModelError
 from explainers.explain import ExplainConfig, explain_store, resolve_device
 from explainers.model_io import ModelConfig, build_model, load_model, model_sha256, save_model
 from explainers.patches import normalise, resize
 from explainers.methods import method_names
-from explainers.train import TrainConfig, class_targets, read_manifest, train
+from explainers.train import TrainConfig, class_target, train
 from pipeline.cli import main
-from tiling.errors import ConfigError, StoreError
+from tiling.errors import ArchiveError, ConfigError, StoreError
 from tiling.store import create_patch_store, open_patch_store
 
 SMALL = ModelConfig(name="small", encoder_kwargs={"width": 4}, seed=1)   # 64 px at 3.5 µm/px
@@ -187,9 +189,9 @@ def test_bad_models_are_model_errors_and_nothing_is_written(slide_dir, model_dir
 
 
 def test_bad_explain_settings_are_refused(slide_dir, model_dir):
-    with pytest.raises(ConfigError, match="lime"):
+    with pytest.raises(ConfigError, match="methods: .*lime"):
         ExplainConfig(methods=("lime",))
-    with pytest.raises(ValueError, match="target"):
+    with pytest.raises(ConfigError, match="target = 'pixel': must be one of slide, instance"):
         ExplainConfig(target="pixel")
     with pytest.raises(ModelError, match="target class 5"):
         explain_store(slide_dir, model_dir, ExplainConfig(target_class=5))
@@ -215,7 +217,7 @@ def test_explain_command(slide_dir, model_dir, tmp_path):
     assert zarr.open_group(slide_dir / "explain.zarr", mode="r").attrs["methods"] == ["gradcam", "cam"]
     broken = broken_copy(model_dir, tmp_path / "broken", drop_weight)
     result = runner.invoke(main, ["explain", str(slide_dir), "--model", str(broken)])
-    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.exit_code == 3 and "Traceback" not in result.output
     assert result.output.startswith("Error: ") and "encoder.block4.0.bias" in result.output
     result = runner.invoke(main, ["explain", str(slide_dir), "--model", str(model_dir), "--methods", "lime"])
     assert result.exit_code == 2 and "lime" in result.output
@@ -233,21 +235,31 @@ def test_train_command_and_manifest_errors(sample_archive, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("slide_id,path\na,a.tiff\n")
     result = runner.invoke(main, ["train", str(bad), "--out", str(tmp_path / "m2")])
-    assert result.exit_code == 1 and "label" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and "label" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "m2").exists()
-    rows = read_manifest(sample_archive)
-    rows.loc[0, "label"] = "tumour"
-    rows.to_csv(bad, index=False)
-    with pytest.raises(ManifestError, match="tumour"):
+    rows = manifest_rows(sample_archive)
+    rows[0]["label"] = "tumour"
+    write_rows(bad, rows)
+    with pytest.raises(ArchiveError, match="line 2: label 'tumour' is neither a class"):
         train(bad, tmp_path / "m3", TrainConfig(epochs=1))
+    with pytest.raises(ConfigError, match="epochs = 0: must be a whole number >= 1"):
+        TrainConfig(epochs=0)
+
+
+def write_rows(manifest: Path, rows: list[dict[str, str]]) -> None:
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def test_a_sigmoid_head_trains_on_named_labels_and_explains(sample_archive, tmp_path):
-    rows = read_manifest(sample_archive)
-    rows["label"] = ["lesion;ink" if label == "1" else "" for label in rows["label"]]
+    rows = manifest_rows(sample_archive)
+    for row in rows:  # ';' alone: none of the classes
+        row["label"] = "lesion;ink" if row["label"] == "1" else ";"
     manifest = tmp_path / "multi.csv"
-    rows.to_csv(manifest, index=False)
-    targets = class_targets(["lesion;ink", "", "1"], ["lesion", "ink"], "sigmoid", manifest)
+    write_rows(manifest, rows)
+    targets = [class_target(labels, 2, "sigmoid") for labels in ((0, 1), (), (1,))]
     assert [t.tolist() for t in targets] == [[1.0, 1.0], [0.0, 0.0], [0.0, 1.0]]
     config = TrainConfig(epochs=1, model=ModelConfig(head="sigmoid", classes=["lesion", "ink"]))
     model_dir = train(manifest, tmp_path / "model", config, stores=tmp_path / "out")

@@ -1,11 +1,17 @@
 """One config for the whole run: YAML or TOML, flags override, a hash of what changes outputs."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, PipelineConfig, load_config, parse_assignment
+from explainers.explain import ExplainConfig
+from pipeline.config import ConfigError, PipelineConfig, RunSettings, load_config, parse_assignment
+from reports.audit import AuditConfig
+from tiling.stitch import StitchConfig
+from tiling.store import config_hash
+from tiling.tile import TileConfig
 
 YAML = """
 tile: {mpp: 2, patch: 128}
@@ -51,15 +57,37 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
 def test_hash_follows_outputs_not_runtime() -> None:
     base = load_config()
     assert base.hash() == PipelineConfig().hash()
-    for runtime in ({"explain.device": "cpu"}, {"run.workers": 7}, {"run.scheduler": "tcp://x:1"}):
+    for runtime in ({"explain.device": "cpu"}, {"explain.batch": 8}, {"tile.chunk": 16},
+                    {"stitch.block_pixels": 1024}, {"stitch.chunk": 256}, {"run.workers": 7},
+                    {"run.scheduler": "tcp://x:1"}):
         assert load_config(overrides=runtime).hash() == base.hash(), runtime
     for setting in ({"tile.min_tissue": 0.25}, {"stitch.max_side": 999},
                     {"explain.methods": ("gradcam", "cam")}):
         assert load_config(overrides=setting).hash() != base.hash(), setting
 
 
+def test_runtime_fields_are_declared_once_and_stamps_leave_them_out() -> None:
+    runtime = {name: [f.name for f in dataclasses.fields(cls) if f.metadata.get("runtime")]
+               for name, cls in (("tile", TileConfig), ("explain", ExplainConfig), ("stitch", StitchConfig),
+                                 ("audit", AuditConfig), ("run", RunSettings))}
+    assert runtime == {"tile": ["chunk"], "explain": ["device", "batch"], "stitch": ["chunk", "block_pixels"],
+                       "audit": [], "run": ["workers", "torch_threads", "scheduler"]}
+    assert config_hash(ExplainConfig(batch=8, device="cpu")) == config_hash(ExplainConfig())
+    assert config_hash(ExplainConfig()) == config_hash({"methods": ["gradcam"], "target": "slide",
+                                                        "target_class": None})  # stores stay current
+    assert config_hash(ExplainConfig(target="instance")) != config_hash(ExplainConfig())
+
+
 @pytest.mark.parametrize("text, problem", [
     ("tiles: {mpp: 1}", r"unknown setting\(s\) tiles"),
+    ("tile: {mpp: 0}", r"tile: mpp = 0.0: must be a positive number of µm/px"),
+    ("tile: {min_tissue: 1.5}", r"tile: min_tissue = 1.5: must be a fraction in \[0, 1\]"),
+    ("explain: {target: pixel}", "explain: target = 'pixel': must be one of slide, instance"),
+    ("explain: {methods: [lime]}", r"explain: methods: unknown or no methods \['lime'\]"),
+    ("explain: {device: tpu}", "explain: device = 'tpu': must be one of auto, cpu, cuda"),
+    ("stitch: {max_side: 0}", "stitch: max_side = 0: must be a whole number of px >= 1"),
+    ("audit: {min_auroc: 2}", r"audit: min_auroc = 2.0: must be an AUROC in \[0, 1\]"),
+    ("run: {workers: 0}", "run: workers = 0: must be a whole number of processes >= 1"),
     ("tile: {mpp: 1, size: 3}", r"tile: unknown setting\(s\) size; valid: .*patch"),
     ("tile: {patch: big}", "tile.patch: expected a number"),
     ("tile: {patch: 2.5}", "tile.patch: expected a whole number"),

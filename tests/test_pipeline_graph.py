@@ -5,14 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.archive import SlideRecord
 from pipeline.config import PipelineConfig
 from pipeline.graph import build_graph
 from pipeline.runner import select, uses_gpu
 from pipeline.stages import STAGES, Context, SlideState, remove_leftovers, run_stage
+from tiling.archive import SlideRecord
 from tiling.store.records import load_failure
 
-RECORDS = [SlideRecord("a", Path("/nowhere/a.svs"), 1), SlideRecord("b", Path("/nowhere/b.svs"), 0)]
+RECORDS = [SlideRecord("a", Path("/nowhere/a.svs"), (1,)), SlideRecord("b", Path("/nowhere/b.svs"), (0,))]
 
 
 @pytest.mark.parametrize("gpu", [True, False])

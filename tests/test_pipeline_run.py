@@ -22,7 +22,7 @@ import zarr
 from click.testing import CliRunner
 
 from conftest import manifest_rows
-from pipeline.commands.run import run
+from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.runner import RunResult, run_archive
 from tiling.store import file_sha256
@@ -175,7 +175,7 @@ def test_external_scheduler(workspace: Workspace, reference: RunResult, dask_clu
     command = [SLIDEAUDIT, "run", workspace.manifest, "--model", workspace.model, "--out", out,
                "--config", workspace.config, "--scheduler", dask_cluster]
     gpu = subprocess.run([*command, "--device", "cuda"], capture_output=True, text=True, timeout=600)
-    assert gpu.returncode == 1 and "no worker offers a GPU" in gpu.stderr
+    assert gpu.returncode == 2 and "no worker offers a GPU" in gpu.stderr
     assert not out.exists()
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -238,8 +238,8 @@ def test_failures_are_recorded_per_slide(workspace: Workspace, reference: RunRes
     kept = {name: (out / "slides" / "sample_002" / name).stat().st_mtime_ns
             for name in ("maps.zarr", "audit.json")}
 
-    result = CliRunner().invoke(run, [str(manifest), "--model", str(workspace.model), "--out", str(out),
-                                      "--config", str(workspace.config)])
+    result = CliRunner().invoke(main, ["run", str(manifest), "--model", str(workspace.model), "--out", str(out),
+                                       "--config", str(workspace.config)])
     assert result.exit_code == 3, result.output
     assert "4 done" not in result.output and "2 done, 4 failed" in result.output
     expected = {"corrupt": ("tile", "SlideError"), "sample_002": ("stitch", "AnnotationError"),
@@ -272,15 +272,17 @@ def test_failures_are_recorded_per_slide(workspace: Workspace, reference: RunRes
     assert workspace.archive_unchanged()
 
 
-def test_bad_usage_and_config_exit_1(workspace: Workspace, tmp_path: Path) -> None:
+def test_bad_usage_and_config_exit_2(workspace: Workspace, tmp_path: Path) -> None:
     runner = CliRunner()
-    base = [str(workspace.manifest), "--model", str(workspace.model), "--out", str(tmp_path / "o")]
-    missing_out = runner.invoke(run, base[:3])
-    assert missing_out.exit_code == 1 and "--out" in missing_out.output
-    bad_set = runner.invoke(run, [*base, "--set", "stitch.max_sides=3"])
-    assert bad_set.exit_code == 1 and "unknown setting(s) max_sides" in bad_set.output
-    bad_method = runner.invoke(run, [*base, "--methods", "gradcam,nope"])
-    assert bad_method.exit_code == 1 and "nope" in bad_method.output
-    no_model = runner.invoke(run, [*base[:2], str(tmp_path), *base[3:]])
-    assert no_model.exit_code == 1 and "config.json missing" in no_model.output
+    base = ["run", str(workspace.manifest), "--model", str(workspace.model), "--out", str(tmp_path / "o")]
+    missing_out = runner.invoke(main, base[:4])
+    assert missing_out.exit_code == 2 and "--out" in missing_out.output
+    bad_set = runner.invoke(main, [*base, "--set", "stitch.max_sides=3"])
+    assert bad_set.exit_code == 2 and "unknown setting(s) max_sides" in bad_set.output
+    bad_value = runner.invoke(main, [*base, "--set", "explain.batch=0"])
+    assert bad_value.exit_code == 2 and "batch = 0: must be a whole number of patches >= 1" in bad_value.output
+    bad_method = runner.invoke(main, [*base, "--methods", "gradcam,nope"])
+    assert bad_method.exit_code == 2 and "nope" in bad_method.output
+    no_model = runner.invoke(main, [*base[:3], str(tmp_path), *base[4:]])
+    assert no_model.exit_code == 2 and "config.json missing" in no_model.output
     assert not (tmp_path / "o").exists()

@@ -177,7 +177,7 @@ def test_report_command_rebuilds_the_index(archive, tmp_path) -> None:
     assert "re-rendered 2 slide report(s)" in result.output and (out / "index.html").is_file()
     shutil.rmtree(out / "slides" / "positive" / "maps.zarr")
     result = CliRunner().invoke(main, ["report", str(out), "--slides"])
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert "maps.zarr: no complete maps store" in result.output
     assert "Traceback" not in result.output
 

@@ -15,12 +15,12 @@ from torch import nn
 
 from conftest import shared_file
 from explainers.cams import upsample
+from explainers.errors import ImageError, ImageTooLarge
 from explainers.model_io import ModelConfig, build_model, save_model
+from explainers.single_image import RegionConfig, explain_region, read_image, tile_starts
 from oracles import ImageExplainer
-from tiling.errors import ConfigError
-from explainers.single_image import (ImageError, ImageTooLarge, RegionConfig, explain_region, read_image,
-                                     tile_starts)
 from pipeline.cli import main
+from tiling.errors import ConfigError
 from tiling.slide import open_slide
 
 CLASSES = [f"class {i}" for i in range(7)]
@@ -127,7 +127,7 @@ def test_targets_top5_and_a_class_outside_it(softmax_model, cmu_region):
     assert not result.targets[-1].in_top5
     with pytest.raises(ImageError, match="not one of the model's classes"):
         explain_region(patch, None, model, config, RegionConfig(targets=("tumour",)))
-    with pytest.raises(ConfigError, match="unknown or no methods"):
+    with pytest.raises(ConfigError, match="methods: unknown or no methods"):
         RegionConfig(methods=("lime",))
 
 
@@ -208,6 +208,6 @@ def test_explain_image_command_errors_are_one_line(model_dir, tmp_path):
     (tmp_path / "notes.png").write_text("hello")
     res = CliRunner().invoke(main, ["explain-image", str(tmp_path / "notes.png"), "--model", str(model_dir),
                                     "--out", str(tmp_path / "out")])
-    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.exit_code == 3 and "Traceback" not in res.output
     assert "notes.png: not a PNG, JPEG or TIFF image" in res.output
     assert not (tmp_path / "out").exists()

@@ -213,11 +213,16 @@ def test_cli_tile(sample_archive: Path, tmp_path: Path) -> None:
     bad = tmp_path / "slide.svs"
     bad.write_text("text")
     result = runner.invoke(main, ["tile", str(bad), "--out", str(tmp_path)])
-    assert result.exit_code == 1 and "slide.svs: OpenSlide cannot read it" in result.output
+    assert result.exit_code == 3 and "slide.svs: OpenSlide cannot read it" in result.output
     assert "Traceback" not in result.output
     nompp = tmp_path / "nompp.tiff"
     write_pyramid_tiff(nompp, np.full((256, 256, 3), 128, np.uint8), mpp=None)
     result = runner.invoke(main, ["tile", str(nompp), "--out", str(tmp_path)])
-    assert result.exit_code == 1 and "--slide-mpp" in result.output
+    assert result.exit_code == 3 and "--slide-mpp" in result.output
     result = runner.invoke(main, ["tile", str(nompp), "--out", str(tmp_path), "--slide-mpp", "0.5"])
     assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["tile", str(nompp), "--out", str(tmp_path), "--slide-id", "../escape"])
+    assert result.exit_code == 2 and "--slide-id: slide id '../escape' is not a usable folder name" in result.output
+    assert not (tmp_path / "escape").exists()
+    result = runner.invoke(main, ["tile", str(nompp), "--out", str(tmp_path), "--min-tissue", "2"])
+    assert result.exit_code == 2 and "min_tissue = 2.0: must be a fraction in [0, 1]" in result.output

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import zarr
 
+from conftest import manifest_rows
 from explainers.explain import ExplainConfig, explain_store
 from explainers.model_io import load_model
-from explainers.train import TrainConfig, read_manifest, train
+from explainers.train import TrainConfig, train
 from tiling.annotations import rasterize_lesions, read_annotations
 from tiling.sample import write_sample_archive
 from tiling.store import PatchStore, open_patch_store
@@ -31,10 +32,8 @@ def heldout(tmp_path_factory, trained_model) -> list[tuple[dict, Path]]:
     """(manifest row, slide dir with explain.zarr) for each slide of a held-out archive (seed 2)."""
     root = tmp_path_factory.mktemp("heldout")
     manifest = write_sample_archive(root / "archive", slides=10, seed=2)
-    rows = read_manifest(manifest)
-    rows["annotation"] = [str(manifest.parent / p) for p in rows["annotation"]]
     explained = []
-    for _, row in rows.iterrows():
+    for row in manifest_rows(manifest):
         slide_dir = tile_slide(Path(row["path"]), root / "out", TileConfig(), slide_id=row["slide_id"]).parent
         explain_store(slide_dir, trained_model, ExplainConfig(methods=METHODS))
         explained.append((row, slide_dir))

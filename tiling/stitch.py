@@ -25,8 +25,9 @@ from skimage.transform import resize
 from tqdm import tqdm
 
 from tiling.annotations import rasterize_lesions, read_annotations
-from tiling.errors import StoreError
-from tiling.store import EXPLAIN, MAPS, atomic_path, chained_stamp, file_sha256, is_current, open_patch_store
+from tiling.errors import StoreError, require
+from tiling.store import (EXPLAIN, MAPS, atomic_path, chained_stamp, file_sha256, is_current, open_patch_store,
+                          runtime)
 from tiling.store.explain import open_explain_store
 from tiling.store.maps import ATTENTION, ATTENTION_RANK, LESION, THUMBNAIL, TISSUE, MapsWriter
 
@@ -41,15 +42,20 @@ class StitchConfig:
 
     max_side: int = 4096
     downsample: float | None = None
-    chunk: int = 1024
-    block_pixels: int = 1 << 24
+    chunk: int = runtime(1024)  # the zarr layout only
+    block_pixels: int = runtime(1 << 24)  # memory only
+
+    def __post_init__(self) -> None:
+        require(self.max_side >= 1, "max_side", self.max_side, "a whole number of px >= 1")
+        require(self.downsample is None or self.downsample > 0, "downsample", self.downsample,
+                "a positive number of level-0 px per map px or null")
+        require(self.chunk >= 1, "chunk", self.chunk, "a whole number of px >= 1")
+        require(self.block_pixels >= 1, "block_pixels", self.block_pixels, "a whole number >= 1")
 
 
 def map_downsample(dimensions: tuple[int, int], config: StitchConfig) -> float:
     """D = config.downsample, else the smallest integer >= 1 with max(W, H) / D <= max_side."""
     if config.downsample is not None:
-        if config.downsample <= 0:
-            raise ValueError(f"downsample must be > 0, got {config.downsample}")
         return float(config.downsample)
     return float(max(1, math.ceil(max(dimensions) / config.max_side)))
 

@@ -21,10 +21,11 @@ import zarr
 from tqdm import tqdm
 from tqdm.dask import TqdmCallback
 
+from tiling.errors import require
 from tiling.grid import footprint, patch_grid
 from tiling.slide import BaseSlide, open_slide
 from tiling.store import (PATCHES, atomic_path, config_hash, create_patch_store, file_sha256, is_current,
-                          slide_dir)
+                          runtime, slide_dir)
 from tiling.tissue import tissue_mask
 
 log = logging.getLogger(__name__)
@@ -44,13 +45,16 @@ class TileConfig:
     stride: int | None = None
     min_tissue: float = 0.5
     slide_mpp: float | None = None
-    chunk: int = 64
+    chunk: int = runtime(64)  # the zarr layout only: the patches' values do not change
 
     def __post_init__(self) -> None:
-        if self.mpp <= 0 or self.patch < 1 or (self.stride is not None and self.stride < 1) or self.chunk < 1:
-            raise ValueError(f"invalid tiling config {self}: mpp, patch, stride and chunk must be positive")
-        if not 0 <= self.min_tissue <= 1:
-            raise ValueError(f"min_tissue must be in [0, 1], got {self.min_tissue}")
+        require(self.mpp > 0, "mpp", self.mpp, "a positive number of µm/px")
+        require(self.patch >= 1, "patch", self.patch, "a whole number of px >= 1")
+        require(self.stride is None or self.stride >= 1, "stride", self.stride, "a whole number of px >= 1 or null")
+        require(0 <= self.min_tissue <= 1, "min_tissue", self.min_tissue, "a fraction in [0, 1]")
+        require(self.slide_mpp is None or self.slide_mpp > 0, "slide_mpp", self.slide_mpp,
+                "a positive number of µm/px or null")
+        require(self.chunk >= 1, "chunk", self.chunk, "a whole number of patches >= 1")
 
     @property
     def step(self) -> int:

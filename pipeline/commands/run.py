@@ -17,21 +17,11 @@ EXIT_CODES = """
 \b
 Exit codes:
   0  every slide was audited
+  1  a crash (an unexpected error; -v shows the traceback)
+  2  usage: the command line, the config or the archive must be fixed; nothing ran
   3  completed with failures: some slides failed (OUT/slides/<id>/failure.json,
      listed in the index); the other slides and the index are complete
-  1  usage or config error, or a crash
 """
-
-
-class UsageExitsOne(click.Command):
-    """A command whose malformed command line exits 1 (click's default is 2), as documented."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            exc.exit_code = 1
-            raise
 
 
 def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -43,8 +33,7 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--set", "assignments", multiple=True, metavar="SECTION.KEY=VALUE",
                      help="Override one setting, e.g. --set stitch.max_side=2048 (repeatable)."),
         options.workers,
-        click.option("--methods", default=None, metavar="M1,M2",
-                     help="CAM methods, comma-separated (gradcam, gradcampp, hirescam, cam, ...)."),
+        options.methods(None, "Explanation methods, comma-separated (default: explain.methods of the config)."),
         click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]),
                      help="Where the model runs (default: explain.device of the config, auto)."),
     ]):
@@ -74,7 +63,7 @@ def echo_result(result: RunResult) -> None:
     click.get_current_context().exit(result.exit_code)
 
 
-@click.command(cls=UsageExitsOne, epilog=EXIT_CODES)
+@click.command(epilog=EXIT_CODES)
 @click.argument("archive", type=click.Path(exists=True, path_type=Path))
 @click.option("--model", "model_dir", required=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -88,20 +77,15 @@ def echo_result(result: RunResult) -> None:
 @config_options
 def run(archive: Path, model_dir: Path, out: Path, scheduler: str | None, slide_mpp: float | None,
         only_new: bool, config_file: Path | None, assignments: tuple[str, ...], workers: int | None,
-        methods: str | None, device: str | None) -> None:
+        methods: tuple[str, ...] | None, device: str | None) -> None:
     """Audit every slide of ARCHIVE (a manifest CSV, or a folder of slides with annotations
     beside them): tile -> explain -> stitch -> audit -> report per slide on Dask, then
     OUT/index.html, OUT/audit.csv and the run manifest OUT/run.json. Settings: defaults, then
     --config, then --set, then the other flags. Outputs that are current are kept (resume).
     """
     from pipeline.runner import run_archive
-    from tiling.errors import AuditError
 
-    try:
-        config = build_config(config_file, assignments, {
-            "run.workers": workers, "run.scheduler": scheduler, "explain.methods": methods,
-            "explain.device": device, "tile.slide_mpp": slide_mpp})
-        result = run_archive(archive, model_dir, out, config, only_new)
-    except AuditError as exc:
-        raise click.ClickException(str(exc)) from exc
-    echo_result(result)
+    config = build_config(config_file, assignments, {
+        "run.workers": workers, "run.scheduler": scheduler, "explain.methods": methods,
+        "explain.device": device, "tile.slide_mpp": slide_mpp})
+    echo_result(run_archive(archive, model_dir, out, config, only_new))

@@ -25,13 +25,9 @@ def serve(model_dir: Path, reports: Path | None, host: str, port: int, max_uploa
     """Serve a page where a user uploads an image, picks a class and a method, and sees the
     overlay and the top-5 classes; with --reports, also the audit reports of that folder."""
     from pipeline.server import ServeConfig, serve as run_server
-    from tiling.errors import AuditError
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: listening on {host}: other machines can reach this page and upload images", err=True)
     config = ServeConfig(host=host, port=port, reports=reports, max_upload_mb=max_upload_mb,
                          max_tiles=max_tiles, device=device)
-    try:
-        run_server(model_dir, config)
-    except AuditError as exc:
-        raise click.ClickException(str(exc)) from exc
+    run_server(model_dir, config)

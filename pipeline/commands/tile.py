@@ -18,18 +18,16 @@ from pipeline import options
 @options.slide_mpp
 @click.option("--chunk", default=64, show_default=True, type=click.IntRange(min=1),
               help="Patches per zarr chunk and per Dask block.")
-@click.option("--slide-id", default=None, help="Name of the slide in the store (default: file stem).")
+@click.option("--slide-id", default=None, help="Name of the slide in the store, a folder name (default: file stem).")
 def tile(slide: Path, out: Path, mpp: float, patch: int, stride: int | None, min_tissue: float,
          slide_mpp: float | None, chunk: int, slide_id: str | None) -> None:
     """Tile SLIDE into patches at --mpp, keeping those with enough tissue."""
-    from tiling.errors import AuditError
+    from tiling.archive import check_slide_id
     from tiling.store import open_patch_store
     from tiling.tile import TileConfig, tile_slide
 
-    try:
-        config = TileConfig(mpp, patch, stride, min_tissue, slide_mpp, chunk)
-        store = open_patch_store(tile_slide(slide, out, config, slide_id))
-    except (AuditError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    config = TileConfig(mpp, patch, stride, min_tissue, slide_mpp, chunk)
+    slide_id = check_slide_id(slide_id or slide.stem, "--slide-id" if slide_id else f"{slide} (its stem)")
+    store = open_patch_store(tile_slide(slide, out, config, slide_id))
     click.echo(f"{len(store)} patches of {patch} px at {mpp} µm/px (level {store.attrs['level']}) "
                f"-> {store.path}")

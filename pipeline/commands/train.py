@@ -20,17 +20,14 @@ from pipeline import options
                    "missing (default: a temporary folder).")
 @options.device
 def train(manifest: Path, model_dir: Path, epochs: int | None, seed: int, stores: Path | None, device: str) -> None:
-    """Train on the slides of MANIFEST (CSV: slide_id, path, label) from slide-level labels."""
+    """Train on the labelled slides of MANIFEST (CSV: slide_id, path, label: a class name or index of
+    the model; slides with an empty label are left out) from slide-level labels."""
     from explainers.model_io import read_config
     from explainers.train import TrainConfig
     from explainers.train import train as train_model
-    from tiling.errors import AuditError
 
     config = TrainConfig(seed=seed, device=device, **({} if epochs is None else {"epochs": epochs}))
-    try:
-        path = train_model(manifest, model_dir, config, stores)
-    except AuditError as exc:
-        raise click.ClickException(str(exc)) from exc
+    path = train_model(manifest, model_dir, config, stores)
     metrics = read_config(path).metrics
     click.echo(f"trained on {metrics['slides']} slides ({metrics['patches']} patches), {metrics['epochs']} epochs: "
                f"training slide accuracy {metrics['train_slide_accuracy']:.3f} -> {path}")

@@ -44,11 +44,29 @@ def slide_dir(out: Path, slide_id: str) -> Path:
     return Path(out) / "slides" / slide_id
 
 
+def runtime(default: Any) -> Any:
+    """A config field that decides where or how fast a stage runs, never what it writes: left
+    out of `config_hash`, so changing it keeps the stamp (e.g. `batch: int = runtime(64)`)."""
+    return dataclasses.field(default=default, metadata={"runtime": True})
+
+
+def stamped(value: Any) -> Any:
+    """`value` as plain data for a stamp: dataclasses become dicts without their runtime
+    fields (see `runtime`), recursively through dicts, lists and tuples."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: stamped(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not f.metadata.get("runtime")}
+    if isinstance(value, dict):
+        return {k: stamped(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [stamped(v) for v in value]
+    return value
+
+
 def config_hash(config: Any) -> str:
-    """sha256 (first 16 hex digits) of a dataclass or dict, as canonical JSON."""
-    if dataclasses.is_dataclass(config):
-        config = dataclasses.asdict(config)
-    text = json.dumps(config, sort_keys=True, default=str)
+    """sha256 (first 16 hex digits) of a dataclass or dict without runtime fields (`stamped`),
+    as canonical JSON."""
+    text = json.dumps(stamped(config), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -1,0 +1,50 @@
+"""The command line's one mapping of errors to exit codes, and the shared --methods option."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import tiling.sample
+from pipeline.cli import COMMANDS, main
+from pipeline.errors import EXIT_CRASH, EXIT_SLIDES_FAILED, EXIT_USAGE
+from tiling.errors import ArchiveError, ConfigError, SlideError
+
+
+@pytest.mark.parametrize("exc, code", [
+    (ConfigError("tile.mpp = 0: must be positive"), EXIT_USAGE),
+    (ArchiveError("m.csv line 2: bad label"), EXIT_USAGE),
+    (SlideError("a.svs: cannot read it"), EXIT_SLIDES_FAILED),
+    (ValueError("a bug"), EXIT_CRASH),
+])
+def test_errors_map_to_exit_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, exc: Exception,
+                                  code: int) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise exc
+
+    monkeypatch.setattr(tiling.sample, "write_sample_archive", fail)
+    result = CliRunner().invoke(main, ["sample", str(tmp_path)])
+    assert result.exit_code == code and str(exc) in result.output
+    assert "Traceback" not in result.output
+    if code == EXIT_CRASH:
+        assert "unexpected ValueError" in result.output and "-v" in result.output
+        verbose = CliRunner().invoke(main, ["-v", "sample", str(tmp_path)])
+        assert verbose.exit_code == EXIT_CRASH and "Traceback" in verbose.output
+
+
+def test_usage_errors_exit_2_for_every_command(tmp_path: Path) -> None:
+    for command in COMMANDS:
+        result = CliRunner().invoke(main, [command, "--no-such-option"])
+        assert result.exit_code == EXIT_USAGE, command
+
+
+@pytest.mark.parametrize("command", ["explain", "run", "demo", "explain-image"])
+def test_every_methods_option_checks_against_the_registry(tmp_path: Path, command: str) -> None:
+    args = {"explain": [str(tmp_path), "--model", str(tmp_path)],
+            "run": [str(tmp_path), "--model", str(tmp_path), "--out", str(tmp_path / "o")],
+            "demo": [str(tmp_path / "o")],
+            "explain-image": [str(Path(__file__)), "--model", str(tmp_path)]}[command]
+    result = CliRunner().invoke(main, [command, *args, "--methods", "gradcam,lime"])
+    assert result.exit_code == EXIT_USAGE and "--methods" in result.output and "'lime'" in result.output
+    assert not (tmp_path / "o").exists()

@@ -18,20 +18,17 @@ import sys
 import time
 from pathlib import Path
 
-# bench/tiling.py would hide the `tiling` package: look in the repository root first
-sys.path[0] = str(Path(__file__).resolve().parents[1])
+import numpy as np
+import torch
+from torch import nn
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from explainers.cam import upsample  # noqa: E402
-from explainers.cams import GradCAM, GradCAMpp  # noqa: E402
-from explainers.guided import GuidedBackprop, GuidedGradCAM  # noqa: E402
-from explainers.model_io import ModelConfig, build_model  # noqa: E402
-from explainers.patches import normalise, resize  # noqa: E402
-from explainers.single_image import RegionConfig, cut_tiles, explain_region, to_model_grid  # noqa: E402
-from tiling.slide import open_slide  # noqa: E402
+from explainers.cam import upsample
+from explainers.cams import GradCAM, GradCAMpp
+from explainers.guided import GuidedBackprop, GuidedGradCAM
+from explainers.model_io import ModelConfig, build_model
+from explainers.patches import normalise, resize
+from explainers.single_image import RegionConfig, cut_tiles, explain_region, to_model_grid
+from tiling.slide import open_slide
 
 SLIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "CMU-1-Small-Region.svs"
 CLASSES = ["normal", "lesion", "stroma", "necrosis", "fat", "mucin"]

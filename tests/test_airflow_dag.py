@@ -11,7 +11,7 @@ import re
 import sqlite3
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -61,11 +61,11 @@ def test_slide_ids_agree_with_the_pipeline(tmp_path: Path) -> None:
 
 
 def test_bad_archive_is_named(tmp_path: Path) -> None:
-    with pytest.raises(steps.DagInputError, match="missing.csv does not exist"):
+    with pytest.raises(steps.DagInputError, match=r"missing\.csv does not exist"):
         steps.archive_slide_ids(tmp_path / "missing.csv")
     bad = tmp_path / "bad.csv"
     bad.write_text("slide,file\na,a.svs\n")
-    with pytest.raises(steps.DagInputError, match="bad.csv has no `path` column"):
+    with pytest.raises(steps.DagInputError, match=r"bad\.csv has no `path` column"):
         steps.archive_slide_ids(bad)
 
 
@@ -84,7 +84,7 @@ def _store(out: Path, index: str) -> None:
 def test_publish_snapshots_atomically(tmp_path: Path) -> None:
     out, pub = tmp_path / "out", tmp_path / "pub"
     _store(out, "<html>v1</html>")
-    t = [datetime(2026, 1, d, 2, 0, tzinfo=timezone.utc) for d in (1, 2, 3, 4)]
+    t = [datetime(2026, 1, d, 2, 0, tzinfo=UTC) for d in (1, 2, 3, 4)]
     first = steps.publish(out, pub, keep=2, now=t[0])
     assert first == pub / "2026-01-01T020000Z"
     assert os.readlink(pub / "latest") == first.name

@@ -198,7 +198,7 @@ def test_model_hygiene_after_success_and_after_an_exception(explainer):
         method(torch.randn(2, 5, 16, 16))                           # raised inside the forward pass
     assert hooks_left(net) == 0
     assert net.training and not net.bn.training and net.conv1.training
-    for p, before in zip(net.parameters(), grads_before):
+    for p, before in zip(net.parameters(), grads_before, strict=True):
         assert torch.equal(p.grad, before)
 
 

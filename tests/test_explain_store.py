@@ -2,6 +2,7 @@
 contract, resume, batch invariance, bad input, and the `explain` / `train` commands."""
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -146,11 +147,11 @@ def edit_config(**change):
     return edit
 
 
-@pytest.mark.parametrize("change, message", [
-    (drop_weight, "encoder.block4.0.bias"),
-    (reshape_weight, r"classifier.weight.*\(3, 16\)"),
+@pytest.mark.parametrize(("change", "message"), [
+    (drop_weight, re.escape("encoder.block4.0.bias")),
+    (reshape_weight, r"classifier\.weight.*\(3, 16\)"),
     (edit_config(target_layer="encoder.block5"), "block5"),
-    (edit_config(mpp=1.0), "re-tile the slide with `slideaudit tile --mpp 1 --patch 64`"),
+    (edit_config(mpp=1.0), re.escape("re-tile the slide with `slideaudit tile --mpp 1 --patch 64`")),
 ])
 def test_bad_models_are_model_errors_and_nothing_is_written(slide_dir, model_dir, tmp_path, change, message):
     broken = broken_copy(model_dir, tmp_path / "broken", change)

@@ -66,5 +66,5 @@ def test_split_encoder_refuses_bad_layers(model):
     with pytest.raises(ModelError, match="inside the encoder"):
         split_encoder(model, "classifier")
     model.encoder.block4 = nn.ModuleDict({"conv": nn.Conv2d(16, 16, 1)})
-    with pytest.raises(ModelError, match="not an nn.Sequential"):
+    with pytest.raises(ModelError, match=r"not an nn\.Sequential"):
         split_encoder(model, "encoder.block4.conv")

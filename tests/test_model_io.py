@@ -36,7 +36,7 @@ def test_round_trip(saved):
     assert config == CONFIG and not loaded.training
     raw = json.loads((model_dir / "config.json").read_text())
     assert raw["target_layer"] == "encoder.block4" and raw["mpp"] * raw["patch"] == pytest.approx(112)
-    for got, expected in zip(outputs(loaded), outputs(model)):
+    for got, expected in zip(outputs(loaded), outputs(model), strict=True):
         torch.testing.assert_close(got, expected)
     assert len(model_sha256(model_dir)) == 64
 
@@ -46,7 +46,7 @@ def test_build_is_seeded_and_leaves_the_global_rng_alone():
     before = torch.random.get_rng_state()
     a, b = build_model(CONFIG), build_model(CONFIG)
     assert torch.equal(torch.random.get_rng_state(), before)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 def test_torchscript_and_weights_only_state_dicts_are_accepted(saved, tmp_path):
@@ -54,11 +54,11 @@ def test_torchscript_and_weights_only_state_dicts_are_accepted(saved, tmp_path):
     state = load_file(str(model_dir / "model.safetensors"))
     (model_dir / "model.safetensors").unlink()
     torch.jit.script(model).save(str(model_dir / "model.ts"))
-    for got, expected in zip(outputs(load_model(model_dir)[0]), outputs(model)):
+    for got, expected in zip(outputs(load_model(model_dir)[0]), outputs(model), strict=True):
         torch.testing.assert_close(got, expected)
     (model_dir / "model.ts").unlink()
     torch.save(state, model_dir / "model.pt")
-    for got, expected in zip(outputs(load_model(model_dir)[0]), outputs(model)):
+    for got, expected in zip(outputs(load_model(model_dir)[0]), outputs(model), strict=True):
         torch.testing.assert_close(got, expected)
 
 
@@ -77,7 +77,7 @@ def test_a_pickle_with_code_is_refused_unrun(saved, tmp_path):
     (model_dir / "model.safetensors").unlink()
     marker = tmp_path / "pwned"
     torch.save({"payload": Payload(marker)}, model_dir / "model.pt")
-    with pytest.raises(ModelError, match="model.pt"):
+    with pytest.raises(ModelError, match=r"model\.pt"):
         load_model(model_dir)
     assert not marker.exists()
 
@@ -87,7 +87,7 @@ def test_missing_weight_is_a_model_error(saved):
     state = load_file(str(model_dir / "model.safetensors"))
     del state["classifier.weight"]
     save_file(state, str(model_dir / "model.safetensors"))
-    with pytest.raises(ModelError, match="classifier.weight"):
+    with pytest.raises(ModelError, match=r"classifier\.weight"):
         load_model(model_dir)
 
 
@@ -100,7 +100,7 @@ def test_wrongly_shaped_weight_is_a_model_error(saved):
         load_model(model_dir)
 
 
-@pytest.mark.parametrize("change, message", [
+@pytest.mark.parametrize(("change", "message"), [
     ({"target_layer": "encoder.block7"}, "block7"),
     ({"encoder": "resnet999"}, "unknown encoder"),
     ({"head": "tanh"}, "head"),
@@ -125,7 +125,7 @@ def test_missing_files_are_model_errors(saved, tmp_path):
     with pytest.raises(ModelError, match="not a valid model config"):
         load_model(model_dir)
     (model_dir / "config.json").unlink()
-    with pytest.raises(ModelError, match="config.json: not found"):
+    with pytest.raises(ModelError, match=r"config\.json: not found"):
         load_model(model_dir)
 
 
@@ -152,7 +152,7 @@ def test_a_registered_encoder_round_trips(tmp_path):
         del ENCODERS["test_tiny"]
 
 
-@pytest.mark.parametrize("encoder, kwargs, layer", [
+@pytest.mark.parametrize(("encoder", "kwargs", "layer"), [
     ("monai_resnet", {"variant": "resnet10"}, "encoder.layer4"),
     ("monai_densenet", {"variant": "DenseNet", "init_features": 8, "growth_rate": 4, "block_config": (2, 2)},
      "encoder.features.norm5"),

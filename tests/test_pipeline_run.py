@@ -147,24 +147,23 @@ def test_only_new_audits_missing_slides_and_indexes_all(
 def dask_cluster(tmp_path: Path) -> Iterator[str]:
     """A `dask scheduler` and `dask worker` (2 processes, 1 thread each) on loopback."""
     info = tmp_path / "scheduler.json"
-    logs = open(tmp_path / "dask.log", "w")
-    procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--no-dashboard", "--scheduler-file", info], stdout=logs, stderr=logs)]
-    try:
-        deadline = time.monotonic() + 60
-        while not info.is_file() or not info.read_text().strip():
-            assert time.monotonic() < deadline and procs[0].poll() is None, "dask scheduler did not start"
-            time.sleep(0.2)
-        address = json.loads(info.read_text())["address"]
-        procs.append(subprocess.Popen([DASK, "worker", address, "--nworkers", "2", "--nthreads", "1",
-                                       "--no-dashboard", "--local-directory", tmp_path / "worker"],
-                                      stdout=logs, stderr=logs, cwd=tmp_path))
-        yield address
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            proc.wait(timeout=60)
-        logs.close()
+    with open(tmp_path / "dask.log", "w") as logs:
+        procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                                   "--no-dashboard", "--scheduler-file", info], stdout=logs, stderr=logs)]
+        try:
+            deadline = time.monotonic() + 60
+            while not info.is_file() or not info.read_text().strip():
+                assert time.monotonic() < deadline and procs[0].poll() is None, "dask scheduler did not start"
+                time.sleep(0.2)
+            address = json.loads(info.read_text())["address"]
+            procs.append(subprocess.Popen([DASK, "worker", address, "--nworkers", "2", "--nthreads", "1",
+                                           "--no-dashboard", "--local-directory", tmp_path / "worker"],
+                                          stdout=logs, stderr=logs, cwd=tmp_path))
+            yield address
+        finally:
+            for proc in reversed(procs):
+                proc.terminate()
+                proc.wait(timeout=60)
 
 
 def test_external_scheduler(workspace: Workspace, reference: RunResult, dask_cluster: str,

@@ -16,8 +16,8 @@ import zarr
 from click.testing import CliRunner
 
 from fake_stores import EVIL, build_archive, make_slide_case, real_slide
-from reports.audit import AuditConfig, audit_slide, load_audit
 from pipeline.cli import main
+from reports.audit import AuditConfig, audit_slide, load_audit
 from reports.html import render_index, render_slide_report
 from tiling.stitch import StitchConfig, stitch_slide
 from tiling.store import AUDIT, file_sha256

@@ -191,6 +191,8 @@ def _add_broken_slide(manifest: Path) -> Path:
     return more
 
 
+@pytest.mark.airflow
+@pytest.mark.slow
 def test_dag_audits_new_slides_and_publishes(airflow_env: dict[str, str], tmp_path: Path) -> None:
     archive, model, out, pub = (tmp_path / n for n in ("archive", "model", "out", "pub"))
     _slideaudit("sample", str(archive), "--slides", "2", "--seed", "3", "--size", "2048")

@@ -9,6 +9,8 @@ from playwright.sync_api import Page, sync_playwright
 from fake_stores import EVIL, build_archive
 
 CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.browser
+
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 

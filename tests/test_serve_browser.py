@@ -19,6 +19,8 @@ from conftest import shared_file
 from explainers.model_io import ModelConfig, build_model, save_model
 from tiling.slide import open_slide
 
+pytestmark = pytest.mark.browser
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -1,7 +1,7 @@
 """`slideaudit run` end to end on real sample slides, a real trained model and real Dask clusters.
 
 One reference run (LocalCluster, 2 worker processes) is shared; the other tests copy its OUT or
-run afresh and compare their audit.csv with its, byte for byte.
+run afresh and compare their audit.csv with its, byte for byte. All but the usage test are `slow`.
 """
 from __future__ import annotations
 
@@ -82,6 +82,7 @@ def copy_of(reference: RunResult, dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_local_cluster_run(workspace: Workspace, reference: RunResult) -> None:
     out = reference.out
     assert reference.exit_code == 0 and not reference.failed and not reference.skipped
@@ -106,6 +107,7 @@ def test_local_cluster_run(workspace: Workspace, reference: RunResult) -> None:
     assert workspace.archive_unchanged()
 
 
+@pytest.mark.slow
 def test_rerun_skips_and_a_changed_setting_recomputes_only_what_follows(
         workspace: Workspace, reference: RunResult, tmp_path: Path) -> None:
     out = copy_of(reference, tmp_path / "out")
@@ -126,6 +128,7 @@ def test_rerun_skips_and_a_changed_setting_recomputes_only_what_follows(
     assert workspace.archive_unchanged()
 
 
+@pytest.mark.slow
 def test_only_new_audits_missing_slides_and_indexes_all(
         workspace: Workspace, reference: RunResult, tmp_path: Path) -> None:
     out = copy_of(reference, tmp_path / "out")
@@ -166,6 +169,7 @@ def dask_cluster(tmp_path: Path) -> Iterator[str]:
                 proc.wait(timeout=60)
 
 
+@pytest.mark.slow
 def test_external_scheduler(workspace: Workspace, reference: RunResult, dask_cluster: str,
                             tmp_path: Path) -> None:
     out = tmp_path / "out"
@@ -183,6 +187,7 @@ def test_external_scheduler(workspace: Workspace, reference: RunResult, dask_clu
     assert workspace.archive_unchanged()
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_gives_the_same_audit(workspace: Workspace, reference: RunResult,
                                                  tmp_path: Path) -> None:
     out = tmp_path / "out"
@@ -216,6 +221,7 @@ def _tamper_attention(slide: Path) -> None:
     array[:] = np.asarray(array[:]) * 2
 
 
+@pytest.mark.slow
 def test_failures_are_recorded_per_slide(workspace: Workspace, reference: RunResult,
                                          tmp_path: Path) -> None:
     out = copy_of(reference, tmp_path / "out")
@@ -270,9 +276,12 @@ def test_failures_are_recorded_per_slide(workspace: Workspace, reference: RunRes
     assert workspace.archive_unchanged()
 
 
-def test_bad_usage_and_config_exit_1(workspace: Workspace, tmp_path: Path) -> None:
+def test_bad_usage_and_config_exit_1(sample_archive: Path, tmp_path: Path) -> None:
+    from explainers.model_io import ModelConfig, build_model, save_model
+
+    model = save_model(build_model(ModelConfig()), ModelConfig(), tmp_path / "model")   # untrained: never run
     runner = CliRunner()
-    base = [str(workspace.manifest), "--model", str(workspace.model), "--out", str(tmp_path / "o")]
+    base = [str(sample_archive), "--model", str(model), "--out", str(tmp_path / "o")]
     missing_out = runner.invoke(run, base[:3])
     assert missing_out.exit_code == 1 and "--out" in missing_out.output
     bad_set = runner.invoke(run, [*base, "--set", "stitch.max_sides=3"])

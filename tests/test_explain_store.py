@@ -195,7 +195,8 @@ def test_explain_command(slide_dir, model_dir, tmp_path):
     assert result.exit_code == 2 and "lime" in result.output
 
 
-def test_train_command_and_manifest_errors(sample_archive, tmp_path):
+def test_train_command_and_manifest_errors(sample_archive, sample_stores, tmp_path):
+    shutil.copytree(sample_stores, tmp_path / "stores")       # tiled already: training reads them
     runner = CliRunner()
     result = runner.invoke(main, ["train", str(sample_archive), "--out", str(tmp_path / "model"),
                                   "--epochs", "1", "--seed", "3", "--stores", str(tmp_path / "stores")])
@@ -216,7 +217,8 @@ def test_train_command_and_manifest_errors(sample_archive, tmp_path):
         train(bad, tmp_path / "m3", TrainConfig(epochs=1))
 
 
-def test_a_sigmoid_head_trains_on_named_labels_and_explains(sample_archive, tmp_path):
+def test_a_sigmoid_head_trains_on_named_labels_and_explains(sample_archive, sample_stores, tmp_path):
+    shutil.copytree(sample_stores, tmp_path / "out")
     rows = read_manifest(sample_archive)
     rows["label"] = ["lesion;ink" if label == "1" else "" for label in rows["label"]]
     manifest = tmp_path / "multi.csv"

@@ -59,13 +59,13 @@ def run_json(out: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def workspace(sample_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+def workspace(sample_archive: Path, sample_stores: Path, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """A small model trained on the 4 sample slides, and the run's config file."""
     from explainers.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("pipeline")
     hashes = tree_hashes(sample_archive.parent)
-    train(sample_archive, root / "model", TrainConfig(epochs=2, bag_size=32), stores=root / "train")
+    train(sample_archive, root / "model", TrainConfig(epochs=2, bag_size=32), stores=sample_stores)
     (root / "config.yaml").write_text(CONFIG)
     return Workspace(root, sample_archive, root / "model", root / "config.yaml", hashes)
 

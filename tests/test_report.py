@@ -15,7 +15,7 @@ import pytest
 import zarr
 from click.testing import CliRunner
 
-from fake_stores import EVIL, build_archive, make_slide_case, real_slide
+from fake_stores import EVIL, make_slide_case, real_slide
 from pipeline.cli import main
 from reports.audit import AuditConfig, audit_slide, load_audit
 from reports.html import render_index, render_slide_report
@@ -23,9 +23,9 @@ from tiling.stitch import StitchConfig, stitch_slide
 from tiling.store import AUDIT, file_sha256
 
 
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory) -> dict[str, Path]:
-    return build_archive(tmp_path_factory.mktemp("archive"))
+@pytest.fixture
+def archive(report_archive: dict[str, Path]) -> dict[str, Path]:
+    return report_archive
 
 
 def sources(html: str, attribute: str) -> list[str]:

@@ -119,6 +119,7 @@ def test_rerun_skips_and_a_changed_config_recomputes(sample_archive: Path, tmp_p
     assert sorted(p.name for p in store.parent.iterdir()) == [PATCHES]      # no temporaries left
 
 
+@pytest.mark.slow
 def test_distributed_client_writes_the_same_store_and_cleans_up_failures(
         tile_sample: Callable[..., Path], sample_archive: Path, tmp_path: Path) -> None:
     from distributed import Client, LocalCluster

@@ -1,7 +1,9 @@
 """`slideaudit run` end to end on real sample slides, a real trained model and real Dask clusters.
 
 One reference run (LocalCluster, 2 worker processes) is shared; the other tests copy its OUT or
-run afresh and compare their audit.csv with its, byte for byte. All but the usage test are `slow`.
+run afresh and compare their audit.csv with its, byte for byte. The reruns on a copy use one
+shared LocalCluster through `run.scheduler` (starting a cluster costs more than a rerun). All but
+the usage test are `slow`.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from click.testing import CliRunner
 
 from conftest import manifest_rows
 from pipeline.commands.run import run
-from pipeline.config import load_config
+from pipeline.config import PipelineConfig, load_config
 from pipeline.runner import RunResult, run_archive
 from tiling.store import file_sha256
 
@@ -77,6 +79,21 @@ def reference(workspace: Workspace) -> RunResult:
                        load_config(workspace.config))
 
 
+@pytest.fixture(scope="module")
+def shared_cluster() -> Iterator[str]:
+    """The scheduler address of a LocalCluster of 2 worker processes (1 thread each), kept for the module."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}) as cluster:
+        yield cluster.scheduler_address
+
+
+def config_on(workspace: Workspace, cluster: str, **settings: object) -> PipelineConfig:
+    """The run's config, with `settings` changed, on the shared cluster (not part of its hash)."""
+    return load_config(workspace.config, {**settings, "run.scheduler": cluster})
+
+
 def copy_of(reference: RunResult, dest: Path) -> Path:
     shutil.copytree(reference.out, dest)
     return dest
@@ -109,16 +126,16 @@ def test_local_cluster_run(workspace: Workspace, reference: RunResult) -> None:
 
 @pytest.mark.slow
 def test_rerun_skips_and_a_changed_setting_recomputes_only_what_follows(
-        workspace: Workspace, reference: RunResult, tmp_path: Path) -> None:
+        workspace: Workspace, reference: RunResult, shared_cluster: str, tmp_path: Path) -> None:
     out = copy_of(reference, tmp_path / "out")
-    again = run_archive(workspace.manifest, workspace.model, out, load_config(workspace.config))
+    again = run_archive(workspace.manifest, workspace.model, out, config_on(workspace, shared_cluster))
     assert again.exit_code == 0
     for state in again.states:
         assert [state.stages[s] for s in ("tile", "explain", "stitch", "audit")] == ["current"] * 4
     assert (out / "audit.csv").read_bytes() == (reference.out / "audit.csv").read_bytes()
 
     changed = run_archive(workspace.manifest, workspace.model, out,
-                          load_config(workspace.config, {"stitch.max_side": 384}))
+                          config_on(workspace, shared_cluster, **{"stitch.max_side": 384}))
     for state in changed.states:
         assert state.stages["tile"] == state.stages["explain"] == "current"
         assert state.stages["stitch"] == state.stages["audit"] == "computed"
@@ -130,12 +147,12 @@ def test_rerun_skips_and_a_changed_setting_recomputes_only_what_follows(
 
 @pytest.mark.slow
 def test_only_new_audits_missing_slides_and_indexes_all(
-        workspace: Workspace, reference: RunResult, tmp_path: Path) -> None:
+        workspace: Workspace, reference: RunResult, shared_cluster: str, tmp_path: Path) -> None:
     out = copy_of(reference, tmp_path / "out")
     for name in ("audit.json", "report.html"):
         (out / "slides" / "sample_003" / name).unlink()
     (out / "index.html").unlink()
-    result = run_archive(workspace.manifest, workspace.model, out, load_config(workspace.config),
+    result = run_archive(workspace.manifest, workspace.model, out, config_on(workspace, shared_cluster),
                          only_new=True)
     assert result.skipped == ["sample_000", "sample_001", "sample_002"]
     assert [s.record.slide_id for s in result.states] == ["sample_003"]
@@ -222,7 +239,7 @@ def _tamper_attention(slide: Path) -> None:
 
 
 @pytest.mark.slow
-def test_failures_are_recorded_per_slide(workspace: Workspace, reference: RunResult,
+def test_failures_are_recorded_per_slide(workspace: Workspace, reference: RunResult, shared_cluster: str,
                                          tmp_path: Path) -> None:
     out = copy_of(reference, tmp_path / "out")
     rows = manifest_rows(workspace.manifest)
@@ -243,7 +260,7 @@ def test_failures_are_recorded_per_slide(workspace: Workspace, reference: RunRes
             for name in ("maps.zarr", "audit.json")}
 
     result = CliRunner().invoke(run, [str(manifest), "--model", str(workspace.model), "--out", str(out),
-                                      "--config", str(workspace.config)])
+                                      "--config", str(workspace.config), "--scheduler", shared_cluster])
     assert result.exit_code == 3, result.output
     assert "4 done" not in result.output and "2 done, 4 failed" in result.output
     expected = {"corrupt": ("tile", "SlideError"), "sample_002": ("stitch", "AnnotationError"),
@@ -268,7 +285,7 @@ def test_failures_are_recorded_per_slide(workspace: Workspace, reference: RunRes
     shutil.copytree(reference.out / "slides" / "sample_001" / "explain.zarr",
                     out / "slides" / "sample_001" / "explain.zarr")
     (out / "slides" / "sample_001" / "audit.json").unlink()
-    fixed = run_archive(workspace.manifest, workspace.model, out, load_config(workspace.config))
+    fixed = run_archive(workspace.manifest, workspace.model, out, config_on(workspace, shared_cluster))
     assert fixed.exit_code == 0
     for sid in ("sample_001", "sample_002"):
         assert not (out / "slides" / sid / "failure.json").exists()

@@ -4,7 +4,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo-out
 
-.PHONY: install system-deps demo test bench
+.PHONY: install system-deps demo lint test test-fast bench
 
 install: $(STAMP)
 
@@ -30,8 +30,19 @@ airflow: .venv-airflow/.installed
 demo: install
 	$(BIN)/slideaudit demo $(DEMO)
 
-test: install system-deps airflow
+# Static checks: ruff on the whole tree, mypy on the four packages (settings in pyproject.toml).
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy tiling explainers reports pipeline
+
+# Everything: lint, then every test tier (browser tests need chromium, the DAG test .venv-airflow).
+test: install system-deps airflow lint
 	$(BIN)/python -m pytest
+
+# The quick tier (< 3 min on 2 cores): no slow, browser or Airflow tests, no extra setup.
+FAST := not slow and not browser and not airflow
+test-fast: install
+	$(BIN)/python -m pytest -m "$(FAST)"
 
 bench: install
 	for b in bench/*.py; do $(BIN)/python $$b; done

@@ -9,18 +9,13 @@ same run, is the baseline: a ratio near 1 is as fast as it gets.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-# bench/tiling.py would hide the `tiling` package: look in the repository root first
-sys.path[0] = str(Path(__file__).resolve().parents[1])
+import numpy as np
+from scipy import ndimage
 
-import numpy as np  # noqa: E402
-from scipy import ndimage  # noqa: E402
-
-from reports import metrics as M  # noqa: E402
-from reports.agreement import agreement  # noqa: E402
+from reports import metrics as M
+from reports.agreement import agreement
 
 
 def best(fn, repeats: int) -> float:

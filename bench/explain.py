@@ -21,28 +21,22 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-# run as a script, this file's folder comes first on sys.path and bench/tiling.py would hide
-# the `tiling` package: look in the repository root instead
-sys.path[0] = str(Path(__file__).resolve().parents[1])
+import torch
+from captum.attr import LayerGradCam
+from torch import nn
 
-import torch  # noqa: E402
-from captum.attr import LayerGradCam  # noqa: E402
-from torch import nn  # noqa: E402
-
-from explainers.explain import ExplainConfig, explain_store, resolve_device  # noqa: E402
-from explainers.model_io import ModelConfig, build_model, load_model, save_model  # noqa: E402
-from explainers.patches import PatchReader  # noqa: E402
-from explainers.engine import BagExplainer, frozen, instance_target, slide_target  # noqa: E402
-from tiling.sample import write_sample_archive  # noqa: E402
-from tiling.store import EXPLAIN, open_patch_store  # noqa: E402
-from tiling.tile import TileConfig, tile_slide  # noqa: E402
-
+from explainers.explain import ExplainConfig, explain_store, resolve_device
+from explainers.model_io import ModelConfig, build_model, load_model, save_model
+from explainers.patches import PatchReader
+from explainers.engine import BagExplainer, frozen, instance_target, slide_target
+from tiling.sample import write_sample_archive
+from tiling.store import EXPLAIN, open_patch_store
+from tiling.tile import TileConfig, tile_slide
 
 Batches = list[tuple[int, int, torch.Tensor]]
 
@@ -51,7 +45,7 @@ def floor(model, batches: Batches) -> None:
     """(a) encoder + MIL head forward with autograd on, nothing else."""
     with torch.enable_grad():
         h = torch.cat([model.encoder(x) for _, _, x in batches])
-        logits, attention = model.pool(h)
+        logits, _ = model.pool(h)
     _sync(logits)
 
 
@@ -63,7 +57,7 @@ def explain(model, batches: Batches, layer: str) -> None:
         logits, attention = model.pool(bag.h)
     cls = int(logits.argmax())
     for target in (slide_target(model, bag.h, cls), instance_target(model, bag.h, cls)):
-        for _, _, maps in explainer.maps(bag, target, batches[0][1]):
+        for _ in explainer.maps(bag, target, batches[0][1]):
             pass
     _sync(attention)
 
@@ -71,7 +65,7 @@ def explain(model, batches: Batches, layer: str) -> None:
 def captum(model, batches: Batches, layer: str) -> None:
     """(c) a separate A-MIL forward for attention + captum LayerGradCam (instance target)."""
     with torch.no_grad():
-        logits, attention = model.pool(torch.cat([model.encoder(x) for _, _, x in batches]))
+        logits, _ = model.pool(torch.cat([model.encoder(x) for _, _, x in batches]))
     cls = int(logits.argmax())
     gradcam = LayerGradCam(nn.Sequential(model.encoder, model.classifier), model.get_submodule(layer))
     for _, _, x in batches:

@@ -18,15 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-# bench/tiling.py would hide the `tiling` package: look in the repository root first
-sys.path[0] = str(Path(__file__).resolve().parents[1])
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from explainers.model_io import ModelConfig, build_model  # noqa: E402
-from explainers.single_image import RegionConfig, explain_region  # noqa: E402
-from tiling.slide import open_slide  # noqa: E402
+from explainers.model_io import ModelConfig, build_model
+from explainers.single_image import RegionConfig, explain_region
+from tiling.slide import open_slide
 
 SLIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "CMU-1-Small-Region.svs"
 CLASSES = ["normal", "lesion", "stroma", "necrosis", "fat", "mucin"]

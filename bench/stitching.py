@@ -10,17 +10,12 @@ implementation. Prints both times, their ratio and the largest difference betwee
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-# bench/tiling.py would hide the `tiling` package: look in the repository root first
-sys.path[0] = str(Path(__file__).resolve().parents[1])
+import numpy as np
+from skimage.transform import resize
 
-import numpy as np  # noqa: E402
-from skimage.transform import resize  # noqa: E402
-
-from tiling.stitch import PatchGrid, StitchConfig, map_downsample, map_shape  # noqa: E402
+from tiling.stitch import PatchGrid, StitchConfig, map_downsample, map_shape
 
 
 def baseline(grid: PatchGrid, cams: np.ndarray) -> np.ndarray:

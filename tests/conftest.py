@@ -4,6 +4,10 @@
 at 0.5 µm/px); slides 0 and 2 are positive. `tile_sample(index=0, config=TileConfig())` tiles
 slide `index` with `config` and returns its patches.zarr (one store folder per config, so
 different configs never overwrite each other; a repeated call is skipped by the stamp).
+`sample_stores`: the OUT folder holding all 4 sample slides tiled with TileConfig()
+(slides/<id>/patches.zarr), e.g. as `train(..., stores=)` so training tiles nothing.
+`report_archive`: fake_stores.build_archive, stitched, audited and reported once per session.
+Session fixtures are shared: tests copy them before writing into them.
 """
 from __future__ import annotations
 
@@ -58,3 +62,18 @@ def tile_sample(sample_archive: Path, tmp_path_factory: pytest.TempPathFactory) 
         return tile_slide(Path(row["path"]), stores / config_hash(config), config, slide_id=row["slide_id"])
 
     return tile
+
+
+@pytest.fixture(scope="session")
+def sample_stores(sample_archive: Path, tile_sample: Callable[..., Path]) -> Path:
+    """OUT folder with slides/<id>/patches.zarr of every sample slide (TileConfig()); read-only."""
+    stores = [tile_sample(i) for i in range(len(manifest_rows(sample_archive)))]
+    return stores[0].parents[2]
+
+
+@pytest.fixture(scope="session")
+def report_archive(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """fake_stores.build_archive: "positive", "evil", "broken" slide folders, "index", "csv"; read-only."""
+    from fake_stores import build_archive
+
+    return build_archive(tmp_path_factory.mktemp("archive"))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from conftest import shared_file
 
+from conftest import shared_file
 from tiling.slide import open_slide
 from tiling.store import EXPLAIN, FAILURE, PATCHES, config_hash
 from tiling.store.explain import ExplainWriter

@@ -11,7 +11,7 @@ import re
 import sqlite3
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -86,7 +86,7 @@ def _store(out: Path, index: str) -> None:
 def test_publish_snapshots_atomically(tmp_path: Path) -> None:
     out, pub = tmp_path / "out", tmp_path / "pub"
     _store(out, "<html>v1</html>")
-    t = [datetime(2026, 1, d, 2, 0, tzinfo=timezone.utc) for d in (1, 2, 3, 4)]
+    t = [datetime(2026, 1, d, 2, 0, tzinfo=UTC) for d in (1, 2, 3, 4)]
     first = steps.publish(out, pub, keep=2, now=t[0])
     assert first == pub / "2026-01-01T020000Z"
     assert os.readlink(pub / "latest") == first.name
@@ -193,6 +193,8 @@ def _add_broken_slide(manifest: Path) -> Path:
     return more
 
 
+@pytest.mark.airflow
+@pytest.mark.slow
 def test_dag_audits_new_slides_and_publishes(airflow_env: dict[str, str], tmp_path: Path) -> None:
     archive, model, out, pub = (tmp_path / n for n in ("archive", "model", "out", "pub"))
     _slideaudit("sample", str(archive), "--slides", "2", "--seed", "3", "--size", "2048")

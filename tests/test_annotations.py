@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,7 @@ def test_geojson_class_rule(tmp_path: Path) -> None:
     assert all(len(lesion.holes) == 1 for lesion in lesions)       # the exclusion overlaps both
 
 
-@pytest.mark.parametrize("name, text, problem", [
+@pytest.mark.parametrize(("name", "text", "problem"), [
     ("broken.geojson", json.dumps(feature([[0, 0], [10, 10], [0, 0]])), "at least 3 distinct vertices"),
     ("gap.geojson", json.dumps(feature([[0, 0], [10], [10, 10], [0, 0]])), "coordinate pairs"),
     ("word.json", json.dumps(feature([[0, 0], ["a", 1], [10, 10], [0, 0]])), "not a number"),
@@ -129,7 +130,7 @@ def test_geojson_class_rule(tmp_path: Path) -> None:
 def test_malformed_files_raise_annotation_error(tmp_path: Path, name: str, text: str, problem: str) -> None:
     path = tmp_path / name
     path.write_text(text)
-    with pytest.raises(AnnotationError, match=rf"{name.replace('.', '[.]')}: .*{problem}"):
+    with pytest.raises(AnnotationError, match=rf"{re.escape(name)}: .*{re.escape(problem)}"):
         read_annotations(path)
 
 

@@ -3,6 +3,7 @@ contract, resume, batch invariance, bad input, and the `explain` / `train` comma
 import csv
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -175,11 +176,11 @@ def edit_config(**change):
     return edit
 
 
-@pytest.mark.parametrize("change, message", [
-    (drop_weight, "encoder.block4.0.bias"),
-    (reshape_weight, r"classifier.weight.*\(3, 16\)"),
+@pytest.mark.parametrize(("change", "message"), [
+    (drop_weight, re.escape("encoder.block4.0.bias")),
+    (reshape_weight, r"classifier\.weight.*\(3, 16\)"),
     (edit_config(target_layer="encoder.block5"), "block5"),
-    (edit_config(mpp=1.0), "re-tile the slide with `slideaudit tile --mpp 1 --patch 64`"),
+    (edit_config(mpp=1.0), re.escape("re-tile the slide with `slideaudit tile --mpp 1 --patch 64`")),
 ])
 def test_bad_models_are_model_errors_and_nothing_is_written(slide_dir, model_dir, tmp_path, change, message):
     broken = broken_copy(model_dir, tmp_path / "broken", change)
@@ -223,7 +224,8 @@ def test_explain_command(slide_dir, model_dir, tmp_path):
     assert result.exit_code == 2 and "lime" in result.output
 
 
-def test_train_command_and_manifest_errors(sample_archive, tmp_path):
+def test_train_command_and_manifest_errors(sample_archive, sample_stores, tmp_path):
+    shutil.copytree(sample_stores, tmp_path / "stores")       # tiled already: training reads them
     runner = CliRunner()
     result = runner.invoke(main, ["train", str(sample_archive), "--out", str(tmp_path / "model"),
                                   "--epochs", "1", "--seed", "3", "--stores", str(tmp_path / "stores")])
@@ -253,7 +255,8 @@ def write_rows(manifest: Path, rows: list[dict[str, str]]) -> None:
         writer.writerows(rows)
 
 
-def test_a_sigmoid_head_trains_on_named_labels_and_explains(sample_archive, tmp_path):
+def test_a_sigmoid_head_trains_on_named_labels_and_explains(sample_archive, sample_stores, tmp_path):
+    shutil.copytree(sample_stores, tmp_path / "out")
     rows = manifest_rows(sample_archive)
     for row in rows:  # ';' alone: none of the classes
         row["label"] = "lesion;ink" if row["label"] == "1" else ";"

@@ -10,8 +10,14 @@ from PIL import Image
 
 from explainers.errors import ModelError
 from explainers.feature_views import activation_views, filter_grid, first_conv
-from explainers.impressions import (INDEX, ImpressionConfig, class_impression, patch_logits,
-                                    render_impressions, total_variation)
+from explainers.impressions import (
+    INDEX,
+    ImpressionConfig,
+    class_impression,
+    patch_logits,
+    render_impressions,
+    total_variation,
+)
 from explainers.model_io import ModelConfig, build_model, save_model
 
 CLASSES = ["eosin", "haematoxylin", "ink"]
@@ -82,8 +88,9 @@ def test_impression_raises_its_class_logit_above_start_and_other_classes(fitted,
 
 def test_total_variation_prior_smooths_the_impression(fitted):
     model, config = fitted
-    rough, default, strong = (class_impression(model, config, "haematoxylin", ImpressionConfig(steps=100, tv_weight=w, seed=3))
-                              for w in (0.0, ImpressionConfig().tv_weight, 30.0))
+    rough, default, strong = (
+        class_impression(model, config, "haematoxylin", ImpressionConfig(steps=100, tv_weight=w, seed=3))
+        for w in (0.0, ImpressionConfig().tv_weight, 30.0))
     assert tv(default.image) < tv(rough.image)
     assert tv(strong.image) < 0.5 * tv(rough.image)
     assert strong.logits_end.argmax() == CLASSES.index("haematoxylin")   # still the class, only smoother
@@ -148,7 +155,7 @@ def test_filter_grid_shows_each_first_layer_filter(fitted):
     conv = first_conv(model)
     weight = conv.weight.detach().numpy()
     grid = filter_grid(model, scale=4, gap=1)
-    out, _, kh, kw = weight.shape                                   # 8 filters: 3 columns, 3 rows
+    _, _, kh, kw = weight.shape                                     # 8 filters: 3 columns, 3 rows
     assert grid.shape == (3 * (4 * kh + 1) + 1, 3 * (4 * kw + 1) + 1, 3)
     peak = np.abs(weight).max()
     expected = np.round((0.5 + weight[4].transpose(1, 2, 0) / (2 * peak)) * 255)

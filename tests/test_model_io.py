@@ -35,7 +35,7 @@ def test_round_trip(saved):
     assert config == CONFIG and not loaded.training
     raw = json.loads((model_dir / "config.json").read_text())
     assert raw["target_layer"] == "encoder.block4" and raw["mpp"] * raw["patch"] == pytest.approx(112)
-    for got, expected in zip(outputs(loaded), outputs(model)):
+    for got, expected in zip(outputs(loaded), outputs(model), strict=True):
         torch.testing.assert_close(got, expected)
     assert len(model_sha256(model_dir)) == 64
 
@@ -45,7 +45,7 @@ def test_build_is_seeded_and_leaves_the_global_rng_alone():
     before = torch.random.get_rng_state()
     a, b = build_model(CONFIG), build_model(CONFIG)
     assert torch.equal(torch.random.get_rng_state(), before)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 def test_state_dicts_are_accepted_and_torchscript_is_never_run(saved, tmp_path):
@@ -79,7 +79,7 @@ def test_a_pickle_with_code_is_refused_unrun(saved, tmp_path):
     (model_dir / "model.safetensors").unlink()
     marker = tmp_path / "pwned"
     torch.save({"payload": Payload(marker)}, model_dir / "model.pt")
-    with pytest.raises(ModelError, match="model.pt") as info:
+    with pytest.raises(ModelError, match=r"model\.pt") as info:
         load_model(model_dir)
     assert not marker.exists()
     assert "weights_only" not in str(info.value)
@@ -90,7 +90,7 @@ def test_missing_weight_is_a_model_error(saved):
     state = load_file(str(model_dir / "model.safetensors"))
     del state["classifier.weight"]
     save_file(state, str(model_dir / "model.safetensors"))
-    with pytest.raises(ModelError, match="classifier.weight"):
+    with pytest.raises(ModelError, match=r"classifier\.weight"):
         load_model(model_dir)
 
 
@@ -103,7 +103,7 @@ def test_wrongly_shaped_weight_is_a_model_error(saved):
         load_model(model_dir)
 
 
-@pytest.mark.parametrize("change, message", [
+@pytest.mark.parametrize(("change", "message"), [
     ({"target_layer": "encoder.block7"}, "block7"),
     ({"encoder": "resnet999"}, "unknown encoder"),
     ({"head": "tanh"}, "head"),
@@ -128,7 +128,7 @@ def test_missing_files_are_model_errors(saved, tmp_path):
     with pytest.raises(ModelError, match="not a valid model config"):
         load_model(model_dir)
     (model_dir / "config.json").unlink()
-    with pytest.raises(ModelError, match="config.json: not found"):
+    with pytest.raises(ModelError, match=r"config\.json: not found"):
         load_model(model_dir)
 
 
@@ -155,7 +155,7 @@ def test_a_registered_encoder_round_trips(tmp_path):
         del ENCODERS["test_tiny"]
 
 
-@pytest.mark.parametrize("encoder, kwargs, layer", [
+@pytest.mark.parametrize(("encoder", "kwargs", "layer"), [
     ("monai_resnet", {"variant": "resnet10"}, "encoder.layer4"),
     ("monai_densenet", {"variant": "DenseNet", "init_features": 8, "growth_rate": 4, "block_config": (2, 2)},
      "encoder.features.norm5"),

@@ -65,7 +65,7 @@ def test_folder_matches_annotations_by_stem(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.parametrize("csv_text, problem", [
+@pytest.mark.parametrize(("csv_text", "problem"), [
     ("slide_id,file\na,a.tif\n", "no `path` column"),
     ("path,label\na.tif,yes\n", "line 2: label 'yes' is neither a class"),
     ("path,label\na.tif,0.5\n", "label '0.5' is neither a class"),
@@ -86,7 +86,7 @@ def test_bad_manifest_names_file_and_problem(tmp_path: Path, csv_text: str, prob
 def test_empty_folder_and_unknown_file_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ArchiveError, match="no slides found"):
         read_archive(tmp_path)
-    with pytest.raises(ArchiveError, match="not a manifest .csv nor a folder"):
+    with pytest.raises(ArchiveError, match=r"not a manifest \.csv nor a folder"):
         read_archive(_write(tmp_path / "list.txt", "a.svs\n"))
     with pytest.raises(ArchiveError, match="cannot read the manifest"):
         read_archive(tmp_path / "missing.csv")

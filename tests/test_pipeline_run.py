@@ -1,7 +1,9 @@
 """`slideaudit run` end to end on real sample slides, a real trained model and real Dask clusters.
 
 One reference run (LocalCluster, 2 worker processes) is shared; the other tests copy its OUT or
-run afresh and compare their audit.csv with its, byte for byte.
+run afresh and compare their audit.csv with its, byte for byte. The reruns on a copy use one
+shared LocalCluster through `run.scheduler` (starting a cluster costs more than a rerun). All but
+the usage test are `slow`.
 """
 from __future__ import annotations
 
@@ -22,8 +24,10 @@ import zarr
 from click.testing import CliRunner
 
 from conftest import manifest_rows
+
+from explainers.model_io import ModelConfig, build_model, save_model
 from pipeline.cli import main
-from pipeline.config import load_config
+from pipeline.config import PipelineConfig, load_config
 from pipeline.runner import RunResult, run_archive
 from tiling.store import file_sha256
 from tiling.store.records import load_manifest
@@ -60,13 +64,13 @@ def run_json(out: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def workspace(sample_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+def workspace(sample_archive: Path, sample_stores: Path, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """A small model trained on the 4 sample slides, and the run's config file."""
     from explainers.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("pipeline")
     hashes = tree_hashes(sample_archive.parent)
-    train(sample_archive, root / "model", TrainConfig(epochs=2, bag_size=32), stores=root / "train")
+    train(sample_archive, root / "model", TrainConfig(epochs=2, bag_size=32), stores=sample_stores)
     (root / "config.yaml").write_text(CONFIG)
     return Workspace(root, sample_archive, root / "model", root / "config.yaml", hashes)
 
@@ -78,11 +82,27 @@ def reference(workspace: Workspace) -> RunResult:
                        load_config(workspace.config))
 
 
+@pytest.fixture(scope="module")
+def shared_cluster() -> Iterator[str]:
+    """The scheduler address of a LocalCluster of 2 worker processes (1 thread each), kept for the module."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}) as cluster:
+        yield cluster.scheduler_address
+
+
+def config_on(workspace: Workspace, cluster: str, **settings: object) -> PipelineConfig:
+    """The run's config, with `settings` changed, on the shared cluster (not part of its hash)."""
+    return load_config(workspace.config, {**settings, "run.scheduler": cluster})
+
+
 def copy_of(reference: RunResult, dest: Path) -> Path:
     shutil.copytree(reference.out, dest)
     return dest
 
 
+@pytest.mark.slow
 def test_local_cluster_run(workspace: Workspace, reference: RunResult) -> None:
     out = reference.out
     assert reference.exit_code == 0 and not reference.failed and not reference.skipped
@@ -107,17 +127,18 @@ def test_local_cluster_run(workspace: Workspace, reference: RunResult) -> None:
     assert workspace.archive_unchanged()
 
 
+@pytest.mark.slow
 def test_rerun_skips_and_a_changed_setting_recomputes_only_what_follows(
-        workspace: Workspace, reference: RunResult, tmp_path: Path) -> None:
+        workspace: Workspace, reference: RunResult, shared_cluster: str, tmp_path: Path) -> None:
     out = copy_of(reference, tmp_path / "out")
-    again = run_archive(workspace.manifest, workspace.model, out, load_config(workspace.config))
+    again = run_archive(workspace.manifest, workspace.model, out, config_on(workspace, shared_cluster))
     assert again.exit_code == 0
     for state in again.states:
         assert [state.stages[s] for s in ("tile", "explain", "stitch", "audit")] == ["current"] * 4
     assert (out / "audit.csv").read_bytes() == (reference.out / "audit.csv").read_bytes()
 
     changed = run_archive(workspace.manifest, workspace.model, out,
-                          load_config(workspace.config, {"stitch.max_side": 384}))
+                          config_on(workspace, shared_cluster, **{"stitch.max_side": 384}))
     for state in changed.states:
         assert state.stages["tile"] == state.stages["explain"] == "current"
         assert state.stages["stitch"] == state.stages["audit"] == "computed"
@@ -127,13 +148,14 @@ def test_rerun_skips_and_a_changed_setting_recomputes_only_what_follows(
     assert workspace.archive_unchanged()
 
 
+@pytest.mark.slow
 def test_only_new_audits_missing_slides_and_indexes_all(
-        workspace: Workspace, reference: RunResult, tmp_path: Path) -> None:
+        workspace: Workspace, reference: RunResult, shared_cluster: str, tmp_path: Path) -> None:
     out = copy_of(reference, tmp_path / "out")
     for name in ("audit.json", "report.html"):
         (out / "slides" / "sample_003" / name).unlink()
     (out / "index.html").unlink()
-    result = run_archive(workspace.manifest, workspace.model, out, load_config(workspace.config),
+    result = run_archive(workspace.manifest, workspace.model, out, config_on(workspace, shared_cluster),
                          only_new=True)
     assert result.skipped == ["sample_000", "sample_001", "sample_002"]
     assert [s.record.slide_id for s in result.states] == ["sample_003"]
@@ -148,26 +170,26 @@ def test_only_new_audits_missing_slides_and_indexes_all(
 def dask_cluster(tmp_path: Path) -> Iterator[str]:
     """A `dask scheduler` and `dask worker` (2 processes, 1 thread each) on loopback."""
     info = tmp_path / "scheduler.json"
-    logs = open(tmp_path / "dask.log", "w")
-    procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--no-dashboard", "--scheduler-file", info], stdout=logs, stderr=logs)]
-    try:
-        deadline = time.monotonic() + 60
-        while not info.is_file() or not info.read_text().strip():
-            assert time.monotonic() < deadline and procs[0].poll() is None, "dask scheduler did not start"
-            time.sleep(0.2)
-        address = json.loads(info.read_text())["address"]
-        procs.append(subprocess.Popen([DASK, "worker", address, "--nworkers", "2", "--nthreads", "1",
-                                       "--no-dashboard", "--local-directory", tmp_path / "worker"],
-                                      stdout=logs, stderr=logs, cwd=tmp_path))
-        yield address
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            proc.wait(timeout=60)
-        logs.close()
+    with open(tmp_path / "dask.log", "w") as logs:
+        procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                                   "--no-dashboard", "--scheduler-file", info], stdout=logs, stderr=logs)]
+        try:
+            deadline = time.monotonic() + 60
+            while not info.is_file() or not info.read_text().strip():
+                assert time.monotonic() < deadline and procs[0].poll() is None, "dask scheduler did not start"
+                time.sleep(0.2)
+            address = json.loads(info.read_text())["address"]
+            procs.append(subprocess.Popen([DASK, "worker", address, "--nworkers", "2", "--nthreads", "1",
+                                           "--no-dashboard", "--local-directory", tmp_path / "worker"],
+                                          stdout=logs, stderr=logs, cwd=tmp_path))
+            yield address
+        finally:
+            for proc in reversed(procs):
+                proc.terminate()
+                proc.wait(timeout=60)
 
 
+@pytest.mark.slow
 def test_external_scheduler(workspace: Workspace, reference: RunResult, dask_cluster: str,
                             tmp_path: Path) -> None:
     out = tmp_path / "out"
@@ -185,6 +207,7 @@ def test_external_scheduler(workspace: Workspace, reference: RunResult, dask_clu
     assert workspace.archive_unchanged()
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_gives_the_same_audit(workspace: Workspace, reference: RunResult,
                                                  tmp_path: Path) -> None:
     out = tmp_path / "out"
@@ -218,7 +241,8 @@ def _tamper_attention(slide: Path) -> None:
     array[:] = np.asarray(array[:]) * 2
 
 
-def test_failures_are_recorded_per_slide(workspace: Workspace, reference: RunResult,
+@pytest.mark.slow
+def test_failures_are_recorded_per_slide(workspace: Workspace, reference: RunResult, shared_cluster: str,
                                          tmp_path: Path) -> None:
     out = copy_of(reference, tmp_path / "out")
     rows = manifest_rows(workspace.manifest)
@@ -239,7 +263,7 @@ def test_failures_are_recorded_per_slide(workspace: Workspace, reference: RunRes
             for name in ("maps.zarr", "audit.json")}
 
     result = CliRunner().invoke(main, ["run", str(manifest), "--model", str(workspace.model), "--out", str(out),
-                                       "--config", str(workspace.config)])
+                                       "--config", str(workspace.config), "--scheduler", shared_cluster])
     assert result.exit_code == 3, result.output
     assert "4 done" not in result.output and "2 done, 4 failed" in result.output
     expected = {"corrupt": ("tile", "SlideError"), "sample_002": ("stitch", "AnnotationError"),
@@ -264,7 +288,7 @@ def test_failures_are_recorded_per_slide(workspace: Workspace, reference: RunRes
     shutil.copytree(reference.out / "slides" / "sample_001" / "explain.zarr",
                     out / "slides" / "sample_001" / "explain.zarr")
     (out / "slides" / "sample_001" / "audit.json").unlink()
-    fixed = run_archive(workspace.manifest, workspace.model, out, load_config(workspace.config))
+    fixed = run_archive(workspace.manifest, workspace.model, out, config_on(workspace, shared_cluster))
     assert fixed.exit_code == 0
     for sid in ("sample_001", "sample_002"):
         assert not (out / "slides" / sid / "failure.json").exists()
@@ -272,9 +296,10 @@ def test_failures_are_recorded_per_slide(workspace: Workspace, reference: RunRes
     assert workspace.archive_unchanged()
 
 
-def test_bad_usage_and_config_exit_2(workspace: Workspace, tmp_path: Path) -> None:
+def test_bad_usage_and_config_exit_2(sample_archive: Path, tmp_path: Path) -> None:
+    model = save_model(build_model(ModelConfig()), ModelConfig(), tmp_path / "model")   # untrained: never run
     runner = CliRunner()
-    base = ["run", str(workspace.manifest), "--model", str(workspace.model), "--out", str(tmp_path / "o")]
+    base = ["run", str(sample_archive), "--model", str(model), "--out", str(tmp_path / "o")]
     missing_out = runner.invoke(main, base[:4])
     assert missing_out.exit_code == 2 and "--out" in missing_out.output
     bad_set = runner.invoke(main, [*base, "--set", "stitch.max_sides=3"])

@@ -15,7 +15,7 @@ import pytest
 import zarr
 from click.testing import CliRunner
 
-from fake_stores import EVIL, build_archive, make_slide_case, real_slide
+from fake_stores import EVIL, make_slide_case, real_slide
 from reports.audit import AuditConfig, audit_slide
 from pipeline.cli import main
 from reports.html import render_index, render_slide_report
@@ -26,9 +26,9 @@ from tiling.store import AUDIT, file_sha256, is_current, read_stamp
 from tiling.store.records import load_audit
 
 
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory) -> dict[str, Path]:
-    return build_archive(tmp_path_factory.mktemp("archive"))
+@pytest.fixture
+def archive(report_archive: dict[str, Path]) -> dict[str, Path]:
+    return report_archive
 
 
 def sources(html: str, attribute: str) -> list[str]:

@@ -6,16 +6,18 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from fake_stores import EVIL, build_archive
+from fake_stores import EVIL
 
 CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.browser
+
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory) -> dict[str, Path]:
-    return build_archive(tmp_path_factory.mktemp("archive"))
+@pytest.fixture
+def archive(report_archive: dict[str, Path]) -> dict[str, Path]:
+    return report_archive
 
 
 @pytest.fixture(scope="module")

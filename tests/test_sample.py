@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from conftest import manifest_rows
@@ -83,6 +84,7 @@ def test_ink_is_drawn_only_when_asked(tmp_path: Path) -> None:
     assert [(r["label"], r["ink"]) for r in manifest_rows(manifest)] == [("1", "1"), ("0", "0")] * 2
 
 
+@pytest.mark.slow
 def test_default_size_gives_a_few_hundred_tissue_patches(tmp_path: Path) -> None:
     manifest = write_sample_archive(tmp_path / "archive", slides=1, seed=0)
     row = manifest_rows(manifest)[0]

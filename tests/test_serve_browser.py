@@ -19,6 +19,8 @@ from conftest import shared_file
 from explainers.model_io import ModelConfig, build_model, save_model
 from tiling.slide import open_slide
 
+pytestmark = pytest.mark.browser
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -60,32 +62,31 @@ def server(files) -> Iterator[str]:
     script = Path(sys.executable).with_name("slideaudit")
     assert script.is_file(), f"{script} is missing: install the project (make install) first"
     env = {**os.environ, "TMPDIR": str(files["root"] / "tmp")}
-    log = open(files["root"] / "serve.log", "wb")
-    proc = subprocess.Popen([str(script), "serve", "--model", str(files["model"]), "--reports", str(files["reports"]),
-                             "--port", str(port), "--max-upload-mb", "1"],
-                            cwd=files["root"] / "cwd", env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert proc.poll() is None, (files["root"] / "serve.log").read_text()
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=2) as response:
-                    if response.read() == b"ok":
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "serve did not start:\n" + (files["root"] / "serve.log").read_text()
-            time.sleep(0.3)
-        yield base
-    finally:
-        proc.terminate()
+    with open(files["root"] / "serve.log", "wb") as log:
+        proc = subprocess.Popen([str(script), "serve", "--model", str(files["model"]),
+                                 "--reports", str(files["reports"]), "--port", str(port), "--max-upload-mb", "1"],
+                                cwd=files["root"] / "cwd", env=env, stdout=log, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:
+                assert proc.poll() is None, (files["root"] / "serve.log").read_text()
+                try:
+                    with urllib.request.urlopen(base + "/healthz", timeout=2) as response:
+                        if response.read() == b"ok":
+                            break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, "serve did not start:\n" + (files["root"] / "serve.log").read_text()
+                time.sleep(0.3)
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 @pytest.fixture(scope="module")

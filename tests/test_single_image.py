@@ -147,10 +147,10 @@ def test_read_image_converts_modes_and_reads_the_recorded_resolution(tmp_path):
 
 def test_read_image_refuses_what_it_cannot_explain(tmp_path):
     (tmp_path / "notes.png").write_text("not an image")
-    with pytest.raises(ImageError, match="notes.png: not a PNG, JPEG or TIFF image"):
+    with pytest.raises(ImageError, match=r"notes\.png: not a PNG, JPEG or TIFF image"):
         read_image(tmp_path / "notes.png")
     Image.fromarray(np.zeros((8, 8), np.uint16)).save(tmp_path / "deep.png")
-    with pytest.raises(ImageError, match="deep.png: unsupported image mode 'I;16'"):
+    with pytest.raises(ImageError, match=r"deep\.png: unsupported image mode 'I;16'"):
         read_image(tmp_path / "deep.png")
     Image.new("CMYK", (8, 8)).save(tmp_path / "print.jpg")
     with pytest.raises(ImageError, match="unsupported image mode 'CMYK'"):

@@ -91,7 +91,8 @@ def test_unreadable_files_raise_slide_error_naming_the_file(tmp_path: Path, samp
     for keep in (len(data) // 3, len(data) - 5000):    # cut in level 0, in the last level
         truncated = tmp_path / f"truncated-{keep}.tiff"
         truncated.write_bytes(data[:keep])
-        with pytest.raises(SlideError, match=rf"truncated-{keep}\.tiff: .*truncated"):
+        # the cut shows when the slide is opened or when a level is read, whichever comes first
+        with pytest.raises(SlideError, match=rf"truncated-{keep}\.tiff: .*truncated"):  # noqa: PT012, SIM117
             with open_slide(truncated) as slide:
                 for level in range(slide.level_count):
                     slide.read_region((0, 0), level, slide.level_dimensions[level])

@@ -38,7 +38,7 @@ def run(model, x, methods, target="slide", cls=1, batch=4, forward_batch=3, laye
         make = slide_target if target == "slide" else instance_target
         tgt = make(model, fwd.h, cls)
         parts = {m: [] for m in methods}
-        for lo, hi, maps in explainer.maps(fwd, tgt, batch, lambda lo, hi: x[lo:hi]):
+        for _, _, maps in explainer.maps(fwd, tgt, batch, lambda lo, hi: x[lo:hi]):
             for m in methods:
                 parts[m].append(maps[m])
         out = {m: torch.from_numpy(np.concatenate(parts[m])) for m in methods}
@@ -130,11 +130,10 @@ def test_engine_leaves_the_model_as_it_was(model, bag):
         return bag[lo:hi]
 
     explainer = BagExplainer(model, LAYER, METHODS)
-    with pytest.raises(OSError):
-        with frozen(model):
-            fwd = explainer.forward([(0, N, bag)], N)
-            for _ in explainer.maps(fwd, slide_target(model, fwd.h, 0), 4, failing_read):
-                pass
+    with pytest.raises(OSError, match="disk gone"), frozen(model):  # noqa: PT012 (it must leave `frozen`)
+        fwd = explainer.forward([(0, N, bag)], N)
+        for _ in explainer.maps(fwd, slide_target(model, fwd.h, 0), 4, failing_read):
+            pass
     run(model, bag, METHODS)
     assert all(not (m._forward_hooks or m._backward_hooks) for m in model.modules())
     assert model.training and all(m.training for m in model.modules())

@@ -130,12 +130,12 @@ def test_stitch_slide_writes_ome_maps_and_skips_when_current(tmp_path) -> None:
 def test_stitch_errors_name_the_store(tmp_path) -> None:
     slide_dir, _ = make_slide_case(tmp_path, "bad", lesion=False,
                                    attention=np.array([0.5, 0.5], np.float32))
-    with pytest.raises(StoreError, match="2 attention values for .* patches.*rerun the explain"):
+    with pytest.raises(StoreError, match=r"2 attention values for .* patches.*rerun the explain"):
         stitch_slide(slide_dir, real_slide(), [], StitchConfig())
     assert not (slide_dir / MAPS).exists()
-    with pytest.raises(StoreError, match="explain.zarr: missing or incomplete"):
+    with pytest.raises(StoreError, match=r"explain\.zarr: missing or incomplete"):
         stitch_slide(tmp_path / "slides" / "nothing", "x.svs", [], StitchConfig())
-    with pytest.raises(StoreError, match="maps.zarr: no complete maps store"):
+    with pytest.raises(StoreError, match=r"maps\.zarr: no complete maps store"):
         open_maps(slide_dir)
 
 

@@ -7,7 +7,7 @@ pool of the same size. Prints tiles/s of each and their ratio (goal >= 0.8), the
 tile of each and their ratio (less sensitive to other load on the machine than wall time), and
 the cores tile_slide kept busy (process CPU time / wall time). Best of --repeats runs, alternated.
 
-    .venv/bin/python bench/tiling.py [--size 16384] [--repeats 5]
+    .venv/bin/python bench/tiling_throughput.py [--size 16384] [--repeats 5]
 """
 from __future__ import annotations
 
@@ -15,23 +15,18 @@ import argparse
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-# run as a script, this file's folder comes first on sys.path and its name would hide the
-# `tiling` package: look in the repository root instead
-sys.path[0] = str(Path(__file__).resolve().parents[1])
+import numpy as np
+import openslide
 
-import numpy as np  # noqa: E402
-import openslide  # noqa: E402
-
-from tiling.sample import write_sample_archive  # noqa: E402
-from tiling.slide import read_size, resize_rgb  # noqa: E402
-from tiling.store import open_patch_store  # noqa: E402
-from tiling.tile import TileConfig, tile_slide  # noqa: E402
+from tiling.sample import write_sample_archive
+from tiling.slide import read_size, resize_rgb
+from tiling.store import open_patch_store
+from tiling.tile import TileConfig, tile_slide
 
 CONFIGS = {"mpp 1.0, patch 224 (level 1, no resize)": TileConfig(mpp=1.0, patch=224),
            "mpp 0.75, patch 224 (level 0, resized)": TileConfig(mpp=0.75, patch=224)}
@@ -87,7 +82,7 @@ def main() -> None:
             tiled.append((wall, cpu))
             raw.append(run_raw(slide, store.coords, level, read_size((config.patch,) * 2, scale), config.patch))
         n = len(store)
-        (t_wall, t_cpu), (r_wall, r_cpu) = (tuple(map(min, zip(*runs))) for runs in (tiled, raw))
+        (t_wall, t_cpu), (r_wall, r_cpu) = (tuple(map(min, zip(*runs, strict=True))) for runs in (tiled, raw))
         print(f"{name:40s} {n:5d} | {n / t_wall:19.0f} {n / r_wall:5.0f} {r_wall / t_wall:5.2f} | "
               f"{1e3 * t_cpu / n:23.2f} {1e3 * r_cpu / n:5.2f} {r_cpu / t_cpu:5.2f} | "
               f"{max(c / w for w, c in tiled):10.1f}")

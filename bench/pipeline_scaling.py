@@ -8,7 +8,7 @@
    ~10x the patches), each audited alone by 1 worker; peak = the worker process's VmHWM (peak
    resident set, /proc/PID/status); ratio = peak(10x) / peak(1x) (goal <= 1.5).
 
-    .venv/bin/python bench/pipeline.py [--slides 8] [--size PX] [--keep DIR] [--no-memory]
+    .venv/bin/python bench/pipeline_scaling.py [--slides 8] [--size PX] [--keep DIR] [--no-memory]
 """
 from __future__ import annotations
 
@@ -17,23 +17,18 @@ import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-# run as a script, this file's folder comes first on sys.path and its name would hide the
-# `pipeline` package: look in the repository root instead
-sys.path[0] = str(Path(__file__).resolve().parents[1])
+import psutil
 
-import psutil  # noqa: E402
-
-from explainers.train import TrainConfig, train  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.runner import run_archive  # noqa: E402
-from tiling.sample import DEFAULT_SIZE, write_sample_archive  # noqa: E402
-from tiling.store import open_patch_store, slide_dir  # noqa: E402
+from explainers.train import TrainConfig, train
+from pipeline.config import load_config
+from pipeline.runner import run_archive
+from tiling.sample import DEFAULT_SIZE, write_sample_archive
+from tiling.store import open_patch_store, slide_dir
 
 MiB = 1 << 20
 

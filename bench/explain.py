@@ -30,10 +30,10 @@ import torch
 from captum.attr import LayerGradCam
 from torch import nn
 
+from explainers.engine import BagExplainer, frozen, instance_target, slide_target
 from explainers.explain import ExplainConfig, explain_store, resolve_device
 from explainers.model_io import ModelConfig, build_model, load_model, save_model
 from explainers.patches import PatchReader
-from explainers.engine import BagExplainer, frozen, instance_target, slide_target
 from tiling.sample import write_sample_archive
 from tiling.store import EXPLAIN, open_patch_store
 from tiling.tile import TileConfig, tile_slide

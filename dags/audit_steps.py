@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def publish(out: Path, publish_dir: Path, keep: int = 7, now: datetime | None = 
         log.info("%s is already published as %s", out / "index.html", latest.resolve())
         return latest.resolve()
     publish_dir.mkdir(parents=True, exist_ok=True)
-    name = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H%M%SZ")
+    name = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H%M%SZ")
     if (publish_dir / name).exists():
         name = f"{name}-{uuid.uuid4().hex[:6]}"
     tmp = publish_dir / f".{name}.tmp-{uuid.uuid4().hex[:8]}"

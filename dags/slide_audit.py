@@ -40,13 +40,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
+import audit_steps as steps
 from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
-
-import audit_steps as steps
 
 ENV = {"archive": "SLIDEAUDIT_ARCHIVE", "model": "SLIDEAUDIT_MODEL", "out": "SLIDEAUDIT_OUT",
        "publish_dir": "SLIDEAUDIT_PUBLISH", "config": "SLIDEAUDIT_CONFIG",
@@ -69,7 +68,7 @@ def _setting(name: str, default: str | None = None) -> str:
 @dag(
     dag_id="slide_audit",
     schedule="@daily",
-    start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
+    start_date=datetime(2025, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     tags=["slideaudit", "pathology"],

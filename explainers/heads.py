@@ -20,7 +20,7 @@ ABMIL (Ilse et al. 2018) on embeddings:
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -91,7 +91,7 @@ class CLAM(MILModel):
     def classify(self, m: torch.Tensor) -> torch.Tensor:
         if not self.multi_branch:
             return self.classifiers(m[..., 0, :])
-        return torch.cat([c(m[..., i, :]) for i, c in enumerate(self.classifiers)], dim=-1)
+        return torch.cat([c(m[..., i, :]) for i, c in enumerate(cast(nn.ModuleList, self.classifiers))], dim=-1)
 
     def branch(self, cls: int) -> int:
         return cls if self.multi_branch else 0
@@ -132,7 +132,7 @@ class ABMIL(MILModel):
     def class_weights(self, cls: int) -> torch.Tensor:
         if not self.linear_features:
             return super().class_weights(cls)
-        w = self.classifier[0].weight
+        w = cast(nn.Linear, self.classifier[0]).weight
         return (w[0] if cls else -w[0]) / 2 if self.binary_logit else w[cls]
 
 

@@ -40,6 +40,7 @@ class MILModel(nn.Module):
     (`branches` rows), `classify` (module docstring). `linear_features`: z = h, so each logit is
     linear in the pooled embedding (what CAM needs)."""
 
+    encoder: nn.Sequential
     branches: int = 1
     linear_features: bool = False
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from explainers.explain import DEVICES, resolve_device
-from explainers.mil import AttentionMIL
+from explainers.mil import MILModel
 from explainers.model_io import ModelConfig, build_model, save_model
 from explainers.patches import check_fits, normalise, resize
 from tiling.archive import SlideRecord, read_archive
@@ -119,7 +119,7 @@ def bag_loss(logits: torch.Tensor, target: torch.Tensor, head: str) -> torch.Ten
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
-def evaluate(model: AttentionMIL, bags: list[Bag], config: ModelConfig, device: torch.device) -> dict[str, float]:
+def evaluate(model: MILModel, bags: list[Bag], config: ModelConfig, device: torch.device) -> dict[str, float]:
     """Mean loss and slide accuracy (softmax: argmax = label; sigmoid: every class right at 0.5)."""
     model.eval()
     losses, hits = [], []

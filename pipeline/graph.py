@@ -19,11 +19,11 @@ from typing import Any
 import dask
 from dask.delayed import Delayed, delayed
 from distributed import Client, as_completed
-from tiling.archive import SlideRecord
 from tqdm import tqdm
 
 from pipeline.stages import STAGES, Context, SlideState, run_stage
 from reports.html import render_index
+from tiling.archive import SlideRecord
 
 
 def build_index(out: Path, states: Sequence[SlideState]) -> list[SlideState]:

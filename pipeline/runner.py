@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
+
 from explainers.impressions import render_impressions
 from explainers.model_io import read_config, weights_path
 from pipeline.cluster import open_client
@@ -84,7 +85,7 @@ def _model_files(model_dir: Path) -> dict[str, str]:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def run_archive(archive: Path, model_dir: Path, out: Path, config: PipelineConfig,

@@ -30,7 +30,7 @@ from explainers.engine import BagExplainer
 from explainers.errors import ImageError, ImageTooLarge, ModelError
 from explainers.feature_views import filter_grid
 from explainers.methods import method, method_names
-from explainers.mil import AttentionMIL
+from explainers.mil import MILModel
 from explainers.model_io import load_model, model_sha256
 from explainers.single_image import RegionConfig, RegionExplanation, explain_region, read_image
 from pipeline.errors import FormProblem, UploadTooLarge
@@ -116,7 +116,7 @@ class ImageService:
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
 
-def offered_methods(model: AttentionMIL, target_layer: str) -> tuple[str, ...]:
+def offered_methods(model: MILModel, target_layer: str) -> tuple[str, ...]:
     """The registered methods cheap enough for a request (`Method.interactive`) that this model can give."""
     offered = []
     for name in (n for n in method_names() if method(n).interactive):

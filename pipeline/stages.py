@@ -171,7 +171,7 @@ def run_stage(stage: str, state: SlideState, ctx: Context) -> SlideState:
         status = _run(stage, state.record, ctx)
         if stage == list(STAGES)[-1]:
             (slide_dir(ctx.out, state.record.slide_id) / FAILURE).unlink(missing_ok=True)
-    except Exception as exc:  # noqa: BLE001 - one slide's failure must not stop the archive
+    except Exception as exc:
         expected = isinstance(exc, AuditError)
         log.log(logging.WARNING if expected else logging.ERROR, "%s: %s failed: %s",
                 state.record.slide_id, stage, exc, exc_info=not expected)

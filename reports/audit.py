@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from reports import metrics as M
-from reports.registry import FlagInputs, MapView, metrics_for, raise_flags
 from reports.agreement import agreement
+from reports.registry import FlagInputs, MapView, metrics_for, raise_flags
 from reports.validation import map_stats, validate_attention, validate_coords, validate_maps
 from tiling.errors import require
 from tiling.store import AUDIT, EXPLAIN, MAPS, PatchStore, chained_stamp, is_current, open_patch_store
@@ -152,8 +152,8 @@ def _validation(store: PatchStore, attention: np.ndarray, heatmaps: dict[str, np
     """The three stage-boundary suites: patch coords, attention, stitched maps."""
     ranges = {name: (0.0, 1.0) if name.startswith(ATTENTION) else (-FLOAT32_MAX, FLOAT32_MAX)
               for name in heatmaps}
-    dimensions = tuple(int(v) for v in store.attrs["dimensions"])
-    return [validate_coords(store.coords, dimensions).to_dict(),
+    width, height = (int(v) for v in store.attrs["dimensions"])
+    return [validate_coords(store.coords, (width, height)).to_dict(),
             validate_attention(attention, len(store)).to_dict(),
             validate_maps(map_stats(heatmaps, tissue, ranges)).to_dict()]
 

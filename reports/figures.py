@@ -13,14 +13,14 @@ from collections.abc import Callable
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - after choosing the headless backend
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from PIL import Image  # noqa: E402
-from scipy import ndimage  # noqa: E402
-from skimage.draw import circle_perimeter  # noqa: E402
-from skimage.segmentation import find_boundaries  # noqa: E402
-from skimage.transform import resize  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy import ndimage
+from skimage.draw import circle_perimeter
+from skimage.segmentation import find_boundaries
+from skimage.transform import resize
 
 CMAP = "turbo"
 LESION_RGB = (0, 255, 90)

@@ -203,7 +203,8 @@ def render_index(out: Path) -> tuple[Path, Path]:
              for m in PLOTTED if m in table and table[m].notna().any()]
     context = {"rows": _index_rows(archive.audits, archive.failures, marked), "methods": methods,
                "key_metrics": KEY_METRICS, "plots": plots, "suite": suite,
-               "unreadable": archive.unreadable + missing_metrics(archive.audits, metrics), "n_audits": len(archive.audits),
+               "unreadable": archive.unreadable + missing_metrics(archive.audits, metrics),
+               "n_audits": len(archive.audits),
                "n_failures": len(archive.failures), "csv": AUDIT_CSV}
     index = _write(out / INDEX, "index.html", context)
     log.info("wrote %s and %s: %d slides, %d failed", index, out / AUDIT_CSV,

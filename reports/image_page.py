@@ -113,12 +113,13 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", text)[:40]
 
 
-def write_image_report(image: Path, model_dir: Path, out: Path, config: RegionConfig = RegionConfig(),
+def write_image_report(image: Path, model_dir: Path, out: Path, config: RegionConfig | None = None,
                        mpp: float | None = None) -> Path:
     """Explain `image` with the model in `model_dir` and write `out/`: index.html (the page),
     image.png, <class>-<method>.png overlays, activation-<channel>.png, filters.png and
     result.json (top 5, probabilities, stamp). Skipped when `out` is current for the same image
     bytes, model weights and settings. Returns the page's path."""
+    config = config or RegionConfig()
     out, image = Path(out), Path(image)
     pixels, recorded = read_image(image)
     sha = model_sha256(model_dir)

@@ -48,7 +48,7 @@ def pointing_game(m: np.ndarray, lesion: np.ndarray, valid: np.ndarray,
         return None
     top = valid & (np.asarray(m) == np.max(np.asarray(m)[valid]))
     rows, cols = np.nonzero(top)
-    pad = int(math.ceil(tolerance_px)) + 1
+    pad = math.ceil(tolerance_px) + 1
     r0, c0 = max(rows.min() - pad, 0), max(cols.min() - pad, 0)
     window = np.s_[r0:rows.max() + pad + 1, c0:cols.max() + pad + 1]
     if not lesion[window].any():  # lesions beyond the window are farther than the tolerance
@@ -96,7 +96,7 @@ def top_k_mask(m: np.ndarray, valid: np.ndarray, fraction: float) -> np.ndarray:
     """
     values = _values(m, valid)
     mask = np.zeros(np.shape(valid), bool)
-    k = min(values.size, int(math.ceil(fraction * values.size)))
+    k = min(values.size, math.ceil(fraction * values.size))
     if k == 0:
         return mask
     threshold = np.partition(values, values.size - k)[values.size - k]

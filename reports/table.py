@@ -106,4 +106,4 @@ def audit_table(audits: list[dict[str, Any]]) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=[*ID_COLUMNS, *columns, "flags", "report"])
     for column in ("label", "prediction"):
         table[column] = table[column].astype("Int64")
-    return table.astype({c: "float64" for c in columns})
+    return table.astype(dict.fromkeys(columns, "float64"))

@@ -55,7 +55,7 @@ def resolve_targets(logits: torch.Tensor, target: Target) -> torch.Tensor:
         classes = classes[:, None] if classes.ndim == 1 else classes
         if classes.ndim != 2 or classes.shape[0] != b:
             raise ValueError(f"got targets of shape {tuple(classes.shape)} for {b} images; give one target per image")
-    if not (0 <= int(classes.min()) and int(classes.max()) < c):
+    if not (int(classes.min()) >= 0 and int(classes.max()) < c):
         raise ValueError(f"target classes {classes.unique().tolist()} out of range for {c} classes")
     return classes
 

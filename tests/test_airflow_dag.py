@@ -61,11 +61,11 @@ def test_the_dag_lists_the_slides_the_reader_reads(tmp_path: Path) -> None:
 
 
 def test_bad_archive_is_named(tmp_path: Path) -> None:
-    with pytest.raises(steps.DagInputError, match="missing.csv' does not exist"):
+    with pytest.raises(steps.DagInputError, match=r"missing\.csv' does not exist"):
         steps.archive_slide_ids(str(SLIDEAUDIT), tmp_path / "missing.csv")
     bad = tmp_path / "bad.csv"
     bad.write_text("slide,file\na,a.svs\n")
-    with pytest.raises(steps.DagInputError, match="exited with code 2: Error: .*bad.csv: no `path` column"):
+    with pytest.raises(steps.DagInputError, match=r"exited with code 2: Error: .*bad\.csv: no `path` column"):
         steps.archive_slide_ids(str(SLIDEAUDIT), bad)
     with pytest.raises(steps.DagInputError, match="SLIDEAUDIT_BIN"):
         steps.archive_slide_ids(str(tmp_path / "no-such-slideaudit"), bad)

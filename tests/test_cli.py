@@ -12,7 +12,7 @@ from pipeline.errors import EXIT_CRASH, EXIT_SLIDES_FAILED, EXIT_USAGE
 from tiling.errors import ArchiveError, ConfigError, SlideError
 
 
-@pytest.mark.parametrize("exc, code", [
+@pytest.mark.parametrize(("exc", "code"), [
     (ConfigError("tile.mpp = 0: must be positive"), EXIT_USAGE),
     (ArchiveError("m.csv line 2: bad label"), EXIT_USAGE),
     (SlideError("a.svs: cannot read it"), EXIT_SLIDES_FAILED),

@@ -35,7 +35,7 @@ def torchvision_resnet50_shapes(classes: int = 1000) -> dict[str, tuple[int, ...
                        f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()})
     bn("bn1", 64)
     cin = 64
-    for i, (n, planes) in enumerate(zip(RESNET50_BLOCKS, (64, 128, 256, 512)), 1):
+    for i, (n, planes) in enumerate(zip(RESNET50_BLOCKS, (64, 128, 256, 512), strict=True), 1):
         for b in range(n):
             p = f"layer{i}.{b}"
             shapes[f"{p}.conv1.weight"] = (planes, cin, 1, 1)
@@ -74,7 +74,7 @@ def reference_resnet50(sd: dict[str, torch.Tensor], x: torch.Tensor, stages: int
         return F.batch_norm(y, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"],
                             sd[f"{p}.bias"], training=False, eps=1e-5)
     x = F.max_pool2d(F.relu(bn(F.conv2d(x, sd["conv1.weight"], stride=2, padding=3), "bn1")), 3, 2, 1)
-    for i, (n, stride) in enumerate(zip(RESNET50_BLOCKS[:stages], (1, 2, 2, 2)), 1):
+    for i, (n, stride) in enumerate(zip(RESNET50_BLOCKS[:stages], (1, 2, 2, 2)[:stages], strict=True), 1):
         for b in range(n):
             p, s = f"layer{i}.{b}", stride if b == 0 else 1
             y = F.relu(bn(F.conv2d(x, sd[f"{p}.conv1.weight"]), f"{p}.bn1"))
@@ -200,7 +200,7 @@ VIT_CASES = [  # (registers, layer_scale, no_embed_class, saved as, prefix)
 ]
 
 
-@pytest.mark.parametrize("registers, layer_scale, no_embed_class, fmt, prefix", VIT_CASES)
+@pytest.mark.parametrize(("registers", "layer_scale", "no_embed_class", "fmt", "prefix"), VIT_CASES)
 def test_timm_vit_loads_and_matches_the_reference(tmp_path, registers, layer_scale, no_embed_class, fmt, prefix):
     shapes = timm_vit_shapes(32, 2, grid=2, registers=registers, layer_scale=layer_scale, no_embed_class=no_embed_class)
     state = random_state(shapes, seed=registers)

@@ -17,9 +17,9 @@ from safetensors.torch import load_file, save_file
 from conftest import manifest_rows
 from explainers.errors import ModelError
 from explainers.explain import ExplainConfig, explain_store, resolve_device
+from explainers.methods import method_names
 from explainers.model_io import ModelConfig, build_model, load_model, model_sha256, save_model
 from explainers.patches import normalise, resize
-from explainers.methods import method_names
 from explainers.train import TrainConfig, class_target, train
 from pipeline.cli import main
 from tiling.errors import ArchiveError, ConfigError, StoreError
@@ -190,7 +190,7 @@ def test_bad_models_are_model_errors_and_nothing_is_written(slide_dir, model_dir
 
 
 def test_bad_explain_settings_are_refused(slide_dir, model_dir):
-    with pytest.raises(ConfigError, match="methods: .*lime"):
+    with pytest.raises(ConfigError, match=r"methods: .*lime"):
         ExplainConfig(methods=("lime",))
     with pytest.raises(ConfigError, match="target = 'pixel': must be one of slide, instance"):
         ExplainConfig(target="pixel")

@@ -94,5 +94,5 @@ def test_cam_is_refused_on_a_nonlinear_head():
 def test_a_checkpoint_without_the_expected_weight_is_named():
     state = clam_checkpoint(False, "small", True)
     del state["attention_net.0.weight"]
-    with pytest.raises(ModelError, match="attention_net.0.weight"):
+    with pytest.raises(ModelError, match=r"attention_net\.0\.weight"):
         head("clam_sb", state)

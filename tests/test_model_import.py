@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import manifest_rows
-from mil_checkpoints import abmil_checkpoint, clam_checkpoint, clam_reference
 from safetensors.torch import save_file
 
+from conftest import manifest_rows
 from explainers.encoders import build_encoder
 from explainers.model_io import load_model
+from mil_checkpoints import abmil_checkpoint, clam_checkpoint, clam_reference
 from pipeline.cli import main
 from tiling.sample import write_sample_archive
 

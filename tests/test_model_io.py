@@ -8,9 +8,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from explainers.encoders import ENCODERS, register_encoder
+from explainers.engine import BagExplainer, frozen, slide_target
 from explainers.errors import ModelError
 from explainers.model_io import ModelConfig, build_model, load_model, model_sha256, save_model
-from explainers.engine import BagExplainer, frozen, slide_target
 
 CONFIG = ModelConfig(name="tiny", encoder_kwargs={"width": 4}, patch=32, seed=5, metrics={"train_loss": 0.1})
 

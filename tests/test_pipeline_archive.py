@@ -51,7 +51,7 @@ def test_multi_label_models_list_several_classes(tmp_path: Path) -> None:
     manifest = _write(tmp_path / "m.csv", "path,label\na.tif,lesion;ink\nb.tif,1\nc.tif,;\nd.tif,\n")
     records = read_archive(manifest, ["lesion", "ink"], multi_label=True)
     assert [r.labels for r in records] == [(0, 1), (1,), (), None]
-    with pytest.raises(ArchiveError, match="line 2: label 'lesion;ink'.*one class per slide"):
+    with pytest.raises(ArchiveError, match=r"line 2: label 'lesion;ink'.*one class per slide"):
         read_archive(manifest, ["lesion", "ink"])
 
 
@@ -94,7 +94,7 @@ def test_empty_folder_and_unknown_file_are_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("slide_id", ["../escape", "a/b", ".hidden", "", "a b"])
 def test_slide_ids_are_folder_names(slide_id: str) -> None:
-    with pytest.raises(ArchiveError, match="--slide-id: slide id .* is not a usable folder name"):
+    with pytest.raises(ArchiveError, match=r"--slide-id: slide id .* is not a usable folder name"):
         check_slide_id(slide_id, "--slide-id")
     assert check_slide_id("sample_000.v2-a", "--slide-id") == "sample_000.v2-a"
 
@@ -109,13 +109,13 @@ def test_train_refuses_an_escaping_id_and_a_label_beyond_the_classes(tmp_path: P
     assert not stores.exists() and not (tmp_path / "escape").exists()
 
 
-@pytest.fixture()
+@pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
     config = ModelConfig(classes=CLASSES)
     return save_model(build_model(config), config, tmp_path / "model")
 
 
-@pytest.mark.parametrize("text, problem", [
+@pytest.mark.parametrize(("text", "problem"), [
     ("slide_id,path,label\n../escape,a.tif,1\n", "not a usable folder name"),
     ("path,label\na.tif,2\n", "label '2' is neither"),
     ("path,label\na.tif,-1\n", "label '-1' is neither"),

@@ -24,7 +24,6 @@ import zarr
 from click.testing import CliRunner
 
 from conftest import manifest_rows
-
 from explainers.model_io import ModelConfig, build_model, save_model
 from pipeline.cli import main
 from pipeline.config import PipelineConfig, load_config

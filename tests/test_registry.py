@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
-from conftest import manifest_rows
 
+from conftest import manifest_rows
 from explainers.cams import CAM
 from explainers.engine import BagExplainer
 from explainers.errors import ModelError

@@ -16,12 +16,12 @@ import zarr
 from click.testing import CliRunner
 
 from fake_stores import EVIL, make_slide_case, real_slide
-from reports.audit import AuditConfig, audit_slide
 from pipeline.cli import main
+from reports.audit import AuditConfig, audit_slide
 from reports.html import render_index, render_slide_report
-from tiling.stitch import StitchConfig, stitch_slide
 from reports.table import scan
 from tiling.errors import StoreError
+from tiling.stitch import StitchConfig, stitch_slide
 from tiling.store import AUDIT, file_sha256, is_current, read_stamp
 from tiling.store.records import load_audit
 
@@ -144,7 +144,7 @@ def test_an_audit_json_of_another_format_version_is_refused_and_redone(archive, 
     audit = json.loads(path.read_text())
     assert audit.pop("format_version") == 1
     path.write_text(json.dumps(audit))
-    with pytest.raises(StoreError, match="audit.json: format version None.*run the audit stage"):
+    with pytest.raises(StoreError, match=r"audit\.json: format version None.*run the audit stage"):
         load_audit(path)
     assert [u.split(":")[0] for u in scan(out).unreadable] == ["positive/audit.json"]
     assert not is_current(path, **read_stamp(path))

@@ -111,7 +111,8 @@ def test_one_patch_maps_equal_the_per_image_reference(softmax_model, cmu_region,
     model, config = softmax_model
     patch = cmu_region[:64, :64]
     result = explain_region(patch, None, model, config, RegionConfig(targets=("class 3",), methods=(name,)))
-    cam = ImageExplainer(instance_classifier(model), name, config.target_layer)(model_input(patch[None], config), target=3)
+    explainer = ImageExplainer(instance_classifier(model), name, config.target_layer)
+    cam = explainer(model_input(patch[None], config), target=3)
     expected = upsample(cam.maps[0, 0], (64, 64)).numpy()
     assert np.allclose(result.targets[0].maps[name], expected, rtol=1e-4, atol=1e-6 * expected.max())
 

@@ -156,6 +156,6 @@ def _colour(lesion: np.ndarray, grain: np.ndarray, fibres: np.ndarray, stain: np
     nuclei = np.clip((grain - 2.2 * (1 - lesion)) * 1.5, 0, 1)
     hema = stain * (0.10 + 0.40 * lesion + 1.1 * nuclei)
     eosin = stain * np.clip(0.45 + 0.12 * fibres - 0.20 * lesion, 0.05, None)
-    od = (GLASS_OD + hema[..., None] * np.array(HEMATOXYLIN, np.float32) + eosin[..., None] * np.array(EOSIN, np.float32)
-          + pen[..., None] * pen_od)
+    od = (GLASS_OD + hema[..., None] * np.array(HEMATOXYLIN, np.float32)
+          + eosin[..., None] * np.array(EOSIN, np.float32) + pen[..., None] * pen_od)
     return np.clip(255 * np.exp(-od) + 2 * grain[..., None], 0, 255).astype(np.uint8)

@@ -1,8 +1,8 @@
 """Writing pyramidal tiled JPEG TIFFs that OpenSlide reads as "generic tiled TIFF".
 
 Each pyramid level is its own top-level IFD (level 0 first, then halvings, marked as reduced
-images), 256 x 256 JPEG tiles (RGB in, stored by tifffile as YCbCr 4:2:0), and the resolution tags in pixels per centimetre
-(10^4 / mpp), from which OpenSlide reports openslide.mpp-x/-y.
+images), 256 x 256 JPEG tiles (RGB in, stored by tifffile as YCbCr 4:2:0), and the resolution
+tags in pixels per centimetre (10^4 / mpp), from which OpenSlide reports openslide.mpp-x/-y.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def _levels(image: np.ndarray, upsample_first: bool) -> Iterator[tuple[Any, tupl
     while True:
         yield (level := np.asarray(picture)), level.shape
         count += 1
-        if count >= MIN_LEVELS and max(picture.size) <= SMALLEST_SIDE or min(picture.size) < 2:
+        if (count >= MIN_LEVELS and max(picture.size) <= SMALLEST_SIDE) or min(picture.size) < 2:
             return
         picture = picture.reduce(2)
 

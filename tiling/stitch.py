@@ -26,8 +26,7 @@ from tqdm import tqdm
 
 from tiling.annotations import rasterize_lesions, read_annotations
 from tiling.errors import StoreError, require
-from tiling.store import (EXPLAIN, MAPS, atomic_path, chained_stamp, file_sha256, is_current, open_patch_store,
-                          runtime)
+from tiling.store import EXPLAIN, MAPS, atomic_path, chained_stamp, file_sha256, is_current, open_patch_store, runtime
 from tiling.store.explain import open_explain_store
 from tiling.store.maps import ATTENTION, ATTENTION_RANK, LESION, THUMBNAIL, TISSUE, MapsWriter
 
@@ -86,7 +85,7 @@ def _interpolation(starts: np.ndarray, lo: np.ndarray, length: int, footprint: f
     i0 = np.floor(u).astype(np.int64)
     i1 = np.minimum(i0 + 1, cells - 1)
     frac = (u - i0).astype(np.float32)
-    weights = np.zeros(u.shape + (cells,), np.float32)
+    weights = np.zeros((*u.shape, cells), np.float32)
     n, j = np.indices(u.shape)
     weights[n, j, i0] = 1 - frac
     weights[n, j, i1] += frac

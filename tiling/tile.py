@@ -24,8 +24,16 @@ from tqdm.dask import TqdmCallback
 from tiling.errors import require
 from tiling.grid import footprint, patch_grid
 from tiling.slide import BaseSlide, open_slide
-from tiling.store import (PATCHES, atomic_path, config_hash, create_patch_store, file_sha256, is_current,
-                          runtime, slide_dir)
+from tiling.store import (
+    PATCHES,
+    atomic_path,
+    config_hash,
+    create_patch_store,
+    file_sha256,
+    is_current,
+    runtime,
+    slide_dir,
+)
 from tiling.tissue import tissue_mask
 
 log = logging.getLogger(__name__)

@@ -28,12 +28,11 @@ def explain_image(image: Path, model_dir: Path, targets: tuple[str, ...], method
     figures as PNG files and OUT/result.json."""
     import json
 
-    from explainers.single_image import RegionConfig
+    from explainers.single_image import DEFAULT_METHODS, RegionConfig
     from reports.image_page import RESULT, write_image_report
 
     out = out or Path(f"{image.stem}-explained")
-    chosen = {"methods": methods} if methods else {}
-    config = RegionConfig(targets=targets, max_tiles=max_tiles, device=device, **chosen)
+    config = RegionConfig(targets=targets, methods=methods or DEFAULT_METHODS, max_tiles=max_tiles, device=device)
     page = write_image_report(image, model_dir, out, config, mpp)
     summary = json.loads((out / RESULT).read_text())
     probability = "probability" if summary["head"] == "softmax" else "sigmoid probability (multi-label)"

@@ -57,8 +57,8 @@ def echo_result(result: RunResult) -> None:
     click.echo(f"audited {len(result.states)} slide(s): {done} done, {len(result.failed)} failed, "
                f"{len(result.skipped)} skipped (already audited)")
     for state in result.failed:
-        click.echo(f"  FAILED {state.record.slide_id} at {state.failure['stage']}: "
-                   f"{state.failure['message']}")
+        failure = state.failure or {}
+        click.echo(f"  FAILED {state.record.slide_id} at {failure['stage']}: {failure['message']}")
     click.echo(f"table: {result.audit_csv}\nrun manifest: {result.manifest}\nindex: {result.index}")
     click.get_current_context().exit(result.exit_code)
 

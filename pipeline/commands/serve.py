@@ -24,7 +24,8 @@ def serve(model_dir: Path, reports: Path | None, host: str, port: int, max_uploa
           max_tiles: int, device: str) -> None:
     """Serve a page where a user uploads an image, picks a class and a method, and sees the
     overlay and the top-5 classes; with --reports, also the audit reports of that folder."""
-    from pipeline.server import ServeConfig, serve as run_server
+    from pipeline.server import ServeConfig
+    from pipeline.server import serve as run_server
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: listening on {host}: other machines can reach this page and upload images", err=True)

@@ -23,5 +23,6 @@ def slides(archive: Path, out: Path | None, only_new: bool, as_json: bool) -> No
     if only_new and out is None:
         raise click.UsageError("--new needs --out: the store whose audited slides are left out")
     records = read_archive(archive)
-    ids = [r.slide_id for r in (select(records, out, True)[0] if only_new else records)]
+    chosen = select(records, out, True)[0] if only_new and out is not None else records
+    ids = [r.slide_id for r in chosen]
     click.echo(json.dumps(ids) if as_json else "\n".join(ids))

@@ -26,7 +26,7 @@ def train(manifest: Path, model_dir: Path, epochs: int | None, seed: int, stores
     from explainers.train import TrainConfig
     from explainers.train import train as train_model
 
-    config = TrainConfig(seed=seed, device=device, **({} if epochs is None else {"epochs": epochs}))
+    config = TrainConfig(seed=seed, device=device, epochs=TrainConfig.epochs if epochs is None else epochs)
     path = train_model(manifest, model_dir, config, stores)
     metrics = read_config(path).metrics
     click.echo(f"trained on {metrics['slides']} slides ({metrics['patches']} patches), {metrics['epochs']} epochs: "

@@ -73,7 +73,7 @@ class SlideState:
 
 
 def _tile(rec: SlideRecord, ctx: Context) -> None:
-    tile_slide(rec.path, ctx.out, ctx.config.tile, slide_id=rec.slide_id)
+    tile_slide(rec.path, ctx.out, ctx.config.tile, slide_id=rec.slide_id, slide_mpp=rec.mpp)
 
 
 def _explain(rec: SlideRecord, ctx: Context) -> None:

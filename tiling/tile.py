@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,7 @@ def plan_patches(slide: BaseSlide,
     mask = tissue_mask(thumbnail)
     coords, tissue = patch_grid(mask, slide.dimensions, side, footprint(config.step, config.mpp, slide.mpp),
                                 config.min_tissue)
-    attrs = {"mpp": config.mpp, "slide_mpp": slide.mpp, "level": slide.best_level(config.mpp),
+    attrs = {"mpp": config.mpp, "slide_mpp": slide.mpp, "mpp_source": slide.mpp_source, "level": slide.best_level(config.mpp),
              "patch_size": config.patch, "stride": config.step, "footprint": side,
              "dimensions": list(slide.dimensions)}
     return coords, tissue, attrs, thumbnail
@@ -125,8 +125,12 @@ def _run(tasks: list[Any], label: str) -> None:
         raise
 
 
-def tile_slide(slide_path: Path, out: Path, config: TileConfig, slide_id: str | None = None) -> Path:
+def tile_slide(slide_path: Path, out: Path, config: TileConfig, slide_id: str | None = None,
+               slide_mpp: float | None = None) -> Path:
     """Write <out>/slides/<slide_id>/patches.zarr for the slide (slide_id: the file's stem).
+
+    slide_mpp: the slide's level-0 µm/px from the manifest; it overrides config.slide_mpp (the
+    flag), which overrides the file's tags (`tiling.resolution`). attrs record which was used.
 
     Skips when the store is current (same config hash and slide sha256). A slide without tissue
     gives an empty store (N = 0) and a warning. Raises SlideError naming the file when it cannot
@@ -135,7 +139,10 @@ def tile_slide(slide_path: Path, out: Path, config: TileConfig, slide_id: str | 
     slide_path = Path(slide_path)
     slide_id = slide_id or slide_path.stem
     target = slide_dir(out, slide_id) / PATCHES
-    with open_slide(slide_path, config.slide_mpp) as slide:
+    if slide_mpp is not None:
+        config = replace(config, slide_mpp=slide_mpp)
+    source = "manifest" if slide_mpp is not None else "flag"
+    with open_slide(slide_path, config.slide_mpp, source) as slide:
         stamp = {"config_hash": config_hash(config), "source_sha256": file_sha256(slide_path)}
         if is_current(target, **stamp):
             log.info("%s: up to date", target)

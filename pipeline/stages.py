@@ -26,6 +26,7 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import ValidationFailed
 from reports.audit import audit_slide
 from reports.html import render_slide_report
+from tiling.annotations import check_annotation_files
 from tiling.archive import SlideRecord
 from tiling.errors import AuditError
 from tiling.stitch import stitch_slide
@@ -73,6 +74,7 @@ class SlideState:
 
 
 def _tile(rec: SlideRecord, ctx: Context) -> None:
+    check_annotation_files(rec.annotations)  # before the slide's work, not at the stitch stage
     tile_slide(rec.path, ctx.out, ctx.config.tile, slide_id=rec.slide_id, slide_mpp=rec.mpp)
 
 

@@ -147,6 +147,16 @@ def provenance(model: dict[str, Any], stamp: dict[str, str], config: AuditConfig
             "run_at": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
+def resolution(patches: dict[str, Any], maps: dict[str, Any]) -> dict[str, Any]:
+    """Where the slide's and the annotations' scales came from: slide level-0 µm/px and its source
+    ("file", "manifest", "flag"), the read level, patch µm/px, and the annotation downsample
+    (annotation px per level-0 px) with its source."""
+    return {"slide_mpp": patches.get("slide_mpp"), "mpp_source": patches.get("mpp_source"),
+            "level": patches.get("level"), "patch_mpp": patches.get("mpp"),
+            "annotation_downsample": maps.get("annotation_downsample"),
+            "annotation_scale_source": maps.get("annotation_scale_source")}
+
+
 def _validation(store: PatchStore, attention: np.ndarray, heatmaps: dict[str, np.ndarray],
                 tissue: np.ndarray) -> list[dict[str, Any]]:
     """The three stage-boundary suites: patch coords, attention, stitched maps."""
@@ -233,7 +243,8 @@ def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig) -> Path
         "flags": flags(label, predicted["prediction"], compared["metrics"],
                        compared["agreement"], suites, config),
         "validation": suites,
-        "provenance": provenance(attrs.get("model", {}), stamp, config),
+        "provenance": {**provenance(attrs.get("model", {}), stamp, config),
+                       "resolution": resolution(store.attrs, maps.attrs)},
         "stamp": stamp,
     }
     write_audit(out, _finite(record))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,27 @@ class BaseSlide:
         self.close()
 
 
+def check_readable(path: Path) -> None:
+    """SlideError naming `path` unless it is a file this process may read."""
+    if path.is_dir():
+        raise SlideError(f"{path}: is a folder, not a slide file; give the slide file itself "
+                         "(for MIRAX, the .mrxs file beside its folder)")
+    if not path.exists():
+        raise SlideError(f"{path}: no such slide file; check the path")
+    if not os.access(path, os.R_OK):
+        raise SlideError(f"{path}: permission denied; give this user read access to the file")
+
+
+def _read_error(path: Path, doing: str, exc: Exception) -> SlideError:
+    """The SlideError for an OpenSlideError while `doing`: an unsupported codec or damaged data."""
+    if "unsupported" in str(exc).lower():
+        return SlideError(f"{path}: {doing} failed: OpenSlide does not support its image compression "
+                          f"({exc}); convert the slide to a pyramidal tiled JPEG TIFF (e.g. `vips "
+                          "tiffsave SLIDE out.tiff --tile --pyramid --compression jpeg`)")
+    return SlideError(f"{path}: {doing} failed ({exc}); the file may be truncated or corrupt: "
+                      "copy it again")
+
+
 class Slide(BaseSlide):
     """A slide file opened read-only with OpenSlide. Pickles by path (reopened where unpickled).
 
@@ -114,8 +136,7 @@ class Slide(BaseSlide):
     def __init__(self, path: Path, mpp: float | None = None, mpp_source: str = "flag") -> None:
         self.path = Path(path)
         self._given = (mpp, mpp_source)
-        if not self.path.is_file():
-            raise SlideError(f"{self.path}: no such slide file; check the path")
+        check_readable(self.path)
         try:
             self._osr = openslide.OpenSlide(self.path)
         except openslide.OpenSlideUnsupportedFormatError as exc:
@@ -124,11 +145,14 @@ class Slide(BaseSlide):
                              "(copy a truncated file again; convert other images to a pyramidal tiled "
                              "TIFF)") from exc
         except openslide.OpenSlideError as exc:
-            raise SlideError(f"{self.path}: OpenSlide cannot open it ({exc}); the file may be "
-                             "truncated or corrupt: copy it again") from exc
+            raise _read_error(self.path, "opening it", exc) from exc
         self.level_dimensions = tuple(self._osr.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
-        resolution = resolve_mpp(str(self.path), self._osr.properties, mpp, mpp_source)
+        try:
+            resolution = resolve_mpp(str(self.path), self._osr.properties, mpp, mpp_source)
+        except SlideError:
+            self._osr.close()
+            raise
         self.mpp, self.mpp_source = resolution.mpp, resolution.source
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
@@ -136,8 +160,7 @@ class Slide(BaseSlide):
             region = self._osr.read_region((int(location[0]), int(location[1])), level,
                                            (int(size[0]), int(size[1])))
         except openslide.OpenSlideError as exc:
-            raise SlideError(f"{self.path}: reading level {level} at {tuple(location)} failed ({exc}); "
-                             "the file may be truncated or corrupt: copy it again") from exc
+            raise _read_error(self.path, f"reading level {level} at {tuple(location)}", exc) from exc
         return on_white(region)
 
     def close(self) -> None:

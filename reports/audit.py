@@ -122,10 +122,10 @@ def slide_prediction(logits: np.ndarray, head: str, classes: list[str]) -> dict[
 
 
 def flags(label: int | None, prediction: int, scores: dict[str, dict], pairs: list[dict],
-          suites: list[dict], config: AuditConfig) -> list[dict[str, Any]]:
+          suites: list[dict], config: AuditConfig, lesions_on_tissue: int = 0) -> list[dict[str, Any]]:
     """The slide's flags by the rules of `reports.registry.FLAGS`; each {"flag", "severity",
     "methods", "message"}."""
-    return raise_flags(FlagInputs(label, prediction, scores, pairs, suites, config))
+    return raise_flags(FlagInputs(label, prediction, scores, pairs, suites, config, lesions_on_tissue))
 
 
 def _version(package: str) -> str | None:
@@ -238,10 +238,10 @@ def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig) -> Path
         "target_class": attrs.get("target_class"),
         "map": {"downsample": maps.downsample, "pixel_um": maps.pixel_um,
                 "shape": list(tissue.shape)},
-        "lesions": _lesions(maps, maps.lesion, tissue), **compared,
+        "lesions": (lesions := _lesions(maps, maps.lesion, tissue)), **compared,
         "top_patches": _top_patches(store, attention, config.top_patches),
         "flags": flags(label, predicted["prediction"], compared["metrics"],
-                       compared["agreement"], suites, config),
+                       compared["agreement"], suites, config, lesions["on_tissue"]),
         "validation": suites,
         "provenance": {**provenance(attrs.get("model", {}), stamp, config),
                        "resolution": resolution(store.attrs, maps.attrs)},

@@ -1,18 +1,28 @@
 """Annotations brought onto the slide: their scale (manifest annotation_downsample or
-annotation_mpp, ImageScope MicronsPerPixel) and the check that they fit before any metric."""
+annotation_mpp, an XML's MicronsPerPixel), the check that they fit before any metric, and one
+count per lesion when several files hold it."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
-
+from conftest import manifest_rows
 from fake_stores import lesion_geojson, make_slide_case
+
 from tiling.annotation_fit import check_fit
-from tiling.annotations import Lesion
+from tiling.annotations import Lesion, read_annotations
 from tiling.errors import AnnotationError
-from tiling.stitch import AnnotationScale, StitchConfig, stitch_slide
+from tiling.slide import open_slide
+from tiling.stitch import (
+    AnnotationScale,
+    StitchConfig,
+    geometry_key,
+    slide_lesions,
+    stitch_slide,
+)
 from tiling.store import MAPS
 from tiling.store.maps import open_maps
 
@@ -73,3 +83,17 @@ def test_annotation_mpp_and_an_xml_microns_per_pixel_scale_alike(tmp_path: Path)
 
 def attrs_of(slide_dir: Path) -> dict:
     return open_maps(slide_dir).attrs
+
+
+def test_a_lesion_in_both_the_geojson_and_the_xml_counts_once(sample_archive: Path) -> None:
+    row = manifest_rows(sample_archive)[0]                 # a positive sample slide: 1-3 lesions
+    geojson, xml = Path(row["annotation"]), Path(row["annotation_xml"])
+    count = len(read_annotations(geojson))
+    assert count >= 1 and len(read_annotations(xml)) == count
+    with open_slide(Path(row["path"])) as slide:
+        dimensions, mpp = slide.dimensions, slide.mpp
+    lesions, read = slide_lesions([geojson, xml], dimensions, mpp, AnnotationScale())
+    assert len(lesions) == count and read["duplicate_lesions"] == count
+    assert [lesion.name for lesion in lesions] == [lesion.name for lesion in read_annotations(geojson)]
+    moved = [replace(lesion, exterior=lesion.exterior + 5) for lesion in read_annotations(xml)]
+    assert all(geometry_key(a) != geometry_key(b) for a, b in zip(moved, read_annotations(geojson)))

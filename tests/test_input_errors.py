@@ -57,8 +57,7 @@ def test_an_unsupported_codec_is_not_called_corrupt(tmp_path: Path) -> None:
                   resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
     with pytest.raises(SlideError, match=r"webp\.tiff: .*OpenSlide does not support its image "
                        r"compression \(Unsupported TIFF compression: 50001\); convert") as caught:
-        with open_slide(path) as slide:
-            slide.read_region((0, 0), 0, (64, 64))
+        open_slide(path).read_region((0, 0), 0, (64, 64))
     assert "corrupt" not in str(caught.value)
 
 

@@ -6,8 +6,8 @@ import html
 from pathlib import Path
 
 import pytest
-
 from fake_stores import make_slide_case, real_slide
+
 from reports.audit import AuditConfig, audit_slide, flags
 from reports.html import render_slide_report
 from reports.registry import FLAGS

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-
 from conftest import shared_file
+
 from tiling.archive import read_archive
 from tiling.errors import ArchiveError, SlideError
 from tiling.sample_tiff import write_pyramid_tiff

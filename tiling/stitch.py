@@ -162,17 +162,31 @@ class AnnotationScale:
 def slide_lesions(annotations: list[Path], dimensions: tuple[int, int], slide_mpp: float,
                   scale: AnnotationScale) -> tuple[list[Lesion], dict[str, Any]]:
     """The lesions of the annotation files in slide level-0 px, each file scaled
-    (`tiling.annotation_fit`) and checked to fit the slide of `dimensions` (W, H); and how they
-    were scaled: {"annotation_downsample": {file name: factor}, "annotation_scale_source": ...}."""
-    lesions, factors, sources = [], {}, {}
+    (`tiling.annotation_fit`) and checked to fit the slide of `dimensions` (W, H), a lesion found
+    in several files counted once (`geometry_key`); and how they were read:
+    {"annotation_downsample": {file name: factor}, "annotation_scale_source": {file name: source},
+    "duplicate_lesions": lesions dropped as copies of an earlier file's}."""
+    lesions, factors, sources, seen, duplicates = [], {}, {}, set(), 0
     for path in annotations:
         factor, source = annotation_downsample(path, slide_mpp, scale.downsample, scale.mpp)
         found = scaled(read_annotations(path), factor)
         if found:
             check_fit(path, found, dimensions, factor)
-        lesions += found
+        for lesion in found:
+            key = geometry_key(lesion)
+            duplicates += key in seen
+            if key not in seen:
+                seen.add(key)
+                lesions.append(lesion)
         factors[path.name], sources[path.name] = factor, source
-    return lesions, {"annotation_downsample": factors, "annotation_scale_source": sources}
+    return lesions, {"annotation_downsample": factors, "annotation_scale_source": sources,
+                     "duplicate_lesions": duplicates}
+
+
+def geometry_key(lesion: Lesion) -> frozenset[tuple[float, float]]:
+    """The set of a lesion's exterior vertices rounded to 0.1 level-0 px: the same polygon in
+    GeoJSON (closed ring) and ASAP XML (open ring, any start) gives the same key."""
+    return frozenset(map(tuple, np.round(lesion.exterior, 1).tolist()))
 
 
 def lesion_labels(lesions: list[Lesion], shape: tuple[int, int],

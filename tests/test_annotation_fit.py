@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import manifest_rows
+from conftest import manifest_rows, shared_file
 from fake_stores import lesion_geojson, make_slide_case
 
 from tiling.annotation_fit import check_fit
@@ -97,3 +97,13 @@ def test_a_lesion_in_both_the_geojson_and_the_xml_counts_once(sample_archive: Pa
     assert [lesion.name for lesion in lesions] == [lesion.name for lesion in read_annotations(geojson)]
     moved = [replace(lesion, exterior=lesion.exterior + 5) for lesion in read_annotations(xml)]
     assert all(geometry_key(a) != geometry_key(b) for a, b in zip(moved, read_annotations(geojson)))
+
+
+@pytest.mark.parametrize("name,factor", [("geojson_example.json", 64), ("holed.geojson", 8)])
+def test_real_qupath_exports_of_another_slide_do_not_fit_the_real_slide(name: str, factor: int) -> None:
+    notes = shared_file(name)                              # level-0 px of slides far larger than CMU-1
+    with open_slide(shared_file("CMU-1-Small-Region.svs")) as slide:
+        dimensions, mpp = slide.dimensions, slide.mpp
+    with pytest.raises(AnnotationError, match=rf"{name}: 100% of the annotated area lies outside the "
+                       rf"slide: .*slide is 2,967 px high: about {factor} x; set annotation_downsample={factor}"):
+        slide_lesions([notes], dimensions, mpp, AnnotationScale())

@@ -11,10 +11,13 @@ import tifffile
 import zarr
 from conftest import shared_file
 
-from tiling.archive import read_archive
+from pipeline.config import PipelineConfig
+from pipeline.stages import Context, SlideState, run_stage
+from tiling.archive import SlideRecord, read_archive
 from tiling.errors import ArchiveError, SlideError
 from tiling.sample_tiff import write_pyramid_tiff
 from tiling.slide import open_slide
+from tiling.store import PATCHES
 from tiling.tile import TileConfig, tile_slide
 
 IMAGE = np.full((512, 512, 3), 200, np.uint8)
@@ -100,3 +103,14 @@ def test_manifest_declares_resolution_and_annotation_scale(tmp_path: Path) -> No
         manifest.write_text(f"path,mpp,annotation_downsample,annotation_mpp\n{row}\n")
         with pytest.raises(ArchiveError, match=rf"manifest\.csv line 2: {problem}"):
             read_archive(manifest)
+
+
+def test_the_tile_stage_takes_the_manifest_mpp_over_the_flag(tmp_path: Path) -> None:
+    path = tmp_path / "bare.tiff"
+    write_pyramid_tiff(path, IMAGE, None)
+    config = PipelineConfig(tile=TileConfig(mpp=2.0, patch=64, slide_mpp=0.25))
+    record = SlideRecord("bare", path, mpp=0.5)
+    state = run_stage("tile", SlideState(record), Context(tmp_path / "out", tmp_path, config))
+    assert state.failure is None
+    attrs = dict(zarr.open_group(tmp_path / "out" / "slides" / "bare" / PATCHES, mode="r").attrs)
+    assert (attrs["slide_mpp"], attrs["mpp_source"]) == (0.5, "manifest")

@@ -21,7 +21,9 @@ stride = click.option("--stride", default=None, type=int,
 min_tissue = click.option("--min-tissue", default=0.5, show_default=True, type=float,
                           help="Keep patches whose tissue fraction is at least this.")
 slide_mpp = click.option("--slide-mpp", default=None, type=float,
-                         help="Level-0 mpp for slides whose file does not record it.")
+                         help="Level-0 µm/px of the slides (archive-wide default). Precedence: the manifest "
+                              "column `mpp` > this flag > the file's tags; a file's implausible value "
+                              "(outside 0.05-20, or a TIFF's default 72/96/300 dpi) counts as missing.")
 device = click.option("--device", default="auto", show_default=True,
                       type=click.Choice(["auto", "cpu", "cuda"]), help="Where models run.")
 workers = click.option("--workers", default=None, type=click.IntRange(min=1),

@@ -26,9 +26,10 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import ValidationFailed
 from reports.audit import audit_slide
 from reports.html import render_slide_report
+from tiling.annotations import check_annotation_files
 from tiling.archive import SlideRecord
 from tiling.errors import AuditError
-from tiling.stitch import stitch_slide
+from tiling.stitch import AnnotationScale, stitch_slide
 from tiling.store import AUDIT, EXPLAIN, FAILURE, MAPS, PATCHES, REPORT, slide_dir
 from tiling.store.records import load_audit, write_failure_record
 from tiling.tile import tile_slide
@@ -73,7 +74,8 @@ class SlideState:
 
 
 def _tile(rec: SlideRecord, ctx: Context) -> None:
-    tile_slide(rec.path, ctx.out, ctx.config.tile, slide_id=rec.slide_id)
+    check_annotation_files(rec.annotations)  # before the slide's work, not at the stitch stage
+    tile_slide(rec.path, ctx.out, ctx.config.tile, slide_id=rec.slide_id, slide_mpp=rec.mpp)
 
 
 def _explain(rec: SlideRecord, ctx: Context) -> None:
@@ -82,7 +84,8 @@ def _explain(rec: SlideRecord, ctx: Context) -> None:
 
 
 def _stitch(rec: SlideRecord, ctx: Context) -> None:
-    stitch_slide(slide_dir(ctx.out, rec.slide_id), rec.path, list(rec.annotations), ctx.config.stitch)
+    stitch_slide(slide_dir(ctx.out, rec.slide_id), rec.path, list(rec.annotations), ctx.config.stitch,
+                 AnnotationScale(rec.annotation_downsample, rec.annotation_mpp))
 
 
 def _audit(rec: SlideRecord, ctx: Context) -> None:

@@ -122,10 +122,10 @@ def slide_prediction(logits: np.ndarray, head: str, classes: list[str]) -> dict[
 
 
 def flags(label: int | None, prediction: int, scores: dict[str, dict], pairs: list[dict],
-          suites: list[dict], config: AuditConfig) -> list[dict[str, Any]]:
+          suites: list[dict], config: AuditConfig, lesions_on_tissue: int = 0) -> list[dict[str, Any]]:
     """The slide's flags by the rules of `reports.registry.FLAGS`; each {"flag", "severity",
     "methods", "message"}."""
-    return raise_flags(FlagInputs(label, prediction, scores, pairs, suites, config))
+    return raise_flags(FlagInputs(label, prediction, scores, pairs, suites, config, lesions_on_tissue))
 
 
 def _version(package: str) -> str | None:
@@ -145,6 +145,16 @@ def provenance(model: dict[str, Any], stamp: dict[str, str], config: AuditConfig
             "model": model, "config_hash": stamp["config_hash"],
             "source_sha256": stamp["source_sha256"], "audit_config": dataclasses.asdict(config),
             "run_at": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def resolution(patches: dict[str, Any], maps: dict[str, Any]) -> dict[str, Any]:
+    """Where the slide's and the annotations' scales came from: slide level-0 µm/px and its source
+    ("file", "manifest", "flag"), the read level, patch µm/px, and the annotation downsample
+    (annotation px per level-0 px) with its source."""
+    return {"slide_mpp": patches.get("slide_mpp"), "mpp_source": patches.get("mpp_source"),
+            "level": patches.get("level"), "patch_mpp": patches.get("mpp"),
+            "annotation_downsample": maps.get("annotation_downsample"),
+            "annotation_scale_source": maps.get("annotation_scale_source")}
 
 
 def _validation(store: PatchStore, attention: np.ndarray, heatmaps: dict[str, np.ndarray],
@@ -228,12 +238,13 @@ def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig) -> Path
         "target_class": attrs.get("target_class"),
         "map": {"downsample": maps.downsample, "pixel_um": maps.pixel_um,
                 "shape": list(tissue.shape)},
-        "lesions": _lesions(maps, maps.lesion, tissue), **compared,
+        "lesions": (lesions := _lesions(maps, maps.lesion, tissue)), **compared,
         "top_patches": _top_patches(store, attention, config.top_patches),
         "flags": flags(label, predicted["prediction"], compared["metrics"],
-                       compared["agreement"], suites, config),
+                       compared["agreement"], suites, config, lesions["on_tissue"]),
         "validation": suites,
-        "provenance": provenance(attrs.get("model", {}), stamp, config),
+        "provenance": {**provenance(attrs.get("model", {}), stamp, config),
+                       "resolution": resolution(store.attrs, maps.attrs)},
         "stamp": stamp,
     }
     write_audit(out, _finite(record))

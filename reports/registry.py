@@ -133,7 +133,8 @@ def metric(name: str) -> Metric:
 @dataclass(frozen=True)
 class FlagInputs:
     """What the flag rules read: the slide's label and prediction, each method's scores
-    ({method: {metric: {"value", ...}}}), method agreement pairs, validation suites, config."""
+    ({method: {metric: {"value", ...}}}), method agreement pairs, validation suites, config,
+    and the number of annotated lesions lying on tissue."""
 
     label: int | None
     prediction: int
@@ -141,6 +142,7 @@ class FlagInputs:
     pairs: list[dict[str, Any]]
     suites: list[dict[str, Any]]
     config: AuditConfig
+    lesions_on_tissue: int = 0
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,14 @@ def _prediction_wrong(f: FlagInputs) -> tuple[list[str], str] | None:
     return [], f"predicted class {f.prediction}, label {f.label}"
 
 
+def _label_mismatch(f: FlagInputs) -> tuple[list[str], str] | None:
+    if f.label is None or (f.label > 0) == (f.lesions_on_tissue > 0):
+        return None
+    if f.label > 0:
+        return [], f"labelled positive (class {f.label}), no lesion annotated on tissue"
+    return [], f"labelled negative, {f.lesions_on_tissue} lesion(s) annotated on tissue"
+
+
 def _validation_failed(f: FlagInputs) -> tuple[list[str], str] | None:
     failed = [s["suite"] for s in f.suites if not s["success"]]
     return (failed, f"failed checks: {', '.join(failed)}") if failed else None
@@ -191,6 +201,11 @@ FLAGS: dict[str, Flag] = {flag.name: flag for flag in (
          "warning", "method", _disagree),
     Flag("prediction_wrong", "Prediction wrong", "The slide's predicted class differs from its label.",
          "error", "slide", _prediction_wrong),
+    Flag("label_annotation_mismatch", "Label and annotations disagree",
+         "The slide is labelled positive but no annotated lesion lies on its tissue, or labelled "
+         "negative with a lesion annotated on its tissue: the label, the annotation file or its scale "
+         "is wrong, and the lesion metrics cannot be read as they stand.",
+         "warning", "slide", _label_mismatch),
     Flag("validation_failed", "Validation failed",
          "A great-expectations check of the slide's stores failed; its numbers cannot be trusted.",
          "error", "slide", _validation_failed),

@@ -218,7 +218,7 @@ def test_cli_tile(sample_archive: Path, tmp_path: Path) -> None:
     assert result.exit_code == 3 and "slide.svs: OpenSlide cannot read it" in result.output
     assert "Traceback" not in result.output
     nompp = tmp_path / "nompp.tiff"
-    write_pyramid_tiff(nompp, np.full((256, 256, 3), 128, np.uint8), mpp=None)
+    write_pyramid_tiff(nompp, np.full((512, 512, 3), 128, np.uint8), mpp=None)
     result = runner.invoke(main, ["tile", str(nompp), "--out", str(tmp_path)])
     assert result.exit_code == 3 and "--slide-mpp" in result.output
     result = runner.invoke(main, ["tile", str(nompp), "--out", str(tmp_path), "--slide-mpp", "0.5"])

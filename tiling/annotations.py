@@ -145,6 +145,17 @@ def _load(path: Path) -> Iterator[Lesion]:
     raise ValueError("unknown annotation format; use .geojson/.json (QuPath) or .xml (ASAP)")
 
 
+def check_annotation_files(paths: Collection[Path]) -> None:
+    """AnnotationError naming the first of `paths` that is not a readable file."""
+    for path in map(Path, paths):
+        if path.is_dir():
+            raise AnnotationError(f"{path}: is a folder, not an annotation file; name the file in "
+                                  "the manifest's annotation column")
+        if not path.is_file():
+            raise AnnotationError(f"{path}: no such annotation file; check the manifest's annotation "
+                                  "column or put the file there")
+
+
 def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
 

@@ -10,6 +10,11 @@ the CSV's folder):
                     (';' alone: none of the classes); empty = unknown
     annotation      an annotation file (QuPath GeoJSON or ASAP XML); empty = none
     annotation_*    further annotation files (e.g. annotation_xml); all listed files are used
+    mpp             the slide's level-0 µm/px; overrides --slide-mpp and the file's tags
+    annotation_downsample  annotation coordinates = slide level-0 coordinates x this factor
+                    (e.g. 32 for a level-5 export annotated at level 0); empty = 1
+    annotation_mpp  the µm/px of the annotation coordinates (instead of annotation_downsample)
+The last three are positive numbers or empty (= not given).
 
 Folder: every file with a slide suffix (SLIDE_SUFFIXES) directly inside it; its annotations are the
 files with the same stem and an annotation suffix (ANNOTATION_SUFFIXES) beside it; labels are
@@ -19,6 +24,7 @@ archive is ever written.
 from __future__ import annotations
 
 import csv
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,13 +39,18 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 @dataclass(frozen=True)
 class SlideRecord:
-    """One slide: its id (folder under OUT/slides), file, labels (class indices; None = unknown)
-    and annotation files."""
+    """One slide: its id (folder under OUT/slides), file, labels (class indices; None = unknown),
+    annotation files, and what the manifest declares (None = not given): mpp (level-0 µm/px),
+    annotation_downsample (annotation px per slide level-0 px), annotation_mpp (µm per
+    annotation px)."""
 
     slide_id: str
     path: Path
     labels: tuple[int, ...] | None = None
     annotations: tuple[Path, ...] = ()
+    mpp: float | None = None
+    annotation_downsample: float | None = None
+    annotation_mpp: float | None = None
 
     @property
     def label(self) -> int | None:
@@ -53,6 +64,24 @@ def check_slide_id(slide_id: str, where: str) -> str:
         raise ArchiveError(f"{where}: slide id {slide_id!r} is not a usable folder name; use letters, "
                            "digits, '.', '_' and '-', starting with a letter or digit")
     return slide_id
+
+
+NUMBERS = ("mpp", "annotation_downsample", "annotation_mpp")  # manifest columns of positive numbers
+
+
+def parse_positive(cell: dict[str, str], column: str, where: str) -> float | None:
+    """The positive number in `column` of a manifest row (None when absent or empty)."""
+    text = cell.get(column, "")
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ArchiveError(f"{where}: `{column}` {text!r} is not a positive number; fix the cell "
+                           "or leave it empty")
+    return value
 
 
 def parse_label(text: str, classes: Sequence[str], multi_label: bool, where: str) -> tuple[int, ...] | None:
@@ -90,7 +119,7 @@ def read_manifest(manifest: Path, classes: Sequence[str] | None = None,
             if "path" not in columns:
                 raise ArchiveError(f"{manifest}: no `path` column (columns: {', '.join(columns) or 'none'}); "
                                    "give a CSV with a header row naming slide_id, path, label, annotation")
-            notes = [c for c in columns if c == "annotation" or c.startswith("annotation_")]
+            notes = [c for c in columns if (c == "annotation" or c.startswith("annotation_")) and c not in NUMBERS]
             for row in reader:
                 where = f"{manifest} line {reader.line_num}"
                 cell = {k: (v or "").strip() for k, v in row.items() if k is not None}
@@ -100,7 +129,12 @@ def read_manifest(manifest: Path, classes: Sequence[str] | None = None,
                 labels = None if classes is None else parse_label(cell.get("label", ""), classes,
                                                                   multi_label, where)
                 slide_id = check_slide_id(cell.get("slide_id") or path.stem, where)
-                records.append(SlideRecord(slide_id, path, labels, tuple(root / cell[c] for c in notes if cell[c])))
+                numbers = {c: parse_positive(cell, c, where) for c in NUMBERS}
+                if numbers["annotation_downsample"] and numbers["annotation_mpp"]:
+                    raise ArchiveError(f"{where}: both `annotation_downsample` and `annotation_mpp` "
+                                       "given; keep one")
+                records.append(SlideRecord(slide_id, path, labels,
+                                           tuple(root / cell[c] for c in notes if cell[c]), **numbers))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ArchiveError(f"{manifest}: cannot read the manifest ({exc}); give a UTF-8 CSV file") from exc
     return _checked(records, str(manifest))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import openslide
 from PIL import Image
 
 from tiling.errors import SlideError
+from tiling.resolution import resolve_mpp
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class BaseSlide:
 
     path: Path | None
     mpp: float
+    mpp_source: str  # where `mpp` came from: "file", "manifest", "flag" (or "given" for arrays)
     level_dimensions: tuple[tuple[int, int], ...]
     level_downsamples: tuple[float, ...]
 
@@ -101,17 +104,39 @@ class BaseSlide:
         self.close()
 
 
+def check_readable(path: Path) -> None:
+    """SlideError naming `path` unless it is a file this process may read."""
+    if path.is_dir():
+        raise SlideError(f"{path}: is a folder, not a slide file; give the slide file itself "
+                         "(for MIRAX, the .mrxs file beside its folder)")
+    if not path.exists():
+        raise SlideError(f"{path}: no such slide file; check the path")
+    if not os.access(path, os.R_OK):
+        raise SlideError(f"{path}: permission denied; give this user read access to the file")
+
+
+def _read_error(path: Path, doing: str, exc: Exception) -> SlideError:
+    """The SlideError for an OpenSlideError while `doing`: an unsupported codec or damaged data."""
+    if "unsupported" in str(exc).lower():
+        return SlideError(f"{path}: {doing} failed: OpenSlide does not support its image compression "
+                          f"({exc}); convert the slide to a pyramidal tiled JPEG TIFF (e.g. `vips "
+                          "tiffsave SLIDE out.tiff --tile --pyramid --compression jpeg`)")
+    return SlideError(f"{path}: {doing} failed ({exc}); the file may be truncated or corrupt: "
+                      "copy it again")
+
+
 class Slide(BaseSlide):
     """A slide file opened read-only with OpenSlide. Pickles by path (reopened where unpickled).
 
-    mpp: level-0 µm/px from the file (openslide.mpp-x); `mpp` is used only when the file has none.
+    mpp: level-0 µm/px, `mpp` when given (declared by `mpp_source`: "manifest" or "flag"), else
+    the file's plausible recorded value (`tiling.resolution.resolve_mpp`); mpp_source: where the
+    value in use came from ("file", "manifest" or "flag").
     """
 
-    def __init__(self, path: Path, mpp: float | None = None) -> None:
+    def __init__(self, path: Path, mpp: float | None = None, mpp_source: str = "flag") -> None:
         self.path = Path(path)
-        self._given_mpp = mpp
-        if not self.path.is_file():
-            raise SlideError(f"{self.path}: no such slide file; check the path")
+        self._given = (mpp, mpp_source)
+        check_readable(self.path)
         try:
             self._osr = openslide.OpenSlide(self.path)
         except openslide.OpenSlideUnsupportedFormatError as exc:
@@ -120,40 +145,29 @@ class Slide(BaseSlide):
                              "(copy a truncated file again; convert other images to a pyramidal tiled "
                              "TIFF)") from exc
         except openslide.OpenSlideError as exc:
-            raise SlideError(f"{self.path}: OpenSlide cannot open it ({exc}); the file may be "
-                             "truncated or corrupt: copy it again") from exc
+            raise _read_error(self.path, "opening it", exc) from exc
         self.level_dimensions = tuple(self._osr.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
-        self.mpp = self._resolve_mpp(mpp)
-
-    def _resolve_mpp(self, given: float | None) -> float:
-        recorded = self._osr.properties.get(openslide.PROPERTY_NAME_MPP_X)
-        value = float(recorded) if recorded else None
-        if value is not None and given is not None and not math.isclose(value, given, rel_tol=0.01):
-            log.warning("%s: file records %.4g µm/px, ignoring the given %.4g", self.path, value, given)
-        value = value if value is not None else given
-        if value is None:
-            raise SlideError(f"{self.path}: the file records no resolution (microns per pixel); "
-                             "pass it with --slide-mpp (e.g. --slide-mpp 0.25 for 40x)")
-        if not (math.isfinite(value) and value > 0):
-            raise SlideError(f"{self.path}: resolution {value} µm/px is not a positive number; "
-                             "pass the right one with --slide-mpp")
-        return value
+        try:
+            resolution = resolve_mpp(str(self.path), self._osr.properties, mpp, mpp_source)
+        except SlideError:
+            self._osr.close()
+            raise
+        self.mpp, self.mpp_source = resolution.mpp, resolution.source
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         try:
             region = self._osr.read_region((int(location[0]), int(location[1])), level,
                                            (int(size[0]), int(size[1])))
         except openslide.OpenSlideError as exc:
-            raise SlideError(f"{self.path}: reading level {level} at {tuple(location)} failed ({exc}); "
-                             "the file may be truncated or corrupt: copy it again") from exc
+            raise _read_error(self.path, f"reading level {level} at {tuple(location)}", exc) from exc
         return on_white(region)
 
     def close(self) -> None:
         self._osr.close()
 
-    def __reduce__(self) -> tuple[type, tuple[Path | None, float | None]]:
-        return (Slide, (self.path, self._given_mpp))
+    def __reduce__(self) -> tuple[type, tuple[Path | None, float | None, str]]:
+        return (Slide, (self.path, *self._given))
 
 
 class ArraySlide(BaseSlide):
@@ -169,6 +183,7 @@ class ArraySlide(BaseSlide):
         self.path = None
         self.array = array
         self.mpp = float(mpp)
+        self.mpp_source = "given"
         self.level_dimensions = ((array.shape[1], array.shape[0]),)
         self.level_downsamples = (1.0,)
 
@@ -184,9 +199,11 @@ class ArraySlide(BaseSlide):
         return out
 
 
-def open_slide(path: Path, mpp: float | None = None) -> Slide:
-    """Open a slide file read-only; `mpp` (level-0 µm/px) is used when the file records none.
+def open_slide(path: Path, mpp: float | None = None, mpp_source: str = "flag") -> Slide:
+    """Open a slide file read-only; `mpp` (level-0 µm/px, declared by `mpp_source`: "manifest" or
+    "flag") overrides the file's resolution (`tiling.resolution`).
 
-    Raises SlideError naming the file when OpenSlide cannot read it or no resolution is known.
+    Raises SlideError naming the file when OpenSlide cannot read it or no plausible resolution is
+    known.
     """
-    return Slide(path, mpp)
+    return Slide(path, mpp, mpp_source)

@@ -24,7 +24,8 @@ from scipy.stats import rankdata
 from skimage.transform import resize
 from tqdm import tqdm
 
-from tiling.annotations import rasterize_lesions, read_annotations
+from tiling.annotation_fit import annotation_downsample, check_fit, scaled
+from tiling.annotations import Lesion, rasterize_lesions, read_annotations
 from tiling.errors import StoreError, require
 from tiling.store import EXPLAIN, MAPS, atomic_path, chained_stamp, file_sha256, is_current, open_patch_store, runtime
 from tiling.store.explain import open_explain_store
@@ -148,10 +149,48 @@ def percentile_rank(values: np.ndarray) -> np.ndarray:
     return ((rankdata(values) - 1) / (values.size - 1)).astype(np.float32)
 
 
-def lesion_labels(annotations: list[Path], shape: tuple[int, int],
+@dataclass(frozen=True)
+class AnnotationScale:
+    """What the manifest declares about a slide's annotation coordinates (None = not given):
+    downsample (annotation px per slide level-0 px) or mpp (µm per annotation px)."""
+
+    downsample: float | None = None
+    mpp: float | None = None
+
+
+def slide_lesions(annotations: list[Path], dimensions: tuple[int, int], slide_mpp: float,
+                  scale: AnnotationScale) -> tuple[list[Lesion], dict[str, Any]]:
+    """The lesions of the annotation files in slide level-0 px, each file scaled
+    (`tiling.annotation_fit`) and checked to fit the slide of `dimensions` (W, H), a lesion found
+    in several files counted once (`geometry_key`); and how they were read:
+    {"annotation_downsample": {file name: factor}, "annotation_scale_source": {file name: source},
+    "duplicate_lesions": lesions dropped as copies of an earlier file's}."""
+    lesions, factors, sources, seen, duplicates = [], {}, {}, set(), 0
+    for path in annotations:
+        factor, source = annotation_downsample(path, slide_mpp, scale.downsample, scale.mpp)
+        found = scaled(read_annotations(path), factor)
+        if found:
+            check_fit(path, found, dimensions, factor)
+        for lesion in found:
+            key = geometry_key(lesion)
+            duplicates += key in seen
+            if key not in seen:
+                seen.add(key)
+                lesions.append(lesion)
+        factors[path.name], sources[path.name] = factor, source
+    return lesions, {"annotation_downsample": factors, "annotation_scale_source": sources,
+                     "duplicate_lesions": duplicates}
+
+
+def geometry_key(lesion: Lesion) -> frozenset[tuple[float, float]]:
+    """The set of a lesion's exterior vertices rounded to 0.1 level-0 px: the same polygon in
+    GeoJSON (closed ring) and ASAP XML (open ring, any start) gives the same key."""
+    return frozenset(map(tuple, np.round(lesion.exterior, 1).tolist()))
+
+
+def lesion_labels(lesions: list[Lesion], shape: tuple[int, int],
                   downsample: float) -> tuple[np.ndarray, list[str]]:
-    """(H, W) uint16: k on the k-th lesion of the annotation files (1-based), and their names."""
-    lesions = [lesion for path in annotations for lesion in read_annotations(path)]
+    """(H, W) uint16: k on the k-th lesion (1-based), and their names."""
     labels = np.zeros(shape, np.uint16)
     for k, lesion in enumerate(lesions, start=1):
         labels[rasterize_lesions([lesion], shape, downsample)] = k
@@ -166,14 +205,16 @@ def _thumbnail(thumbnail: zarr.Array, shape: tuple[int, int]) -> np.ndarray:
 
 
 def stitch_slide(slide_dir: Path, slide_path: Path, annotations: list[Path],
-                 config: StitchConfig) -> Path:
+                 config: StitchConfig, scale: AnnotationScale = AnnotationScale()) -> Path:
     """Write ``slide_dir/maps.zarr`` from patches.zarr (its thumbnail too), explain.zarr and the
-    annotations (read-only); skipped when its stamp is current. Returns the maps.zarr path.
-    `slide_path` is no longer read: the slide's thumbnail comes from patches.zarr."""
+    annotations (read-only, scaled by `scale` and checked to fit the slide before anything is
+    written: AnnotationError otherwise); skipped when its stamp is current. Returns the maps.zarr
+    path. `slide_path` is no longer read: the slide's thumbnail comes from patches.zarr."""
     slide_dir, annotations = Path(slide_dir), [Path(a) for a in annotations]
     out = slide_dir / MAPS
     stamp = chained_stamp(config, slide_dir / EXPLAIN,
-                          annotations_sha=[file_sha256(a) for a in annotations])
+                          annotations_sha=[file_sha256(a) for a in annotations],
+                          annotation_scale=[scale.downsample, scale.mpp])
     if is_current(out, **stamp):
         log.info("%s is current; skipping stitch", out)
         return out
@@ -186,6 +227,7 @@ def stitch_slide(slide_dir: Path, slide_path: Path, annotations: list[Path],
     if attrs.get("slide_mpp") is None:
         raise StoreError(f"{store.path}: attrs lack slide_mpp; retile the slide with --slide-mpp")
     pixel_um = downsample * float(attrs["slide_mpp"])
+    lesions, scaling = slide_lesions(annotations, dimensions, float(attrs["slide_mpp"]), scale)
     grid = PatchGrid(store.coords, float(attrs["footprint"]), downsample, shape,
                      config.block_pixels)
     methods = [str(m) for m in explain.attrs.get("methods", [])]
@@ -200,13 +242,13 @@ def stitch_slide(slide_dir: Path, slide_path: Path, annotations: list[Path],
         for name, values in tqdm(sources.items(), desc=f"stitch {slide_dir.name}", leave=False):
             writer.image(name, grid.stitch(values, coverage),
                          "patch values averaged over overlapping patches; NaN off tissue")
-        labels, names = lesion_labels(annotations, shape, downsample)
+        labels, names = lesion_labels(lesions, shape, downsample)
         writer.image(LESION, labels, "k on the k-th annotated lesion")
         writer.image(THUMBNAIL, _thumbnail(store.thumbnail, shape), "slide RGB resampled to the map grid")
         writer.finish({
             "slide_id": attrs.get("slide_id"), "dimensions": list(dimensions),
             "downsample": downsample, "pixel_um": pixel_um, "shape": list(shape),
-            "methods": methods, "heatmaps": list(sources), "lesion_names": names, **stamp})
+            "methods": methods, "heatmaps": list(sources), "lesion_names": names, **scaling, **stamp})
     log.info("stitched %s: %d maps of %d x %d px at %.3g µm/px", out, len(sources), shape[1],
              shape[0], pixel_um)
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,8 @@ import zarr
 from tqdm import tqdm
 from tqdm.dask import TqdmCallback
 
-from tiling.errors import require
-from tiling.grid import footprint, patch_grid
+from tiling.errors import SlideError, require
+from tiling.grid import footprint, grid_starts, patch_grid
 from tiling.slide import BaseSlide, open_slide
 from tiling.store import (
     PATCHES,
@@ -46,13 +46,15 @@ MASK_SIDES = (512, 4096)
 class TileConfig:
     """mpp: patch resolution, µm/px; patch: side, px; stride: step between patches, px at `mpp`
     (None = patch); min_tissue: least tissue fraction kept; slide_mpp: level-0 µm/px for slides
-    that record none; chunk: patches per zarr chunk and per Dask block."""
+    that record none; max_patches: most patch positions on a slide's grid (glass included), checked
+    before any read; chunk: patches per zarr chunk and per Dask block."""
 
     mpp: float = 1.0
     patch: int = 224
     stride: int | None = None
     min_tissue: float = 0.5
     slide_mpp: float | None = None
+    max_patches: int = 500_000
     chunk: int = runtime(64)  # the zarr layout only: the patches' values do not change
 
     def __post_init__(self) -> None:
@@ -62,6 +64,7 @@ class TileConfig:
         require(0 <= self.min_tissue <= 1, "min_tissue", self.min_tissue, "a fraction in [0, 1]")
         require(self.slide_mpp is None or self.slide_mpp > 0, "slide_mpp", self.slide_mpp,
                 "a positive number of µm/px or null")
+        require(self.max_patches >= 1, "max_patches", self.max_patches, "a whole number of patches >= 1")
         require(self.chunk >= 1, "chunk", self.chunk, "a whole number of patches >= 1")
 
     @property
@@ -76,15 +79,34 @@ def plan_patches(slide: BaseSlide,
     uint8 thumbnail the tissue mask comes from: MASK_CELLS px per patch side (its longer side
     within MASK_SIDES)."""
     side = footprint(config.patch, config.mpp, slide.mpp)
+    check_plan(slide, config, side, footprint(config.step, config.mpp, slide.mpp))
     mask_side = round(max(slide.dimensions) * MASK_CELLS / side)
     thumbnail = slide.thumbnail(min(max(mask_side, MASK_SIDES[0]), MASK_SIDES[1]))
     mask = tissue_mask(thumbnail)
     coords, tissue = patch_grid(mask, slide.dimensions, side, footprint(config.step, config.mpp, slide.mpp),
                                 config.min_tissue)
-    attrs = {"mpp": config.mpp, "slide_mpp": slide.mpp, "level": slide.best_level(config.mpp),
+    attrs = {"mpp": config.mpp, "slide_mpp": slide.mpp, "mpp_source": slide.mpp_source, "level": slide.best_level(config.mpp),
              "patch_size": config.patch, "stride": config.step, "footprint": side,
              "dimensions": list(slide.dimensions)}
     return coords, tissue, attrs, thumbnail
+
+
+def check_plan(slide: BaseSlide, config: TileConfig, side: float, step: float) -> None:
+    """SlideError naming the slide when it is smaller than one patch footprint (`side` level-0 px)
+    or its grid (every `step` level-0 px) holds more than config.max_patches positions."""
+    width, height = slide.dimensions
+    where = f"{slide.path or '<array>'}: the slide is {width:,} x {height:,} px at {slide.mpp:.4g} µm/px " \
+            f"(from the {slide.mpp_source})"
+    if width < side or height < side:
+        raise SlideError(f"{where}, smaller than one patch ({config.patch} px at {config.mpp:g} µm/px "
+                         f"= {side:,.0f} level-0 px); check the slide's resolution, or lower tile.patch "
+                         "or tile.mpp")
+    planned = len(grid_starts(width, side, step)) * len(grid_starts(height, side, step))
+    if planned > config.max_patches:
+        raise SlideError(f"{where}: tiling it at {config.mpp:g} µm/px plans {planned:,} patches of "
+                         f"{side:,.1f} level-0 px, over tile.max_patches = {config.max_patches:,}; check "
+                         "the slide's resolution (manifest column `mpp` or --slide-mpp), or raise "
+                         "tile.max_patches or tile.mpp")
 
 
 def read_patches(slide: BaseSlide, coords: np.ndarray, patch: int, mpp: float) -> np.ndarray:
@@ -133,8 +155,12 @@ def _run(tasks: list[Any], label: str) -> None:
         raise
 
 
-def tile_slide(slide_path: Path, out: Path, config: TileConfig, slide_id: str | None = None) -> Path:
+def tile_slide(slide_path: Path, out: Path, config: TileConfig, slide_id: str | None = None,
+               slide_mpp: float | None = None) -> Path:
     """Write <out>/slides/<slide_id>/patches.zarr for the slide (slide_id: the file's stem).
+
+    slide_mpp: the slide's level-0 µm/px from the manifest; it overrides config.slide_mpp (the
+    flag), which overrides the file's tags (`tiling.resolution`). attrs record which was used.
 
     Skips when the store is current (same config hash and slide sha256). A slide without tissue
     gives an empty store (N = 0) and a warning. Raises SlideError naming the file when it cannot
@@ -143,7 +169,10 @@ def tile_slide(slide_path: Path, out: Path, config: TileConfig, slide_id: str | 
     slide_path = Path(slide_path)
     slide_id = slide_id or slide_path.stem
     target = slide_dir(out, slide_id) / PATCHES
-    with open_slide(slide_path, config.slide_mpp) as slide:
+    if slide_mpp is not None:
+        config = replace(config, slide_mpp=slide_mpp)
+    source = "manifest" if slide_mpp is not None else "flag"
+    with open_slide(slide_path, config.slide_mpp, source) as slide:
         stamp = {"config_hash": config_hash(config), "source_sha256": file_sha256(slide_path)}
         if is_current(target, **stamp):
             log.info("%s: up to date", target)

@@ -26,7 +26,7 @@ def tile(slide: Path, out: Path, mpp: float, patch: int, stride: int | None, min
     from tiling.store import open_patch_store
     from tiling.tile import TileConfig, tile_slide
 
-    config = TileConfig(mpp, patch, stride, min_tissue, slide_mpp, chunk)
+    config = TileConfig(mpp=mpp, patch=patch, stride=stride, min_tissue=min_tissue, slide_mpp=slide_mpp, chunk=chunk)
     slide_id = check_slide_id(slide_id or slide.stem, "--slide-id" if slide_id else f"{slide} (its stem)")
     store = open_patch_store(tile_slide(slide, out, config, slide_id))
     click.echo(f"{len(store)} patches of {patch} px at {mpp} µm/px (level {store.attrs['level']}) "

@@ -5,7 +5,8 @@
     tissue     (N,) float32 tissue fraction of each patch in [0, 1]
     thumbnail  (h, w, 3) uint8 RGB of the whole slide, the one the tissue mask was computed on
                (longer side within tiling.tile.MASK_SIDES); stitching resamples it to the maps
-    attrs      source_path, source_sha256, slide_id, mpp, slide_mpp, level, patch_size, stride,
+    attrs      source_path, source_sha256, slide_id, mpp, slide_mpp, mpp_source (where slide_mpp
+               came from: "file", "manifest" or "flag"), level, patch_size, stride,
                footprint (patch side in level-0 px), dimensions (level-0 W, H), config_hash,
                format_version (FORMAT_VERSION)
 """

@@ -6,8 +6,8 @@ import html
 from pathlib import Path
 
 import pytest
-from fake_stores import make_slide_case, real_slide
 
+from fake_stores import make_slide_case, real_slide
 from reports.audit import AuditConfig, audit_slide, flags
 from reports.html import render_slide_report
 from reports.registry import FLAGS
@@ -30,7 +30,7 @@ def test_the_flag_is_declared_once_and_fires_both_ways() -> None:
     assert "label_annotation_mismatch" not in _raised(1, 1) | _raised(0, 0) | _raised(None, 0) | _raised(None, 3)
 
 
-@pytest.mark.parametrize("label,says", [(1, "Labelled positive, no lesion annotated on tissue"),
+@pytest.mark.parametrize(("label", "says"), [(1, "Labelled positive, no lesion annotated on tissue"),
                                         (None, "No lesion annotated on tissue (no label)"),
                                         (0, "Negative slide")])
 def test_the_report_of_a_slide_without_lesion_says_what_its_label_means(

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from conftest import shared_file
 
+from conftest import shared_file
 from pipeline.config import PipelineConfig
 from pipeline.stages import Context, SlideState, run_stage
 from tiling.archive import SlideRecord, read_archive
@@ -39,7 +39,7 @@ def test_generated_slides_keep_their_recorded_resolution(tmp_path: Path, mpp: fl
         assert slide.mpp == pytest.approx(mpp) and slide.mpp_source == "file"
 
 
-@pytest.mark.parametrize("dpi,unit", [(72, "INCH"), (96, "INCH"), (300, "NONE")])
+@pytest.mark.parametrize(("dpi", "unit"), [(72, "INCH"), (96, "INCH"), (300, "NONE")])
 def test_default_dpi_is_treated_as_missing(tmp_path: Path, dpi: float, unit: str) -> None:
     path = _dpi_tiff(tmp_path / f"dpi{dpi}.tiff", dpi, unit)
     with pytest.raises(SlideError, match=rf"dpi{dpi}\.tiff: .*TIFF default \({dpi} px per {unit.lower()}\)"

@@ -115,7 +115,7 @@ def check_readable(path: Path) -> None:
         raise SlideError(f"{path}: permission denied; give this user read access to the file")
 
 
-def _read_error(path: Path, doing: str, exc: Exception) -> SlideError:
+def _read_error(path: Path | None, doing: str, exc: Exception) -> SlideError:
     """The SlideError for an OpenSlideError while `doing`: an unsupported codec or damaged data."""
     if "unsupported" in str(exc).lower():
         return SlideError(f"{path}: {doing} failed: OpenSlide does not support its image compression "

@@ -85,9 +85,9 @@ def plan_patches(slide: BaseSlide,
     mask = tissue_mask(thumbnail)
     coords, tissue = patch_grid(mask, slide.dimensions, side, footprint(config.step, config.mpp, slide.mpp),
                                 config.min_tissue)
-    attrs = {"mpp": config.mpp, "slide_mpp": slide.mpp, "mpp_source": slide.mpp_source, "level": slide.best_level(config.mpp),
-             "patch_size": config.patch, "stride": config.step, "footprint": side,
-             "dimensions": list(slide.dimensions)}
+    attrs = {"mpp": config.mpp, "slide_mpp": slide.mpp, "mpp_source": slide.mpp_source,
+             "level": slide.best_level(config.mpp), "patch_size": config.patch, "stride": config.step,
+             "footprint": side, "dimensions": list(slide.dimensions)}
     return coords, tissue, attrs, thumbnail
 
 

@@ -23,6 +23,7 @@ from explainers.train import TrainConfig, class_target, train
 from pipeline.cli import main
 from tiling.errors import ArchiveError, ConfigError, StoreError
 from tiling.store import create_patch_store, open_patch_store
+from tiling.store.explain import FORMAT_VERSION
 
 SMALL = ModelConfig(name="small", encoder_kwargs={"width": 4}, seed=1)   # 64 px at 3.5 µm/px
 
@@ -113,7 +114,7 @@ def test_an_explain_store_of_another_format_version_is_rewritten(slide_dir, mode
     first = mtime(slide_dir)
     explain_store(slide_dir, model_dir, ExplainConfig())
     assert mtime(slide_dir) != first
-    assert zarr.open_group(out, mode="r").attrs["format_version"] == 1
+    assert zarr.open_group(out, mode="r").attrs["format_version"] == FORMAT_VERSION
 
 
 def test_batch_size_changes_no_value(slide_dir, model_dir, tmp_path):

@@ -85,6 +85,19 @@ def timed(fn: Callable[[], None]) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def best_times(model: nn.Module, runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
+    """{name: (best wall s, best CPU s)} of each run, after one warm-up of all, the model frozen."""
+    best = {name: (float("inf"), float("inf")) for name in runs}
+    with frozen(model):
+        for fn in runs.values():
+            fn()
+        for _ in range(repeats):
+            for name, fn in runs.items():
+                wall, cpu = timed(fn)
+                best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=16384, help="sample slide width in level-0 px")
@@ -119,14 +132,7 @@ def main() -> None:
                 "(c) captum LayerGradCam + A-MIL forward": lambda: captum(model, batches, layer),
                 "(a') floor, reading the store": lambda: floor(model, list(reader.batches(args.batch))),
                 "(b') explain_store: slide Grad-CAM, store to store": whole_stage}
-        best = {name: (float("inf"), float("inf")) for name in runs}
-        with frozen(model):
-            for fn in runs.values():   # warm-up
-                fn()
-            for _ in range(args.repeats):
-                for name, fn in runs.items():
-                    wall, cpu = timed(fn)
-                    best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
+        best = best_times(model, runs, args.repeats)
         print(f"{n} patches of {config.patch} px (stored at 224 px), model {config.name}, device {device}, "
               f"batch {args.batch}, torch threads {torch.get_num_threads()}, best of {args.repeats}")
         for name, (wall, cpu) in best.items():

@@ -14,6 +14,8 @@ a transformer's target layer gives tokens (B, T, C): A and G are its patch token
 tokens[:, L:] as (B, C, h, w) after the L class and register tokens (the encoder's
 `prefix_tokens` and `patch_grid`), while the tail re-runs on all tokens.
 guided backprop and occlusion re-read the chunk's patches and re-run the encoder on them.
+`autocast`: pass 1's forward runs under bf16 autocast (`bf16_autocast`); A and h are kept as
+float32 and everything after pass 1 (MIL head, pass 2's tail and gradients) runs in float32.
 The methods come from the registry (`explainers.methods`); in each chunk every method is
 computed once, after the methods it requires.
 """
@@ -55,6 +57,12 @@ def activation_cache(shape: tuple[int, ...]) -> np.ndarray:
     if 4 * math.prod(shape) <= RAM_LIMIT:
         return np.empty(shape, dtype=np.float32)
     return np.memmap(tempfile.TemporaryFile(), dtype=np.float32, mode="w+", shape=shape)
+
+
+def bf16_autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """torch.autocast to bfloat16 on `device`'s type when `enabled` (8-bit mantissa: a relative
+    rounding of 2^-8 per op), else no change."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 @dataclass
@@ -158,10 +166,12 @@ class Chunk:
 
 class BagExplainer:
     """Runs pass 1 (`forward`) and pass 2 (`maps`) of a model on one bag of patches, for the
-    registered methods `methods` (see `explainers.methods`)."""
+    registered methods `methods` (see `explainers.methods`; none: pass 1 only, for attention and
+    logits); `autocast`: pass 1 under bf16 autocast (module docstring)."""
 
-    def __init__(self, model: MILModel, target_layer: str, methods: Sequence[str]) -> None:
-        self.model, self.methods = model, parse_methods(methods)
+    def __init__(self, model: MILModel, target_layer: str, methods: Sequence[str], autocast: bool = False) -> None:
+        self.model, self.autocast = model, autocast
+        self.methods = parse_methods(methods, allow_empty=True)
         self.head, self.tail = split_encoder(model, target_layer)
         self.global_pool = _is_global_pool(self.tail)
         self.steps: dict[str, MapMethod] = {}
@@ -170,6 +180,7 @@ class BagExplainer:
         for step in self.steps.values():
             step.check(self)
         self.needs_patches = any("patches" in METHODS[name].needs for name in self.steps)
+        self.needs_encoder = any(METHODS[name].needs for name in self.steps)  # else kept h will do
         self.prefix_tokens = int(getattr(model.encoder, "prefix_tokens", 0))
         self.patch_grid: tuple[int, int] | None = getattr(model.encoder, "patch_grid", None)
 
@@ -199,11 +210,12 @@ class BagExplainer:
         h: torch.Tensor | None = None
         logits: torch.Tensor | None = None
         for lo, hi, x in batches:
-            a = self.head(x)
-            if acts is None:
-                acts = activation_cache((n, *a.shape[1:]))
-            acts[lo:hi] = a.float().cpu().numpy()     # kept before the tail may change `a` in place
-            emb = self.tail(a)
+            with bf16_autocast(x.device, self.autocast):
+                a = self.head(x)
+                if acts is None:
+                    acts = activation_cache((n, *a.shape[1:]))
+                acts[lo:hi] = a.float().cpu().numpy()     # kept before the tail may change `a` in place
+                emb = self.tail(a).float()
             out = self.model.instance_logits(emb)
             if h is None or logits is None:
                 h, logits = emb.new_empty(n, emb.shape[1]), out.new_empty(n, out.shape[1])
@@ -226,3 +238,11 @@ class BagExplainer:
             for name, step in self.steps.items():
                 chunk.maps[name] = step.explain(chunk)
             yield lo, hi, {name: chunk.maps[name].detach().cpu().numpy() for name in self.methods}
+
+    @torch.no_grad()
+    def from_embeddings(self, h: torch.Tensor) -> BagForward:
+        """Pass 1's result from kept embeddings h (N, D), without the encoder: enough for attention,
+        logits and targets, not for maps (`needs_encoder`; its activations are empty)."""
+        if self.needs_encoder:
+            raise ValueError(f"{', '.join(self.steps)} need the encoder's activations, not kept embeddings")
+        return BagForward(h, self.model.instance_logits(h), np.empty((h.shape[0], 0), np.float32))

@@ -27,7 +27,7 @@ import json
 import logging
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,15 +50,26 @@ INDEX = "impressions.json"
 
 
 @dataclass(frozen=True)
+class Transform:
+    """The ranges of the random transform T: shift (px), rotation (degrees), zoom, colour."""
+
+    jitter: int = 4
+    rotate: float = 10.0
+    scale: float = 0.1
+    colour: float = 0.1
+
+    def __post_init__(self) -> None:
+        require(min(self.jitter, self.rotate, self.scale, self.colour) >= 0 and self.scale < 1,
+                "transform", self, "ranges >= 0 with scale < 1")
+
+
+@dataclass(frozen=True)
 class ImpressionConfig:
     """Settings of the ascent; see the module docstring for the formulas."""
 
     steps: int = 150
     lr: float = 0.1
-    jitter: int = 4
-    rotate: float = 10.0
-    scale: float = 0.1
-    colour: float = 0.1
+    transform: Transform = field(default_factory=Transform)
     tv_weight: float = 5.0
     colour_range: float = 2.0
     seed: int = 0
@@ -66,9 +77,7 @@ class ImpressionConfig:
     def __post_init__(self) -> None:
         require(self.steps >= 0, "steps", self.steps, "a whole number >= 0 (0: no impressions)")
         require(self.lr > 0, "lr", self.lr, "a positive step size")
-        require(min(self.jitter, self.rotate, self.scale, self.colour, self.tv_weight) >= 0 and self.scale < 1,
-                "jitter, rotate, scale, colour, tv_weight", (self.jitter, self.rotate, self.scale, self.colour,
-                                                             self.tv_weight), "numbers >= 0, scale < 1")
+        require(self.tv_weight >= 0, "tv_weight", self.tv_weight, "a number >= 0")
         require(self.colour_range > 0, "colour_range", self.colour_range, "a positive number of std")
 
 
@@ -105,7 +114,7 @@ def _uniform(gen: torch.Generator, low: float, high: float, *shape: int) -> torc
     return low + (high - low) * torch.rand(shape or (1,), generator=gen)
 
 
-def random_transform(x: torch.Tensor, cfg: ImpressionConfig, gen: torch.Generator) -> torch.Tensor:
+def random_transform(x: torch.Tensor, cfg: Transform, gen: torch.Generator) -> torch.Tensor:
     """T(x): jitter (circular shift), rotation and scaling (bilinear, reflected borders), colour gain/offset."""
     if cfg.jitter > 0:
         dy, dx = torch.randint(-cfg.jitter, cfg.jitter + 1, (2,), generator=gen).tolist()
@@ -141,7 +150,7 @@ def class_impression(model: MILModel, config: ModelConfig, class_name: str,
             start = patch_logits(model, config, lo + span * torch.sigmoid(p))[0]
         for _ in tqdm(range(cfg.steps), desc=f"impression {class_name}", leave=False, disable=None):
             x = lo + span * torch.sigmoid(p)
-            score = _score(patch_logits(model, config, random_transform(x, cfg, gen)), cls, config.head)
+            score = _score(patch_logits(model, config, random_transform(x, cfg.transform, gen)), cls, config.head)
             (p.grad,) = torch.autograd.grad(-score.sum() + cfg.tv_weight * total_variation(x), [p])
             optimiser.step()
         with torch.no_grad():

@@ -12,10 +12,11 @@ normalisation, target layer: `explainers.encoders.encoder_spec`) and its weights
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from explainers.encoders import encoder_spec
+from explainers.encoders import SPECS, encoder_spec
 from explainers.errors import ModelError
 from explainers.heads import HEADS, n_classes_of
 from explainers.model_io import ModelConfig, build_model, save_model
@@ -29,6 +30,19 @@ def read_head(path: Path, mil: str) -> dict[str, torch.Tensor]:
     """The head's state dict from its checkpoint, in the keys of `explainers.heads`."""
     state = strip_prefixes(read_state_dict(path))
     return {k: v for k, v in state.items() if not k.startswith("instance_loss_fn")}
+
+
+def encoder_config(encoder: str, encoder_weights: Path | None, **fields: Any) -> ModelConfig:
+    """A ModelConfig (other `fields` as given) for `encoder` as its spec declares it (µm/px,
+    patch size, normalisation, default target layer); a ViT's options read off its weights file.
+    An encoder without a spec (small_cnn) keeps ModelConfig's defaults for these."""
+    kwargs = (timm_kwargs(strip_prefixes(read_state_dict(encoder_weights)))
+              if encoder.startswith("vit_") and encoder_weights is not None else {})
+    if encoder not in SPECS:
+        return ModelConfig(encoder=encoder, **fields)
+    spec = encoder_spec(encoder, **kwargs)
+    return ModelConfig(encoder=encoder, encoder_kwargs=kwargs, target_layer=spec.default_target_layer,
+                       mpp=spec.mpp, patch=spec.patch, mean=list(spec.mean), std=list(spec.std), **fields)
 
 
 def import_model(mil: str, checkpoint: Path, encoder: str, encoder_weights: Path, classes: list[str],
@@ -46,13 +60,9 @@ def import_model(mil: str, checkpoint: Path, encoder: str, encoder_weights: Path
     if len(classes) != n_classes:
         raise ModelError(f"{checkpoint}: the {mil} head predicts {n_classes} classes but --classes names "
                          f"{len(classes)} ({', '.join(classes)}); name them in the order of training")
-    encoder_kwargs = (timm_kwargs(strip_prefixes(read_state_dict(encoder_weights)))
-                      if encoder.startswith("vit_") else {})
-    spec = encoder_spec(encoder, **encoder_kwargs)
-    config = ModelConfig(name=name or f"{mil}-{encoder}", encoder=encoder, encoder_kwargs=encoder_kwargs,
-                         mil=mil, mil_kwargs=mil_kwargs, classes=list(classes), head="softmax",
-                         target_layer=spec.default_target_layer, mpp=spec.mpp, patch=spec.patch,
-                         mean=list(spec.mean), std=list(spec.std))
+    config = encoder_config(encoder, encoder_weights, name=name or f"{mil}-{encoder}", mil=mil,
+                            mil_kwargs=mil_kwargs, classes=list(classes), head="softmax")
+    spec = encoder_spec(encoder, **config.encoder_kwargs)
     model = build_model(config)
     load_encoder_weights(model.encoder, encoder_weights, spec.layout)
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}

@@ -57,7 +57,10 @@ class PatchReader:
         return normalise(self._load(lo, hi), self.config, self.device)
 
     def _load(self, lo: int, hi: int) -> torch.Tensor:
-        return resize(self.store.patches[lo:hi], self.config.patch)
+        """uint8 patches lo..hi-1 at the model's size, in pinned (page-locked) host memory when the
+        device is CUDA, so the copy to the GPU runs asynchronously."""
+        x = resize(self.store.patches[lo:hi], self.config.patch)
+        return x.pin_memory() if self.device.type == "cuda" else x
 
     def batches(self, batch: int) -> Iterator[tuple[int, int, torch.Tensor]]:
         """(lo, hi, inputs) over all patches in order, `batch` at a time."""

@@ -122,16 +122,34 @@ def bag_loss(logits: torch.Tensor, target: torch.Tensor, head: str) -> torch.Ten
 def evaluate(model: MILModel, bags: list[Bag], config: ModelConfig, device: torch.device) -> dict[str, float]:
     """Mean loss and slide accuracy (softmax: argmax = label; sigmoid: every class right at 0.5)."""
     model.eval()
-    losses, hits = [], []
     with torch.no_grad():
-        for bag in bags:
-            logits, _ = model(normalise(bag.patches, config, device))
-            target = bag.target.to(device)
-            losses.append(float(bag_loss(logits, target, config.head)))
-            hit = logits.argmax() == target if config.head == "softmax" else ((logits > 0).float() == target).all()
-            hits.append(float(hit))
+        scores = [slide_score(model(normalise(bag.patches, config, device))[0], bag.target.to(device), config.head)
+                  for bag in bags]
     model.train()
+    return mean_scores(scores)
+
+
+def slide_score(logits: torch.Tensor, target: torch.Tensor, head: str) -> tuple[float, float]:
+    """(loss, hit) of one slide: hit = argmax is the label (softmax) or every class right at 0.5 (sigmoid)."""
+    hit = logits.argmax() == target if head == "softmax" else ((logits > 0).float() == target).all()
+    return float(bag_loss(logits, target, head)), float(hit)
+
+
+def mean_scores(scores: list[tuple[float, float]]) -> dict[str, float]:
+    """{"loss", "slide_accuracy"}: the means over slides of `slide_score`s."""
+    losses, hits = zip(*scores, strict=True)
     return {"loss": float(np.mean(losses)), "slide_accuracy": float(np.mean(hits))}
+
+
+def labelled_records(manifest: Path, model: ModelConfig) -> list[SlideRecord]:
+    """The slides of `manifest` with a label (read against the model's classes; ';'-separated
+    labels for a sigmoid head); the others are logged and left out."""
+    records = read_archive(manifest, model.classes, model.head == "sigmoid")
+    unknown = [r.slide_id for r in records if r.labels is None]
+    if unknown:
+        log.warning("%s: %d slide(s) without a label left out of training: %s", manifest, len(unknown),
+                    ", ".join(unknown))
+    return [r for r in records if r.labels is not None]
 
 
 def train(manifest: Path, model_dir: Path, config: TrainConfig, stores: Path | None = None) -> Path:
@@ -142,12 +160,7 @@ def train(manifest: Path, model_dir: Path, config: TrainConfig, stores: Path | N
     stores: the folder whose `slides/<slide_id>/patches.zarr` are used (and written where
     missing); None tiles into a temporary folder removed afterwards.
     """
-    records = read_archive(manifest, config.model.classes, config.model.head == "sigmoid")
-    unknown = [r.slide_id for r in records if r.labels is None]
-    if unknown:
-        log.warning("%s: %d slide(s) without a label left out of training: %s", manifest, len(unknown),
-                    ", ".join(unknown))
-    labelled = [r for r in records if r.labels is not None]
+    labelled = labelled_records(manifest, config.model)
     with tempfile.TemporaryDirectory() as scratch:
         bags = load_bags(labelled, Path(stores) if stores is not None else Path(scratch), config)
     if not bags:

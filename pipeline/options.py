@@ -63,3 +63,16 @@ def methods(default: str | None, help: str) -> Callable[[F], F]:
     """The `--methods M1,M2` option of every command that explains (value: a tuple of names)."""
     return click.option("--methods", cls=MethodsOption, type=MethodsType(), default=default,
                         show_default=default is not None, metavar="M1,M2", help=help)
+
+
+def encoder(required: bool, help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--encoder NAME, a registered encoder (`explainers.encoders`)."""
+    return click.option("--encoder", required=required, default=None, metavar="NAME", help=help)
+
+
+def encoder_weights(required: bool, note: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--encoder-weights FILE, read by `explainers.weights` (never unpickled)."""
+    return click.option("--encoder-weights", required=required, default=None,
+                        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                        help="The frozen encoder's weights: torchvision layout (ResNet) or timm layout (ViT), "
+                             f".safetensors or a state-dict file{note}.")

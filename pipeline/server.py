@@ -11,7 +11,6 @@ form values 400. One model is loaded at start and used by one request at a time.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,6 +34,7 @@ from explainers.model_io import load_model, model_sha256
 from explainers.single_image import RegionConfig, RegionExplanation, explain_region, read_image
 from pipeline.errors import FormProblem, UploadTooLarge
 from reports.image_page import PageForm, PageInfo, mpp_notes, render_image_page
+from tiling.archive import positive
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +131,8 @@ def offered_methods(model: MILModel, target_layer: str) -> tuple[str, ...]:
 def _mpp(text: str) -> float | None:
     if not text.strip():
         return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
+    value = positive(text)
+    if value is None:
         raise FormProblem(f"resolution {text!r} is not a positive number of µm/px; leave it blank or fix it")
     return value
 

@@ -12,11 +12,13 @@ Session fixtures are shared: tests copy them before writing into them.
 from __future__ import annotations
 
 import csv
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from explainers.model_io import ModelConfig, build_model, save_model
 from tiling.store import config_hash
 from tiling.tile import TileConfig, tile_slide
 
@@ -77,3 +79,20 @@ def report_archive(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from fake_stores import build_archive
 
     return build_archive(tmp_path_factory.mktemp("archive"))
+
+
+SMALL = ModelConfig(name="small", encoder_kwargs={"width": 4}, seed=1)   # 64 px at 3.5 µm/px
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained SMALL model folder (a test module may define its own `model_dir`)."""
+    return save_model(build_model(SMALL), SMALL, tmp_path_factory.mktemp("model") / "small")
+
+
+@pytest.fixture
+def slide_dir(tile_sample: Callable[..., Path], tmp_path: Path) -> Path:
+    """A private copy of a real tiled sample slide (224 px at 1 µm/px) in OUT/slides/<id>."""
+    target = tmp_path / "out" / "slides" / "sample_000"
+    shutil.copytree(tile_sample(0), target / "patches.zarr")
+    return target

@@ -14,7 +14,7 @@ import zarr
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from conftest import manifest_rows
+from conftest import SMALL, manifest_rows
 from explainers.errors import ModelError
 from explainers.explain import ExplainConfig, explain_store, resolve_device
 from explainers.methods import method_names
@@ -24,21 +24,7 @@ from explainers.train import TrainConfig, class_target, train
 from pipeline.cli import main
 from tiling.errors import ArchiveError, ConfigError, StoreError
 from tiling.store import create_patch_store, open_patch_store
-
-SMALL = ModelConfig(name="small", encoder_kwargs={"width": 4}, seed=1)   # 64 px at 3.5 µm/px
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return save_model(build_model(SMALL), SMALL, tmp_path_factory.mktemp("model") / "small")
-
-
-@pytest.fixture
-def slide_dir(tile_sample, tmp_path) -> Path:
-    """A private copy of a real tiled sample slide (224 px at 1 µm/px) in OUT/slides/<id>."""
-    target = tmp_path / "out" / "slides" / "sample_000"
-    shutil.copytree(tile_sample(0), target / "patches.zarr")
-    return target
+from tiling.store.explain import FORMAT_VERSION
 
 
 def mtime(slide_dir: Path) -> int:
@@ -114,7 +100,7 @@ def test_an_explain_store_of_another_format_version_is_rewritten(slide_dir, mode
     first = mtime(slide_dir)
     explain_store(slide_dir, model_dir, ExplainConfig())
     assert mtime(slide_dir) != first
-    assert zarr.open_group(out, mode="r").attrs["format_version"] == 1
+    assert zarr.open_group(out, mode="r").attrs["format_version"] == FORMAT_VERSION
 
 
 def test_batch_size_changes_no_value(slide_dir, model_dir, tmp_path):

@@ -69,16 +69,22 @@ def check_slide_id(slide_id: str, where: str) -> str:
 NUMBERS = ("mpp", "annotation_downsample", "annotation_mpp")  # manifest columns of positive numbers
 
 
+def positive(text: str) -> float | None:
+    """The number written in `text` when it is finite and > 0, else None."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
 def parse_positive(cell: dict[str, str], column: str, where: str) -> float | None:
     """The positive number in `column` of a manifest row (None when absent or empty)."""
     text = cell.get(column, "")
     if not text:
         return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
+    value = positive(text)
+    if value is None:
         raise ArchiveError(f"{where}: `{column}` {text!r} is not a positive number; fix the cell "
                            "or leave it empty")
     return value

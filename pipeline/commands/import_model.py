@@ -5,17 +5,16 @@ from pathlib import Path
 
 import click
 
+from pipeline import options
+
 
 @click.command("import-model")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--format", "mil", required=True, type=click.Choice(["clam_sb", "clam_mb", "abmil"]),
               help="The head's training code: CLAM single- or multi-branch, or ABMIL (gated or plain).")
-@click.option("--encoder", required=True, metavar="NAME",
-              help="The frozen encoder the head was trained on, e.g. resnet50_trunc (CLAM's), "
-                   "vit_small_patch16, vit_base_patch16, vit_large_patch16.")
-@click.option("--encoder-weights", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="The encoder's weights: torchvision layout (ResNet) or timm layout (ViT), "
-                   ".safetensors or a state-dict file.")
+@options.encoder(True, "The frozen encoder the head was trained on, e.g. resnet50_trunc (CLAM's), "
+                       "vit_small_patch16, vit_base_patch16, vit_large_patch16.")
+@options.encoder_weights(True)
 @click.option("--classes", required=True, metavar="A,B",
               help="Class names in the order the head was trained with.")
 @click.option("--out", "model_dir", required=True, type=click.Path(file_okay=False, path_type=Path),

@@ -5,13 +5,20 @@
                      (attrs `attention_branch`: 0 but for multi-branch heads such as CLAM_MB), summing to 1
     slide_logits     (C,) float32
     instance_logits  (N, C) float32 each patch's own logits
+    embeddings       (N, D) float32 the encoder's embeddings h (`explainers.embeddings`), reused by a
+                     later explain of the same patches with the same encoder (attrs `encoder_stamp`)
     <method>         (N, h, w) float32 raw (unnormalised) values of each method of attrs
                      `methods`: on the target layer's grid (gradcam, gradcampp, hirescam, cam),
                      at the model's input size (guided_backprop, guided_gradcam) or on the
                      occlusion grid (occlusion)
     attrs            the stamp (config_hash, source_sha256), classes, head, target,
-                     target_class, methods, mil (the head), attention_branch, model ({name, sha256, config}),
-                     format_version (FORMAT_VERSION)
+                     target_class, methods (may be empty: attention and logits only), mil (the head),
+                     attention_branch, model ({name, sha256, config}), encoder_stamp (what the
+                     embeddings were computed from), format_version (FORMAT_VERSION)
+
+embeddings.zarr (EMBEDDINGS, beside patches.zarr): the same `embeddings` array and the attrs
+`encoder_stamp` and `format_version` alone; `slideaudit train --encoder` keeps them there.
+Version 2 added `embeddings` and `encoder_stamp`.
 """
 from __future__ import annotations
 
@@ -22,10 +29,11 @@ import numpy as np
 import zarr
 
 from tiling.errors import StoreError
-from tiling.store import VERSION_KEY, check_version
+from tiling.store import VERSION_KEY, atomic_path, check_version
 from tiling.store.patches import PatchStore
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+EMBEDDINGS = "embeddings.zarr"
 
 
 class ExplainWriter:
@@ -39,7 +47,7 @@ class ExplainWriter:
         self._maps: dict[str, zarr.Array] = {}
 
     def array(self, name: str, values: np.ndarray) -> None:
-        """Write one whole array (attention, slide_logits, instance_logits) as float32."""
+        """Write one whole array (attention, slide_logits, instance_logits, embeddings) as float32."""
         data = np.asarray(values, np.float32)
         self.group.create_array(name, data=data, chunks=(min(self.batch, data.shape[0]), *data.shape[1:]))
 
@@ -55,6 +63,29 @@ class ExplainWriter:
     def finish(self, attrs: dict[str, Any]) -> None:
         """Write the attrs (the module docstring's) and the format version."""
         self.group.update_attributes({**attrs, VERSION_KEY: FORMAT_VERSION})
+
+
+def write_embeddings(path: Path, h: np.ndarray, encoder_stamp: str) -> Path:
+    """Write embeddings h (N, D) and their `encoder_stamp` as an embeddings.zarr at `path`, atomically."""
+    with atomic_path(path) as tmp:
+        writer = ExplainWriter(tmp, h.shape[0], max(1, min(h.shape[0], 4096)))
+        writer.array("embeddings", h)
+        writer.finish({"encoder_stamp": encoder_stamp})
+    return path
+
+
+def read_embeddings(path: Path, encoder_stamp: str, n: int) -> np.ndarray | None:
+    """The (n, D) float32 embeddings kept in the explain.zarr or embeddings.zarr at `path`, or None
+    when there are none, or they were made from another encoder or patches (`encoder_stamp`), for
+    another number of patches or in another format version."""
+    try:
+        group = zarr.open_group(path, mode="r")
+        if (group.attrs.get("encoder_stamp") != encoder_stamp or group.attrs.get(VERSION_KEY) != FORMAT_VERSION
+                or group["embeddings"].shape[0] != n):
+            return None
+        return np.asarray(group["embeddings"][:], np.float32)
+    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
+        return None
 
 
 def open_explain_store(path: Path, store: PatchStore) -> zarr.Group:

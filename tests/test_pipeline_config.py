@@ -75,7 +75,7 @@ def test_runtime_fields_are_declared_once_and_stamps_leave_them_out() -> None:
                        "audit": [], "run": ["workers", "torch_threads", "scheduler"]}
     assert config_hash(ExplainConfig(batch=8, device="cpu")) == config_hash(ExplainConfig())
     assert config_hash(ExplainConfig()) == config_hash({"methods": ["gradcam"], "target": "slide",
-                                                        "target_class": None})  # stores stay current
+                                                        "target_class": None, "autocast": False})
     assert config_hash(ExplainConfig(target="instance")) != config_hash(ExplainConfig())
 
 

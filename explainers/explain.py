@@ -16,6 +16,7 @@ from explainers.embeddings import encoder_stamp, kept_embeddings
 from explainers.engine import BagExplainer, frozen, instance_target, slide_target
 from explainers.errors import ModelError
 from explainers.methods import parse_methods
+from explainers.mil import MILModel
 from explainers.model_io import load_model, read_config
 from explainers.model_io import model_sha256 as weights_sha256
 from explainers.patches import PatchReader
@@ -26,6 +27,7 @@ from tiling.store.explain import ExplainWriter
 log = logging.getLogger(__name__)
 
 TARGETS = ("slide", "instance")
+CPU_BATCH, MAX_BATCH = 64, 4096  # patches per forward on the CPU; most on a GPU
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -35,7 +37,8 @@ class ExplainConfig:
     only (then from kept embeddings, without the encoder, when current: `explainers.embeddings`);
     target: "slide" (the slide logit, through the attention pooling) or "instance" (each patch's
     own logit); target_class: None = the slide's predicted class; device: "auto" (CUDA when
-    present), "cpu" or "cuda"; batch: patches per forward (bounds memory, changes no value);
+    present), "cpu" or "cuda"; batch: patches per forward (bounds memory, changes no value; None:
+    CPU_BATCH on the CPU, on CUDA as many as fit in half the free memory, `batch_size`);
     autocast: the encoder forward in bfloat16 (bf16 autocast; A and h kept in float32). It
     changes values slightly, so it is part of the stamp (not a runtime field): on the test's
     small CNN maps stay within 3 % of their largest |value| and attention within 1e-3 of fp32."""
@@ -44,7 +47,7 @@ class ExplainConfig:
     target: str = "slide"
     target_class: int | None = None
     device: str = runtime("auto")
-    batch: int = runtime(64)
+    batch: int | None = runtime(None)
     autocast: bool = False
 
     def __post_init__(self) -> None:
@@ -53,7 +56,8 @@ class ExplainConfig:
         require(self.target_class is None or self.target_class >= 0, "target_class", self.target_class,
                 "a class index >= 0 or null (the predicted class)")
         require(self.device in DEVICES, "device", self.device, f"one of {', '.join(DEVICES)}")
-        require(self.batch >= 1, "batch", self.batch, "a whole number of patches >= 1")
+        require(self.batch is None or self.batch >= 1, "batch", self.batch,
+                "a whole number of patches >= 1, or null (sized to the device)")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -61,6 +65,27 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ModelError("--device cuda was asked for but no CUDA device is available; use --device auto or cpu")
     return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def fit_batch(free_bytes: int, per_patch_bytes: int, share: float = 0.5, cap: int = MAX_BATCH) -> int:
+    """Patches per forward that fit in `share` of the free memory: min(cap, share · free / per
+    patch), at least 1."""
+    return max(1, min(cap, int(share * free_bytes // max(per_patch_bytes, 1))))
+
+
+def batch_size(batch: int | None, model: MILModel, probe: torch.Tensor) -> int:
+    """`batch` when given; else CPU_BATCH on the CPU and, on CUDA, `fit_batch` of the free memory
+    and the peak bytes of one probe patch (1, 3, P, P) through the encoder on its device."""
+    if batch is not None:
+        return batch
+    if probe.device.type != "cuda":
+        return CPU_BATCH
+    torch.cuda.reset_peak_memory_stats(probe.device)
+    start = torch.cuda.memory_allocated(probe.device)
+    with torch.no_grad():
+        model.encoder(probe)
+    free, _ = torch.cuda.mem_get_info(probe.device)
+    return fit_batch(free, torch.cuda.max_memory_allocated(probe.device) - start)
 
 
 def explain_store(slide_dir: Path, model_dir: Path, config: ExplainConfig,
@@ -89,30 +114,32 @@ def explain_store(slide_dir: Path, model_dir: Path, config: ExplainConfig,
     device = resolve_device(config.device)
     reader = PatchReader(store, model_config, device)
     explainer = BagExplainer(model, model_config.target_layer, config.methods, config.autocast)
-    n, steps = len(store), math.ceil(len(store) / config.batch)
     h_stamp = encoder_stamp(model, model_config, slide_dir, config.autocast)
+    n = len(store)
     kept = None if explainer.needs_encoder else kept_embeddings(slide_dir, h_stamp, n)
-    with frozen(model.to(device)), tqdm(total=2 * steps, desc=f"explain {slide_dir.name}", unit="batch") as bar:
-        bag = (explainer.forward(_counted(reader.batches(config.batch), bar), n) if kept is None
-               else explainer.from_embeddings(torch.from_numpy(kept).to(device)))
-        with torch.no_grad():
-            slide_logits = model.pool(bag.h)[0]
-            cls = int(slide_logits.argmax()) if config.target_class is None else config.target_class
-            attention = model.pool(bag.h, cls)[1]     # the attention branch that explains `cls`
-        target = (slide_target(model, bag.h, cls) if config.target == "slide"
-                  else instance_target(model, bag.h, cls))
-        with atomic_path(out) as tmp:
-            writer = ExplainWriter(tmp, n, config.batch)
-            for name, values in (("attention", attention), ("slide_logits", slide_logits),
-                                 ("instance_logits", bag.instance_logits), ("embeddings", bag.h)):
-                writer.array(name, values.detach().float().cpu().numpy())
-            for lo, hi, maps in _counted(explainer.maps(bag, target, config.batch, reader.read), bar):
-                writer.maps(lo, hi, maps)
-            writer.finish({
-                **stamp, "classes": list(classes), "head": model_config.head, "target": config.target,
-                "target_class": cls, "methods": list(config.methods), "mil": model_config.mil,
-                "attention_branch": model.branch(cls), "encoder_stamp": h_stamp,
-                "model": {"name": model_config.name, "sha256": sha, "config": dataclasses.asdict(model_config)}})
+    with frozen(model.to(device)):
+        batch = batch_size(config.batch, model, reader.read(0, 1))
+        with tqdm(total=2 * math.ceil(n / batch), desc=f"explain {slide_dir.name}", unit="batch") as bar:
+            bag = (explainer.forward(_counted(reader.batches(batch), bar), n) if kept is None
+                   else explainer.from_embeddings(torch.from_numpy(kept).to(device)))
+            with torch.no_grad():
+                slide_logits = model.pool(bag.h)[0]
+                cls = int(slide_logits.argmax()) if config.target_class is None else config.target_class
+                attention = model.pool(bag.h, cls)[1]     # the attention branch that explains `cls`
+            target = (slide_target(model, bag.h, cls) if config.target == "slide"
+                      else instance_target(model, bag.h, cls))
+            with atomic_path(out) as tmp:
+                writer = ExplainWriter(tmp, n, batch)
+                for name, values in (("attention", attention), ("slide_logits", slide_logits),
+                                     ("instance_logits", bag.instance_logits), ("embeddings", bag.h)):
+                    writer.array(name, values.detach().float().cpu().numpy())
+                for lo, hi, maps in _counted(explainer.maps(bag, target, batch, reader.read), bar):
+                    writer.maps(lo, hi, maps)
+                writer.finish({
+                    **stamp, "classes": list(classes), "head": model_config.head, "target": config.target,
+                    "target_class": cls, "methods": list(config.methods), "mil": model_config.mil,
+                    "attention_branch": model.branch(cls), "encoder_stamp": h_stamp,
+                    "model": {"name": model_config.name, "sha256": sha, "config": dataclasses.asdict(model_config)}})
     log.info("%s: %d patches, target %s class %s (%s)", out, n, config.target, cls, classes[cls])
     return out
 

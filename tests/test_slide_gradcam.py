@@ -8,8 +8,10 @@ from torch import nn
 from explainers import engine
 from explainers.engine import BagExplainer, frozen, instance_target, slide_target
 from explainers.errors import ModelError
+from explainers.explain import CPU_BATCH, MAX_BATCH, batch_size, fit_batch
 from explainers.guided import guided_relus, saliency
 from explainers.methods import method, method_names
+from explainers.mil import split_encoder
 from explainers.model_io import ModelConfig, build_model
 from oracles import ImageExplainer, capture
 from tiling.errors import ConfigError
@@ -184,3 +186,35 @@ def test_vit_slide_and_instance_gradcam_equal_a_float64_hand_computation():
         expected = gradcam(grads)[:2]
         assert float(expected.abs().max()) > 0
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_resnet50_slide_gradcam_equals_a_float64_hand_computation():
+    """Grad-CAM at ResNet-50's layer3 through layer4, pooling and the MIL head: A (B, 1024, 4, 4)
+    on 64-px patches, G = d(slide logit)/dA by autograd in float64, map = relu(Σ_c mean(G_c) A_c)."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(encoder="resnet50", encoder_kwargs={}, patch=64,
+                                    target_layer="encoder.layer3", seed=4)).eval()
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    ref = model.double()
+    head, tail = split_encoder(ref, "encoder.layer3")
+    with torch.enable_grad():
+        acts = head(x.double()).detach().requires_grad_()
+        logits, _ = ref.pool(tail(acts))
+        grads = [torch.autograd.grad(logits[c], acts, retain_graph=True)[0] for c in (0, 1)]
+    expected = [torch.relu((g.mean((2, 3), keepdim=True) * acts.detach()).sum(1)).float() for g in grads]
+    model.float()
+    explainer = BagExplainer(model, "encoder.layer3", ("gradcam",))
+    with frozen(model):
+        fwd = explainer.forward([(0, 3, x)], 3)
+        for cls in (0, 1):
+            out = torch.from_numpy(next(explainer.maps(fwd, slide_target(model, fwd.h, cls), 3))[2]["gradcam"])
+            torch.testing.assert_close(out, expected[cls], atol=1e-5, rtol=1e-4)
+    assert max(float(e.max()) for e in expected) > 0        # one class's evidence is positive somewhere
+
+
+def test_batches_fit_the_device_memory():
+    assert fit_batch(8 << 30, 40 << 20) == 102                  # half of 8 GiB at 40 MiB a patch
+    assert fit_batch(1 << 20, 40 << 20) == 1 and fit_batch(1 << 40, 1) == MAX_BATCH
+    model = build_model(ModelConfig(encoder_kwargs={"width": 4}))
+    assert batch_size(None, model, torch.zeros(1, 3, 64, 64)) == CPU_BATCH
+    assert batch_size(7, model, torch.zeros(1, 3, 64, 64)) == 7

@@ -17,10 +17,11 @@ from pipeline import options
 @click.option("--target-class", default=None, type=click.IntRange(min=0),
               help="Class index to explain (default: the slide's predicted class).")
 @options.device
-@click.option("--batch", default=64, show_default=True, type=click.IntRange(min=1),
-              help="Patches per forward pass (bounds memory; values do not change).")
+@click.option("--batch", default=None, type=click.IntRange(min=1),
+              help="Patches per forward pass (bounds memory; values do not change) "
+                   "[default: 64 on the CPU, sized to the free memory on a GPU].")
 def explain(slide_dir: Path, model_dir: Path, methods: tuple[str, ...], target: str, target_class: int | None,
-            device: str, batch: int) -> None:
+            device: str, batch: int | None) -> None:
     """Explain the tiled slide in SLIDE_DIR (OUT/slides/<slide_id>) with the model in --model."""
     import zarr
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from reports import metrics as M
 from reports.agreement import agreement
-from reports.registry import FlagInputs, MapView, metrics_for, raise_flags
+from reports.registry import FlagInputs, MapView, metrics_for, raise_flags, slide_verdict
 from reports.validation import map_stats, validate_attention, validate_coords, validate_maps
 from tiling.errors import require
 from tiling.store import AUDIT, EXPLAIN, MAPS, PatchStore, chained_stamp, is_current, open_patch_store
@@ -123,8 +123,8 @@ def slide_prediction(logits: np.ndarray, head: str, classes: list[str]) -> dict[
 
 def flags(label: int | None, prediction: int, scores: dict[str, dict], pairs: list[dict],
           suites: list[dict], config: AuditConfig, lesions_on_tissue: int = 0) -> list[dict[str, Any]]:
-    """The slide's flags by the rules of `reports.registry.FLAGS`; each {"flag", "severity",
-    "methods", "message"}."""
+    """The slide's flags by the rules of `reports.registry.FLAGS`; each {"flag", "verdict",
+    "severity", "methods", "message"}."""
     return raise_flags(FlagInputs(label, prediction, scores, pairs, suites, config, lesions_on_tissue))
 
 
@@ -231,6 +231,10 @@ def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig) -> Path
     predicted = slide_prediction(np.asarray(explain["slide_logits"][:]),
                                  attrs.get("head", "softmax"), classes)
     suites = _validation(store, attention, heatmaps, tissue)
+    lesions = _lesions(maps, maps.lesion, tissue)
+    raised = flags(label, predicted["prediction"], compared["metrics"], compared["agreement"],
+                   suites, config, lesions["on_tissue"])
+    verdict, reason = slide_verdict(raised)
     record = {
         "slide_id": str(store.attrs.get("slide_id", slide_dir.name)), "label": label,
         "classes": classes, **predicted, "head": attrs.get("head"), "target": attrs.get("target"),
@@ -238,17 +242,16 @@ def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig) -> Path
         "target_class": attrs.get("target_class"),
         "map": {"downsample": maps.downsample, "pixel_um": maps.pixel_um,
                 "shape": list(tissue.shape)},
-        "lesions": (lesions := _lesions(maps, maps.lesion, tissue)), **compared,
+        "lesions": lesions, **compared,
         "top_patches": _top_patches(store, attention, config.top_patches),
-        "flags": flags(label, predicted["prediction"], compared["metrics"],
-                       compared["agreement"], suites, config, lesions["on_tissue"]),
+        "flags": raised, "verdict": verdict, "verdict_reason": reason,
         "validation": suites,
         "provenance": {**provenance(attrs.get("model", {}), stamp, config),
                        "resolution": resolution(store.attrs, maps.attrs)},
         "stamp": stamp,
     }
     write_audit(out, _finite(record))
-    log.info("audited %s: %d flag(s)", record["slide_id"], len(record["flags"]))
+    log.info("audited %s: %s, %d flag(s)", record["slide_id"], record["verdict"], len(record["flags"]))
     return out
 
 

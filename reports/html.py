@@ -23,7 +23,7 @@ from skimage.transform import resize
 from explainers.methods import title as method_title
 from reports import figures as F
 from reports.audit import is_negative
-from reports.registry import BASE_METRICS, LESION_HIT_RATE, flag, metric
+from reports.registry import BASE_METRICS, LESION_HIT_RATE, SLIDE_VERDICTS, flag, metric
 from reports.table import audit_table, method_flags, metric_columns, missing_metrics, scan
 from reports.validation import validate_audit_table
 from tiling.store import EXPLAIN, REPORT, atomic_path, open_patch_store
@@ -37,6 +37,7 @@ DISPLAY_SIDE = 640
 INDEX, AUDIT_CSV = "index.html", "audit.csv"
 KEY_METRICS = tuple(m.name for m in BASE_METRICS if m.key)
 PLOTTED = tuple(m.name for m in (*BASE_METRICS, LESION_HIT_RATE) if m.plotted)
+TONES = {"fail": "bad", "review": "warn", "info": "na", "pass": "ok"}  # verdict -> badge class
 
 
 def number(value: Any, digits: int = 2) -> str:
@@ -61,7 +62,7 @@ def environment() -> jinja2.Environment:
                              trim_blocks=True, lstrip_blocks=True)
     env.filters.update(number=number, shade=shade, method=method_title, metric=lambda m: metric(m).title,
                        short=lambda m: metric(m).short, flag=lambda f: flag(f).title,
-                       severity=lambda f: "bad" if flag(f).severity == "error" else "warn", url=lambda s: quote(str(s)),
+                       tone=lambda v: TONES[str(v).lower()], url=lambda s: quote(str(s)),
                        pretty=lambda v: json.dumps(v, indent=2, sort_keys=True, default=str))
     env.globals["gradient"] = F.css_gradient()
     return env
@@ -161,12 +162,17 @@ def render_slide_report(slide_dir: Path, impressions: dict[str, Path] | None = N
     return path
 
 
+def _raised(name: str) -> dict[str, str]:
+    """A flag the index raises itself, as audit.json records a raised one."""
+    return {"flag": name, "verdict": flag(name).verdict}
+
+
 def _index_rows(audits: list[dict], failures: list[dict], marked: set[str]) -> list[dict]:
     rows = []
     for audit in audits:
-        flags = [f["flag"] for f in audit.get("flags", [])]
+        flags = list(audit.get("flags", []))
         if audit.get("slide_id") in marked:
-            flags.append("table_check_failed")
+            flags.append(_raised("table_check_failed"))
         rows.append({"kind": "audit", "slide_id": audit.get("slide_id"), "folder": audit["folder"],
                      "label": _class_name(audit.get("label"), audit.get("classes", [])),
                      "prediction": audit.get("prediction_name"),
@@ -174,6 +180,7 @@ def _index_rows(audits: list[dict], failures: list[dict], marked: set[str]) -> l
                                         default=None),
                      "correct": audit.get("label") is None
                      or audit.get("label") == audit.get("prediction"),
+                     "verdict": audit.get("verdict"), "verdict_reason": audit.get("verdict_reason"),
                      "scores": {m: {k: s.get(k, {}).get("value") for k in KEY_METRICS}
                                 for m, s in audit.get("metrics", {}).items()},
                      "flags": flags})
@@ -181,8 +188,13 @@ def _index_rows(audits: list[dict], failures: list[dict], marked: set[str]) -> l
         rows.append({"kind": "failure", "slide_id": failure.get("slide_id", failure["folder"]),
                      "folder": failure["folder"], "label": failure.get("label"),
                      "stage": failure.get("stage"), "message": failure.get("message"),
-                     "flags": ["failed"]})
+                     "flags": [_raised("failed")]})
     return rows
+
+
+def verdict_counts(audits: list[dict[str, Any]]) -> dict[str, int]:
+    """{"FAIL": n, "REVIEW": n, "PASS": n} over the audited slides."""
+    return {v: sum(a.get("verdict") == v for a in audits) for v in SLIDE_VERDICTS}
 
 
 def render_index(out: Path) -> tuple[Path, Path]:
@@ -204,7 +216,8 @@ def render_index(out: Path) -> tuple[Path, Path]:
     context = {"rows": _index_rows(archive.audits, archive.failures, marked), "methods": methods,
                "key_metrics": KEY_METRICS, "plots": plots, "suite": suite,
                "unreadable": archive.unreadable + missing_metrics(archive.audits, metrics),
-               "n_audits": len(archive.audits),
+               "n_audits": len(archive.audits), "verdicts": verdict_counts(archive.audits),
+               "verdict_rank": {v: i for i, v in enumerate(SLIDE_VERDICTS)},
                "n_failures": len(archive.failures), "csv": AUDIT_CSV}
     index = _write(out / INDEX, "index.html", context)
     log.info("wrote %s and %s: %d slides, %d failed", index, out / AUDIT_CSV,

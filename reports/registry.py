@@ -23,7 +23,9 @@ from reports.errors import RegistryError
 if TYPE_CHECKING:
     from reports.audit import AuditConfig
 
-SEVERITIES = ("warning", "error")
+VERDICTS = ("fail", "review", "info")  # a raised flag's verdict, worst first
+SEVERITIES = {"fail": "error", "review": "warning", "info": "info"}
+SLIDE_VERDICTS = ("FAIL", "REVIEW", "PASS")  # a slide's verdict, worst first
 SCOPES = ("method", "slide")
 
 
@@ -147,17 +149,34 @@ class FlagInputs:
 
 @dataclass(frozen=True)
 class Flag:
-    """name: key in audit.json; title; meaning (for the report glossary); severity: "warning"
-    (look closer) or "error" (the result cannot be trusted); scope: "method" (names the methods
-    concerned) or "slide"; rule: FlagInputs -> (methods, message) when raised, else None
-    (None for flags the index raises itself)."""
+    """name: key in audit.json; title; meaning (for the report glossary); verdict: what the flag
+    makes of the slide: "fail" (the result cannot be trusted), "review" (a person should look) or
+    "info" (said, never a warning); verdict_without_lesion: the verdict instead on a slide without
+    a lesion on tissue (None = the same); scope: "method" (names the methods concerned) or
+    "slide"; rule: FlagInputs -> (methods, message) when raised, else None (None for flags the
+    index raises itself)."""
 
     name: str
     title: str
     meaning: str
-    severity: str
+    verdict: str
     scope: str
     rule: Callable[[FlagInputs], tuple[list[str], str] | None] | None = None
+    verdict_without_lesion: str | None = None
+
+    def __post_init__(self) -> None:
+        for value in (self.verdict, self.verdict_without_lesion or self.verdict):
+            if value not in VERDICTS:
+                raise RegistryError(f"flag {self.name!r}: verdict {value!r} is not one of {VERDICTS}")
+
+    @property
+    def severity(self) -> str:
+        """"error" for a fail, "warning" for a review, "info" for information."""
+        return SEVERITIES[self.verdict]
+
+    def verdict_on(self, lesions_on_tissue: int) -> str:
+        """The verdict on a slide with that many lesions on its tissue."""
+        return self.verdict if lesions_on_tissue or self.verdict_without_lesion is None else self.verdict_without_lesion
 
 
 def _focus_outside(f: FlagInputs) -> tuple[list[str], str] | None:
@@ -195,24 +214,26 @@ def _validation_failed(f: FlagInputs) -> tuple[list[str], str] | None:
 FLAGS: dict[str, Flag] = {flag.name: flag for flag in (
     Flag("focus_outside_lesion", "Focus outside lesion",
          "On a slide with lesions, the method's maximum misses them or its pixel AUROC is below audit.min_auroc.",
-         "warning", "method", _focus_outside),
+         "review", "method", _focus_outside),
     Flag("methods_disagree", "Methods disagree",
-         "Two methods' maps rank the tissue differently (Spearman ρ below audit.min_spearman).",
-         "warning", "method", _disagree),
+         "Two methods' maps rank the tissue differently (Spearman ρ below audit.min_spearman): a "
+         "reason to review a slide with lesions; on a slide without any, where no method has a "
+         "lesion to find, information only.",
+         "review", "method", _disagree, verdict_without_lesion="info"),
     Flag("prediction_wrong", "Prediction wrong", "The slide's predicted class differs from its label.",
-         "error", "slide", _prediction_wrong),
+         "fail", "slide", _prediction_wrong),
     Flag("label_annotation_mismatch", "Label and annotations disagree",
          "The slide is labelled positive but no annotated lesion lies on its tissue, or labelled "
          "negative with a lesion annotated on its tissue: the label, the annotation file or its scale "
          "is wrong, and the lesion metrics cannot be read as they stand.",
-         "warning", "slide", _label_mismatch),
+         "review", "slide", _label_mismatch),
     Flag("validation_failed", "Validation failed",
          "A great-expectations check of the slide's stores failed; its numbers cannot be trusted.",
-         "error", "slide", _validation_failed),
+         "fail", "slide", _validation_failed),
     Flag("table_check_failed", "Table check failed",
-         "The archive's audit.csv check found a problem in this slide's rows.", "error", "slide"),
+         "The archive's audit.csv check found a problem in this slide's rows.", "fail", "slide"),
     Flag("failed", "Failed", "A stage of the slide failed; the message says which and what to do.",
-         "error", "slide"),
+         "fail", "slide"),
 )}
 
 
@@ -224,12 +245,26 @@ def flag(name: str) -> Flag:
 
 
 def raise_flags(inputs: FlagInputs) -> list[dict[str, Any]]:
-    """Every flag whose rule fires: [{"flag", "severity", "methods", "message"}], registry order."""
+    """Every flag whose rule fires: [{"flag", "verdict", "severity", "methods", "message"}],
+    registry order; the verdict is the flag's on this slide (`Flag.verdict_on`)."""
     raised = []
     for record in FLAGS.values():
         found = record.rule(inputs) if record.rule is not None else None
         if found is not None:
             methods, message = found
-            raised.append({"flag": record.name, "severity": record.severity, "methods": methods,
-                           "message": message})
+            verdict = record.verdict_on(inputs.lesions_on_tissue)
+            raised.append({"flag": record.name, "verdict": verdict, "severity": SEVERITIES[verdict],
+                           "methods": methods, "message": message})
     return raised
+
+
+def slide_verdict(raised: list[dict[str, Any]]) -> tuple[str, str]:
+    """(verdict, reason) of a slide from its raised flags: "FAIL" when a flag's verdict is "fail",
+    else "REVIEW" when one is "review", else "PASS" ("info" flags never count). The reason names
+    the first flag of that verdict, "Title: message", and how many more there are."""
+    for level in VERDICTS[:2]:
+        hits = [f for f in raised if f["verdict"] == level]
+        if hits:
+            more = f" (+{len(hits) - 1} more)" if len(hits) > 1 else ""
+            return SLIDE_VERDICTS[VERDICTS.index(level)], f"{flag(hits[0]['flag']).title}: {hits[0]['message']}{more}"
+    return SLIDE_VERDICTS[-1], "no flag calls for review"

@@ -17,7 +17,7 @@ from tiling.store.records import load_audit, load_failure
 log = logging.getLogger(__name__)
 VALIDATE = "validate"  # the pipeline's last stage: it fails a slide whose audit failed a check
 
-ID_COLUMNS = ["slide_id", "label", "prediction", "method"]
+ID_COLUMNS = ["slide_id", "label", "prediction", "verdict", "method"]
 
 
 @dataclass
@@ -79,29 +79,30 @@ def missing_metrics(audits: list[dict[str, Any]], columns: list[str]) -> list[st
     return problems
 
 
-def method_flags(audit: dict[str, Any], method: str) -> list[str]:
-    """The slide's flags that concern `method`: slide-scope ones, and method-scope ones naming it
-    (alone or in a pair "a~b")."""
+def method_flags(audit: dict[str, Any], method: str) -> list[dict[str, Any]]:
+    """The slide's raised flags (audit.json records) that concern `method`: slide-scope ones, and
+    method-scope ones naming it (alone or in a pair "a~b")."""
     found = []
     for raised in audit.get("flags", []):
         names = raised.get("methods", [])
         if flag(raised["flag"]).scope == "slide" or method in names or any(
                 method in pair.split("~") for pair in names):
-            found.append(raised["flag"])
+            found.append(raised)
     return found
 
 
 def audit_table(audits: list[dict[str, Any]]) -> pd.DataFrame:
-    """audit.csv: one row per slide x method: slide_id, label, prediction, method, each metric
-    (empty when n/a), flags (;-separated) and the report's relative path."""
+    """audit.csv: one row per slide x method: slide_id, label, prediction, the slide's verdict,
+    method, each metric (empty when n/a), flags (;-separated) and the report's relative path."""
     columns = metric_columns(audits)
     rows = []
     for audit in audits:
         for method, scores in audit.get("metrics", {}).items():
             rows.append({"slide_id": audit.get("slide_id"), "label": audit.get("label"),
-                         "prediction": audit.get("prediction"), "method": method,
+                         "prediction": audit.get("prediction"), "verdict": audit.get("verdict"),
+                         "method": method,
                          **{c: scores.get(c, {}).get("value") for c in columns},
-                         "flags": ";".join(method_flags(audit, method)),
+                         "flags": ";".join(f["flag"] for f in method_flags(audit, method)),
                          "report": f"slides/{audit['folder']}/report.html"})
     table = pd.DataFrame(rows, columns=[*ID_COLUMNS, *columns, "flags", "report"])
     for column in ("label", "prediction"):

@@ -23,7 +23,7 @@ from reports.table import scan
 from tiling.errors import StoreError
 from tiling.stitch import StitchConfig, stitch_slide
 from tiling.store import AUDIT, file_sha256, is_current, read_stamp
-from tiling.store.records import load_audit
+from tiling.store.records import AUDIT_VERSION, load_audit
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_index_and_csv_list_every_slide_and_failure(archive, tmp_path) -> None:
     assert len(table) == 2 * 3
     assert table.groupby(["slide_id", "method"]).size().max() == 1
     assert set(table["slide_id"]) == {"CMU-1 positive", EVIL}
-    assert list(table.columns[:4]) == ["slide_id", "label", "prediction", "method"]
+    assert list(table.columns[:5]) == ["slide_id", "label", "prediction", "verdict", "method"]
     assert table.loc[table["slide_id"] == EVIL, "auroc"].isna().all()
     hirescam = table[(table["slide_id"] == "CMU-1 positive") & (table["method"] == "hirescam")]
     assert "focus_outside_lesion" in hirescam["flags"].iloc[0]
@@ -142,14 +142,14 @@ def test_an_audit_json_of_another_format_version_is_refused_and_redone(archive, 
     shutil.copytree(archive["index"].parent, out)
     path = out / "slides" / "positive" / AUDIT
     audit = json.loads(path.read_text())
-    assert audit.pop("format_version") == 1
+    assert audit.pop("format_version") == AUDIT_VERSION
     path.write_text(json.dumps(audit))
     with pytest.raises(StoreError, match=r"audit\.json: format version None.*run the audit stage"):
         load_audit(path)
     assert [u.split(":")[0] for u in scan(out).unreadable] == ["positive/audit.json"]
     assert not is_current(path, **read_stamp(path))
     audit_slide(path.parent, 1, AuditConfig())
-    assert load_audit(path)["format_version"] == 1 and is_current(path, **read_stamp(path))
+    assert load_audit(path)["format_version"] == AUDIT_VERSION and is_current(path, **read_stamp(path))
 
 
 def test_corrupted_attention_fails_its_suite_and_the_report_says_so(tmp_path) -> None:
@@ -215,7 +215,7 @@ def test_slides_with_no_or_one_patch_are_audited_and_reported(tmp_path, k) -> No
 def test_index_of_an_empty_archive(tmp_path) -> None:
     index, csv = render_index(tmp_path)
     assert "No audited slide yet" in index.read_text()
-    assert csv.read_text().strip() == "slide_id,label,prediction,method,flags,report"
+    assert csv.read_text().strip() == "slide_id,label,prediction,verdict,method,flags,report"
 
 
 def test_slide_report_shows_what_the_model_learnt(archive, tmp_path) -> None:

@@ -91,6 +91,19 @@ def test_index_sorts_and_shows_failures(page, archive) -> None:
     assert page.url.endswith("/slides/positive/report.html")
 
 
+def test_index_sorts_by_verdict_and_filters_what_needs_review(page, archive) -> None:
+    open_file(page, archive["index"])
+    page.click('th[data-col="verdict"]')  # pipeline errors first, then FAIL, REVIEW, PASS
+    ranks = column(page, "verdict")
+    assert ranks == sorted(ranks, key=float) and ranks[0] == "-1"
+    rows = page.locator("#slides-table tbody tr")
+    passing = page.locator('#slides-table tbody tr[data-verdict="PASS"]').count()
+    page.check("#needs-review")
+    assert page.locator("#slides-table tbody tr:visible").count() == rows.count() - passing
+    page.uncheck("#needs-review")
+    assert page.locator("#slides-table tbody tr:visible").count() == rows.count()
+
+
 def test_script_in_a_slide_id_shows_as_text(page, archive) -> None:
     open_file(page, archive["index"])
     assert page.locator(f'#slides-table a:text-is("{EVIL}")').count() == 1

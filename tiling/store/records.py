@@ -2,8 +2,10 @@
 
 ``<slide_dir>/audit.json`` (AUDIT_VERSION), written by the audit stage: slide_id, label,
 classes, prediction, head, target, target_class, map {downsample, pixel_um, shape}, lesions,
-metrics {method: {metric: {value, ...}}}, agreement, top_patches, flags, validation,
+metrics {method: {metric: {value, ...}}}, agreement, top_patches, flags [{flag, verdict,
+severity, methods, message}], verdict (PASS, REVIEW or FAIL), verdict_reason, validation,
 provenance, stamp {config_hash, source_sha256}. Non-finite numbers are written as null.
+Version 2 added verdict, verdict_reason and each flag's verdict.
 
 ``<slide_dir>/failure.json`` (FAILURE_VERSION), written when a stage of the slide fails:
 slide_id, stage, message, label, source_path, error_type, and traceback for an unexpected
@@ -23,7 +25,7 @@ from typing import Any
 from tiling.errors import StoreError
 from tiling.store import AUDIT, FAILURE, RUN_MANIFEST, VERSION_KEY, atomic_path, check_version
 
-AUDIT_VERSION = 1
+AUDIT_VERSION = 2
 FAILURE_VERSION = 1
 RUN_VERSION = 1
 

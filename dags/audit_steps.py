@@ -5,7 +5,8 @@ which must not import slideaudit's packages (their pins differ), so the listing 
 slides (`slideaudit slides`) and the audit itself (`slideaudit run`) run the `slideaudit`
 executable in a subprocess and everything else reads the store's files:
 
-    OUT/index.html, OUT/audit.csv, OUT/run.json      the archive index (rebuilt by every run)
+    OUT/index.html, OUT/audit.csv, OUT/run.json      the archive index (rebuilt by every run);
+                                                     run.json lists the slides that met --fail-on
     OUT/slides/<slide_id>/audit.json                 present once a slide was audited
     OUT/slides/<slide_id>/failure.json               present while a slide's last run failed
 """
@@ -25,8 +26,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# Exit codes of `slideaudit run`.
-EXIT_OK, EXIT_WITH_FAILURES = 0, 3
+# Exit codes of `slideaudit run`: 3 some slides failed, 4 a slide met --fail-on (4 wins over 3).
+EXIT_OK, EXIT_WITH_FAILURES, EXIT_THRESHOLDS = 0, 3, 4
 INDEX_FILES = ("index.html", "audit.csv", "run.json")
 LATEST = "latest"
 
@@ -36,17 +37,19 @@ class DagInputError(ValueError):
 
 
 class AuditRunError(RuntimeError):
-    """`slideaudit run` crashed or refused its arguments (any exit code but 0 and 3)."""
+    """`slideaudit run` crashed or refused its arguments (any exit code but 0, 3 and 4)."""
 
 
 @dataclass(frozen=True)
 class AuditResult:
-    """What one `slideaudit run --only-new` did: its exit code, the slides it was given and
-    the failure records (`failure.json` contents) of those that failed."""
+    """What one `slideaudit run --only-new` did: its exit code, the slides it was given, the
+    failure records (`failure.json` contents) of those that failed and, with exit code 4, the
+    slides that met --fail-on (run.json `thresholds_met`: slide_id, verdict, verdict_reason, met)."""
 
     exit_code: int
     audited: list[str]
     failures: list[dict]
+    thresholds_met: list[dict]
 
 
 def executable(slideaudit: str) -> str:
@@ -79,29 +82,45 @@ def new_slide_ids(slideaudit: str, archive: Path, out: Path) -> list[str]:
 
 
 def run_audit(slideaudit: str, archive: Path, model: Path, out: Path, slide_ids: list[str],
-              workers: int | None = None, config: Path | None = None) -> AuditResult:
+              workers: int | None = None, config: Path | None = None,
+              fail_on: str | None = None) -> AuditResult:
     """Run `slideaudit run ARCHIVE --model MODEL --out OUT --only-new [--workers N]
-    [--config FILE]`, logging its output line by line. Exit 0 or 3 returns the result (3: some
-    slides failed, index written); any other exit code raises `AuditRunError`."""
+    [--config FILE] [--fail-on CRITERIA]`, logging its output line by line. Exit 0, 3 or 4
+    returns the result (3: some slides failed, 4: some met --fail-on; the index is written
+    either way); any other exit code raises `AuditRunError`."""
     cmd = [executable(slideaudit), "run", str(archive), "--model", str(model), "--out", str(out), "--only-new"]
-    if workers:
-        cmd += ["--workers", str(workers)]
-    if config:
-        cmd += ["--config", str(config)]
+    for option, value in (("--workers", workers), ("--config", config), ("--fail-on", fail_on)):
+        if value:
+            cmd += [option, str(value)]
     log.info("running %s", shlex.join(cmd))
     env = {"TQDM_MININTERVAL": "10", **os.environ}  # a progress line per 10 s, not per update
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           stdin=subprocess.DEVNULL, env=env) as proc:
         for line in proc.stdout:
             log.info("slideaudit: %s", line.rstrip())
-    if proc.returncode not in (EXIT_OK, EXIT_WITH_FAILURES):
+    if proc.returncode not in (EXIT_OK, EXIT_WITH_FAILURES, EXIT_THRESHOLDS):
         raise AuditRunError(f"{shlex.join(cmd)} exited with code {proc.returncode}: "
                             "see its output above")
     failures = read_failures(out, slide_ids)
     for failure in failures:
         log.warning("slide %s failed at stage %s: %s", failure.get("slide_id"),
                     failure.get("stage"), failure.get("message"))
-    return AuditResult(proc.returncode, list(slide_ids), failures)
+    met = (json.loads((Path(out) / "run.json").read_text(encoding="utf-8"))["thresholds_met"]
+           if proc.returncode == EXIT_THRESHOLDS else [])
+    for slide in met:
+        log.warning("slide %s met --fail-on (%s): %s", slide["slide_id"], ", ".join(slide["met"]),
+                    slide["verdict_reason"])
+    return AuditResult(proc.returncode, list(slide_ids), failures, met)
+
+
+def thresholds_message(result: dict) -> str | None:
+    """Why the run's audit thresholds were met (a `AuditResult` as a dict), or None when not:
+    one line per slide, "slide_id: VERDICT (criteria): reason"."""
+    met = result.get("thresholds_met") or []
+    if not met:
+        return None
+    lines = [f"{m['slide_id']}: {m['verdict']} ({', '.join(m['met'])}): {m['verdict_reason']}" for m in met]
+    return f"audit thresholds met (--fail-on) on {len(met)} slide(s):\n" + "\n".join(lines)
 
 
 def read_failures(out: Path, slide_ids: list[str]) -> list[dict]:

@@ -2,8 +2,9 @@
 
 Tasks: `find_new_slides` (slides of the archive without `OUT/slides/<id>/audit.json`: never
 audited, or failed last time) -> `audit` (`slideaudit run ARCHIVE --model MODEL --out OUT
---only-new [--workers N] [--config FILE]`; skipped when nothing is new) -> `publish` (runs unless a task
-failed, so a snapshot missed earlier is still published).
+--only-new [--workers N] [--config FILE] [--fail-on CRITERIA]`; skipped when nothing is new) ->
+`publish` (runs unless a task failed, so a snapshot missed earlier is still published) ->
+`thresholds` (fails when the run met --fail-on: exit code 4).
 
 Params (a value left empty is taken from the worker's environment variable in brackets):
 
@@ -14,6 +15,8 @@ Params (a value left empty is taken from the worker's environment variable in br
 - `publish_dir` [SLIDEAUDIT_PUBLISH]: where the QA team reads the reports (default OUT/published).
 - `config` [SLIDEAUDIT_CONFIG]: YAML or TOML settings for `slideaudit run --config` (optional).
 - `workers`: Dask workers for the run (empty: slideaudit's default).
+- `fail_on`: `slideaudit run --fail-on` (review, fail or flag names, comma-separated; empty: the
+  config's run.fail_on).
 - `keep`: how many published snapshots to keep.
 - `slideaudit_bin` [SLIDEAUDIT_BIN]: the slideaudit executable (default `slideaudit` on PATH).
 
@@ -21,7 +24,10 @@ Outcome: exit code 0 of `slideaudit run` = every new slide audited; 3 = complete
 the DAG run still succeeds (the other slides are audited and the index lists the failures), each
 failure is logged as a warning, and the `audit` task pushes the XComs `exit_code`, `audited`
 (slide ids) and `failures` (their failure.json records); failed slides are retried by the next
-run. Any other exit code fails the task.
+run. 4 = completed, audit thresholds met: `audit` and `publish` succeed (the reports are
+published for review) and the last task, `thresholds`, fails with a message naming each slide,
+its verdict and why, so the DAG run is marked failed; its XCom `thresholds_met` lists them. Any
+other exit code fails the `audit` task.
 
 Published layout, for a shared folder that reviewers open in a browser:
 
@@ -45,7 +51,7 @@ from pathlib import Path
 
 import audit_steps as steps
 from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 ENV = {"archive": "SLIDEAUDIT_ARCHIVE", "model": "SLIDEAUDIT_MODEL", "out": "SLIDEAUDIT_OUT",
        "publish_dir": "SLIDEAUDIT_PUBLISH", "config": "SLIDEAUDIT_CONFIG",
@@ -82,6 +88,8 @@ def _setting(name: str, default: str | None = None) -> str:
         "slideaudit_bin": _path_param("slideaudit_bin", "slideaudit executable; else on PATH."),
         "workers": Param(None, type=["null", "integer"], minimum=1, title="workers",
                          description="Dask workers of the run; empty: slideaudit's default."),
+        "fail_on": Param("", type="string", title="fail_on",
+                         description="slideaudit run --fail-on: review, fail or flag names; empty: none."),
         "keep": Param(7, type="integer", minimum=1, title="keep",
                       description="How many published snapshots to keep."),
     },
@@ -102,7 +110,8 @@ def slide_audit() -> None:
                                  Path(_setting("archive")), Path(_setting("model")),
                                  Path(_setting("out")), slide_ids,
                                  get_current_context()["params"].get("workers"),
-                                 _setting("config", "") or None)
+                                 _setting("config", "") or None,
+                                 get_current_context()["params"].get("fail_on") or None)
         return asdict(result)
 
     @task(trigger_rule=TriggerRule.NONE_FAILED)
@@ -114,7 +123,15 @@ def slide_audit() -> None:
         target = Path(_setting("publish_dir", str(out / "published")))
         return str(steps.publish(out, target, get_current_context()["params"]["keep"]))
 
-    audit(find_new_slides()) >> publish()
+    @task
+    def thresholds(result: dict) -> None:
+        """Fail, after publishing, when the audit met --fail-on (exit code 4)."""
+        message = steps.thresholds_message(result)
+        if message:
+            raise AirflowFailException(message)
+
+    audited = audit(find_new_slides())
+    audited >> publish() >> thresholds(audited)
 
 
 slide_audit()

@@ -7,7 +7,7 @@ A config file (YAML or TOML) has one section per stage plus `run`; every key is 
     stitch:  {max_side: 4096}
     audit:   {...}
     impressions: {steps: 150}     # class impressions in the reports; 0 = none
-    run:     {workers: 2}
+    run:     {workers: 2, fail_on: [review]}   # fail_on: the CI gate (exit 4)
 
 CLI flags override the file as dotted keys (`explain.methods=...`). `PipelineConfig.hash()` names
 what the run produces: it covers every stage setting and leaves out the runtime-only fields
@@ -26,6 +26,7 @@ import yaml
 from explainers.explain import ExplainConfig
 from explainers.impressions import ImpressionConfig
 from reports.audit import AuditConfig
+from reports.gate import check_fail_on
 from tiling.errors import ConfigError, require
 from tiling.stitch import StitchConfig
 from tiling.store import config_hash, runtime
@@ -38,14 +39,18 @@ class RunSettings:
 
     workers: local Dask worker processes (ignored with `scheduler`);
     torch_threads: torch/OpenMP threads per worker (0 = cores // workers, at least 1);
-    scheduler: address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (None = local).
+    scheduler: address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (None = local);
+    fail_on: the CI gate (`reports.gate`): "review", "fail" or flag names; a slide of the run that
+    meets one makes `run` exit 4 (empty = never).
     """
 
     workers: int = runtime(2)
     torch_threads: int = runtime(0)
     scheduler: str | None = runtime(None)
+    fail_on: tuple[str, ...] = runtime(())
 
     def __post_init__(self) -> None:
+        self.fail_on = check_fail_on(tuple(self.fail_on))
         require(self.workers >= 1, "workers", self.workers, "a whole number of processes >= 1")
         require(self.torch_threads >= 0, "torch_threads", self.torch_threads, "a whole number >= 0 (0 = automatic)")
 

@@ -3,28 +3,32 @@
 OUT/run.json (layout: tiling.store.records) records the run: archive, model (sha256 of its
 files), config and its hash, when it started and finished, and each slide's state ("pending"
 until the run ends, then "done", "failed" or "skipped"), per-stage "computed"/"current" and
-seconds. It is written when the run starts and again when it ends, so an interrupted run leaves
-"pending" slides and no "finished". The model's files are hashed once, here, for every stage.
+seconds, and the CI gate: fail_on and thresholds_met [{slide_id, verdict, verdict_reason, met}],
+the slides of this run that meet it (`reports.gate`). It is written when the run starts and again
+when it ends, so an interrupted run leaves "pending" slides and no "finished".
+The model's files are hashed once, here, for every stage.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 from explainers.impressions import render_impressions
 from explainers.model_io import read_config, weights_path
 from pipeline.cluster import open_client
 from pipeline.config import PipelineConfig
-from pipeline.errors import EXIT_OK, EXIT_SLIDES_FAILED
+from pipeline.errors import EXIT_OK, EXIT_SLIDES_FAILED, EXIT_THRESHOLDS
 from pipeline.graph import build_graph, compute
 from pipeline.stages import Context, SlideState
+from reports.gate import gate_reasons
 from tiling.archive import SlideRecord, read_archive
 from tiling.errors import ConfigError
 from tiling.store import AUDIT, RUN_MANIFEST, file_sha256, slide_dir
-from tiling.store.records import write_manifest
+from tiling.store.records import load_audit, write_manifest
 
 log = logging.getLogger(__name__)
 MODEL_CACHE = "model"  # OUT/model/: what is computed once per model (class impressions)
@@ -32,11 +36,14 @@ MODEL_CACHE = "model"  # OUT/model/: what is computed once per model (class impr
 
 @dataclass
 class RunResult:
-    """What a run did. `exit_code`: 0 every audited slide succeeded, 3 some failed."""
+    """What a run did. `exit_code`: 4 when a slide of the run met `run.fail_on` (`gated`; it wins
+    over 3, as the thresholds call for a person while failed slides are retried by the next
+    run), else 3 when some slide failed, else 0."""
 
     out: Path
     states: list[SlideState]
     skipped: list[str]
+    gated: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def failed(self) -> list[SlideState]:
@@ -44,6 +51,8 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
+        if self.gated:
+            return EXIT_THRESHOLDS
         return EXIT_SLIDES_FAILED if self.failed else EXIT_OK
 
     @property
@@ -84,6 +93,20 @@ def _model_files(model_dir: Path) -> dict[str, str]:
     return {p.name: file_sha256(p) for p in sorted(model_dir.iterdir()) if p.is_file()}
 
 
+def gated_slides(out: Path, states: list[SlideState], criteria: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The slides of the run, audited without failure, that meet `criteria` (`reports.gate`):
+    [{slide_id, verdict, verdict_reason, met}]."""
+    gated = []
+    for state in states:
+        if criteria and not state.failure:
+            audit = load_audit(slide_dir(out, state.record.slide_id))
+            met = gate_reasons(audit, criteria)
+            if met:
+                gated.append({"slide_id": state.record.slide_id, "verdict": audit.get("verdict"),
+                              "verdict_reason": audit.get("verdict_reason"), "met": met})
+    return gated
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -119,6 +142,7 @@ def run_archive(archive: Path, model_dir: Path, out: Path, config: PipelineConfi
                        if todo and config.impressions.steps else {})
         tasks, index = build_graph(todo, Context(out, model_dir, config, impressions, model_sha), gpu)
         states = compute(client, tasks, index)
-    info["finished"] = _now()
+    gated = gated_slides(out, states, config.run.fail_on)
+    info.update(finished=_now(), fail_on=list(config.run.fail_on), thresholds_met=gated)
     write_manifest(out, info, [s.summary() for s in states] + skipped_entries)
-    return RunResult(out, states, skipped)
+    return RunResult(out, states, skipped, gated)

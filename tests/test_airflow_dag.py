@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -124,6 +125,24 @@ def test_run_audit_rejects_crashes(tmp_path: Path) -> None:
         steps.run_audit(str(SLIDEAUDIT), archive, tmp_path / "no-model", tmp_path / "out", [])
 
 
+def test_exit_4_is_a_completed_run_whose_thresholds_are_named(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    met = [{"slide_id": "s1", "verdict": "FAIL", "verdict_reason": "Prediction wrong: predicted class 1, label 0",
+            "met": ["fail"]}]
+    (out / "run.json").write_text(json.dumps({"format_version": 1, "thresholds_met": met}))
+    fake = tmp_path / "slideaudit"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'args'}\nexit 4\n")
+    fake.chmod(0o755)
+    result = steps.run_audit(str(fake), tmp_path, tmp_path, out, ["s1"], fail_on="fail")
+    assert (result.exit_code, result.thresholds_met) == (4, met)
+    assert "--fail-on fail" in (tmp_path / "args").read_text()
+    message = steps.thresholds_message(dataclasses.asdict(result))
+    assert message == ("audit thresholds met (--fail-on) on 1 slide(s):\n"
+                       "s1: FAIL (fail): Prediction wrong: predicted class 1, label 0")
+    assert steps.thresholds_message({"thresholds_met": []}) is None
+
+
 # ---- the DAG, run by Airflow ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -211,7 +230,8 @@ def test_dag_audits_new_slides_and_publishes(airflow_env: dict[str, str], tmp_pa
     run = _dags_test(airflow_env, **conf)
     assert run["schedule"] == ("0 0 * * *", 1)  # daily, one run at a time
     assert run["state"] == "success"
-    assert run["tasks"] == {"find_new_slides": "success", "audit": "success", "publish": "success"}
+    assert run["tasks"] == {"find_new_slides": "success", "audit": "success", "publish": "success",
+                            "thresholds": "success"}
     assert run["xcom"][("find_new_slides", "return_value")] == [r.slide_id for r in read_archive(with_broken)]
     assert run["xcom"][("audit", "exit_code")] == 3
     failures = run["xcom"][("audit", "failures")]
@@ -233,7 +253,8 @@ def test_dag_audits_new_slides_and_publishes(airflow_env: dict[str, str], tmp_pa
     audited = _mtimes(out)
     run = _dags_test(airflow_env, **{**conf, "archive": str(manifest)})
     assert run["state"] == "success"
-    assert run["tasks"] == {"find_new_slides": "success", "audit": "skipped", "publish": "success"}
+    assert run["tasks"] == {"find_new_slides": "success", "audit": "skipped", "publish": "success",
+                            "thresholds": "skipped"}
     assert run["xcom"][("find_new_slides", "return_value")] == []
     assert Path(run["xcom"][("publish", "return_value")]) == snapshot
     assert _mtimes(out) == audited

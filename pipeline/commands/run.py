@@ -21,6 +21,8 @@ Exit codes:
   2  usage: the command line, the config or the archive must be fixed; nothing ran
   3  completed with failures: some slides failed (OUT/slides/<id>/failure.json,
      listed in the index); the other slides and the index are complete
+  4  completed, audit thresholds met: a slide of this run meets --fail-on (listed in
+     the summary and OUT/run.json); 4 wins over 3 when both apply
 """
 
 
@@ -52,13 +54,19 @@ def build_config(config_file: Path | None, assignments: tuple[str, ...], flags: 
 
 
 def echo_result(result: RunResult) -> None:
-    """A short summary of a run: counts, each failure, where the index is; then exit with its code."""
+    """A short summary of a run: counts, each failure, each slide that meets --fail-on, where the
+    index is; then exit with its code."""
     done = len(result.states) - len(result.failed)
     click.echo(f"audited {len(result.states)} slide(s): {done} done, {len(result.failed)} failed, "
                f"{len(result.skipped)} skipped (already audited)")
     for state in result.failed:
         failure = state.failure or {}
         click.echo(f"  FAILED {state.record.slide_id} at {failure['stage']}: {failure['message']}")
+    if result.gated:
+        click.echo(f"{len(result.gated)} slide(s) meet --fail-on (exit 4):")
+    for gated in result.gated:
+        click.echo(f"  {gated['verdict']} {gated['slide_id']} ({', '.join(gated['met'])}): "
+                   f"{gated['verdict_reason']}")
     click.echo(f"table: {result.audit_csv}\nrun manifest: {result.manifest}\nindex: {result.index}")
     click.get_current_context().exit(result.exit_code)
 
@@ -74,10 +82,13 @@ def echo_result(result: RunResult) -> None:
 @options.slide_mpp
 @click.option("--only-new", is_flag=True,
               help="Audit only slides without an audit.json in OUT; rebuild the index over all.")
+@click.option("--fail-on", default=None, metavar="review|fail|FLAG[,FLAG]",
+              help="CI gate: exit 4 when a slide of this run has verdict REVIEW or worse (review), "
+                   "FAIL (fail) or raises one of the named flags (default: run.fail_on, none).")
 @config_options
 def run(archive: Path, model_dir: Path, out: Path, scheduler: str | None, slide_mpp: float | None,
-        only_new: bool, config_file: Path | None, assignments: tuple[str, ...], workers: int | None,
-        methods: tuple[str, ...] | None, device: str | None) -> None:
+        only_new: bool, fail_on: str | None, config_file: Path | None, assignments: tuple[str, ...],
+        workers: int | None, methods: tuple[str, ...] | None, device: str | None) -> None:
     """Audit every slide of ARCHIVE (a manifest CSV, or a folder of slides with annotations
     beside them): tile -> explain -> stitch -> audit -> report per slide on Dask, then
     OUT/index.html, OUT/audit.csv and the run manifest OUT/run.json. Settings: defaults, then
@@ -87,5 +98,5 @@ def run(archive: Path, model_dir: Path, out: Path, scheduler: str | None, slide_
 
     config = build_config(config_file, assignments, {
         "run.workers": workers, "run.scheduler": scheduler, "explain.methods": methods,
-        "explain.device": device, "tile.slide_mpp": slide_mpp})
+        "explain.device": device, "tile.slide_mpp": slide_mpp, "run.fail_on": fail_on})
     echo_result(run_archive(archive, model_dir, out, config, only_new))

@@ -1,0 +1,30 @@
+"""The CI gate: which audited slides meet `run --fail-on` (exit code 4 in `pipeline.errors`).
+
+A criterion is "review" (the slide's verdict is REVIEW or FAIL), "fail" (its verdict is FAIL) or
+the name of a registered flag (the slide raised it, whatever its verdict there).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from reports.registry import FLAGS, SLIDE_VERDICTS
+from tiling.errors import ConfigError
+
+AT_LEAST = {"fail": SLIDE_VERDICTS[:1], "review": SLIDE_VERDICTS[:2]}  # verdicts that meet it
+
+
+def check_fail_on(criteria: tuple[str, ...]) -> tuple[str, ...]:
+    """`criteria` lower-cased; ConfigError naming the unknown ones and the choices."""
+    lowered = tuple(c.strip().lower() for c in criteria)
+    unknown = [c for c in lowered if c not in AT_LEAST and c not in FLAGS]
+    if unknown:
+        raise ConfigError(f"--fail-on / run.fail_on: unknown {', '.join(map(repr, unknown))}; use "
+                          f"review, fail or flag names ({', '.join(FLAGS)}), comma-separated")
+    return lowered
+
+
+def gate_reasons(audit: dict[str, Any], criteria: tuple[str, ...]) -> list[str]:
+    """The criteria this slide's audit.json meets, e.g. ["review", "prediction_wrong"]."""
+    raised = {f["flag"] for f in audit.get("flags", [])}
+    return [c for c in criteria
+            if (c in AT_LEAST and audit.get("verdict") in AT_LEAST[c]) or c in raised]

@@ -89,7 +89,7 @@ def _stitch(rec: SlideRecord, ctx: Context) -> None:
 
 
 def _audit(rec: SlideRecord, ctx: Context) -> None:
-    audit_slide(slide_dir(ctx.out, rec.slide_id), rec.label, ctx.config.audit)
+    audit_slide(slide_dir(ctx.out, rec.slide_id), rec.label, ctx.config.audit, ctx.model_dir)
 
 
 def _report(rec: SlideRecord, ctx: Context) -> None:

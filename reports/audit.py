@@ -9,14 +9,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from explainers.faithfulness import FaithfulnessConfig, faithfulness, patch_scores
+from explainers.model_io import load_model
 from reports import metrics as M
 from reports.agreement import agreement
 from reports.registry import FlagInputs, MapView, metrics_for, raise_flags, slide_verdict
@@ -56,6 +59,7 @@ class AuditConfig:
     min_spearman: float = 0.3
     top_patches: int = 6
     seed: int = 0
+    faithfulness: FaithfulnessConfig = field(default_factory=FaithfulnessConfig)
 
     def __post_init__(self) -> None:
         require(self.tolerance_um >= 0, "tolerance_um", self.tolerance_um, "a number of µm >= 0")
@@ -122,10 +126,28 @@ def slide_prediction(logits: np.ndarray, head: str, classes: list[str]) -> dict[
 
 
 def flags(label: int | None, prediction: int, scores: dict[str, dict], pairs: list[dict],
-          suites: list[dict], config: AuditConfig, lesions_on_tissue: int = 0) -> list[dict[str, Any]]:
+          suites: list[dict], config: AuditConfig, lesions_on_tissue: int = 0,
+          unfaithful: list[str] | None = None) -> list[dict[str, Any]]:
     """The slide's flags by the rules of `reports.registry.FLAGS`; each {"flag", "verdict",
     "severity", "methods", "message"}."""
-    return raise_flags(FlagInputs(label, prediction, scores, pairs, suites, config, lesions_on_tissue))
+    return raise_flags(FlagInputs(label, prediction, scores, pairs, suites, config, lesions_on_tissue,
+                                  unfaithful or []))
+
+
+def deletion_record(slide_dir: Path, explain: Any, model_dir: Path, config: FaithfulnessConfig) -> dict[str, Any]:
+    """Deletion faithfulness (`explainers.faithfulness`) of attention and each method's per-patch
+    score, from the kept embeddings and the model's MIL head: fractions, curves, areas, the
+    random baseline and the methods no better than it."""
+    model, _ = load_model(model_dir)
+    attrs = dict(explain.attrs)
+    scores = {ATTENTION: np.asarray(explain[ATTENTION][:], np.float64),
+              **{m: patch_scores(explain[m][:]) for m in attrs["methods"]}}
+    h = torch.from_numpy(np.asarray(explain["embeddings"][:], np.float32))
+    result = faithfulness(model, h, int(attrs["target_class"]), str(attrs["head"]), scores, config)
+    log.debug("%s: deletion areas %s (random %s)", slide_dir.name, result.areas, result.random_area)
+    return {"fractions": list(result.fractions), "curves": result.curves, "areas": result.areas,
+            "random_curve": result.random_curve, "random_area": result.random_area,
+            "margin": config.margin, "unfaithful": result.unfaithful(config.margin)}
 
 
 def _version(package: str) -> str | None:
@@ -213,8 +235,9 @@ def compare_maps(maps: Maps, heatmaps: dict[str, np.ndarray], config: AuditConfi
     }
 
 
-def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig) -> Path:
-    """Write ``slide_dir/audit.json`` (module docstring) unless current; return its path."""
+def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig, model_dir: Path | None = None) -> Path:
+    """Write ``slide_dir/audit.json`` (module docstring) unless current; return its path. With the
+    model's folder, the record also holds the deletion faithfulness of each method."""
     slide_dir = Path(slide_dir)
     out = slide_dir / AUDIT
     stamp = chained_stamp(config, slide_dir / MAPS, label=label)
@@ -232,8 +255,9 @@ def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig) -> Path
                                  attrs.get("head", "softmax"), classes)
     suites = _validation(store, attention, heatmaps, tissue)
     lesions = _lesions(maps, maps.lesion, tissue)
+    deletion = deletion_record(slide_dir, explain, model_dir, config.faithfulness) if model_dir else None
     raised = flags(label, predicted["prediction"], compared["metrics"], compared["agreement"],
-                   suites, config, lesions["on_tissue"])
+                   suites, config, lesions["on_tissue"], deletion["unfaithful"] if deletion else [])
     verdict, reason = slide_verdict(raised)
     record = {
         "slide_id": str(store.attrs.get("slide_id", slide_dir.name)), "label": label,
@@ -244,7 +268,7 @@ def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig) -> Path
                 "shape": list(tissue.shape)},
         "lesions": lesions, **compared,
         "top_patches": _top_patches(store, attention, config.top_patches),
-        "flags": raised, "verdict": verdict, "verdict_reason": reason,
+        "flags": raised, "verdict": verdict, "verdict_reason": reason, "faithfulness": deletion,
         "validation": suites,
         "provenance": {**provenance(attrs.get("model", {}), stamp, config),
                        "resolution": resolution(store.attrs, maps.attrs)},

@@ -159,3 +159,27 @@ def distribution_plot(table: pd.DataFrame, metric: str, methods: list[str], labe
     fig.savefig(buffer, format="png")
     plt.close(fig)
     return _data_uri(buffer.getvalue(), "image/png")
+
+
+def deletion_plot(fractions: list[float], curves: dict[str, list[float]], random_curve: list[float],
+                  labels: dict[str, str]) -> str:
+    """Deletion curves p_k / p_0 against the deleted share k (one line per method, `labels` their
+    titles, the random baseline dashed), as a PNG data URI."""
+    k = [0.0, *fractions]
+    fig, ax = plt.subplots(figsize=(4.2, 2.6), dpi=110)
+    for name, curve in curves.items():
+        if curve[0] > 0:
+            ax.plot(k, np.asarray(curve) / curve[0], marker="o", ms=3, label=labels.get(name, name))
+    if random_curve and random_curve[0] > 0:
+        ax.plot(k, np.asarray(random_curve) / random_curve[0], "k--", label="random")
+    ax.set_xlabel("share of patches deleted (most relevant first)", fontsize=8)
+    ax.set_ylabel("p / p(all patches)", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return _data_uri(buffer.getvalue(), "image/png")
+

@@ -150,7 +150,16 @@ def slide_context(slide_dir: Path, impressions: dict[str, Path] | None = None) -
             "label_name": _class_name(audit.get("label"), classes),
             "target_name": _class_name(audit.get("target_class"), classes),
             "correct": audit.get("label") is None or audit["label"] == audit["prediction"],
-            "model": audit["provenance"].get("model") or {}, "impressions": _impressions(impressions)}
+            "model": audit["provenance"].get("model") or {}, "impressions": _impressions(impressions),
+            "deletion": _deletion(audit.get("faithfulness"))}
+
+
+def _deletion(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The deletion-faithfulness figure and areas of audit.json's "faithfulness" (None without it)."""
+    if not record:
+        return None
+    labels = {name: method_title(name) for name in record["curves"]}
+    return {**record, "uri": F.deletion_plot(record["fractions"], record["curves"], record["random_curve"], labels)}
 
 
 def render_slide_report(slide_dir: Path, impressions: dict[str, Path] | None = None) -> Path:

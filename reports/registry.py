@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -136,7 +136,8 @@ def metric(name: str) -> Metric:
 class FlagInputs:
     """What the flag rules read: the slide's label and prediction, each method's scores
     ({method: {metric: {"value", ...}}}), method agreement pairs, validation suites, config,
-    and the number of annotated lesions lying on tissue."""
+    the number of annotated lesions lying on tissue and the methods no better than random at
+    deletion (`explainers.faithfulness`)."""
 
     label: int | None
     prediction: int
@@ -145,6 +146,7 @@ class FlagInputs:
     suites: list[dict[str, Any]]
     config: AuditConfig
     lesions_on_tissue: int = 0
+    unfaithful: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,14 @@ def _prediction_wrong(f: FlagInputs) -> tuple[list[str], str] | None:
     return [], f"predicted class {f.prediction}, label {f.label}"
 
 
+def _unfaithful(f: FlagInputs) -> tuple[list[str], str] | None:
+    if not f.unfaithful:
+        return None
+    margin = f.config.faithfulness.margin
+    return f.unfaithful, (f"deleting their top patches lowers the prediction no more than random deletion "
+                          f"(area not {margin:g} below random): {', '.join(f.unfaithful)}")
+
+
 def _label_mismatch(f: FlagInputs) -> tuple[list[str], str] | None:
     if f.label is None or (f.label > 0) == (f.lesions_on_tissue > 0):
         return None
@@ -222,6 +232,10 @@ FLAGS: dict[str, Flag] = {flag.name: flag for flag in (
          "review", "method", _disagree, verdict_without_lesion="info"),
     Flag("prediction_wrong", "Prediction wrong", "The slide's predicted class differs from its label.",
          "fail", "slide", _prediction_wrong),
+    Flag("unfaithful", "No better than random",
+         "Deleting the patches the method ranks highest lowers the explained class's probability no more "
+         "than deleting random patches: its ranking does not find what the prediction rests on.",
+         "review", "method", _unfaithful),
     Flag("label_annotation_mismatch", "Label and annotations disagree",
          "The slide is labelled positive but no annotated lesion lies on its tissue, or labelled "
          "negative with a lesion annotated on its tissue: the label, the annotation file or its scale "

@@ -17,6 +17,7 @@ from tiling.store.records import load_audit, load_failure
 log = logging.getLogger(__name__)
 VALIDATE = "validate"  # the pipeline's last stage: it fails a slide whose audit failed a check
 
+DELETION = "deletion_area"
 ID_COLUMNS = ["slide_id", "label", "prediction", "verdict", "method"]
 
 
@@ -93,7 +94,8 @@ def method_flags(audit: dict[str, Any], method: str) -> list[dict[str, Any]]:
 
 def audit_table(audits: list[dict[str, Any]]) -> pd.DataFrame:
     """audit.csv: one row per slide x method: slide_id, label, prediction, the slide's verdict,
-    method, each metric (empty when n/a), flags (;-separated) and the report's relative path."""
+    method, each metric (empty when n/a), the method's deletion area (`explainers.faithfulness`;
+    empty when not computed), flags (;-separated) and the report's relative path."""
     columns = metric_columns(audits)
     rows = []
     for audit in audits:
@@ -102,9 +104,10 @@ def audit_table(audits: list[dict[str, Any]]) -> pd.DataFrame:
                          "prediction": audit.get("prediction"), "verdict": audit.get("verdict"),
                          "method": method,
                          **{c: scores.get(c, {}).get("value") for c in columns},
+                         DELETION: ((audit.get("faithfulness") or {}).get("areas") or {}).get(method),
                          "flags": ";".join(f["flag"] for f in method_flags(audit, method)),
                          "report": f"slides/{audit['folder']}/report.html"})
-    table = pd.DataFrame(rows, columns=[*ID_COLUMNS, *columns, "flags", "report"])
+    table = pd.DataFrame(rows, columns=[*ID_COLUMNS, *columns, DELETION, "flags", "report"])
     for column in ("label", "prediction"):
         table[column] = table[column].astype("Int64")
-    return table.astype(dict.fromkeys(columns, "float64"))
+    return table.astype(dict.fromkeys([*columns, DELETION], "float64"))

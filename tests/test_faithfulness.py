@@ -1,12 +1,22 @@
 """Deletion faithfulness on kept embeddings: a hand-built head where the answer is known."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
+from conftest import manifest_rows
+from explainers.explain import ExplainConfig, explain_store
 from explainers.faithfulness import FaithfulnessConfig, area, faithfulness, patch_scores
 from explainers.mil import AttentionMIL
+from reports.audit import AuditConfig, audit_slide
+from reports.html import render_slide_report
+from tiling.errors import ConfigError
+from tiling.stitch import StitchConfig, stitch_slide
+from tiling.store.records import load_audit
 
 
 def lesion_model() -> AttentionMIL:
@@ -46,3 +56,21 @@ def test_a_ranking_of_the_lesion_beats_random_and_its_reverse_does_not():
     assert result.unfaithful(0.05) == ["reverse"]
     again = faithfulness(model, h, 1, "softmax", {"good": truth}, FaithfulnessConfig(n_random=3))
     assert again.random_curve == result.random_curve  # seeded
+
+
+def test_the_audit_records_each_methods_deletion_curve_and_the_report_shows_it(
+        slide_dir: Path, model_dir: Path, sample_archive: Path) -> None:
+    explain_store(slide_dir, model_dir, ExplainConfig(methods=("gradcam", "hirescam")))
+    row = manifest_rows(sample_archive)[0]
+    stitch_slide(slide_dir, Path(row["path"]), [Path(row["annotation"])], StitchConfig(max_side=512))
+    config = AuditConfig(faithfulness=FaithfulnessConfig(fractions=(0.1, 0.5), n_random=2))
+    audit = load_audit(audit_slide(slide_dir, int(row["label"]), config, model_dir))
+    record = audit["faithfulness"]
+    assert set(record["curves"]) == {"attention", "gradcam", "hirescam"} and record["fractions"] == [0.1, 0.5]
+    assert all(len(c) == 3 and min(c) >= 0 and max(c) <= 1 for c in record["curves"].values())
+    assert record["random_area"] is not None and set(record["unfaithful"]) <= set(record["curves"])
+    assert ("unfaithful" in {f["flag"] for f in audit["flags"]}) == bool(record["unfaithful"])
+    html = render_slide_report(slide_dir).read_text()
+    assert 'id="faithfulness"' in html and "deletion curves per method" in html
+    with pytest.raises(ConfigError, match="fractions"):
+        FaithfulnessConfig(fractions=(0.5, 0.1))

@@ -215,7 +215,7 @@ def test_slides_with_no_or_one_patch_are_audited_and_reported(tmp_path, k) -> No
 def test_index_of_an_empty_archive(tmp_path) -> None:
     index, csv = render_index(tmp_path)
     assert "No audited slide yet" in index.read_text()
-    assert csv.read_text().strip() == "slide_id,label,prediction,verdict,method,flags,report"
+    assert csv.read_text().strip() == "slide_id,label,prediction,verdict,method,deletion_area,flags,report"
 
 
 def test_slide_report_shows_what_the_model_learnt(archive, tmp_path) -> None:

@@ -190,7 +190,7 @@ def _lesions(maps: Maps, labels: np.ndarray, tissue: np.ndarray) -> dict[str, An
     on_tissue = np.unique(labels[tissue & (labels > 0)]).size
     share = float((labels > 0)[tissue].mean()) if tissue.any() else 0.0
     return {"annotated": len(names), "on_tissue": int(on_tissue), "names": names,
-            "tissue_share": share}
+            "tissue_share": share, "classes": maps.attrs.get("annotation_classes")}
 
 
 def compare_maps(maps: Maps, heatmaps: dict[str, np.ndarray], config: AuditConfig

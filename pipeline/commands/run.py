@@ -72,11 +72,14 @@ def echo_result(result: RunResult) -> None:
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run on an existing Dask scheduler, e.g. tcp://127.0.0.1:8786 (no local cluster).")
 @options.slide_mpp
+@options.lesion_classes
+@options.exclude_classes
 @click.option("--only-new", is_flag=True,
               help="Audit only slides without an audit.json in OUT; rebuild the index over all.")
 @config_options
 def run(archive: Path, model_dir: Path, out: Path, scheduler: str | None, slide_mpp: float | None,
-        only_new: bool, config_file: Path | None, assignments: tuple[str, ...], workers: int | None,
+        lesion_classes: str | None, exclude_classes: str | None, only_new: bool,
+        config_file: Path | None, assignments: tuple[str, ...], workers: int | None,
         methods: tuple[str, ...] | None, device: str | None) -> None:
     """Audit every slide of ARCHIVE (a manifest CSV, or a folder of slides with annotations
     beside them): tile -> explain -> stitch -> audit -> report per slide on Dask, then
@@ -87,5 +90,6 @@ def run(archive: Path, model_dir: Path, out: Path, scheduler: str | None, slide_
 
     config = build_config(config_file, assignments, {
         "run.workers": workers, "run.scheduler": scheduler, "explain.methods": methods,
-        "explain.device": device, "tile.slide_mpp": slide_mpp})
+        "explain.device": device, "tile.slide_mpp": slide_mpp,
+        "stitch.lesion_classes": lesion_classes, "stitch.exclude_classes": exclude_classes})
     echo_result(run_archive(archive, model_dir, out, config, only_new))

@@ -88,7 +88,8 @@ class TileConfig:
 def plan_patches(slide: BaseSlide,
                  config: TileConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any], np.ndarray]:
     """The patches to read: coords (N, 2) level-0 x, y, tissue (N,), the store's attrs
-    describing the geometry (footprint = patch * mpp / slide_mpp level-0 px) and the (h, w, 3)
+    describing the geometry (footprint = patch * mpp / slide_mpp level-0 px; level_mpp: µm/px of
+    the level read) and the (h, w, 3)
     uint8 thumbnail the tissue mask comes from: MASK_CELLS px per patch side (its longer side
     within MASK_SIDES)."""
     mpp, patch = config.target
@@ -99,8 +100,9 @@ def plan_patches(slide: BaseSlide,
     mask = tissue_mask(thumbnail)
     coords, tissue = patch_grid(mask, slide.dimensions, side, footprint(config.step, mpp, slide.mpp),
                                 config.min_tissue)
-    attrs = {"mpp": mpp, "slide_mpp": slide.mpp, "mpp_source": slide.mpp_source,
-             "level": slide.best_level(mpp), "patch_size": patch, "stride": config.step,
+    level = slide.best_level(mpp)
+    attrs = {"mpp": mpp, "slide_mpp": slide.mpp, "mpp_source": slide.mpp_source, "level": level,
+             "level_mpp": slide.mpp * slide.level_downsamples[level], "patch_size": patch, "stride": config.step,
              "footprint": side, "dimensions": list(slide.dimensions)}
     return coords, tissue, attrs, thumbnail
 

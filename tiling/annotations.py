@@ -1,12 +1,17 @@
-"""Lesion annotations: QuPath GeoJSON and ASAP/CAMELYON XML -> polygons -> lesion masks.
+"""Lesion annotations: QuPath GeoJSON, ASAP/CAMELYON XML and Aperio ImageScope XML -> polygons
+-> lesion masks.
 
 Which annotations are lesions (a class is a GeoJSON classification name or an XML group,
 compared case-insensitively as shell patterns, e.g. `tumor*`):
 - the exclusion classes (`exclude_classes`, default `EXCLUSION`: CAMELYON's `_2`) are subtracted
   from every lesion they overlap, by adding them to that lesion's `holes`;
 - `lesion_classes` given: exactly those classes are lesions, all others ignored;
-- otherwise, XML follows CAMELYON16: groups `_0`, `_1`, `Tumor` are lesions, others ignored;
-  GeoJSON counts every annotation (classified or not) except the classes in `NON_LESION`.
+- otherwise, ASAP XML follows CAMELYON16: groups `_0`, `_1`, `Tumor` are lesions, others ignored;
+  GeoJSON and Aperio XML count every annotation (classified or not) except the classes in
+  `NON_LESION`.
+An Aperio ImageScope XML (root <Annotations>) gives one polygon per <Region>, its class the name of
+its <Annotation> layer; a negative region (NegativeROA="1") is of class `exclusion`; a two-vertex
+region (an ellipse's bounding box) becomes the inscribed ellipse.
 GeoJSON features whose `objectType` is not "annotation" (cells, detections) are ignored.
 Files are parsed as data only (json, xml.etree with expat's entity-expansion limits).
 """
@@ -50,14 +55,15 @@ class LesionRules:
     lesion: Collection[str] | None = None
     exclude: Collection[str] | None = None
 
-    def role(self, group: str, xml: bool) -> str:
-        """"lesion", "exclusion" or "ignored" for an annotation of class `group`."""
+    def role(self, group: str, camelyon: bool) -> str:
+        """"lesion", "exclusion" or "ignored" for an annotation of class `group` in a file whose
+        default is CAMELYON16's rule (`camelyon`: ASAP XML) or else the GeoJSON one."""
         if _matches(group, EXCLUSION if self.exclude is None else self.exclude):
             return "exclusion"
         if self.lesion is not None:
             lesion = _matches(group, self.lesion)
         else:
-            lesion = _matches(group, CAMELYON_LESION) if xml else not _matches(group, NON_LESION)
+            lesion = _matches(group, CAMELYON_LESION) if camelyon else not _matches(group, NON_LESION)
         return "lesion" if lesion else "ignored"
 
 
@@ -163,13 +169,44 @@ def _xml_polygons(root: ET.Element) -> Iterator[Lesion]:
                      annotation.get("PartOfGroup", ""))
 
 
-def _load(path: Path) -> Iterator[Lesion]:
+ELLIPSE_VERTICES = 64
+
+
+def _ellipse(corners: list[list[float]]) -> list[list[float]]:
+    """The ellipse inscribed in the box of two opposite `corners`, as ELLIPSE_VERTICES points."""
+    (x0, y0), (x1, y1) = corners
+    t = np.linspace(0, 2 * np.pi, ELLIPSE_VERTICES, endpoint=False)
+    return np.column_stack([(x0 + x1) / 2 + abs(x1 - x0) / 2 * np.cos(t),
+                            (y0 + y1) / 2 + abs(y1 - y0) / 2 * np.sin(t)]).tolist()
+
+
+def _aperio_polygons(root: ET.Element) -> Iterator[Lesion]:
+    for i, annotation in enumerate(root.iter("Annotation")):
+        layer = annotation.get("Name") or ""
+        for region in annotation.iter("Region"):
+            where = f"annotation {annotation.get('Id', i)} region {region.get('Id', '?')}"
+            points = []
+            for j, vertex in enumerate(region.iter("Vertex")):
+                x, y = vertex.get("X"), vertex.get("Y")
+                if x is None or y is None:
+                    raise ValueError(f"{where}: vertex {j} lacks its {'X' if x is None else 'Y'} attribute")
+                points.append([x, y])
+            ring = _ellipse([[float(v) for v in p] for p in points]) if len(points) == 2 else points
+            group = "exclusion" if region.get("NegativeROA") == "1" else layer
+            yield Lesion(_ring(ring, where), [], region.get("Text") or where, group)
+
+
+def _load(path: Path) -> tuple[Iterator[Lesion], bool]:
+    """The polygons of an annotation file, and whether CAMELYON16's class rule applies (ASAP)."""
     suffix = path.suffix.lower()
     if suffix in (".geojson", ".json"):
-        return _geojson_polygons(json.loads(path.read_text(encoding="utf-8")))
+        return _geojson_polygons(json.loads(path.read_text(encoding="utf-8"))), False
     if suffix == ".xml":
-        return _xml_polygons(ET.parse(path).getroot())
-    raise ValueError("unknown annotation format; use .geojson/.json (QuPath) or .xml (ASAP)")
+        root = ET.parse(path).getroot()
+        if root.tag == "Annotations":
+            return _aperio_polygons(root), False
+        return _xml_polygons(root), True
+    raise ValueError("unknown annotation format; use .geojson/.json (QuPath) or .xml (ASAP, Aperio ImageScope)")
 
 
 def check_annotation_files(paths: Collection[Path]) -> None:
@@ -199,9 +236,9 @@ def read_classified(path: Path, rules: LesionRules = LesionRules()) -> tuple[lis
     Raises AnnotationError naming the file and the problem when it is missing or malformed.
     """
     path = Path(path)
-    xml = path.suffix.lower() == ".xml"
     try:
-        polygons = list(_load(path))
+        found_polygons, camelyon = _load(path)
+        polygons = list(found_polygons)
     except FileNotFoundError as exc:
         raise AnnotationError(f"{path}: no such annotation file; check the path") from exc
     except (ValueError, ET.ParseError, UnicodeDecodeError) as exc:
@@ -209,7 +246,7 @@ def read_classified(path: Path, rules: LesionRules = LesionRules()) -> tuple[lis
     found: dict[str, list[Lesion]] = {role: [] for role in ROLES}
     classes: dict[str, set[str]] = {role: set() for role in ROLES}
     for polygon in polygons:
-        role = rules.role(polygon.group, xml)
+        role = rules.role(polygon.group, camelyon)
         found[role].append(polygon)
         classes[role].add(polygon.group or UNCLASSIFIED)
     for lesion in found["lesion"]:

@@ -55,8 +55,8 @@ def frozen_model(config: TrainConfig, encoder: str, encoder_weights: Path | None
     else:
         log.warning("no --encoder-weights: the %s encoder keeps its random initialisation (seed %d)",
                     encoder, config.seed)
-    tile = config.tile
-    if abs(tile.mpp * tile.patch - config.model.footprint_um) > FOOTPRINT_TOLERANCE * config.model.footprint_um:
+    tile, (mpp, patch) = config.tile, config.tile.target
+    if abs(mpp * patch - config.model.footprint_um) > FOOTPRINT_TOLERANCE * config.model.footprint_um:
         tile = dataclasses.replace(tile, mpp=config.model.mpp, patch=config.model.patch)
     return model, dataclasses.replace(config, tile=tile)
 

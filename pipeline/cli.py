@@ -3,18 +3,24 @@
 Exit codes are decided here and only here (`exit_code`; constants in `pipeline.errors`):
 0 ok; 2 usage: a malformed command line, a ConfigError or an ArchiveError (input to fix before
 anything runs); 3 a slide could not be processed: any other AuditError, or `run` completing with
-failed slides; 4 audit thresholds met; 1 a crash: an unexpected exception (traceback with -v).
+failed slides; 4 audit thresholds met; 1 a crash: an unexpected exception (traceback with -v);
+143 stopped by SIGTERM, which is turned into SystemExit so that every half-written output is
+removed on the way out (`tiling.store.atomic_path`), as on Ctrl-C.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import signal
+import threading
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
-from pipeline.errors import EXIT_CRASH, EXIT_SLIDES_FAILED, EXIT_USAGE
+from pipeline.errors import EXIT_CRASH, EXIT_SLIDES_FAILED, EXIT_TERMINATED, EXIT_USAGE
 from tiling.errors import ArchiveError, AuditError, ConfigError
 
 # command name -> "module:function" of a click command
@@ -48,6 +54,25 @@ def exit_code(exc: Exception) -> int:
     return EXIT_SLIDES_FAILED if isinstance(exc, AuditError) else EXIT_CRASH
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM handler: unwind the main thread like an exception, cleaning up as it goes."""
+    raise SystemExit(EXIT_TERMINATED)
+
+
+@contextlib.contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    """Within the block, SIGTERM raises SystemExit(EXIT_TERMINATED) in the main thread; the
+    previous handler is restored after (nothing changes off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class LazyGroup(click.Group):
     """Loads commands on demand and turns their exceptions into exit codes (`exit_code`)."""
 
@@ -62,7 +87,8 @@ class LazyGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with terminate_as_exit():
+                return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:

@@ -2,7 +2,7 @@
 
 A config file (YAML or TOML) has one section per stage plus `run`; every key is optional:
 
-    tile:    {mpp: 1.0, patch: 224, min_tissue: 0.5}
+    tile:    {mpp: null, patch: null, min_tissue: 0.5}   # null: the model's mpp and patch
     explain: {methods: [gradcam, hirescam], device: auto}
     stitch:  {max_side: 4096}
     audit:   {...}
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,16 @@ def _coerce(where: str, default: Any, value: Any) -> Any:
     return type(default)(value)
 
 
+def _example(base: Any, name: str) -> Any:
+    """The value of field `name` of dataclass `base`, or for an unset (None) number field a zero
+    of its declared type, so that a value given for it is coerced like any other number."""
+    value = getattr(base, name)
+    if value is None:
+        hint = str(typing.get_type_hints(type(base))[name])
+        return 0.0 if "float" in hint else 0 if "int" in hint else None
+    return value
+
+
 def _apply(base: Any, updates: dict[str, Any], where: str) -> Any:
     """A copy of dataclass `base` with `updates` (nested dicts for nested dataclasses)."""
     fields = {f.name for f in dataclasses.fields(base)}
@@ -108,7 +119,7 @@ def _apply(base: Any, updates: dict[str, Any], where: str) -> Any:
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; "
                           f"valid: {', '.join(sorted(fields))}")
-    changes = {k: _coerce(f"{where}.{k}", getattr(base, k), v) for k, v in updates.items()}
+    changes = {k: _coerce(f"{where}.{k}", _example(base, k), v) for k, v in updates.items()}
     try:
         return dataclasses.replace(base, **changes)
     except (TypeError, ValueError, ConfigError) as exc:

@@ -24,6 +24,15 @@ slide_mpp = click.option("--slide-mpp", default=None, type=float,
                          help="Level-0 µm/px of the slides (archive-wide default). Precedence: the manifest "
                               "column `mpp` > this flag > the file's tags; a file's implausible value "
                               "(outside 0.05-20, or a TIFF's default 72/96/300 dpi) counts as missing.")
+lesion_classes = click.option(
+    "--lesion-classes", default=None, metavar="C1,C2",
+    help="Annotation classes that are lesions (QuPath classification names, ASAP groups; shell patterns, "
+         "any case), e.g. Tumor. Default (stitch.lesion_classes): ASAP groups _0, _1, Tumor; every GeoJSON "
+         "class but Other, Stroma, Necrosis, Normal, Background, Ignore*, Region*, Immune cells.")
+exclude_classes = click.option(
+    "--exclude-classes", default=None, metavar="C1,C2",
+    help="Annotation classes subtracted from the lesions they overlap (default: stitch.exclude_classes, "
+         "_2,exclusion as in CAMELYON16).")
 device = click.option("--device", default="auto", show_default=True,
                       type=click.Choice(["auto", "cpu", "cuda"]), help="Where models run.")
 workers = click.option("--workers", default=None, type=click.IntRange(min=1),

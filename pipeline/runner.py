@@ -11,7 +11,7 @@ The model's files are hashed once, here, for every stage.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -107,6 +107,12 @@ def gated_slides(out: Path, states: list[SlideState], criteria: tuple[str, ...])
     return gated
 
 
+def at_model_footprint(config: PipelineConfig, mpp: float, patch: int) -> PipelineConfig:
+    """`config` tiling at the model's `mpp` (µm/px) and `patch` (px) unless tile.mpp / tile.patch
+    were set (by --config, --set or a command's defaults): no store finer than the model reads."""
+    return replace(config, tile=config.tile.resolved(mpp, patch))
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -122,6 +128,7 @@ def run_archive(archive: Path, model_dir: Path, out: Path, config: PipelineConfi
     archive, model_dir, out = Path(archive).absolute(), Path(model_dir).absolute(), Path(out).absolute()
     model_files = _model_files(model_dir)
     model = read_config(model_dir)
+    config = at_model_footprint(config, model.mpp, model.patch)
     records = read_archive(archive, model.classes, model.head == "sigmoid")
     todo, skipped = select(records, out, only_new)
     gpu = uses_gpu(config.explain.device)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from tiling.annotations import check_annotation_files
 from tiling.archive import SlideRecord
 from tiling.errors import AuditError
 from tiling.stitch import AnnotationScale, stitch_slide
-from tiling.store import AUDIT, EXPLAIN, FAILURE, MAPS, PATCHES, REPORT, slide_dir
+from tiling.store import AUDIT, EXPLAIN, FAILURE, MAPS, PATCHES, REPORT, remove_leftovers, slide_dir
 from tiling.store.records import load_audit, write_failure_record
 from tiling.tile import tile_slide
 
@@ -139,16 +138,6 @@ def write_failure(state: SlideState, out: Path, stage: str, exc: BaseException) 
     except OSError as err:  # the slide's folder itself is unusable: run.json still records it
         log.error("%s: cannot write %s (%s)", rec.slide_id, FAILURE, err)
     return replace(state, failure=failure)
-
-
-def remove_leftovers(sdir: Path, output: str) -> None:
-    """Remove what a killed run left of `output`: atomic_path's temporary and replaced copies."""
-    for path in [*sdir.glob(f".{output}.tmp-*"), *sdir.glob(f".{output}.old-*")]:
-        log.info("removing %s, left by an interrupted run", path)
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
 
 
 def _run(stage: str, rec: SlideRecord, ctx: Context) -> str:

@@ -127,11 +127,11 @@ def slide_prediction(logits: np.ndarray, head: str, classes: list[str]) -> dict[
 
 def flags(label: int | None, prediction: int, scores: dict[str, dict], pairs: list[dict],
           suites: list[dict], config: AuditConfig, lesions_on_tissue: int = 0,
-          unfaithful: list[str] | None = None) -> list[dict[str, Any]]:
+          unfaithful: list[str] | None = None, resolution: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The slide's flags by the rules of `reports.registry.FLAGS`; each {"flag", "verdict",
     "severity", "methods", "message"}."""
     return raise_flags(FlagInputs(label, prediction, scores, pairs, suites, config, lesions_on_tissue,
-                                  unfaithful or []))
+                                  unfaithful or [], resolution or {}))
 
 
 def deletion_record(slide_dir: Path, explain: Any, model_dir: Path, config: FaithfulnessConfig) -> dict[str, Any]:
@@ -169,12 +169,20 @@ def provenance(model: dict[str, Any], stamp: dict[str, str], config: AuditConfig
             "run_at": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
-def resolution(patches: dict[str, Any], maps: dict[str, Any]) -> dict[str, Any]:
-    """Where the slide's and the annotations' scales came from: slide level-0 µm/px and its source
-    ("file", "manifest", "flag"), the read level, patch µm/px, and the annotation downsample
-    (annotation px per level-0 px) with its source."""
+def resolution(patches: dict[str, Any], maps: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+    """Where the slide's and the annotations' scales came from and how the model saw the slide:
+    slide level-0 µm/px and its source ("file", "manifest", "flag"), the read level and its µm/px,
+    the stored patches' side (px) and µm/px, the model's input side (px) and µm/px,
+    `patch_to_model` (model input px per stored patch px), `upsample` (model input px per slide
+    px of the read level; > 1 = upsampled), and the annotation downsample (annotation px per
+    level-0 px) with its source. Values a store does not record are None."""
+    level_mpp, model_mpp = patches.get("level_mpp"), model.get("mpp")
+    patch, model_patch = patches.get("patch_size"), model.get("patch")
     return {"slide_mpp": patches.get("slide_mpp"), "mpp_source": patches.get("mpp_source"),
-            "level": patches.get("level"), "patch_mpp": patches.get("mpp"),
+            "level": patches.get("level"), "level_mpp": level_mpp, "patch_mpp": patches.get("mpp"),
+            "patch_size": patch, "model_mpp": model_mpp, "model_patch": model_patch,
+            "patch_to_model": model_patch / patch if patch and model_patch else None,
+            "upsample": level_mpp / model_mpp if level_mpp and model_mpp else None,
             "annotation_downsample": maps.get("annotation_downsample"),
             "annotation_scale_source": maps.get("annotation_scale_source")}
 
@@ -212,7 +220,7 @@ def _lesions(maps: Maps, labels: np.ndarray, tissue: np.ndarray) -> dict[str, An
     on_tissue = np.unique(labels[tissue & (labels > 0)]).size
     share = float((labels > 0)[tissue].mean()) if tissue.any() else 0.0
     return {"annotated": len(names), "on_tissue": int(on_tissue), "names": names,
-            "tissue_share": share}
+            "tissue_share": share, "classes": maps.attrs.get("annotation_classes")}
 
 
 def compare_maps(maps: Maps, heatmaps: dict[str, np.ndarray], config: AuditConfig
@@ -255,9 +263,11 @@ def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig, model_d
                                  attrs.get("head", "softmax"), classes)
     suites = _validation(store, attention, heatmaps, tissue)
     lesions = _lesions(maps, maps.lesion, tissue)
+    model = attrs.get("model", {})
+    scales = resolution(store.attrs, maps.attrs, model.get("config", {}))
     deletion = deletion_record(slide_dir, explain, model_dir, config.faithfulness) if model_dir else None
     raised = flags(label, predicted["prediction"], compared["metrics"], compared["agreement"],
-                   suites, config, lesions["on_tissue"], deletion["unfaithful"] if deletion else [])
+                   suites, config, lesions["on_tissue"], deletion["unfaithful"] if deletion else [], scales)
     verdict, reason = slide_verdict(raised)
     record = {
         "slide_id": str(store.attrs.get("slide_id", slide_dir.name)), "label": label,
@@ -270,8 +280,7 @@ def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig, model_d
         "top_patches": _top_patches(store, attention, config.top_patches),
         "flags": raised, "verdict": verdict, "verdict_reason": reason, "faithfulness": deletion,
         "validation": suites,
-        "provenance": {**provenance(attrs.get("model", {}), stamp, config),
-                       "resolution": resolution(store.attrs, maps.attrs)},
+        "provenance": {**provenance(model, stamp, config), "resolution": scales},
         "stamp": stamp,
     }
     write_audit(out, _finite(record))

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 VERDICTS = ("fail", "review", "info")  # a raised flag's verdict, worst first
 SEVERITIES = {"fail": "error", "review": "warning", "info": "info"}
 SLIDE_VERDICTS = ("FAIL", "REVIEW", "PASS")  # a slide's verdict, worst first
+UPSAMPLE_LIMIT = 1.5  # model input px per slide px beyond which the model reads invented detail
 SCOPES = ("method", "slide")
 
 
@@ -136,8 +137,8 @@ def metric(name: str) -> Metric:
 class FlagInputs:
     """What the flag rules read: the slide's label and prediction, each method's scores
     ({method: {metric: {"value", ...}}}), method agreement pairs, validation suites, config,
-    the number of annotated lesions lying on tissue and the methods no better than random at
-    deletion (`explainers.faithfulness`)."""
+    the number of annotated lesions lying on tissue, the methods no better than random at
+    deletion (`explainers.faithfulness`) and the slide's resolution record (`reports.audit.resolution`)."""
 
     label: int | None
     prediction: int
@@ -147,6 +148,7 @@ class FlagInputs:
     config: AuditConfig
     lesions_on_tissue: int = 0
     unfaithful: list[str] = field(default_factory=list)
+    resolution: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,17 @@ def _label_mismatch(f: FlagInputs) -> tuple[list[str], str] | None:
     return [], f"labelled negative, {f.lesions_on_tissue} lesion(s) annotated on tissue"
 
 
+UPSAMPLE_LIMIT = 1.5  # model input px per slide px beyond which the model reads invented detail
+
+
+def _upsampled(f: FlagInputs) -> tuple[list[str], str] | None:
+    r = f.resolution
+    if (r.get("upsample") or 0) <= UPSAMPLE_LIMIT:
+        return None
+    return [], (f"the model reads {r['model_mpp']:g} µm/px, the slide's pixels are {r['level_mpp']:.3g} µm/px "
+                f"(level {r['level']}): its input is upsampled {r['upsample']:.1f}x")
+
+
 def _validation_failed(f: FlagInputs) -> tuple[list[str], str] | None:
     failed = [s["suite"] for s in f.suites if not s["success"]]
     return (failed, f"failed checks: {', '.join(failed)}") if failed else None
@@ -241,6 +254,10 @@ FLAGS: dict[str, Flag] = {flag.name: flag for flag in (
          "negative with a lesion annotated on its tissue: the label, the annotation file or its scale "
          "is wrong, and the lesion metrics cannot be read as they stand.",
          "review", "slide", _label_mismatch),
+    Flag("upsampled", "Upsampled input",
+         f"The model reads finer pixels than the slide has (more than {UPSAMPLE_LIMIT:g}x upsampled): "
+         "its input holds interpolated detail, so its predictions and maps may not be its usual ones.",
+         "review", "slide", _upsampled),
     Flag("validation_failed", "Validation failed",
          "A great-expectations check of the slide's stores failed; its numbers cannot be trusted.",
          "fail", "slide", _validation_failed),

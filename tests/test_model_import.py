@@ -88,7 +88,7 @@ def test_run_audits_sample_slides_with_an_imported_clam_model(resnet_weights, tm
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["run", str(manifest), "--model", str(tmp_path / "clam"), "--out", str(out),
                                        "--workers", "1", "--methods", "gradcam,hirescam",
-                                       "--set", "tile.mpp=0.5", "--set", "stitch.max_side=1024",
+                                       "--set", "stitch.max_side=1024",  # tiles at the model's 224 px at 0.5 µm/px
                                        "--set", "impressions.steps=0"])
     assert result.exit_code == 0, result.output
     for row in rows:

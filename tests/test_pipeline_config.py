@@ -119,3 +119,17 @@ def test_parse_assignment() -> None:
     assert parse_assignment("tile.slide_mpp=null") == ("tile.slide_mpp", None)
     with pytest.raises(ConfigError, match=r"SECTION\.KEY=VALUE"):
         parse_assignment("max_side=5")
+
+
+def test_run_tiles_at_the_model_footprint_unless_tile_is_set(tmp_path: Path) -> None:
+    from pipeline.runner import at_model_footprint
+
+    assert TileConfig().mpp is None and TileConfig().target == (1.0, 224)
+    config = at_model_footprint(load_config(), 3.5, 64).tile
+    assert (config.mpp, config.patch) == (3.5, 64)
+    config = at_model_footprint(load_config(overrides={"tile.mpp": 2}), 3.5, 64).tile
+    assert (config.mpp, config.patch) == (2.0, 64) and isinstance(config.mpp, float)
+    path = tmp_path / "c.yaml"
+    path.write_text("tile: {patch: 128}\n")
+    config = at_model_footprint(load_config(path), 0.5, 224).tile
+    assert (config.mpp, config.patch) == (0.5, 128)

@@ -24,10 +24,10 @@ import zarr
 from click.testing import CliRunner
 
 from conftest import manifest_rows
-from explainers.model_io import ModelConfig, build_model, save_model
+from explainers.model_io import ModelConfig, build_model, read_config, save_model
 from pipeline.cli import main
 from pipeline.config import PipelineConfig, load_config
-from pipeline.runner import RunResult, run_archive
+from pipeline.runner import RunResult, at_model_footprint, run_archive
 from tiling.store import file_sha256
 from tiling.store.records import load_manifest
 
@@ -106,7 +106,9 @@ def test_local_cluster_run(workspace: Workspace, reference: RunResult) -> None:
     out = reference.out
     assert reference.exit_code == 0 and not reference.failed and not reference.skipped
     manifest = run_json(out)
-    assert manifest["config_hash"] == load_config(workspace.config).hash()
+    model = read_config(workspace.model)  # run.json records the config as run: at the model's footprint
+    assert manifest["config_hash"] == at_model_footprint(load_config(workspace.config), model.mpp, model.patch).hash()
+    assert manifest["config"]["tile"]["mpp"] == model.mpp and manifest["config"]["tile"]["patch"] == model.patch
     assert manifest["counts"] == {"done": 4} and manifest["finished"]
     for slide in manifest["slides"]:
         assert slide["state"] == "done"

@@ -63,6 +63,7 @@ def test_audit_json_records_metrics_flags_validation_provenance(archive) -> None
     assert prov["config_hash"] == audit["stamp"]["config_hash"]
     assert datetime.fromisoformat(prov["run_at"]).utcoffset().total_seconds() == 0
     assert audit["peaks"]["gradcam"][0]["lesion"] == "Tumor 1"
+    assert audit["lesions"]["classes"] == {"lesion": ["Tumor"], "exclusion": [], "ignored": []}
     assert len(audit["top_patches"]) == AuditConfig().top_patches
 
 
@@ -96,6 +97,7 @@ def test_slide_report_is_self_contained_and_escaped(archive) -> None:
     assert not re.search(r'(href|src)="(https?:)?//', html)
     assert html.count('class="overlay"') == 3
     assert "CMU-1 positive" in html and "Tumor 1" in html
+    assert "counted as lesions: Tumor" in html
     evil = (archive["evil"] / "report.html").read_text()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in evil and EVIL not in evil
 

@@ -75,7 +75,7 @@ def test_the_model_folder_records_what_training_did(trained_model):
     # half the training slides are positive: fitting them must beat the majority class clearly
     assert config.metrics["train_slide_accuracy"] >= 0.5 + 0.25
     assert config.mean != [0.5, 0.5, 0.5] and min(config.std) > 0       # measured on the training patches
-    assert config.mpp * config.patch == pytest.approx(TileConfig().mpp * TileConfig().patch)
+    assert config.mpp * config.patch == pytest.approx(TileConfig().target[0] * TileConfig().target[1])
 
 
 def test_heldout_slides_are_classified(heldout):

@@ -1,17 +1,23 @@
-"""Lesion annotations: QuPath GeoJSON and ASAP/CAMELYON XML -> polygons -> lesion masks.
+"""Lesion annotations: QuPath GeoJSON, ASAP/CAMELYON XML and Aperio ImageScope XML -> polygons
+-> lesion masks.
 
 Which annotations are lesions (a class is a GeoJSON classification name or an XML group,
-compared case-insensitively):
-- `lesion_classes` given: exactly those classes are lesions.
-- otherwise, XML follows CAMELYON16: groups `_0`, `_1`, `Tumor` are lesions, others ignored;
-  GeoJSON counts every annotation (classified or not) except the classes in `NON_LESION`.
-In both formats the classes in `EXCLUSION` (CAMELYON's `_2`) are exclusions: they are
-subtracted from every lesion they overlap, by adding them to that lesion's `holes`.
+compared case-insensitively as shell patterns, e.g. `tumor*`):
+- the exclusion classes (`exclude_classes`, default `EXCLUSION`: CAMELYON's `_2`) are subtracted
+  from every lesion they overlap, by adding them to that lesion's `holes`;
+- `lesion_classes` given: exactly those classes are lesions, all others ignored;
+- otherwise, ASAP XML follows CAMELYON16: groups `_0`, `_1`, `Tumor` are lesions, others ignored;
+  GeoJSON and Aperio XML count every annotation (classified or not) except the classes in
+  `NON_LESION`.
+An Aperio ImageScope XML (root <Annotations>) gives one polygon per <Region>, its class the name of
+its <Annotation> layer; a negative region (NegativeROA="1") is of class `exclusion`; a two-vertex
+region (an ellipse's bounding box) becomes the inscribed ellipse.
 GeoJSON features whose `objectType` is not "annotation" (cells, detections) are ignored.
 Files are parsed as data only (json, xml.etree with expat's entity-expansion limits).
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import math
@@ -32,6 +38,33 @@ CAMELYON_LESION = frozenset({"_0", "_1", "tumor"})
 EXCLUSION = frozenset({"_2", "exclusion"})
 NON_LESION = frozenset({"other", "ignore*", "region*", "stroma", "immune cells", "necrosis",
                         "normal", "background"})
+ROLES = ("lesion", "exclusion", "ignored")
+UNCLASSIFIED = "(unclassified)"  # how a class-less annotation is listed
+
+
+def _matches(group: str, patterns: Collection[str]) -> bool:
+    """True when `group` matches one of `patterns` (shell patterns), case-insensitively."""
+    return any(fnmatch.fnmatchcase(group.lower(), p.lower()) for p in patterns)
+
+
+@dataclass(frozen=True)
+class LesionRules:
+    """Which annotation classes are lesions (None: the format's default, module docstring) and
+    which are exclusions subtracted from them (None: `EXCLUSION`)."""
+
+    lesion: Collection[str] | None = None
+    exclude: Collection[str] | None = None
+
+    def role(self, group: str, camelyon: bool) -> str:
+        """"lesion", "exclusion" or "ignored" for an annotation of class `group` in a file whose
+        default is CAMELYON16's rule (`camelyon`: ASAP XML) or else the GeoJSON one."""
+        if _matches(group, EXCLUSION if self.exclude is None else self.exclude):
+            return "exclusion"
+        if self.lesion is not None:
+            lesion = _matches(group, self.lesion)
+        else:
+            lesion = _matches(group, CAMELYON_LESION) if camelyon else not _matches(group, NON_LESION)
+        return "lesion" if lesion else "ignored"
 
 
 @dataclass
@@ -136,13 +169,44 @@ def _xml_polygons(root: ET.Element) -> Iterator[Lesion]:
                      annotation.get("PartOfGroup", ""))
 
 
-def _load(path: Path) -> Iterator[Lesion]:
+ELLIPSE_VERTICES = 64
+
+
+def _ellipse(corners: list[list[float]]) -> list[list[float]]:
+    """The ellipse inscribed in the box of two opposite `corners`, as ELLIPSE_VERTICES points."""
+    (x0, y0), (x1, y1) = corners
+    t = np.linspace(0, 2 * np.pi, ELLIPSE_VERTICES, endpoint=False)
+    return np.column_stack([(x0 + x1) / 2 + abs(x1 - x0) / 2 * np.cos(t),
+                            (y0 + y1) / 2 + abs(y1 - y0) / 2 * np.sin(t)]).tolist()
+
+
+def _aperio_polygons(root: ET.Element) -> Iterator[Lesion]:
+    for i, annotation in enumerate(root.iter("Annotation")):
+        layer = annotation.get("Name") or ""
+        for region in annotation.iter("Region"):
+            where = f"annotation {annotation.get('Id', i)} region {region.get('Id', '?')}"
+            points = []
+            for j, vertex in enumerate(region.iter("Vertex")):
+                x, y = vertex.get("X"), vertex.get("Y")
+                if x is None or y is None:
+                    raise ValueError(f"{where}: vertex {j} lacks its {'X' if x is None else 'Y'} attribute")
+                points.append([x, y])
+            ring = _ellipse([[float(v) for v in p] for p in points]) if len(points) == 2 else points
+            group = "exclusion" if region.get("NegativeROA") == "1" else layer
+            yield Lesion(_ring(ring, where), [], region.get("Text") or where, group)
+
+
+def _load(path: Path) -> tuple[Iterator[Lesion], bool]:
+    """The polygons of an annotation file, and whether CAMELYON16's class rule applies (ASAP)."""
     suffix = path.suffix.lower()
     if suffix in (".geojson", ".json"):
-        return _geojson_polygons(json.loads(path.read_text(encoding="utf-8")))
+        return _geojson_polygons(json.loads(path.read_text(encoding="utf-8"))), False
     if suffix == ".xml":
-        return _xml_polygons(ET.parse(path).getroot())
-    raise ValueError("unknown annotation format; use .geojson/.json (QuPath) or .xml (ASAP)")
+        root = ET.parse(path).getroot()
+        if root.tag == "Annotations":
+            return _aperio_polygons(root), False
+        return _xml_polygons(root), True
+    raise ValueError("unknown annotation format; use .geojson/.json (QuPath) or .xml (ASAP, Aperio ImageScope)")
 
 
 def check_annotation_files(paths: Collection[Path]) -> None:
@@ -161,32 +225,35 @@ def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
 
 
 def read_annotations(path: Path, lesion_classes: Collection[str] | None = None) -> list[Lesion]:
-    """The lesions of a QuPath GeoJSON (.geojson/.json) or ASAP XML (.xml) file (module docstring).
+    """The lesions of a QuPath GeoJSON (.geojson/.json) or ASAP XML (.xml) file (module docstring)."""
+    return read_classified(path, LesionRules(lesion_classes))[0]
+
+
+def read_classified(path: Path, rules: LesionRules = LesionRules()) -> tuple[list[Lesion], dict[str, list[str]]]:
+    """The lesions of an annotation file under `rules`, and its classes by role
+    ({"lesion": [...], "exclusion": [...], "ignored": [...]}, sorted; UNCLASSIFIED for none).
 
     Raises AnnotationError naming the file and the problem when it is missing or malformed.
     """
     path = Path(path)
-    xml = path.suffix.lower() == ".xml"
-    chosen = {c.lower() for c in lesion_classes} if lesion_classes is not None else None
     try:
-        polygons = list(_load(path))
+        found_polygons, camelyon = _load(path)
+        polygons = list(found_polygons)
     except FileNotFoundError as exc:
         raise AnnotationError(f"{path}: no such annotation file; check the path") from exc
     except (ValueError, ET.ParseError, UnicodeDecodeError) as exc:
         raise AnnotationError(f"{path}: malformed annotation file: {exc}; fix or re-export it") from exc
-    lesions, exclusions = [], []
+    found: dict[str, list[Lesion]] = {role: [] for role in ROLES}
+    classes: dict[str, set[str]] = {role: set() for role in ROLES}
     for polygon in polygons:
-        group = polygon.group.lower()
-        if group in EXCLUSION:
-            exclusions.append(polygon)
-        elif (group in chosen if chosen is not None else
-              group in CAMELYON_LESION if xml else group not in NON_LESION):
-            lesions.append(polygon)
-    for lesion in lesions:
+        role = rules.role(polygon.group, camelyon)
+        found[role].append(polygon)
+        classes[role].add(polygon.group or UNCLASSIFIED)
+    for lesion in found["lesion"]:
         box = lesion.bounds()
-        lesion.holes += [e.exterior for e in exclusions if _overlaps(box, e.bounds())]
-    log.debug("%s: %d lesions, %d exclusions", path, len(lesions), len(exclusions))
-    return lesions
+        lesion.holes += [e.exterior for e in found["exclusion"] if _overlaps(box, e.bounds())]
+    log.debug("%s: %d lesions, %d exclusions", path, len(found["lesion"]), len(found["exclusion"]))
+    return found["lesion"], {role: sorted(names) for role, names in classes.items()}
 
 
 def _fill(ring: np.ndarray, origin: tuple[int, int], shape: tuple[int, int], downsample: float) -> np.ndarray:

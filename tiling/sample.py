@@ -1,13 +1,13 @@
 """Sample slide archives: the CI validation data and the demo's input.
 
 `write_sample_archive(outdir, slides, seed)` writes, for slide i (id `sample_{i:03d}`):
-`sample_i.tiff` (pyramidal tiled JPEG TIFF, level-0 mpp 0.5), `sample_i.geojson` and
+`sample_i.tiff` (pyramidal tiled JPEG TIFF, level-0 µm/px `mpp`, default 0.5), `sample_i.geojson` and
 `sample_i.xml` (its lesions; negatives get files with no annotation), and `manifest.csv` with
 columns slide_id, path, label, annotation, annotation_xml, ink (paths relative to the
 manifest's folder). Even indices are positive (label 1, 1-3 lesions), odd ones negative.
 Pen ink marks slides 0, 1, 4, 5, 8, 9, ... (both labels alike), or with `ink_correlated` the
 positive slides only. Every slide has a tissue fold. Slide i depends only on (seed, i, size,
-ink_correlated): the same arguments write the same bytes.
+ink_correlated, mpp): the same arguments write the same bytes.
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def _complete(outdir: Path, stamp: str) -> bool:
 
 
 def write_sample_archive(outdir: Path, slides: int, seed: int, size: int = DEFAULT_SIZE,
-                         ink_correlated: bool = False) -> Path:
+                         ink_correlated: bool = False, mpp: float = SLIDE_MPP) -> Path:
     """Write `slides` sample slides, their annotations and the manifest (module docstring).
 
     Slides are drawn on one thread per core (numpy, scipy, Pillow and the JPEG encoder release
@@ -96,7 +96,7 @@ def write_sample_archive(outdir: Path, slides: int, seed: int, size: int = DEFAU
         raise ValueError(f"need at least 1 slide of at least 512 px, got {slides} of {size} px")
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    config = SampleConfig(slides, seed, size, ink_correlated)
+    config = SampleConfig(slides, seed, size, ink_correlated, mpp)
     stamp = config_hash(config)
     if _complete(outdir, stamp):
         log.info("%s: sample archive up to date", outdir / MANIFEST)

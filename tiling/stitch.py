@@ -25,7 +25,7 @@ from skimage.transform import resize
 from tqdm import tqdm
 
 from tiling.annotation_fit import annotation_downsample, check_fit, scaled
-from tiling.annotations import Lesion, rasterize_lesions, read_annotations
+from tiling.annotations import EXCLUSION, ROLES, Lesion, LesionRules, rasterize_lesions, read_classified
 from tiling.errors import StoreError, require
 from tiling.store import EXPLAIN, MAPS, atomic_path, chained_stamp, file_sha256, is_current, open_patch_store, runtime
 from tiling.store.explain import open_explain_store
@@ -37,11 +37,15 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class StitchConfig:
     """max_side: longest side of the maps in px (sets D unless `downsample` is given);
-    downsample: level-0 px per map px; chunk: zarr chunk side; block_pixels: most resampled
-    values held in memory at once while stitching."""
+    downsample: level-0 px per map px; lesion_classes: the annotation classes that are lesions
+    (empty = the format's rules, `tiling.annotations`); exclude_classes: the classes subtracted
+    from lesions; chunk: zarr chunk side; block_pixels: most resampled values held in memory at
+    once while stitching."""
 
     max_side: int = 4096
     downsample: float | None = None
+    lesion_classes: tuple[str, ...] = ()
+    exclude_classes: tuple[str, ...] = tuple(sorted(EXCLUSION))
     chunk: int = runtime(1024)  # the zarr layout only
     block_pixels: int = runtime(1 << 24)  # memory only
 
@@ -49,8 +53,20 @@ class StitchConfig:
         require(self.max_side >= 1, "max_side", self.max_side, "a whole number of px >= 1")
         require(self.downsample is None or self.downsample > 0, "downsample", self.downsample,
                 "a positive number of level-0 px per map px or null")
+        for key in ("lesion_classes", "exclude_classes"):
+            names = getattr(self, key)
+            require(isinstance(names, tuple) and all(isinstance(n, str) and n.strip() for n in names),
+                    key, names, "a list of annotation class names (QuPath classifications, ASAP groups)")
+        overlap = {n.lower() for n in self.lesion_classes} & {n.lower() for n in self.exclude_classes}
+        require(not overlap, "lesion_classes", self.lesion_classes,
+                f"disjoint from exclude_classes (both name {', '.join(sorted(overlap))})")
         require(self.chunk >= 1, "chunk", self.chunk, "a whole number of px >= 1")
         require(self.block_pixels >= 1, "block_pixels", self.block_pixels, "a whole number >= 1")
+
+
+def lesion_rules(config: StitchConfig) -> LesionRules:
+    """The annotation classes `config` makes lesions and exclusions."""
+    return LesionRules(config.lesion_classes or None, config.exclude_classes)
 
 
 def map_downsample(dimensions: tuple[int, int], config: StitchConfig) -> float:
@@ -159,16 +175,22 @@ class AnnotationScale:
 
 
 def slide_lesions(annotations: list[Path], dimensions: tuple[int, int], slide_mpp: float,
-                  scale: AnnotationScale) -> tuple[list[Lesion], dict[str, Any]]:
+                  scale: AnnotationScale, rules: LesionRules | None = None) -> tuple[list[Lesion], dict[str, Any]]:
     """The lesions of the annotation files in slide level-0 px, each file scaled
     (`tiling.annotation_fit`) and checked to fit the slide of `dimensions` (W, H), a lesion found
     in several files counted once (`geometry_key`); and how they were read:
     {"annotation_downsample": {file name: factor}, "annotation_scale_source": {file name: source},
-    "duplicate_lesions": lesions dropped as copies of an earlier file's}."""
+    "duplicate_lesions": lesions dropped as copies of an earlier file's, "annotation_classes":
+    {"lesion"/"exclusion"/"ignored": the classes found in that role under `rules` (None: the
+    defaults)}}."""
     lesions, factors, sources, seen, duplicates = [], {}, {}, set(), 0
+    classes: dict[str, set[str]] = {role: set() for role in ROLES}
     for path in annotations:
         factor, source = annotation_downsample(path, slide_mpp, scale.downsample, scale.mpp)
-        found = scaled(read_annotations(path), factor)
+        read, roles = read_classified(path, rules or LesionRules())
+        found = scaled(read, factor)
+        for role, names in roles.items():
+            classes[role].update(names)
         if found:
             check_fit(path, found, dimensions, factor)
         for lesion in found:
@@ -179,7 +201,8 @@ def slide_lesions(annotations: list[Path], dimensions: tuple[int, int], slide_mp
                 lesions.append(lesion)
         factors[path.name], sources[path.name] = factor, source
     return lesions, {"annotation_downsample": factors, "annotation_scale_source": sources,
-                     "duplicate_lesions": duplicates}
+                     "duplicate_lesions": duplicates,
+                     "annotation_classes": {role: sorted(names) for role, names in classes.items()}}
 
 
 def geometry_key(lesion: Lesion) -> frozenset[tuple[float, float]]:
@@ -227,7 +250,8 @@ def stitch_slide(slide_dir: Path, slide_path: Path, annotations: list[Path],
     if attrs.get("slide_mpp") is None:
         raise StoreError(f"{store.path}: attrs lack slide_mpp; retile the slide with --slide-mpp")
     pixel_um = downsample * float(attrs["slide_mpp"])
-    lesions, scaling = slide_lesions(annotations, dimensions, float(attrs["slide_mpp"]), scale)
+    lesions, scaling = slide_lesions(annotations, dimensions, float(attrs["slide_mpp"]), scale,
+                                     lesion_rules(config))
     grid = PatchGrid(store.coords, float(attrs["footprint"]), downsample, shape,
                      config.block_pixels)
     methods = [str(m) for m in explain.attrs.get("methods", [])]

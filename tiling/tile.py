@@ -40,17 +40,19 @@ log = logging.getLogger(__name__)
 
 MASK_CELLS = 16  # tissue-mask pixels per patch side, within MASK_SIDES (thumbnail longer side, px)
 MASK_SIDES = (512, 4096)
+DEFAULT_MPP, DEFAULT_PATCH = 1.0, 224  # what an unset tile.mpp / tile.patch means outside `run`
 
 
 @dataclass(frozen=True)
 class TileConfig:
-    """mpp: patch resolution, µm/px; patch: side, px; stride: step between patches, px at `mpp`
-    (None = patch); min_tissue: least tissue fraction kept; slide_mpp: level-0 µm/px for slides
-    that record none; max_patches: most patch positions on a slide's grid (glass included), checked
-    before any read; chunk: patches per zarr chunk and per Dask block."""
+    """mpp: patch resolution, µm/px; patch: side, px (None = unset: `slideaudit run` takes the
+    model's config.json `mpp` / `patch`, see `resolved`; elsewhere DEFAULT_MPP / DEFAULT_PATCH);
+    stride: step between patches, px at `mpp` (None = patch); min_tissue: least tissue fraction
+    kept; slide_mpp: level-0 µm/px for slides that record none; max_patches: most patch positions
+    on a slide's grid (glass included), checked before any read; chunk: patches per zarr chunk and per Dask block."""
 
-    mpp: float = 1.0
-    patch: int = 224
+    mpp: float | None = None
+    patch: int | None = None
     stride: int | None = None
     min_tissue: float = 0.5
     slide_mpp: float | None = None
@@ -58,8 +60,8 @@ class TileConfig:
     chunk: int = runtime(64)  # the zarr layout only: the patches' values do not change
 
     def __post_init__(self) -> None:
-        require(self.mpp > 0, "mpp", self.mpp, "a positive number of µm/px")
-        require(self.patch >= 1, "patch", self.patch, "a whole number of px >= 1")
+        require(self.mpp is None or self.mpp > 0, "mpp", self.mpp, "a positive number of µm/px or null")
+        require(self.patch is None or self.patch >= 1, "patch", self.patch, "a whole number of px >= 1 or null")
         require(self.stride is None or self.stride >= 1, "stride", self.stride, "a whole number of px >= 1 or null")
         require(0 <= self.min_tissue <= 1, "min_tissue", self.min_tissue, "a fraction in [0, 1]")
         require(self.slide_mpp is None or self.slide_mpp > 0, "slide_mpp", self.slide_mpp,
@@ -67,26 +69,40 @@ class TileConfig:
         require(self.max_patches >= 1, "max_patches", self.max_patches, "a whole number of patches >= 1")
         require(self.chunk >= 1, "chunk", self.chunk, "a whole number of patches >= 1")
 
+    def resolved(self, mpp: float = DEFAULT_MPP, patch: int = DEFAULT_PATCH) -> TileConfig:
+        """This config with an unset mpp (µm/px) and patch (px) set to the given ones."""
+        return replace(self, mpp=mpp if self.mpp is None else self.mpp,
+                       patch=patch if self.patch is None else self.patch)
+
+    @property
+    def target(self) -> tuple[float, int]:
+        """(mpp, patch) the patches are read at: unset ones are DEFAULT_MPP / DEFAULT_PATCH."""
+        resolved = self.resolved()
+        return float(resolved.mpp or DEFAULT_MPP), int(resolved.patch or DEFAULT_PATCH)
+
     @property
     def step(self) -> int:
-        return self.stride if self.stride is not None else self.patch
+        return self.stride if self.stride is not None else self.target[1]
 
 
 def plan_patches(slide: BaseSlide,
                  config: TileConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any], np.ndarray]:
     """The patches to read: coords (N, 2) level-0 x, y, tissue (N,), the store's attrs
-    describing the geometry (footprint = patch * mpp / slide_mpp level-0 px) and the (h, w, 3)
+    describing the geometry (footprint = patch * mpp / slide_mpp level-0 px; level_mpp: µm/px of
+    the level read) and the (h, w, 3)
     uint8 thumbnail the tissue mask comes from: MASK_CELLS px per patch side (its longer side
     within MASK_SIDES)."""
-    side = footprint(config.patch, config.mpp, slide.mpp)
-    check_plan(slide, config, side, footprint(config.step, config.mpp, slide.mpp))
+    mpp, patch = config.target
+    side = footprint(patch, mpp, slide.mpp)
+    check_plan(slide, config, side, footprint(config.step, mpp, slide.mpp))
     mask_side = round(max(slide.dimensions) * MASK_CELLS / side)
     thumbnail = slide.thumbnail(min(max(mask_side, MASK_SIDES[0]), MASK_SIDES[1]))
     mask = tissue_mask(thumbnail)
-    coords, tissue = patch_grid(mask, slide.dimensions, side, footprint(config.step, config.mpp, slide.mpp),
+    coords, tissue = patch_grid(mask, slide.dimensions, side, footprint(config.step, mpp, slide.mpp),
                                 config.min_tissue)
-    attrs = {"mpp": config.mpp, "slide_mpp": slide.mpp, "mpp_source": slide.mpp_source,
-             "level": slide.best_level(config.mpp), "patch_size": config.patch, "stride": config.step,
+    level = slide.best_level(mpp)
+    attrs = {"mpp": mpp, "slide_mpp": slide.mpp, "mpp_source": slide.mpp_source, "level": level,
+             "level_mpp": slide.mpp * slide.level_downsamples[level], "patch_size": patch, "stride": config.step,
              "footprint": side, "dimensions": list(slide.dimensions)}
     return coords, tissue, attrs, thumbnail
 
@@ -95,15 +111,16 @@ def check_plan(slide: BaseSlide, config: TileConfig, side: float, step: float) -
     """SlideError naming the slide when it is smaller than one patch footprint (`side` level-0 px)
     or its grid (every `step` level-0 px) holds more than config.max_patches positions."""
     width, height = slide.dimensions
+    mpp, patch = config.target
     where = f"{slide.path or '<array>'}: the slide is {width:,} x {height:,} px at {slide.mpp:.4g} µm/px " \
             f"(from the {slide.mpp_source})"
     if width < side or height < side:
-        raise SlideError(f"{where}, smaller than one patch ({config.patch} px at {config.mpp:g} µm/px "
+        raise SlideError(f"{where}, smaller than one patch ({patch} px at {mpp:g} µm/px "
                          f"= {side:,.0f} level-0 px); check the slide's resolution, or lower tile.patch "
                          "or tile.mpp")
     planned = len(grid_starts(width, side, step)) * len(grid_starts(height, side, step))
     if planned > config.max_patches:
-        raise SlideError(f"{where}: tiling it at {config.mpp:g} µm/px plans {planned:,} patches of "
+        raise SlideError(f"{where}: tiling it at {mpp:g} µm/px plans {planned:,} patches of "
                          f"{side:,.1f} level-0 px, over tile.max_patches = {config.max_patches:,}; check "
                          "the slide's resolution (manifest column `mpp` or --slide-mpp), or raise "
                          "tile.max_patches or tile.mpp")
@@ -169,8 +186,10 @@ def tile_slide(slide_path: Path, out: Path, config: TileConfig, slide_id: str | 
     slide_path = Path(slide_path)
     slide_id = slide_id or slide_path.stem
     target = slide_dir(out, slide_id) / PATCHES
+    config = config.resolved()  # unset mpp/patch: the defaults, stamped as such
     if slide_mpp is not None:
         config = replace(config, slide_mpp=slide_mpp)
+    mpp, patch = config.target
     source = "manifest" if slide_mpp is not None else "flag"
     with open_slide(slide_path, config.slide_mpp, source) as slide:
         stamp = {"config_hash": config_hash(config), "source_sha256": file_sha256(slide_path)}
@@ -183,9 +202,9 @@ def tile_slide(slide_path: Path, out: Path, config: TileConfig, slide_id: str | 
                         slide_path, config.min_tissue)
         attrs = {"source_path": str(slide_path.resolve()), "slide_id": slide_id, **geometry, **stamp}
         with atomic_path(target) as tmp:
-            patches = create_patch_store(tmp, config.patch, config.chunk, coords, tissue, attrs, thumbnail)
+            patches = create_patch_store(tmp, patch, config.chunk, coords, tissue, attrs, thumbnail)
             blocks = range(0, len(coords), config.chunk)
-            _run([dask.delayed(_fill_block)(slide, coords[i:i + config.chunk], config.patch, config.mpp,
+            _run([dask.delayed(_fill_block)(slide, coords[i:i + config.chunk], patch, mpp,
                                             patches, i) for i in blocks], slide_id)
     log.info("%s: %d patches at level %d -> %s", slide_path.name, len(coords), geometry["level"], target)
     return target

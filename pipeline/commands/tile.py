@@ -23,11 +23,12 @@ def tile(slide: Path, out: Path, mpp: float, patch: int, stride: int | None, min
          slide_mpp: float | None, chunk: int, slide_id: str | None) -> None:
     """Tile SLIDE into patches at --mpp, keeping those with enough tissue."""
     from tiling.archive import check_slide_id
-    from tiling.store import open_patch_store
+    from tiling.store import PATCHES, open_patch_store, remove_leftovers, slide_dir
     from tiling.tile import TileConfig, tile_slide
 
     config = TileConfig(mpp=mpp, patch=patch, stride=stride, min_tissue=min_tissue, slide_mpp=slide_mpp, chunk=chunk)
     slide_id = check_slide_id(slide_id or slide.stem, "--slide-id" if slide_id else f"{slide} (its stem)")
+    remove_leftovers(slide_dir(out, slide_id), PATCHES)  # of a killed earlier run
     store = open_patch_store(tile_slide(slide, out, config, slide_id))
     click.echo(f"{len(store)} patches of {patch} px at {mpp} µm/px (level {store.attrs['level']}) "
                f"-> {store.path}")

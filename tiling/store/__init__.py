@@ -22,8 +22,10 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -32,6 +34,8 @@ from typing import Any
 import zarr
 
 from tiling.errors import StoreError
+
+log = logging.getLogger(__name__)
 
 PATCHES, EXPLAIN, MAPS, AUDIT, REPORT = "patches.zarr", "explain.zarr", "maps.zarr", "audit.json", "report.html"
 FAILURE, RUN_MANIFEST = "failure.json", "run.json"
@@ -86,11 +90,36 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+SETTLE = (40, 0.05)  # tries, s between them: how long an interrupted output may still be written
+
+
+def _remove_settled(path: Path) -> None:
+    """Remove `path` even while a write interrupted in the main thread (zarr's I/O thread finishes
+    it) still adds files: retried until it stays gone for one pause, at most SETTLE."""
+    tries, pause = SETTLE
+    for _ in range(tries):
+        with contextlib.suppress(OSError):  # a file appeared while removing
+            _remove(path)
+        time.sleep(pause)
+        if not path.exists():
+            return
+    log.warning("%s: could not be removed; the next run removes it", path)
+
+
+def remove_leftovers(folder: Path, output: str) -> None:
+    """Remove what a killed run left of `output` in `folder`: atomic_path's temporary and replaced
+    copies (.<output>.tmp-*, .<output>.old-*)."""
+    for path in [*Path(folder).glob(f".{output}.tmp-*"), *Path(folder).glob(f".{output}.old-*")]:
+        log.info("removing %s, left by an interrupted run", path)
+        _remove(path)
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `final`; it replaces `final` only if the block completes.
 
-    On an exception the temporary output is removed and `final` is left as it was.
+    On an exception (SIGTERM included: `pipeline.cli`) the temporary output is removed and
+    `final` is left as it was.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +127,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
     try:
         yield tmp
     except BaseException:
-        _remove(tmp)
+        _remove_settled(tmp)
         raise
     trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
     if final.exists():

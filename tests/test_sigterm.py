@@ -1,0 +1,49 @@
+"""A SIGTERM during `slideaudit tile` removes the temporary store; a rerun removes what a
+SIGKILL left."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from conftest import manifest_rows
+from pipeline.cli import main
+from pipeline.errors import EXIT_TERMINATED
+
+SLIDEAUDIT = Path(sys.executable).parent / "slideaudit"
+
+
+def hidden(folder: Path) -> list[Path]:
+    return sorted(folder.glob(".patches.zarr.*")) if folder.is_dir() else []
+
+
+def test_sigterm_during_tile_leaves_no_temporary_store(sample_archive: Path, tmp_path: Path) -> None:
+    slide = manifest_rows(sample_archive)[0]["path"]
+    folder = tmp_path / "out" / "slides" / "s"
+    # 16-px patches at level-0 resolution on glass too: thousands of blocks, a long write
+    proc = subprocess.Popen([str(SLIDEAUDIT), "tile", slide, "--out", str(tmp_path / "out"), "--slide-id", "s",
+                             "--mpp", "0.5", "--patch", "16", "--min-tissue", "0", "--chunk", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.glob("patches/c/*") for p in hidden(folder)):  # a first chunk written
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == EXIT_TERMINATED, output
+    assert hidden(folder) == [] and not (folder / "patches.zarr").exists()
+
+
+def test_a_rerun_removes_what_a_killed_tile_left(sample_archive: Path, tmp_path: Path) -> None:
+    slide = manifest_rows(sample_archive)[1]["path"]
+    folder = tmp_path / "out" / "slides" / "s"
+    (folder / ".patches.zarr.tmp-0badf00d" / "patches").mkdir(parents=True)
+    (folder / ".patches.zarr.old-0badf00d").mkdir()
+    result = CliRunner().invoke(main, ["tile", slide, "--out", str(tmp_path / "out"), "--slide-id", "s",
+                                       "--mpp", "4", "--patch", "32"])
+    assert result.exit_code == 0, result.output
+    assert hidden(folder) == [] and (folder / "patches.zarr").is_dir()

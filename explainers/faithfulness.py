@@ -86,8 +86,12 @@ class Faithfulness:
     random_area: float | None = None
 
     def unfaithful(self, margin: float) -> list[str]:
-        """Methods whose area is not below the random area by `margin` (module docstring)."""
-        if self.random_area is None:
+        """Methods whose area is not below the random area by `margin` (module docstring). None
+        when no deletion, ranked or random, lowers p by `margin` (every area >= 1 - margin): the
+        prediction then rests on the bag as a whole (e.g. "normal" on a slide without lesion),
+        and there is nothing for a ranking to find."""
+        areas = [a for a in self.areas.values() if a is not None]
+        if self.random_area is None or min([self.random_area, *areas]) >= 1 - margin:
             return []
         return [m for m, a in self.areas.items() if a is not None and a >= self.random_area - margin]
 

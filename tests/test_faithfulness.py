@@ -10,7 +10,7 @@ from torch import nn
 
 from conftest import manifest_rows
 from explainers.explain import ExplainConfig, explain_store
-from explainers.faithfulness import FaithfulnessConfig, area, faithfulness, patch_scores
+from explainers.faithfulness import Faithfulness, FaithfulnessConfig, area, faithfulness, patch_scores
 from explainers.mil import AttentionMIL
 from reports.audit import AuditConfig, audit_slide
 from reports.html import render_slide_report
@@ -74,3 +74,11 @@ def test_the_audit_records_each_methods_deletion_curve_and_the_report_shows_it(
     assert 'id="faithfulness"' in html and "deletion curves per method" in html
     with pytest.raises(ConfigError, match="fractions"):
         FaithfulnessConfig(fractions=(0.5, 0.1))
+
+
+def test_a_prediction_resting_on_the_whole_bag_flags_no_method():
+    """When no deletion lowers p (every area >= 1 - margin), no ranking can be unfaithful."""
+    diffuse = Faithfulness((0.1, 0.5), areas={"attention": 1.0, "gradcam": 0.99}, random_area=1.0)
+    assert diffuse.unfaithful(0.05) == []
+    localised = Faithfulness((0.1, 0.5), areas={"attention": 0.2, "gradcam": 0.98}, random_area=0.9)
+    assert localised.unfaithful(0.05) == ["gradcam"]

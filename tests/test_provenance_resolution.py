@@ -14,7 +14,7 @@ MAPS = {"annotation_downsample": {"a.xml": 0.03125}, "annotation_scale_source": 
 
 
 def raised(scales: dict) -> dict[str, dict]:
-    return {f["flag"]: f for f in flags(None, 0, {}, [], [], AuditConfig(), 0, scales)}
+    return {f["flag"]: f for f in flags(None, 0, {}, [], [], AuditConfig(), 0, resolution=scales)}
 
 
 def test_resolution_records_source_level_and_scales() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Callable
+from typing import Any
 
 import matplotlib
 
@@ -132,6 +133,15 @@ def css_gradient(steps: int = 11) -> str:
     return f"linear-gradient(to right, {', '.join(stops)})"
 
 
+def figure_uri(fig: Any) -> str:
+    """A matplotlib figure, laid out tightly, as a PNG data URI; the figure is closed."""
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return _data_uri(buffer.getvalue(), "image/png")
+
+
 def distribution_plot(table: pd.DataFrame, metric: str, methods: list[str], labels: list[str],
                       title: str, seed: int = 0) -> str:
     """A box plot with the slides as jittered points, one column per method (tick `labels`),
@@ -154,11 +164,7 @@ def distribution_plot(table: pd.DataFrame, metric: str, methods: list[str], labe
     ax.set_title(title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return _data_uri(buffer.getvalue(), "image/png")
+    return figure_uri(fig)
 
 
 def deletion_plot(fractions: list[float], curves: dict[str, list[float]], random_curve: list[float],
@@ -177,9 +183,5 @@ def deletion_plot(fractions: list[float], curves: dict[str, list[float]], random
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return _data_uri(buffer.getvalue(), "image/png")
+    return figure_uri(fig)
 

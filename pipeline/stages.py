@@ -25,6 +25,7 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import ValidationFailed
 from reports.audit import audit_slide
 from reports.html import render_slide_report
+from reports.table import VALIDATE
 from tiling.annotations import check_annotation_files
 from tiling.archive import SlideRecord
 from tiling.errors import AuditError
@@ -83,7 +84,7 @@ def _explain(rec: SlideRecord, ctx: Context) -> None:
 
 
 def _stitch(rec: SlideRecord, ctx: Context) -> None:
-    stitch_slide(slide_dir(ctx.out, rec.slide_id), rec.path, list(rec.annotations), ctx.config.stitch,
+    stitch_slide(slide_dir(ctx.out, rec.slide_id), list(rec.annotations), ctx.config.stitch,
                  AnnotationScale(rec.annotation_downsample, rec.annotation_mpp))
 
 
@@ -111,7 +112,7 @@ STAGES: dict[str, tuple[Callable[[SlideRecord, Context], None], str | None]] = {
     "stitch": (_stitch, MAPS),
     "audit": (_audit, AUDIT),
     "report": (_report, REPORT),
-    "validate": (_validate, None),
+    VALIDATE: (_validate, None),
 }
 
 

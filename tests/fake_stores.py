@@ -128,7 +128,7 @@ def build_archive(out: Path) -> dict[str, Path]:
             ("positive", "CMU-1 positive", True, 1, (-1.0, 2.0)),
             ("evil", EVIL, False, 0, (2.0, -1.0))):
         slide_dir, annotations = make_slide_case(out, slide_id, folder, lesion, logits)
-        stitch_slide(slide_dir, real_slide(), annotations, StitchConfig(max_side=512))
+        stitch_slide(slide_dir, annotations, StitchConfig(max_side=512))
         audit_slide(slide_dir, label, AuditConfig())
         render_slide_report(slide_dir)
         folders[folder] = slide_dir

@@ -58,9 +58,9 @@ def test_level0_annotations_on_a_downsampled_slide_fail_before_any_map(tmp_path:
     slide_dir, notes = _scaled_case(tmp_path, 32)
     with pytest.raises(AnnotationError, match=r"level0\.geojson: 100% .*coordinates reach 43,200 px "
                                               r"but the slide is 2,220 px wide: about 32 x"):
-        stitch_slide(slide_dir, Path("unused"), [notes], StitchConfig(max_side=512))
+        stitch_slide(slide_dir, [notes], StitchConfig(max_side=512))
     assert not (slide_dir / MAPS).exists()
-    stitch_slide(slide_dir, Path("unused"), [notes], StitchConfig(max_side=512), AnnotationScale(downsample=32))
+    stitch_slide(slide_dir, [notes], StitchConfig(max_side=512), AnnotationScale(downsample=32))
     attrs = attrs_of(slide_dir)
     assert attrs["annotation_downsample"] == {"level0.geojson": 32.0}
     assert attrs["annotation_scale_source"] == {"level0.geojson": "manifest"}
@@ -70,7 +70,7 @@ def test_level0_annotations_on_a_downsampled_slide_fail_before_any_map(tmp_path:
 def test_annotation_mpp_and_an_xml_microns_per_pixel_scale_alike(tmp_path: Path) -> None:
     slide_dir, notes = _scaled_case(tmp_path, 4)
     slide_mpp = float(zarr.open_group(slide_dir / "patches.zarr", mode="r").attrs["slide_mpp"])
-    stitch_slide(slide_dir, Path("unused"), [notes], StitchConfig(max_side=512),
+    stitch_slide(slide_dir, [notes], StitchConfig(max_side=512),
                  AnnotationScale(mpp=slide_mpp / 4))
     by_mpp = _lesion_pixels(slide_dir)
     xml = tmp_path / "recorded.xml"
@@ -78,7 +78,7 @@ def test_annotation_mpp_and_an_xml_microns_per_pixel_scale_alike(tmp_path: Path)
     xml.write_text(f'<ASAP_Annotations MicronsPerPixel="{slide_mpp / 4}"><Annotations><Annotation '
                    f'Name="t" Type="Polygon" PartOfGroup="Tumor"><Coordinates>{points}</Coordinates>'
                    '</Annotation></Annotations></ASAP_Annotations>')
-    stitch_slide(slide_dir, Path("unused"), [xml], StitchConfig(max_side=512))
+    stitch_slide(slide_dir, [xml], StitchConfig(max_side=512))
     assert attrs_of(slide_dir)["annotation_scale_source"] == {"recorded.xml": "file"}
     assert _lesion_pixels(slide_dir) == by_mpp > 0
 

@@ -62,7 +62,7 @@ def test_the_audit_records_each_methods_deletion_curve_and_the_report_shows_it(
         slide_dir: Path, model_dir: Path, sample_archive: Path) -> None:
     explain_store(slide_dir, model_dir, ExplainConfig(methods=("gradcam", "hirescam")))
     row = manifest_rows(sample_archive)[0]
-    stitch_slide(slide_dir, Path(row["path"]), [Path(row["annotation"])], StitchConfig(max_side=512))
+    stitch_slide(slide_dir, [Path(row["annotation"])], StitchConfig(max_side=512))
     config = AuditConfig(faithfulness=FaithfulnessConfig(fractions=(0.1, 0.5), n_random=2))
     audit = load_audit(audit_slide(slide_dir, int(row["label"]), config, model_dir))
     record = audit["faithfulness"]

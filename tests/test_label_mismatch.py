@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fake_stores import make_slide_case, real_slide
+from fake_stores import make_slide_case
 from reports.audit import AuditConfig, audit_slide, flags
 from reports.html import render_slide_report
 from reports.registry import FLAGS
@@ -36,7 +36,7 @@ def test_the_flag_is_declared_once_and_fires_both_ways() -> None:
 def test_the_report_of_a_slide_without_lesion_says_what_its_label_means(
         tmp_path: Path, label: int | None, says: str) -> None:
     slide_dir, _ = make_slide_case(tmp_path, "cmu", lesion=False)
-    stitch_slide(slide_dir, real_slide(), [], StitchConfig(max_side=512))
+    stitch_slide(slide_dir, [], StitchConfig(max_side=512))
     audit_slide(slide_dir, label, AuditConfig())
     raised = [f["flag"] for f in load_audit(slide_dir / "audit.json")["flags"]]
     assert ("label_annotation_mismatch" in raised) == (label == 1)

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from test_annotations import SQUARE, asap_xml, feature
 
-from fake_stores import make_slide_case, real_slide
+from fake_stores import make_slide_case
 from pipeline.cli import main
 from pipeline.commands.run import build_config
 from tiling.annotations import LesionRules, read_classified
@@ -57,12 +57,12 @@ def test_flags_and_set_give_class_lists() -> None:
 
 def test_maps_record_the_classes_and_restitch_when_they_change(tmp_path: Path) -> None:
     slide_dir, annotations = make_slide_case(tmp_path, "cmu")
-    path = stitch_slide(slide_dir, real_slide(), annotations, StitchConfig(max_side=256))
+    path = stitch_slide(slide_dir, annotations, StitchConfig(max_side=256))
     stamp = read_stamp(path)
     maps = open_maps(slide_dir)
     assert maps.attrs["annotation_classes"] == {"lesion": ["Tumor"], "exclusion": [], "ignored": []}
     assert maps.attrs["lesion_names"] == ["Tumor 1"]
-    stitch_slide(slide_dir, real_slide(), annotations, StitchConfig(max_side=256, lesion_classes=("Other",)))
+    stitch_slide(slide_dir, annotations, StitchConfig(max_side=256, lesion_classes=("Other",)))
     assert read_stamp(path) != stamp
     maps = open_maps(slide_dir)
     assert maps.attrs["lesion_names"] == [] and not maps.lesion.any()

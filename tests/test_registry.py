@@ -57,7 +57,7 @@ def test_a_new_cam_method_reaches_every_output_without_touching_another_file(
     assert maps.shape == explained["gradcam"].shape and np.isfinite(maps).all() and maps.max() > 0
 
     row = manifest_rows(sample_archive)[0]
-    stitch_slide(slide_dir, Path(row["path"]), [Path(row["annotation"])], StitchConfig(max_side=1024))
+    stitch_slide(slide_dir, [Path(row["annotation"])], StitchConfig(max_side=1024))
     audit_slide(slide_dir, int(row["label"]), AuditConfig())
     audit = load_audit(slide_dir)
     assert audit["methods"] == ["attention", "gradcam", "maxcam"]

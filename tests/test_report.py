@@ -158,7 +158,7 @@ def test_corrupted_attention_fails_its_suite_and_the_report_says_so(tmp_path) ->
     slide_dir, annotations = make_slide_case(tmp_path, "doubled")
     attention = zarr.open_group(slide_dir / "explain.zarr", mode="r+")["attention"]
     attention[:] = np.asarray(attention[:]) * 2  # sums to 2
-    stitch_slide(slide_dir, real_slide(), annotations, StitchConfig(max_side=256))
+    stitch_slide(slide_dir, annotations, StitchConfig(max_side=256))
     audit = load_audit(audit_slide(slide_dir, 1, AuditConfig()))
     suites = {s["suite"]: s for s in audit["validation"]}
     assert not suites["explain.attention"]["success"]
@@ -204,7 +204,7 @@ def keep_first(slide_dir: Path, k: int) -> None:
 def test_slides_with_no_or_one_patch_are_audited_and_reported(tmp_path, k) -> None:
     slide_dir, annotations = make_slide_case(tmp_path, f"tiny{k}")
     keep_first(slide_dir, k)
-    stitch_slide(slide_dir, real_slide(), annotations, StitchConfig(max_side=256))
+    stitch_slide(slide_dir, annotations, StitchConfig(max_side=256))
     audit = load_audit(audit_slide(slide_dir, 1, AuditConfig()))
     suites = {s["suite"]: s["success"] for s in audit["validation"]}
     assert suites["patches.coords"] == (k > 0) and suites["explain.attention"] == (k > 0)

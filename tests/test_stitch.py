@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zarr
 
-from fake_stores import make_slide_case, real_slide
+from fake_stores import make_slide_case
 from tiling.errors import StoreError
 from tiling.stitch import PatchGrid, StitchConfig, map_downsample, map_shape, spans, stitch_slide
 from tiling.store import EXPLAIN, MAPS, PATCHES, is_current, open_patch_store, read_stamp
@@ -84,7 +84,7 @@ def check_ngff_image(group: zarr.Group, name: str, pixel_um: float) -> None:
 def test_stitch_slide_writes_ome_maps_and_skips_when_current(tmp_path) -> None:
     slide_dir, annotations = make_slide_case(tmp_path, "cmu")
     config = StitchConfig(max_side=512)
-    path = stitch_slide(slide_dir, real_slide(), annotations, config)
+    path = stitch_slide(slide_dir, annotations, config)
     assert path == slide_dir / MAPS
     maps = open_maps(slide_dir)
     patches = zarr.open_group(slide_dir / "patches.zarr", mode="r")
@@ -118,9 +118,9 @@ def test_stitch_slide_writes_ome_maps_and_skips_when_current(tmp_path) -> None:
 
     stamp = read_stamp(path)
     before = (path / "zarr.json").stat().st_mtime_ns
-    stitch_slide(slide_dir, real_slide(), annotations, config)
+    stitch_slide(slide_dir, annotations, config)
     assert (path / "zarr.json").stat().st_mtime_ns == before
-    stitch_slide(slide_dir, real_slide(), annotations,
+    stitch_slide(slide_dir, annotations,
                  StitchConfig(max_side=256))
     assert read_stamp(path) != stamp and open_maps(path).downsample == 12.0
     assert json.loads((path / "zarr.json").read_text())["attributes"]["source_sha256"] == \
@@ -131,10 +131,10 @@ def test_stitch_errors_name_the_store(tmp_path) -> None:
     slide_dir, _ = make_slide_case(tmp_path, "bad", lesion=False,
                                    attention=np.array([0.5, 0.5], np.float32))
     with pytest.raises(StoreError, match=r"2 attention values for .* patches.*rerun the explain"):
-        stitch_slide(slide_dir, real_slide(), [], StitchConfig())
+        stitch_slide(slide_dir, [], StitchConfig())
     assert not (slide_dir / MAPS).exists()
     with pytest.raises(StoreError, match=r"explain\.zarr: missing or incomplete"):
-        stitch_slide(tmp_path / "slides" / "nothing", "x.svs", [], StitchConfig())
+        stitch_slide(tmp_path / "slides" / "nothing", [], StitchConfig())
     with pytest.raises(StoreError, match=r"maps\.zarr: no complete maps store"):
         open_maps(slide_dir)
 
@@ -143,8 +143,8 @@ def test_stitch_takes_the_thumbnail_from_the_patch_store(tmp_path) -> None:
     slide_dir, annotations = make_slide_case(tmp_path, "cmu")
     thumb = open_patch_store(slide_dir).thumbnail[...]
     assert thumb.dtype == np.uint8 and thumb.ndim == 3 and thumb.shape[2] == 3
-    # the slide is never opened: a path where no file is works as well
-    stitch_slide(slide_dir, tmp_path / "moved-away.svs", annotations, StitchConfig(max_side=512))
+    # stitching takes no slide path: the slide is never opened
+    stitch_slide(slide_dir, annotations, StitchConfig(max_side=512))
     maps = open_maps(slide_dir)
     assert maps.thumbnail.shape == (*maps.tissue.shape, 3)
     # the patch store's thumbnail resampled: mean colour kept within a grey level
@@ -163,14 +163,14 @@ def set_version(path, version) -> None:
 def test_a_store_of_another_format_version_is_not_current(tmp_path, version) -> None:
     slide_dir, annotations = make_slide_case(tmp_path, "cmu")
     config = StitchConfig(max_side=512)
-    path = stitch_slide(slide_dir, real_slide(), annotations, config)
+    path = stitch_slide(slide_dir, annotations, config)
     stamp = read_stamp(path)
     assert is_current(path, **stamp)
     set_version(path, version)
     assert not is_current(path, **stamp)
     with pytest.raises(StoreError, match=f"maps.zarr: format version {version}.*rerun the stitch stage"):
         open_maps(slide_dir)
-    stitch_slide(slide_dir, real_slide(), annotations, config)  # rewritten, current again
+    stitch_slide(slide_dir, annotations, config)  # rewritten, current again
     assert is_current(path, **stamp) and open_maps(slide_dir).downsample == 6.0
 
     set_version(slide_dir / EXPLAIN, version)

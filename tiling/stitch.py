@@ -227,12 +227,12 @@ def _thumbnail(thumbnail: zarr.Array, shape: tuple[int, int]) -> np.ndarray:
     return np.moveaxis(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), -1, 0)
 
 
-def stitch_slide(slide_dir: Path, slide_path: Path, annotations: list[Path],
-                 config: StitchConfig, scale: AnnotationScale = AnnotationScale()) -> Path:
+def stitch_slide(slide_dir: Path, annotations: list[Path], config: StitchConfig,
+                 scale: AnnotationScale = AnnotationScale()) -> Path:
     """Write ``slide_dir/maps.zarr`` from patches.zarr (its thumbnail too), explain.zarr and the
     annotations (read-only, scaled by `scale` and checked to fit the slide before anything is
     written: AnnotationError otherwise); skipped when its stamp is current. Returns the maps.zarr
-    path. `slide_path` is no longer read: the slide's thumbnail comes from patches.zarr."""
+    path. The slide itself is not opened: its thumbnail comes from patches.zarr."""
     slide_dir, annotations = Path(slide_dir), [Path(a) for a in annotations]
     out = slide_dir / MAPS
     stamp = chained_stamp(config, slide_dir / EXPLAIN,

@@ -6,18 +6,21 @@ import os
 from pathlib import Path
 
 import numpy as np
+import openslide
 import pytest
 from click.testing import CliRunner
+from scipy.ndimage import binary_dilation
 
 from conftest import manifest_rows
 from pipeline.cli import main
 from tiling.annotations import rasterize_lesions, read_annotations
 from tiling.sample import write_sample_archive
-from tiling.sample_draw import draw_slide
+from tiling.sample_draw import STROMA, draw_slide, swatches
+from tiling.sample_tiff import TILE
 from tiling.slide import open_slide
 from tiling.store import file_sha256, open_patch_store
 from tiling.tile import TileConfig, tile_slide
-from tiling.tissue import saturation
+from tiling.tissue import saturation, tissue_mask
 
 
 def test_manifest_lists_slides_and_annotations(sample_archive: Path) -> None:
@@ -102,3 +105,20 @@ def test_cli_writes_the_archive(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == sorted(
         [f"sample_00{i}.{ext}" for i in range(2) for ext in ("tiff", "geojson", "xml")]
         + ["manifest.csv", "sample.json"])
+
+
+def test_large_slide_opens_with_its_size_resolution_tissue_and_lesions(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["sample", str(tmp_path), "--large", "--size", "8192"])
+    assert result.exit_code == 0, result.output
+    row = manifest_rows(tmp_path / "manifest.csv")[0]
+    with openslide.OpenSlide(row["path"]) as osr:
+        assert osr.dimensions == (8192, 6144)
+        assert float(osr.properties[openslide.PROPERTY_NAME_MPP_X]) == pytest.approx(0.25)
+        assert osr.level_count >= 4 and osr.level_downsamples[1] == pytest.approx(2)
+        image = np.asarray(osr.read_region((0, 0), 2, osr.level_dimensions[2]))[..., :3]
+    assert 0.2 < tissue_mask(image).mean() < 0.4                      # about 30 % tissue
+    lesion = rasterize_lesions(read_annotations(Path(row["annotation"])), image.shape[:2], 4.0)
+    stroma = tissue_mask(image) & ~binary_dilation(lesion, iterations=8)
+    assert lesion.sum() > 0 and image[lesion].mean() < image[stroma].mean() - 40   # dark lesions
+    squares = swatches(np.random.default_rng(0), TILE, 1.0)            # the JPEGs decode to the squares
+    assert np.abs(image[stroma].mean(0) - squares[STROMA].reshape(-1, 3).mean(0)).max() < 4

@@ -7,7 +7,8 @@ columns slide_id, path, label, annotation, annotation_xml, ink (paths relative t
 manifest's folder). Even indices are positive (label 1, 1-3 lesions), odd ones negative.
 Pen ink marks slides 0, 1, 4, 5, 8, 9, ... (both labels alike), or with `ink_correlated` the
 positive slides only. Every slide has a tissue fold. Slide i depends only on (seed, i, size,
-ink_correlated, mpp): the same arguments write the same bytes.
+ink_correlated, mpp): the same arguments write the same bytes. `write_large_archive` writes the
+same files for 40x-size slides (80,000 px wide at 0.25 µm/px by default, `tiling.sample_large`).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from tiling.sample_annotations import lesions_asap_xml, lesions_geojson
 from tiling.sample_draw import draw_slide
+from tiling.sample_large import write_large_slide
 from tiling.sample_tiff import write_pyramid_tiff
 from tiling.store import atomic_path, config_hash, is_current
 
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SIZE = 8192  # level-0 width in px: ~150-200 tissue patches at mpp 1.0, patch 224
 SLIDE_MPP = 0.5
+LARGE_SIZE, LARGE_MPP = 80_000, 0.25  # a 40x slide: 80,000 x 60,000 px at 0.25 µm/px
 MANIFEST, STAMP = "manifest.csv", "sample.json"
 COLUMNS = ("slide_id", "path", "label", "annotation", "annotation_xml", "ink")
 GENERATED = "generated"  # the stamp's source_sha256: a sample archive has no source file
@@ -50,25 +53,50 @@ class SampleConfig:
     mpp: float = SLIDE_MPP
 
     def shape_hw(self) -> tuple[int, int]:
-        """Level-0 (height, width) in px."""
-        return 64 * math.ceil(self.size * 3 / 4 / 64), 64 * math.ceil(self.size / 64)
+        return slide_shape(self.size)
 
 
-def _write_slide(outdir: Path, index: int, config: SampleConfig) -> dict[str, str | int]:
-    """Draw slide `index` at level 1 (2 x level-0 mpp) and write its TIFF and annotations."""
+@dataclass(frozen=True)
+class LargeSampleConfig:
+    """What an archive of 40x-size slides (`tiling.sample_large`) depends on. size: level-0
+    width in px (height 3/4 of it), both rounded up to a multiple of 64; mpp: level-0 µm/px."""
+
+    slides: int
+    seed: int
+    size: int = LARGE_SIZE
+    mpp: float = LARGE_MPP
+
+    def shape_hw(self) -> tuple[int, int]:
+        return slide_shape(self.size)
+
+
+def slide_shape(size: int) -> tuple[int, int]:
+    """Level-0 (height, width) in px of a sample slide `size` px wide: (3/4 size, size), both
+    rounded up to a multiple of 64."""
+    return 64 * math.ceil(size * 3 / 4 / 64), 64 * math.ceil(size / 64)
+
+
+def _write_slide(outdir: Path, index: int, config: SampleConfig | LargeSampleConfig) -> dict[str, str | int]:
+    """Draw slide `index` and write its TIFF and annotations: a SampleConfig slide is drawn at
+    level 1 (2 x level-0 mpp) and stored with its 2x upsample as level 0; a LargeSampleConfig
+    one is a tile mosaic (`tiling.sample_large`)."""
     slide_id = f"sample_{index:03d}"
     label = 1 if index % 2 == 0 else 0
-    ink = bool(label) if config.ink_correlated else (index // 2) % 2 == 0
+    ink = isinstance(config, SampleConfig) and (bool(label) if config.ink_correlated else (index // 2) % 2 == 0)
     height, width = config.shape_hw()
-    drawing = draw_slide(np.random.default_rng([config.seed, index]), (height // 2, width // 2),
-                         px_um=2 * config.mpp, downsample=2.0, positive=bool(label), ink=ink)
+    rng = np.random.default_rng([config.seed, index])
+    description = f"slideaudit sample slide {slide_id}, seed {config.seed}"
     files = {"path": f"{slide_id}.tiff", "annotation": f"{slide_id}.geojson",
              "annotation_xml": f"{slide_id}.xml"}
     with atomic_path(outdir / files["path"]) as tmp:
-        write_pyramid_tiff(tmp, drawing.image, config.mpp, upsample_first=True,
-                           description=f"slideaudit sample slide {slide_id}, seed {config.seed}")
-    for key, text in (("annotation", lesions_geojson(drawing.lesions)),
-                      ("annotation_xml", lesions_asap_xml(drawing.lesions))):
+        if isinstance(config, LargeSampleConfig):
+            lesions = write_large_slide(tmp, rng, (height, width), config.mpp, bool(label), description)
+        else:
+            drawing = draw_slide(rng, (height // 2, width // 2), px_um=2 * config.mpp, downsample=2.0,
+                                 positive=bool(label), ink=ink)
+            write_pyramid_tiff(tmp, drawing.image, config.mpp, upsample_first=True, description=description)
+            lesions = drawing.lesions
+    for key, text in (("annotation", lesions_geojson(lesions)), ("annotation_xml", lesions_asap_xml(lesions))):
         with atomic_path(outdir / files[key]) as tmp:
             tmp.write_text(text, encoding="utf-8")
     return {"slide_id": slide_id, **files, "label": label, "ink": int(ink)}
@@ -92,18 +120,29 @@ def write_sample_archive(outdir: Path, slides: int, seed: int, size: int = DEFAU
     the GIL). Returns outdir/manifest.csv; a rerun with the same arguments whose files are all
     present returns at once (stamp in outdir/sample.json).
     """
-    if slides < 1 or size < 512:
-        raise ValueError(f"need at least 1 slide of at least 512 px, got {slides} of {size} px")
+    return _write_archive(outdir, SampleConfig(slides, seed, size, ink_correlated, mpp))
+
+
+def write_large_archive(outdir: Path, slides: int, seed: int, size: int = LARGE_SIZE,
+                        mpp: float = LARGE_MPP) -> Path:
+    """Like `write_sample_archive`, with 40x-size slides (`tiling.sample_large`): `size` px wide
+    at `mpp` µm/px, about a third tissue, no pen ink; each slide in seconds, not minutes."""
+    return _write_archive(outdir, LargeSampleConfig(slides, seed, size, mpp))
+
+
+def _write_archive(outdir: Path, config: SampleConfig | LargeSampleConfig) -> Path:
+    """Write the archive of `config` (see `write_sample_archive`)."""
+    if config.slides < 1 or config.size < 512:
+        raise ValueError(f"need at least 1 slide of at least 512 px, got {config.slides} of {config.size} px")
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    config = SampleConfig(slides, seed, size, ink_correlated, mpp)
     stamp = config_hash(config)
     if _complete(outdir, stamp):
         log.info("%s: sample archive up to date", outdir / MANIFEST)
         return outdir / MANIFEST
-    with ThreadPoolExecutor(min(slides, os.cpu_count() or 1)) as pool:
-        jobs = pool.map(_write_slide, [outdir] * slides, range(slides), [config] * slides)
-        rows = list(tqdm(jobs, total=slides, desc="sample slides", unit="slide"))
+    with ThreadPoolExecutor(min(config.slides, os.cpu_count() or 1)) as pool:
+        jobs = pool.map(_write_slide, [outdir] * config.slides, range(config.slides), [config] * config.slides)
+        rows = list(tqdm(jobs, total=config.slides, desc="sample slides", unit="slide"))
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()

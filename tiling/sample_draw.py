@@ -26,6 +26,7 @@ LESION_RADIUS_UM = (200.0, 330.0)
 NUCLEUS_SIGMA_UM = 1.5
 FILTER_TRUNCATE = 2.5
 BAND = 128  # rows composed at a time, so temporaries stay in cache
+GLASS, STROMA, LESION = 0, 1, 2  # the ground classes of `swatches`
 
 
 @dataclass
@@ -121,12 +122,12 @@ def _stroke(rng: np.random.Generator, field: np.ndarray, shape_hw: tuple[int, in
 
 
 def draw_slide(rng: np.random.Generator, shape_hw: tuple[int, int], px_um: float,
-               downsample: float, positive: bool, ink: bool) -> Drawing:
+               downsample: float, positive: bool, ink: bool, cover: float = TISSUE_COVER) -> Drawing:
     """Draw a slide of `shape_hw` px at `px_um` µm/px, with lesions if `positive` (returned in
-    level-0 px = drawing px * `downsample`) and a pen stroke if `ink`. The ink is drawn last, so
-    the same `rng` state gives the same slide with or without it."""
+    level-0 px = drawing px * `downsample`), a pen stroke if `ink` and about `cover` of its area
+    tissue. The ink is drawn last, so the same `rng` state gives the same slide with or without it."""
     coarse = _tissue_field(rng, shape_hw)
-    tissue = _upsample(coarse, shape_hw) > np.quantile(coarse, 1 - TISSUE_COVER)
+    tissue = _upsample(coarse, shape_hw) > np.quantile(coarse, 1 - cover)
     lesions = _lesions(rng, coarse, px_um, downsample, shape_hw) if positive else []
     lesion = rasterize_lesions(lesions, shape_hw, downsample)
     tissue |= lesion
@@ -147,6 +148,18 @@ def draw_slide(rng: np.random.Generator, shape_hw: tuple[int, int], px_um: float
     for rows in (slice(r, r + BAND) for r in range(0, shape_hw[0], BAND)):
         image[rows] = _colour(lesion[rows], grain[rows], fibres[rows], stain[rows], pen[rows], pen_od)
     return Drawing(image, lesions)
+
+
+def swatches(rng: np.random.Generator, side: int, px_um: float) -> np.ndarray:
+    """(3, side, side, 3) uint8 RGB squares at `px_um` µm/px of glass, stroma and lesion (in that
+    order, indexed by GLASS, STROMA, LESION): the stain model of `draw_slide` on uniform ground."""
+    shape = (side, side)
+    sigma = NUCLEUS_SIGMA_UM / px_um
+    grain = _filtered_noise(rng, shape, (sigma, sigma))
+    fibres = _filtered_noise(rng, shape, (sigma, 4 * sigma))
+    ones, zeros = np.ones(shape, np.float32), np.zeros(shape, np.float32)
+    return np.stack([_colour(lesion, grain, fibres, stain, zeros, np.zeros(3, np.float32))
+                     for lesion, stain in ((zeros, zeros), (zeros, ones), (ones, ones))])
 
 
 def _colour(lesion: np.ndarray, grain: np.ndarray, fibres: np.ndarray, stain: np.ndarray,

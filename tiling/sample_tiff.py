@@ -6,10 +6,11 @@ tags in pixels per centimetre (10^4 / mpp), from which OpenSlide reports opensli
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import imagecodecs
 import numpy as np
 import tifffile
 from PIL import Image
@@ -54,19 +55,43 @@ def _levels(image: np.ndarray, upsample_first: bool) -> Iterator[tuple[Any, tupl
         picture = picture.reduce(2)
 
 
-def write_pyramid_tiff(path: Path, image: np.ndarray, mpp: float | None, upsample_first: bool = False,
-                       description: str = "") -> None:
-    """Write an RGB uint8 `image` as a pyramid (`_levels`), level 0 first, one IFD per level.
+def pyramid_shapes(height: int, width: int) -> list[tuple[int, int]]:
+    """(height, width) of each level of a pyramid whose level 0 is `height` x `width`: halvings
+    (rounded up) while the longer side exceeds SMALLEST_SIDE px, and at least MIN_LEVELS levels."""
+    shapes = [(height, width)]
+    while (len(shapes) < MIN_LEVELS or max(shapes[-1]) > SMALLEST_SIDE) and min(shapes[-1]) >= 2:
+        shapes.append(((shapes[-1][0] + 1) // 2, (shapes[-1][1] + 1) // 2))
+    return shapes
 
-    upsample_first: level 0 is `image` upsampled 2x and `image` is level 1. mpp: level-0 µm/px,
-    written as XResolution = YResolution = 10^4 / (mpp * 2^level) px/cm; None writes no
-    resolution (a slide that needs --slide-mpp).
-    """
-    with tifffile.TiffWriter(path) as tif:
-        for k, (data, shape) in enumerate(_levels(image, upsample_first)):
+
+def encode_tile(tile: np.ndarray) -> bytes:
+    """One TILE x TILE RGB uint8 tile as the JPEG bytes `write_levels` stores for it (YCbCr 4:2:0,
+    quality JPEG_QUALITY), so a generator may hand over tiles it encoded once and repeats."""
+    return bytes(imagecodecs.jpeg8_encode(tile, level=JPEG_QUALITY, colorspace="RGB",
+                                          outcolorspace="YCBCR", subsampling=(2, 2)))
+
+
+def write_levels(path: Path, levels: Iterable[tuple[Any, tuple[int, int, int]]], mpp: float | None,
+                 description: str = "", bigtiff: bool = False) -> None:
+    """Write pyramid levels given as (data, (h, w, 3)), level 0 first, one IFD each, as TILE-px
+    JPEG tiles. data: an (h, w, 3) uint8 array, or an iterator of row-major tiles (arrays, or
+    `encode_tile` bytes). mpp: level-0 µm/px, written as XResolution = YResolution =
+    10^4 / (mpp * 2^level) px/cm; None writes no resolution (a slide that needs --slide-mpp);
+    bigtiff: 64-bit offsets, for files that may pass 4 GiB."""
+    with tifffile.TiffWriter(path, bigtiff=bigtiff) as tif:
+        for k, (data, shape) in enumerate(levels):
             resolution: dict[str, Any] = {} if mpp is None else {
                 "resolution": (1e4 / (mpp * 2 ** k),) * 2, "resolutionunit": "CENTIMETER"}
             tif.write(data, shape=shape, dtype=np.uint8, tile=(TILE, TILE), photometric="rgb",
                       compression="jpeg", compressionargs={"level": JPEG_QUALITY},
                       subfiletype=0 if k == 0 else 1, description=description if k == 0 else None,
                       metadata=None, software=False, **resolution)
+
+
+def write_pyramid_tiff(path: Path, image: np.ndarray, mpp: float | None, upsample_first: bool = False,
+                       description: str = "") -> None:
+    """Write an RGB uint8 `image` as a pyramid (`_levels`) with `write_levels`.
+
+    upsample_first: level 0 is `image` upsampled 2x and `image` is level 1.
+    """
+    write_levels(path, _levels(image, upsample_first), mpp, description)

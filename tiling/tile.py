@@ -191,12 +191,13 @@ def tile_slide(slide_path: Path, out: Path, config: TileConfig, slide_id: str | 
         config = replace(config, slide_mpp=slide_mpp)
     mpp, patch = config.target
     source = "manifest" if slide_mpp is not None else "flag"
-    with open_slide(slide_path, config.slide_mpp, source) as slide:
-        stamp = {"config_hash": config_hash(config), "source_sha256": file_sha256(slide_path)}
-        if is_current(target, **stamp):
+    with open_slide(slide_path, config.slide_mpp, source) as slide, ThreadPoolExecutor(1) as hasher:
+        sha256 = hasher.submit(file_sha256, slide_path)  # hashlib frees the GIL: hashed while planning
+        if target.exists() and is_current(target, config_hash(config), sha256.result()):
             log.info("%s: up to date", target)
             return target
         coords, tissue, geometry, thumbnail = plan_patches(slide, config)
+        stamp = {"config_hash": config_hash(config), "source_sha256": sha256.result()}
         if len(coords) == 0:
             log.warning("%s: no tissue found (min_tissue %.2f); writing an empty patch store",
                         slide_path, config.min_tissue)

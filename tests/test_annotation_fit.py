@@ -64,7 +64,7 @@ def test_level0_annotations_on_a_downsampled_slide_fail_before_any_map(tmp_path:
     attrs = attrs_of(slide_dir)
     assert attrs["annotation_downsample"] == {"level0.geojson": 32.0}
     assert attrs["annotation_scale_source"] == {"level0.geojson": "manifest"}
-    assert _lesion_pixels(slide_dir) == pytest.approx(500 * 500 / 6 ** 2, rel=0.1)  # D = 6 at max_side 512
+    assert _lesion_pixels(slide_dir) == pytest.approx(500 * 500 / attrs["downsample"] ** 2, rel=0.1)
 
 
 def test_annotation_mpp_and_an_xml_microns_per_pixel_scale_alike(tmp_path: Path) -> None:

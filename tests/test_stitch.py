@@ -179,3 +179,45 @@ def test_a_store_of_another_format_version_is_not_current(tmp_path, version) -> 
     set_version(slide_dir / PATCHES, version)
     with pytest.raises(StoreError, match=f"patches.zarr: format version {version}.*slideaudit tile"):
         open_patch_store(slide_dir)
+
+
+def test_small_slides_get_maps_in_proportion_to_their_patches() -> None:
+    # CMU-1-Small-Region (2220 x 2967 px) with 449 px patches: max_side alone gives D = 1
+    assert map_downsample((2220, 2967), StitchConfig(), footprint=449.0) == 7.0   # 449 / 64
+    assert map_downsample((80000, 60000), StitchConfig(), footprint=896.0) == 20.0  # max_side rules
+    assert map_downsample((2220, 2967), StitchConfig(downsample=2.0), footprint=449.0) == 2.0
+
+
+def test_stitching_many_patches_in_blocks_equals_one_patch_at_a_time() -> None:
+    rng = np.random.default_rng(0)
+    starts = np.arange(0, 60 * 97, 97)                      # overlapping 130 px patches, 60 x 60
+    coords = np.stack(np.meshgrid(starts, starts), -1).reshape(-1, 2)
+    coords = coords[rng.random(len(coords)) < 0.6]          # ~2,000 tissue patches
+    cams = rng.normal(size=(len(coords), 4, 4)).astype(np.float32)
+    shape = map_shape((60 * 97 + 33, 60 * 97 + 33), 3.0)
+    many = PatchGrid(coords, 130.0, 3.0, shape, block_pixels=5_000)    # many small blocks
+    mapped = many.stitch(cams, many.coverage())
+    total, weight = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    for xy, cam in zip(coords, cams, strict=True):
+        one = PatchGrid(xy[None], 130.0, 3.0, shape)
+        total = one.accumulate(cam[None], total)
+        weight = one.accumulate(np.ones((1, 1, 1), np.float32), weight)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = np.where(weight > 0, total / weight, np.nan)
+    np.testing.assert_allclose(mapped, expected, rtol=1e-5, atol=1e-6)
+    assert np.isfinite(mapped).mean() > 0.5
+
+
+def test_float_maps_are_stored_compressed_and_exact(tmp_path) -> None:
+    slide_dir, annotations = make_slide_case(tmp_path, "cmu")
+    maps = open_maps(stitch_slide(slide_dir, annotations, StitchConfig(max_side=512)))
+    explain = open_explain_store(slide_dir / EXPLAIN, open_patch_store(slide_dir))
+    grid = PatchGrid(open_patch_store(slide_dir).coords, 256.0, maps.downsample, maps["gradcam"].shape)
+    np.testing.assert_array_equal(maps["gradcam"], grid.stitch(explain["gradcam"], grid.coverage()))
+    stored, plain = 0, 0   # bytes in maps.zarr, and with zarr's default codec (zstd alone)
+    for name in maps.heatmaps:
+        array = maps.group[name]["0"]
+        assert array.dtype == np.float32
+        stored += array.nbytes_stored()
+        plain += zarr.create_array({}, data=array[...], chunks=array.chunks, fill_value=np.nan).nbytes_stored()
+    assert stored < 0.8 * plain

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 import zarr
+from PIL import Image
 from scipy.stats import rankdata
-from skimage.transform import resize
 from tqdm import tqdm
 
 from tiling.annotation_fit import annotation_downsample, check_fit, scaled
@@ -36,13 +36,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StitchConfig:
-    """max_side: longest side of the maps in px (sets D unless `downsample` is given);
-    downsample: level-0 px per map px; lesion_classes: the annotation classes that are lesions
-    (empty = the format's rules, `tiling.annotations`); exclude_classes: the classes subtracted
-    from lesions; chunk: zarr chunk side; block_pixels: most resampled values held in memory at
-    once while stitching."""
+    """max_side: longest side of the maps in px and patch_px: most map px per patch side (both set
+    D unless `downsample` is given; patch_px keeps the maps of a small slide, and the time spent on
+    them, in proportion to its patches); downsample: level-0 px per map px; lesion_classes: the
+    annotation classes that are lesions (empty = the format's rules, `tiling.annotations`);
+    exclude_classes: the classes subtracted from lesions; chunk: zarr chunk side; block_pixels:
+    most resampled values held in memory at once while stitching."""
 
     max_side: int = 4096
+    patch_px: int = 64
     downsample: float | None = None
     lesion_classes: tuple[str, ...] = ()
     exclude_classes: tuple[str, ...] = tuple(sorted(EXCLUSION))
@@ -51,6 +53,7 @@ class StitchConfig:
 
     def __post_init__(self) -> None:
         require(self.max_side >= 1, "max_side", self.max_side, "a whole number of px >= 1")
+        require(self.patch_px >= 1, "patch_px", self.patch_px, "a whole number of px >= 1")
         require(self.downsample is None or self.downsample > 0, "downsample", self.downsample,
                 "a positive number of level-0 px per map px or null")
         for key in ("lesion_classes", "exclude_classes"):
@@ -69,11 +72,12 @@ def lesion_rules(config: StitchConfig) -> LesionRules:
     return LesionRules(config.lesion_classes or None, config.exclude_classes)
 
 
-def map_downsample(dimensions: tuple[int, int], config: StitchConfig) -> float:
-    """D = config.downsample, else the smallest integer >= 1 with max(W, H) / D <= max_side."""
+def map_downsample(dimensions: tuple[int, int], config: StitchConfig, footprint: float = 0.0) -> float:
+    """D = config.downsample, else the smallest integer >= 1 with max(W, H) / D <= max_side and
+    D >= floor(footprint / patch_px), `footprint` being the patch side in level-0 px."""
     if config.downsample is not None:
         return float(config.downsample)
-    return float(max(1, math.ceil(max(dimensions) / config.max_side)))
+    return float(max(1, math.ceil(max(dimensions) / config.max_side), math.floor(footprint / config.patch_px)))
 
 
 def map_shape(dimensions: tuple[int, int], downsample: float) -> tuple[int, int]:
@@ -221,10 +225,10 @@ def lesion_labels(lesions: list[Lesion], shape: tuple[int, int],
 
 
 def _thumbnail(thumbnail: zarr.Array, shape: tuple[int, int]) -> np.ndarray:
-    """(3, H, W) uint8: the patch store's (h, w, 3) RGB thumbnail resampled to the map grid."""
-    rgb = resize(np.asarray(thumbnail[...], np.float32), shape, order=1, preserve_range=True,
-                 anti_aliasing=True)
-    return np.moveaxis(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), -1, 0)
+    """(3, H, W) uint8: the patch store's (h, w, 3) RGB thumbnail resampled to the map grid
+    (Pillow's bilinear filter, widened when shrinking so that it averages: antialiased)."""
+    image = Image.fromarray(np.ascontiguousarray(thumbnail[...], np.uint8))
+    return np.moveaxis(np.asarray(image.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)), -1, 0)
 
 
 def stitch_slide(slide_dir: Path, annotations: list[Path], config: StitchConfig,
@@ -245,7 +249,7 @@ def stitch_slide(slide_dir: Path, annotations: list[Path], config: StitchConfig,
     explain = open_explain_store(slide_dir / EXPLAIN, store)
     attrs = store.attrs
     dimensions = (int(attrs["dimensions"][0]), int(attrs["dimensions"][1]))
-    downsample = map_downsample(dimensions, config)
+    downsample = map_downsample(dimensions, config, float(attrs["footprint"]))
     shape = map_shape(dimensions, downsample)
     if attrs.get("slide_mpp") is None:
         raise StoreError(f"{store.path}: attrs lack slide_mpp; retile the slide with --slide-mpp")

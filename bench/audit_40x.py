@@ -1,0 +1,135 @@
+"""Benchmark: one 40x-size slide (80,000 x 60,000 px at 0.25 µm/px) audited end to end.
+
+Writes the slide with `write_large_archive` (a tile mosaic, see tiling/sample_large.py) and a
+fresh A-MIL model with random weights (`ModelConfig()`: small CNN, 64 px at 3.5 µm/px; an
+untrained model costs the same as a trained one), then runs each stage of the pipeline's chain
+(pipeline.stages.STAGES: tile, explain, stitch, audit, report, validate) on it, each in a fresh
+process, and the same on a small sample slide (8192 x 6144 px at 0.5 µm/px). Per stage: wall
+time, CPU time (the process's, all threads), peak RSS (the process's ru_maxrss, imports
+included), patches/s and the size of what the stage wrote. Goals: peak RSS <= 4 GiB; stitch
+and report time growing with patches, not fixed per slide.
+
+Then the tiling ratio: `tile_slide` against raw OpenSlide decode of the same tiles on one thread
+per core (bench/tiling_throughput.py's baseline, measured in the same run), on both slides, at
+the audit's footprint (resized reads) and at 224 px, 1 µm/px. Goal >= 0.8. Best of --repeats.
+
+    .venv/bin/python bench/audit_40x.py [--size 80000] [--repeats 2] [--workdir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import shutil
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import openslide
+from tiling_throughput import run_raw, run_tile_slide
+
+from explainers.model_io import ModelConfig, build_model, save_model
+from pipeline.config import PipelineConfig
+from pipeline.runner import at_model_footprint
+from pipeline.stages import STAGES, Context
+from tiling.archive import SlideRecord, read_archive
+from tiling.sample import DEFAULT_SIZE, write_large_archive, write_sample_archive
+from tiling.slide import read_size
+from tiling.store import open_patch_store, slide_dir
+from tiling.tile import TileConfig
+
+MiB = 1 << 20
+
+
+def _stage(name: str, record: SlideRecord, context: Context) -> tuple[float, float, float]:
+    """In a fresh process: (wall s, CPU s, peak RSS MiB) of one stage on one slide."""
+    logging.basicConfig(level=logging.WARNING)
+    wall, cpu = time.perf_counter(), time.process_time()
+    STAGES[name][0](record, context)
+    return time.perf_counter() - wall, time.process_time() - cpu, \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def size_mib(path: Path) -> float:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / MiB
+
+
+def audit_stages(manifest: Path, work: Path) -> None:
+    """Run and print every stage on the manifest's first slide (fresh outputs under `work`)."""
+    model = ModelConfig()
+    model_dir = work.parent / "model"
+    if not (model_dir / "config.json").is_file():
+        save_model(build_model(model), model, model_dir)
+    config = at_model_footprint(PipelineConfig(), model.mpp, model.patch)
+    record = read_archive(manifest, model.classes)[0]
+    context = Context(work / "out", model_dir, config)
+    shutil.rmtree(context.out, ignore_errors=True)
+    folder = slide_dir(context.out, record.slide_id)
+    print(f"\n{record.path.name}: {size_mib(record.path):.0f} MiB")
+    print(f"{'stage':9s} {'wall s':>7s} {'CPU s':>7s} {'peak RSS MiB':>12s} {'patches/s':>9s} "
+          f"{'output MiB':>10s}")
+    patches = 0
+    for name, (_, output) in STAGES.items():
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+            wall, cpu, rss = pool.submit(_stage, name, record, context).result()
+        patches = patches or len(open_patch_store(folder))
+        written = f"{size_mib(folder / output):10.2f}" if output else f"{'-':>10s}"
+        print(f"{name:9s} {wall:7.2f} {cpu:7.2f} {rss:12.0f} {patches / wall:9.0f} {written}")
+    print(f"{patches} patches of {model.patch} px at {model.mpp} µm/px")
+
+
+def tiling_ratio(slide: Path, work: Path, config: TileConfig, repeats: int) -> str:
+    """One line: tiles, tiles/s of tile_slide and of raw decode, their wall and CPU ratios."""
+    tiled, raw = [], []
+    for _ in range(repeats):
+        wall, cpu, path = run_tile_slide(slide, work / "ratio", config)
+        store = open_patch_store(path)
+        with openslide.OpenSlide(slide) as osr:
+            level = store.attrs["level"]
+            scale = store.attrs["mpp"] / (store.attrs["slide_mpp"] * osr.level_downsamples[level])
+        tiled.append((wall, cpu))
+        raw.append(run_raw(slide, store.coords, level, read_size((store.attrs["patch_size"],) * 2, scale),
+                           store.attrs["patch_size"]))
+    (t_wall, t_cpu), (r_wall, r_cpu) = (tuple(map(min, zip(*runs, strict=True))) for runs in (tiled, raw))
+    n = len(store)
+    resized = "resized" if abs(scale - 1) > 1e-6 else "no resize"
+    return (f"{slide.name[:24]:24s} {config.patch:3d} px at {config.mpp:4.2f} µm/px, level {level} "
+            f"({resized:9s}) {n:6d} | {n / t_wall:6.0f} {n / r_wall:6.0f} {r_wall / t_wall:5.2f} | "
+            f"{r_cpu / t_cpu:5.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=80_000, help="level-0 width of the 40x slide, px")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, default=None, help="kept (and reused) when given")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-40x-"))
+    start, cpu = time.perf_counter(), time.process_time()
+    manifest = write_large_archive(work / "large", slides=1, seed=0, size=args.size)
+    slide = read_archive(manifest)[0].path
+    with openslide.OpenSlide(slide) as osr:
+        print(f"40x slide {osr.dimensions[0]:,} x {osr.dimensions[1]:,} px at "
+              f"{osr.properties[openslide.PROPERTY_NAME_MPP_X]} µm/px, {osr.level_count} levels, "
+              f"{size_mib(slide):.0f} MiB: written in {time.perf_counter() - start:.1f} s wall, "
+              f"{time.process_time() - cpu:.1f} s CPU (0 s when reused)")
+    small_manifest = write_sample_archive(work / "small", slides=1, seed=0, size=DEFAULT_SIZE)
+    audit_stages(manifest, work / "large")
+    audit_stages(small_manifest, work / "small")
+    small = read_archive(small_manifest)[0].path
+    model = ModelConfig()
+    print(f"\n{'tiling: slide':24s} {'config':44s} {'tiles':>6s} | {'tile_slide':>6s} {'raw':>6s} "
+          f"{'ratio':>5s} | {'CPU ratio':>5s}")
+    for path in (slide, small):
+        for config in (TileConfig(mpp=model.mpp, patch=model.patch), TileConfig(mpp=1.0, patch=224)):
+            print(tiling_ratio(path, work, config, args.repeats))
+    if args.workdir is None:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()

@@ -23,7 +23,9 @@ from skimage.draw import circle_perimeter
 from skimage.segmentation import find_boundaries
 from skimage.transform import resize
 
-CMAP = "turbo"
+from tiling.store.maps import COLOUR_MAP
+
+CMAP = COLOUR_MAP
 LESION_RGB = (0, 255, 90)
 PEAK_RGB = (255, 255, 255)
 PEAK_EDGE = (20, 20, 20)

@@ -23,6 +23,7 @@ from skimage.transform import resize
 from explainers.methods import title as method_title
 from reports import figures as F
 from reports.audit import is_negative
+from reports.geojson import FOCUS_GEOJSON, write_focus_geojson
 from reports.registry import BASE_METRICS, LESION_HIT_RATE, SLIDE_VERDICTS, flag, metric
 from reports.table import audit_table, method_flags, metric_columns, missing_metrics, scan
 from reports.validation import validate_audit_table
@@ -151,7 +152,7 @@ def slide_context(slide_dir: Path, impressions: dict[str, Path] | None = None) -
             "target_name": _class_name(audit.get("target_class"), classes),
             "correct": audit.get("label") is None or audit["label"] == audit["prediction"],
             "model": audit["provenance"].get("model") or {}, "impressions": _impressions(impressions),
-            "deletion": _deletion(audit.get("faithfulness"))}
+            "deletion": _deletion(audit.get("faithfulness")), "geojson": FOCUS_GEOJSON}
 
 
 def _deletion(record: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -166,6 +167,7 @@ def render_slide_report(slide_dir: Path, impressions: dict[str, Path] | None = N
     """Write ``slide_dir/report.html`` (atomic) from audit.json and the slide's stores, with the
     model's class impressions ({class: PNG path}) when given."""
     slide_dir = Path(slide_dir)
+    write_focus_geojson(slide_dir, load_audit(slide_dir), open_maps(slide_dir))
     path = _write(slide_dir / REPORT, "slide.html", slide_context(slide_dir, impressions))
     log.info("wrote %s", path)
     return path

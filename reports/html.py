@@ -23,6 +23,7 @@ from skimage.transform import resize
 from explainers.methods import title as method_title
 from reports import figures as F
 from reports.audit import is_negative
+from reports.crops import lesion_view, slide_crops
 from reports.geojson import FOCUS_GEOJSON, write_focus_geojson
 from reports.registry import BASE_METRICS, LESION_HIT_RATE, SLIDE_VERDICTS, flag, metric
 from reports.table import audit_table, method_flags, metric_columns, missing_metrics, scan
@@ -111,20 +112,27 @@ def _overlays(audit: dict[str, Any], maps: Maps) -> tuple[dict[str, Any], list[d
     return photo, panels, scales
 
 
-def _top_patches(audit: dict[str, Any], slide_dir: Path, scales: dict) -> tuple[str | None, list]:
-    """The most attended patches at full resolution, each beside its CAM (Grad-CAM if run)."""
+def _top_patches(audit: dict[str, Any], slide_dir: Path, maps: Maps, scales: dict) -> tuple[str | None, list]:
+    """The most attended patches at full resolution with the lesion outline, each beside its
+    CAM (Grad-CAM if run), and where each lies on the slide (% of its width and height)."""
     cams = [m for m in audit["methods"] if m != "attention"]
     method = "gradcam" if "gradcam" in cams else (cams[0] if cams else None)
     store = open_patch_store(slide_dir)
     explain = open_explain_store(slide_dir / EXPLAIN, store)
+    footprint = float(store.attrs["footprint"])
+    width, height = (float(v) for v in maps.attrs["dimensions"])
     tiles = []
     for rank, patch in enumerate(audit["top_patches"], start=1):
         image = np.asarray(store.patches[patch["index"]])
+        box = (patch["x"], patch["y"], patch["x"] + footprint, patch["y"] + footprint)
+        lesion = lesion_view(maps, box, image.shape[:2])
         cam = None if method is None else F.patch_overlay(image, explain[method][patch["index"]],
                                                           scales[method])
-        tiles.append({**patch, "rank": rank, "uri": F.jpeg_data_uri(image),
-                      "cam_uri": None if cam is None else F.jpeg_data_uri(cam),
-                      "size": int(image.shape[0])})
+        tiles.append({**patch, "rank": rank, "uri": F.jpeg_data_uri(F.draw_marks(image.copy(), lesion)),
+                      "cam_uri": None if cam is None else F.jpeg_data_uri(F.draw_marks(cam, lesion)),
+                      "size": int(image.shape[0]),
+                      "where": {"left": 100 * box[0] / width, "top": 100 * box[1] / height,
+                                "width": 100 * footprint / width, "height": 100 * footprint / height}})
     return method, tiles
 
 
@@ -148,7 +156,8 @@ def slide_context(slide_dir: Path, impressions: dict[str, Path] | None = None) -
     slide_dir = Path(slide_dir)
     audit, maps = load_audit(slide_dir), open_maps(slide_dir)
     photo, panels, scales = _overlays(audit, maps)
-    cam_method, tiles = _top_patches(audit, slide_dir, scales)
+    cam_method, tiles = _top_patches(audit, slide_dir, maps, scales)
+    crops, crops_note = slide_crops(slide_dir, audit, maps, scales)
     classes = audit.get("classes", [])
     metrics = metric_columns([audit])
     more = [m for m in metrics if metric(m).detail]
@@ -160,6 +169,7 @@ def slide_context(slide_dir: Path, impressions: dict[str, Path] | None = None) -
                  "good": r.good.format(**settings)} for r in map(metric, metrics)]
     return {"audit": audit, "negative": is_negative(audit), "photo": photo, "ticks": F.TICKS,
             "panels": panels, "metrics": metrics, "more": more, "glossary": glossary, "rows": rows, "tiles": tiles,
+            "crops": crops, "crops_note": crops_note,
             "cam_method": cam_method, "agreement": _agreement(audit),
             "label_name": _class_name(audit.get("label"), classes),
             "target_name": _class_name(audit.get("target_class"), classes),

@@ -23,21 +23,26 @@ from skimage.draw import circle_perimeter
 from skimage.segmentation import find_boundaries
 from skimage.transform import resize
 
-CMAP = "turbo"
-LESION_RGB = (0, 255, 90)
+from tiling.store.maps import COLOUR_MAP
+
+CMAP = COLOUR_MAP
+OUTLINE_OUTER, OUTLINE_INNER = (255, 255, 255), (0, 0, 0)  # lesion: white over black, any palette
 PEAK_RGB = (255, 255, 255)
 PEAK_EDGE = (20, 20, 20)
 ALPHA = 0.7
+OFF_TISSUE_ALPHA = 0.45  # white veil over the slide where a map has no value
+TICKS = (0.0, 0.5, 0.9, 1.0)  # legend ticks: percentiles of the colour scale
 
 
 def _data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
-def png_data_uri(rgb: np.ndarray) -> str:
-    """An (h, w, 3) uint8 image as a base64 PNG data URI (lossless)."""
+def png_data_uri(image: np.ndarray | Image.Image) -> str:
+    """An (h, w, 3|4) uint8 image (or a PIL image) as a base64 PNG data URI (lossless)."""
     buffer = io.BytesIO()
-    Image.fromarray(np.asarray(rgb, np.uint8)).save(buffer, format="PNG")
+    pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, np.uint8))
+    pil.save(buffer, format="PNG", optimize=True)
     return _data_uri(buffer.getvalue(), "image/png")
 
 
@@ -49,9 +54,9 @@ def jpeg_data_uri(rgb: np.ndarray, quality: int = 90) -> str:
     return _data_uri(buffer.getvalue(), "image/jpeg")
 
 
-def display_shape(shape: tuple[int, int], max_side: int) -> tuple[int, int]:
-    """`shape` scaled so its longer side is at most `max_side` (never enlarged)."""
-    scale = min(1.0, max_side / max(shape))
+def display_shape(shape: tuple[int, int], max_side: int, enlarge: bool = False) -> tuple[int, int]:
+    """`shape` scaled so its longer side is at most `max_side` (exactly `max_side` if `enlarge`)."""
+    scale = max_side / max(shape) if enlarge else min(1.0, max_side / max(shape))
     return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
 
 
@@ -96,24 +101,53 @@ def blend(rgb: np.ndarray, v01: np.ndarray, alpha: float) -> np.ndarray:
     return (1 - opacity) * rgb + opacity * colourise(v01)
 
 
-def overlay(thumbnail: np.ndarray, v01: np.ndarray | None, lesion: np.ndarray,
-            peaks: np.ndarray | None = None, alpha: float = ALPHA) -> np.ndarray:
-    """(h, w, 3) uint8: the thumbnail with `v01` blended in where finite (`blend`; off tissue
-    the slide is faded), lesion contours on top and each peak (row, col) ringed."""
-    rgb = thumbnail.astype(np.float64) / 255
-    if v01 is not None:
-        shown = np.isfinite(v01)[..., None]
-        rgb = np.where(shown, blend(rgb, v01, alpha), 0.55 * rgb + 0.45)
-    out = np.rint(rgb * 255).astype(np.uint8)
-    width = max(1, round(max(lesion.shape) / 300))
-    out[contour(lesion, width)] = LESION_RGB
+def draw_marks(out: np.ndarray, lesion: np.ndarray, peaks: np.ndarray | None = None) -> np.ndarray:
+    """Draw on (h, w, 3|4) uint8 `out` in place: the lesion outline as a white line outside a
+    black one (seen on any background and by colour-blind readers), each peak (row, col) ringed.
+    With 4 channels the marks are opaque and the rest is left as it is."""
+    width = max(1, round(max(lesion.shape) / 400))
+    opaque = (255,) if out.shape[-1] == 4 else ()
+    inner = contour(lesion, width)
+    outer = ndimage.binary_dilation(lesion, iterations=width) & ~lesion
+    out[outer] = OUTLINE_OUTER + opaque
+    out[inner] = OUTLINE_INNER + opaque
     radius = max(5, width * 5)
     for row, col in [] if peaks is None else peaks:
         for r, colour in ((radius - 1, PEAK_EDGE), (radius, PEAK_RGB), (radius + 1, PEAK_RGB),
                           (radius + 2, PEAK_EDGE)):
             rr, cc = circle_perimeter(int(row), int(col), r, shape=out.shape[:2])
-            out[rr, cc] = colour
+            out[rr, cc] = colour + opaque
     return out
+
+
+def overlay(thumbnail: np.ndarray, v01: np.ndarray | None, lesion: np.ndarray,
+            peaks: np.ndarray | None = None, alpha: float = ALPHA) -> np.ndarray:
+    """(h, w, 3) uint8: the thumbnail with `v01` blended in where finite (`blend`; off tissue
+    the slide is faded), lesion outline and peak rings on top (`draw_marks`)."""
+    rgb = thumbnail.astype(np.float64) / 255
+    if v01 is not None:
+        shown = np.isfinite(v01)[..., None]
+        rgb = np.where(shown, blend(rgb, v01, alpha), (1 - OFF_TISSUE_ALPHA) * rgb + OFF_TISSUE_ALPHA)
+    return draw_marks(np.rint(rgb * 255).astype(np.uint8), lesion, peaks)
+
+
+def heat_layer(v01: np.ndarray, alpha: float = ALPHA) -> Image.Image:
+    """`blend` as a layer to put over the slide: a 256-colour PNG whose index 1 + round(254·v)
+    has CMAP's colour at v and opacity alpha·(0.35 + 0.65·v); index 0 (NaN) is the white veil
+    of off-tissue areas. Maps stay lossless and small; the slide below stays a JPEG."""
+    levels = np.linspace(0, 1, 255)
+    palette = np.vstack([[1.0, 1.0, 1.0], colourise(levels)])
+    opacity = np.concatenate([[OFF_TISSUE_ALPHA], alpha * (0.35 + 0.65 * levels)])
+    index = np.where(np.isfinite(v01), 1 + np.rint(254 * np.nan_to_num(v01, nan=0.0)), 0)
+    image = Image.fromarray(index.astype(np.uint8), mode="P")
+    image.putpalette(np.rint(palette * 255).astype(np.uint8).ravel().tolist())
+    image.info["transparency"] = bytes(np.rint(opacity * 255).astype(np.uint8).tolist())
+    return image
+
+
+def marks_layer(lesion: np.ndarray, peaks: np.ndarray | None = None) -> np.ndarray:
+    """(h, w, 4) uint8: `draw_marks` on a transparent layer of `lesion`'s shape."""
+    return draw_marks(np.zeros((*lesion.shape, 4), np.uint8), lesion, peaks)
 
 
 def patch_overlay(patch: np.ndarray, cam: np.ndarray, scale: Callable[[np.ndarray], np.ndarray],

@@ -23,17 +23,21 @@ from skimage.transform import resize
 from explainers.methods import title as method_title
 from reports import figures as F
 from reports.audit import is_negative
+from reports.crops import lesion_view, slide_crops
+from reports.geojson import FOCUS_GEOJSON, write_focus_geojson
 from reports.registry import BASE_METRICS, LESION_HIT_RATE, SLIDE_VERDICTS, flag, metric
 from reports.table import audit_table, method_flags, metric_columns, missing_metrics, scan
 from reports.validation import validate_audit_table
+from tiling.errors import StoreError
 from tiling.store import EXPLAIN, REPORT, atomic_path, open_patch_store
 from tiling.store.explain import open_explain_store
-from tiling.store.maps import Maps, open_maps
+from tiling.store.maps import THUMBNAIL, Maps, open_maps
 from tiling.store.records import load_audit
 
 log = logging.getLogger(__name__)
 
-DISPLAY_SIDE = 640
+DISPLAY_SIDE = 1024  # px of the slide and map views (enlarged when the maps are smaller)
+ROW_THUMB = 96  # px of a slide's thumbnail in the index
 INDEX, AUDIT_CSV = "index.html", "audit.csv"
 KEY_METRICS = tuple(m.name for m in BASE_METRICS if m.key)
 PLOTTED = tuple(m.name for m in (*BASE_METRICS, LESION_HIT_RATE) if m.plotted)
@@ -64,7 +68,7 @@ def environment() -> jinja2.Environment:
                        short=lambda m: metric(m).short, flag=lambda f: flag(f).title,
                        tone=lambda v: TONES[str(v).lower()], url=lambda s: quote(str(s)),
                        pretty=lambda v: json.dumps(v, indent=2, sort_keys=True, default=str))
-    env.globals["gradient"] = F.css_gradient()
+    env.globals.update(gradient=F.css_gradient(), zip=zip)
     return env
 
 
@@ -81,40 +85,54 @@ def _class_name(index: int | None, classes: list[str]) -> str | None:
     return classes[index] if 0 <= index < len(classes) else str(index)
 
 
-def _overlays(audit: dict[str, Any], maps: Maps) -> tuple[str, list[dict[str, Any]], dict]:
-    """Thumbnail with lesion contours, one overlay per scored map, and each map's scale."""
+def _overlays(audit: dict[str, Any], maps: Maps) -> tuple[dict[str, Any], list[dict[str, Any]], dict]:
+    """The slide at DISPLAY_SIDE px (a JPEG, with its lesion outline layer), one lossless layer
+    per scored map (None when nothing on tissue is > 0: "no positive evidence") with its peaks,
+    the map's raw values at the legend ticks, and each map's colour scale."""
     tissue = maps.tissue
     shape = tissue.shape
-    shown = F.display_shape(shape, DISPLAY_SIDE)
+    shown = F.display_shape(shape, DISPLAY_SIDE, enlarge=True)
     thumb = resize(maps.thumbnail, shown, order=1, preserve_range=True, anti_aliasing=True)
-    thumb = np.clip(np.rint(thumb), 0, 255).astype(np.uint8)
     lesion = F.nearest(maps.lesion > 0, shown)
     ratio = np.array(shown) / np.array(shape)
     panels, scales = [], {}
     for name in audit["methods"]:
         values = maps[name]
-        scales[name] = F.percentile_scale(values[tissue])
+        on_tissue = values[tissue & np.isfinite(values)]
+        scales[name] = F.percentile_scale(on_tissue)
         peaks = [((p["row"] + 0.5) * ratio[0], (p["col"] + 0.5) * ratio[1])
                  for p in audit["peaks"].get(name, [])]
-        image = F.overlay(thumb, scales[name](F.nearest(values, shown)), lesion, np.array(peaks))
-        panels.append({"name": name, "uri": F.jpeg_data_uri(image)})
-    return F.jpeg_data_uri(F.overlay(thumb, None, lesion)), panels, scales
+        evidence = bool((on_tissue > 0).any())
+        heat = F.heat_layer(scales[name](F.nearest(values, shown))) if evidence else None
+        panels.append({"name": name, "heat": heat and F.png_data_uri(heat),
+                       "marks": F.png_data_uri(F.marks_layer(lesion, np.array(peaks))),
+                       "ticks": np.quantile(on_tissue, F.TICKS).tolist() if on_tissue.size else []})
+    photo = {"uri": F.jpeg_data_uri(np.clip(np.rint(thumb), 0, 255).astype(np.uint8), quality=85),
+             "marks": F.png_data_uri(F.marks_layer(lesion)), "width": shown[1], "height": shown[0]}
+    return photo, panels, scales
 
 
-def _top_patches(audit: dict[str, Any], slide_dir: Path, scales: dict) -> tuple[str | None, list]:
-    """The most attended patches at full resolution, each beside its CAM (Grad-CAM if run)."""
+def _top_patches(audit: dict[str, Any], slide_dir: Path, maps: Maps, scales: dict) -> tuple[str | None, list]:
+    """The most attended patches at full resolution with the lesion outline, each beside its
+    CAM (Grad-CAM if run), and where each lies on the slide (% of its width and height)."""
     cams = [m for m in audit["methods"] if m != "attention"]
     method = "gradcam" if "gradcam" in cams else (cams[0] if cams else None)
     store = open_patch_store(slide_dir)
     explain = open_explain_store(slide_dir / EXPLAIN, store)
+    footprint = float(store.attrs["footprint"])
+    width, height = (float(v) for v in maps.attrs["dimensions"])
     tiles = []
     for rank, patch in enumerate(audit["top_patches"], start=1):
         image = np.asarray(store.patches[patch["index"]])
+        box = (patch["x"], patch["y"], patch["x"] + footprint, patch["y"] + footprint)
+        lesion = lesion_view(maps, box, image.shape[:2])
         cam = None if method is None else F.patch_overlay(image, explain[method][patch["index"]],
                                                           scales[method])
-        tiles.append({**patch, "rank": rank, "uri": F.jpeg_data_uri(image),
-                      "cam_uri": None if cam is None else F.jpeg_data_uri(cam),
-                      "size": int(image.shape[0])})
+        tiles.append({**patch, "rank": rank, "uri": F.jpeg_data_uri(F.draw_marks(image.copy(), lesion)),
+                      "cam_uri": None if cam is None else F.jpeg_data_uri(F.draw_marks(cam, lesion)),
+                      "size": int(image.shape[0]),
+                      "where": {"left": 100 * box[0] / width, "top": 100 * box[1] / height,
+                                "width": 100 * footprint / width, "height": 100 * footprint / height}})
     return method, tiles
 
 
@@ -137,21 +155,27 @@ def slide_context(slide_dir: Path, impressions: dict[str, Path] | None = None) -
     class impressions ({class: PNG path}, from `explainers.impressions.render_impressions`)."""
     slide_dir = Path(slide_dir)
     audit, maps = load_audit(slide_dir), open_maps(slide_dir)
-    thumbnail, panels, scales = _overlays(audit, maps)
-    cam_method, tiles = _top_patches(audit, slide_dir, scales)
+    photo, panels, scales = _overlays(audit, maps)
+    cam_method, tiles = _top_patches(audit, slide_dir, maps, scales)
+    crops, crops_note = slide_crops(slide_dir, audit, maps, scales)
     classes = audit.get("classes", [])
     metrics = metric_columns([audit])
+    more = [m for m in metrics if metric(m).detail]
     rows = [{"method": method, "flags": method_flags(audit, method),
              "cells": [audit["metrics"][method].get(m, {"value": None, "preprocessing": ""})
                        for m in metrics]} for method in audit["methods"]]
-    return {"audit": audit, "negative": is_negative(audit), "thumbnail": thumbnail,
-            "panels": panels, "metrics": metrics, "rows": rows, "tiles": tiles,
+    settings = audit["provenance"].get("audit_config", {})
+    glossary = [{"title": r.title, "formula": r.formula, "meaning": r.meaning,
+                 "good": r.good.format(**settings)} for r in map(metric, metrics)]
+    return {"audit": audit, "negative": is_negative(audit), "photo": photo, "ticks": F.TICKS,
+            "panels": panels, "metrics": metrics, "more": more, "glossary": glossary, "rows": rows, "tiles": tiles,
+            "crops": crops, "crops_note": crops_note,
             "cam_method": cam_method, "agreement": _agreement(audit),
             "label_name": _class_name(audit.get("label"), classes),
             "target_name": _class_name(audit.get("target_class"), classes),
             "correct": audit.get("label") is None or audit["label"] == audit["prediction"],
             "model": audit["provenance"].get("model") or {}, "impressions": _impressions(impressions),
-            "deletion": _deletion(audit.get("faithfulness"))}
+            "deletion": _deletion(audit.get("faithfulness")), "geojson": FOCUS_GEOJSON}
 
 
 def _deletion(record: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -166,6 +190,7 @@ def render_slide_report(slide_dir: Path, impressions: dict[str, Path] | None = N
     """Write ``slide_dir/report.html`` (atomic) from audit.json and the slide's stores, with the
     model's class impressions ({class: PNG path}) when given."""
     slide_dir = Path(slide_dir)
+    write_focus_geojson(slide_dir, load_audit(slide_dir), open_maps(slide_dir))
     path = _write(slide_dir / REPORT, "slide.html", slide_context(slide_dir, impressions))
     log.info("wrote %s", path)
     return path
@@ -176,7 +201,18 @@ def _raised(name: str) -> dict[str, str]:
     return {"flag": name, "verdict": flag(name).verdict}
 
 
-def _index_rows(audits: list[dict], failures: list[dict], marked: set[str]) -> list[dict]:
+def _row_thumbnail(slide_dir: Path) -> str | None:
+    """A ROW_THUMB px JPEG of the slide from the coarsest level of its maps (None without maps)."""
+    try:
+        maps = open_maps(slide_dir)
+    except StoreError:
+        return None
+    rgb = np.moveaxis(maps.level(THUMBNAIL, maps.levels(THUMBNAIL) - 1), 0, -1)
+    small = resize(rgb, F.display_shape(rgb.shape[:2], ROW_THUMB), order=1, preserve_range=True, anti_aliasing=True)
+    return F.jpeg_data_uri(np.clip(np.rint(small), 0, 255).astype(np.uint8), quality=75)
+
+
+def _index_rows(out: Path, audits: list[dict], failures: list[dict], marked: set[str]) -> list[dict]:
     rows = []
     for audit in audits:
         flags = list(audit.get("flags", []))
@@ -192,7 +228,9 @@ def _index_rows(audits: list[dict], failures: list[dict], marked: set[str]) -> l
                      "verdict": audit.get("verdict"), "verdict_reason": audit.get("verdict_reason"),
                      "scores": {m: {k: s.get(k, {}).get("value") for k in KEY_METRICS}
                                 for m, s in audit.get("metrics", {}).items()},
-                     "flags": flags})
+                     "flags": flags, "thumbnail": _row_thumbnail(out / "slides" / audit["folder"]),
+                     "model": (audit.get("provenance", {}).get("model") or {}).get("name"),
+                     "run_at": audit.get("provenance", {}).get("run_at")})
     for failure in failures:
         rows.append({"kind": "failure", "slide_id": failure.get("slide_id", failure["folder"]),
                      "folder": failure["folder"], "label": failure.get("label"),
@@ -222,7 +260,7 @@ def render_index(out: Path) -> tuple[Path, Path]:
     labels = [method_title(m) for m in methods]
     plots = [{"metric": m, "uri": F.distribution_plot(table, m, methods, labels, metric(m).title)}
              for m in PLOTTED if m in table and table[m].notna().any()]
-    context = {"rows": _index_rows(archive.audits, archive.failures, marked), "methods": methods,
+    context = {"rows": _index_rows(out, archive.audits, archive.failures, marked), "methods": methods,
                "key_metrics": KEY_METRICS, "plots": plots, "suite": suite,
                "unreadable": archive.unreadable + missing_metrics(archive.audits, metrics),
                "n_audits": len(archive.audits), "verdicts": verdict_counts(archive.audits),

@@ -63,7 +63,9 @@ class Metric:
     """name: key in audit.json and audit.csv; title: for reports; short: index column header;
     formula: one line; note: the map's preprocessing (a format string over the audit config);
     range: the values it can take; key: shown per method in the index; plotted: a distribution
-    plot in the index; score: the value on a MapView (None = n/a)."""
+    plot in the index; score: the value on a MapView (None = n/a); meaning and good: the report's
+    glossary (what it tells, which values are good and the flag threshold: format strings over
+    the audit config); detail: shown behind "more metrics"."""
 
     name: str
     title: str
@@ -74,6 +76,9 @@ class Metric:
     range: tuple[float, float] = (0.0, 1.0)
     key: bool = False
     plotted: bool = False
+    meaning: str = ""
+    good: str = ""
+    detail: bool = False
 
     def preprocessing(self, view: MapView) -> str:
         where = f"tissue pixels at {view.pixel_um:.3g} µm/px, raw stitched values"
@@ -84,36 +89,50 @@ TOP_NOTE = "top {fraction} of tissue pixels, ties at the threshold included"
 BASE_METRICS = (
     Metric("auroc", "AUROC", "AUROC", "P(a lesion pixel outscores a non-lesion pixel) = U / (P·N)",
            "rank-based, ties count ½", lambda v: M.pixel_auroc(v.values, v.lesion, v.valid),
-           key=True, plotted=True),
+           key=True, plotted=True, meaning="how well the map's values separate lesion from other tissue",
+           good="1 perfect, 0.5 chance, < 0.5 points away; flagged below {min_auroc:g} on a positive slide"),
     Metric("pointing_game", "Pointing game", "PG", "1 when the map's maximum lies on a lesion, else 0",
            "hit within {tolerance_um:g} µm, any pixel tied at the maximum counts",
            lambda v: M.pointing_game(v.values, v.lesion, v.valid, v.config.tolerance_um / v.pixel_um),
-           key=True, plotted=True),
+           key=True, plotted=True, meaning="whether the map's strongest point falls on a lesion",
+           good="1 hit; a miss (0) flags the method on a positive slide"),
     Metric("relevance_mass", "Relevance mass", "Mass", "Σ_lesion max(m, 0) / Σ_tissue max(m, 0)",
            "negative values clipped to 0, no normalisation",
-           lambda v: M.relevance_mass(v.values, v.lesion, v.valid), key=True, plotted=True),
+           lambda v: M.relevance_mass(v.values, v.lesion, v.valid), key=True, plotted=True,
+           meaning="share of the map's positive mass inside the lesions",
+           good="near 1; the lesion's share of tissue is what chance gives"),
     Metric("rank_accuracy", "Rank accuracy", "Rank", "|top-K pixels ∩ lesion| / K, K = |lesion|",
            "top-|lesion| pixels, ties at the cut shared pro rata",
-           lambda v: M.relevance_rank_accuracy(v.values, v.lesion, v.valid), plotted=True),
+           lambda v: M.relevance_rank_accuracy(v.values, v.lesion, v.valid), plotted=True,
+           meaning="share of the map's top pixels (as many as the lesion has) inside the lesion",
+           good="near 1; the lesion's share of tissue is what chance gives"),
     Metric("iou_lesion_share", "IoU @ lesion share", "IoU", "|top ∩ lesion| / |top ∪ lesion|, top = lesion's share",
-           TOP_NOTE.format(fraction="lesion share"), lambda v: v.overlap(v.lesion_share, M.iou), plotted=True),
+           TOP_NOTE.format(fraction="lesion share"), lambda v: v.overlap(v.lesion_share, M.iou), plotted=True,
+           meaning="overlap of the map's top region, as large as the lesion, with the lesion",
+           good="1 same region, 0 disjoint", detail=True),
     Metric("dice_lesion_share", "Dice @ lesion share", "Dice", "2|top ∩ lesion| / (|top| + |lesion|)",
-           TOP_NOTE.format(fraction="lesion share"), lambda v: v.overlap(v.lesion_share, M.dice)),
+           TOP_NOTE.format(fraction="lesion share"), lambda v: v.overlap(v.lesion_share, M.dice),
+           meaning="overlap of the map's top region, as large as the lesion, with the lesion",
+           good="1 same region, 0 disjoint", detail=True),
 )
 LESION_HIT_RATE = Metric(
     "lesion_hit_rate", "Lesion hit rate", "Hits", "lesions holding a peak / lesions on tissue",
     "top {n_peaks} local maxima at least {peak_distance_um:g} µm apart",
-    lambda v: M.lesion_hit_rate(v.peaks, v.labels, v.valid), plotted=True)
+    lambda v: M.lesion_hit_rate(v.peaks, v.labels, v.valid), plotted=True,
+    meaning="share of the lesions holding one of the map's top peaks",
+    good="1 every lesion found, 0 none")
 
 
 def top_k_metrics(k: float) -> tuple[Metric, Metric]:
     """IoU and Dice of the top-k fraction of tissue against the lesion (k in (0, 1])."""
     pct = round(k * 100)
     note = TOP_NOTE.format(fraction=f"{k:.1%}")
+    meaning, good = f"overlap of the map's top {pct}% of tissue with the lesion", \
+        "1 only when the lesion is that large: compare methods"
     return (Metric(f"iou_top{pct}", f"IoU top {pct}%", f"IoU{pct}", "|top ∩ lesion| / |top ∪ lesion|", note,
-                   lambda v: v.overlap(k, M.iou)),
+                   lambda v: v.overlap(k, M.iou), meaning=meaning, good=good, detail=True),
             Metric(f"dice_top{pct}", f"Dice top {pct}%", f"Dice{pct}", "2|top ∩ lesion| / (|top| + |lesion|)", note,
-                   lambda v: v.overlap(k, M.dice)))
+                   lambda v: v.overlap(k, M.dice), meaning=meaning, good=good, detail=True))
 
 
 def metrics_for(config: AuditConfig) -> dict[str, Metric]:

@@ -29,6 +29,7 @@ from pipeline.cli import main
 from pipeline.config import PipelineConfig, load_config
 from pipeline.runner import RunResult, at_model_footprint, run_archive
 from tiling.store import file_sha256
+from tiling.store.maps import open_maps
 from tiling.store.records import load_manifest
 
 BIN = Path(sys.executable).parent
@@ -144,7 +145,7 @@ def test_rerun_skips_and_a_changed_setting_recomputes_only_what_follows(
         assert state.stages["tile"] == state.stages["explain"] == "current"
         assert state.stages["stitch"] == state.stages["audit"] == "computed"
     assert run_json(out)["config_hash"] != run_json(reference.out)["config_hash"]
-    shape = zarr.open_group(out / "slides" / "sample_000" / "maps.zarr", mode="r")["tissue"]["0"].shape
+    shape = open_maps(out / "slides" / "sample_000").tissue.shape
     assert max(shape) <= 384
     assert workspace.archive_unchanged()
 

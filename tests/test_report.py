@@ -114,7 +114,7 @@ def test_index_and_csv_list_every_slide_and_failure(archive, tmp_path) -> None:
     html = archive["index"].read_text()
     assert "failed at tile" in html and "not a slide format OpenSlide can read" in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and EVIL not in html
-    assert all(src.startswith("data:image/png") for src in sources(html, "src"))
+    assert all(src.startswith("data:image/") for src in sources(html, "src"))
     out = archive["index"].parent
     zipped = shutil.make_archive(str(tmp_path / "archive"), "zip", out)
     with zipfile.ZipFile(zipped) as z:

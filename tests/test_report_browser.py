@@ -60,7 +60,8 @@ def column(page: Page, col: str) -> list[str | None]:
 
 def test_slide_report_images_load(page, archive) -> None:
     open_file(page, archive["positive"] / "report.html")
-    assert page.locator("figure.overlay img").count() == 3
+    assert page.locator("figure.overlay").count() == 3
+    assert page.locator("figure.overlay img").count() == 3 * 2  # map layer and outline layer
     assert page.eval_on_selector_all("img", "imgs => imgs.length") >= 3 + 1 + 2 * 6
     assert broken_images(page) == []
     assert page.locator("#validation .badge.ok").count() == 3
@@ -112,3 +113,27 @@ def test_script_in_a_slide_id_shows_as_text(page, archive) -> None:
     assert page.title() == f"Slide audit: {EVIL}"
     assert page.dialogs == []
     assert broken_images(page) == []
+
+
+def test_maps_show_at_natural_size_and_enlarge_on_click(page, archive) -> None:
+    open_file(page, archive["positive"] / "report.html")
+    assert broken_images(page) == []
+    view = page.locator("#heatmaps .stack").first
+    shown = view.bounding_box()
+    natural = page.eval_on_selector("#heatmaps .stack img", "i => [i.naturalWidth, i.naturalHeight]")
+    assert natural[0] >= 1024 or natural[1] >= 1024  # maps rendered at >= 1024 px
+    assert shown["width"] == pytest.approx(min(natural[0], 1216), abs=3)  # natural size within the page
+    assert page.locator("dialog#enlarged").is_visible() is False
+    view.click()
+    dialog = page.locator("dialog#enlarged")
+    assert dialog.is_visible()
+    enlarged = page.eval_on_selector("dialog#enlarged .stack", "s => s.getBoundingClientRect().width")
+    assert enlarged == pytest.approx(2 * natural[0], abs=3)
+    assert page.eval_on_selector("dialog#enlarged .stack", "s => getComputedStyle(s).backgroundImage"
+                                 ).startswith('url("data:image/jpeg')  # the slide under the map
+    dialog.locator("button").click()
+    assert not dialog.is_visible()
+    assert page.locator("#more-metrics table").is_visible() is False  # top-k columns folded away
+    page.locator("#more-metrics summary").click()
+    assert page.locator("#more-metrics th").count() == 1 + 8
+    assert page.locator("#closeups .stack").count() >= 2 and broken_images(page) == []

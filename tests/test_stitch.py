@@ -72,13 +72,17 @@ def check_ngff_image(group: zarr.Group, name: str, pixel_um: float) -> None:
     assert 2 <= len(axes) <= 5 and types.count("space") in (2, 3)
     assert types == sorted(types, key=["time", "channel", "space"].index)  # t, c before space
     assert len({a["name"] for a in axes}) == len(axes)
-    for dataset in multiscale["datasets"]:
+    for k, dataset in enumerate(multiscale["datasets"]):
         array = group[name][dataset["path"]]
         assert array.ndim == len(axes)
         assert list(array.metadata.dimension_names) == [a["name"] for a in axes]
-        (scale,) = [t for t in dataset["coordinateTransformations"] if t["type"] == "scale"]
-        assert len(scale["scale"]) == len(axes)
-        assert scale["scale"][-2:] == [pytest.approx(pixel_um)] * 2
+        kinds = [t["type"] for t in dataset["coordinateTransformations"]]
+        assert kinds in (["scale"], ["scale", "translation"])  # scale first, at most one each
+        scale = dataset["coordinateTransformations"][0]["scale"]
+        assert len(scale) == len(axes)
+        assert scale[-2:] == [pytest.approx(pixel_um * 2 ** k)] * 2
+        assert array.shape[-2:] == tuple(-(-n // 2 ** k) for n in group[name]["0"].shape[-2:])
+    assert max(array.shape[-2:]) <= 256 < max(group[name]["0"].shape[-2:]) or k == 0
 
 
 def test_stitch_slide_writes_ome_maps_and_skips_when_current(tmp_path) -> None:
@@ -92,11 +96,12 @@ def test_stitch_slide_writes_ome_maps_and_skips_when_current(tmp_path) -> None:
     coords, attention = patches["coords"][:], explain["attention"][:]
     assert maps.downsample == 6.0 and maps.pixel_um == pytest.approx(6 * 0.499)
     assert maps.heatmaps == ["attention", "attention_rank", "gradcam", "hirescam"]
-    images = ["tissue", *maps.heatmaps, "lesion", "thumbnail"]
-    for name in images:
+    images = [*maps.heatmaps, "thumbnail"]
+    for name in [*images, "thumbnail/labels/tissue", "thumbnail/labels/lesion"]:
         check_ngff_image(maps.group, name, maps.pixel_um)
     assert maps.group.attrs["ome"] == {"version": "0.5", "bioformats2raw.layout": 3}
     assert maps.group["OME"].attrs["ome"]["series"] == images
+    assert maps.group["thumbnail/labels"].attrs["ome"]["labels"] == ["tissue", "lesion"]
     a, tissue = maps["attention"], maps.tissue
     assert a.shape == tissue.shape == (495, 370) and maps.thumbnail.shape == (495, 370, 3)
     assert np.isnan(a[~tissue]).all() and np.isfinite(a[tissue]).all()

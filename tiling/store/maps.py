@@ -1,18 +1,23 @@
 """maps.zarr: a slide's stitched maps, written by the stitch stage (zarr v3, OME-Zarr 0.5).
 
-One single-level OME-Zarr image group per map (tiling.store.ome), all on one (H, W) grid of
-D level-0 px per map px (pixel_um = D × level-0 mpp):
+One OME-Zarr image group per map (tiling.store.ome), each with a resolution pyramid, all on one
+(H, W) grid of D level-0 px per map px at full resolution (pixel_um = D × level-0 mpp):
 
     attention        (H, W) float32 A-MIL attention, NaN off tissue
     attention_rank   (H, W) float32 its percentile rank among patches, 0..1
     <method>         (H, W) float32 raw values of each CAM method of explain.zarr
-    tissue           (H, W) uint8, 1 where a patch covers the pixel
-    lesion           (H, W) uint16, k on the k-th annotated lesion, 0 elsewhere
     thumbnail        (3, H, W) uint8 RGB of the slide
+    thumbnail/labels/tissue     (H, W) uint8 NGFF label, 1 where a patch covers the pixel
+    thumbnail/labels/lesion     (H, W) uint16 NGFF label, k on the k-th annotated lesion
+    thumbnail/labels/artefacts  (H, W) uint8 NGFF label, when the stitch stage writes it
     OME              the NGFF collection listing every image, so a viewer finds them all
     attrs            slide_id, dimensions (level-0 W, H), downsample (D), pixel_um, shape (H, W),
                      methods, heatmaps (attention, attention_rank, methods), lesion_names,
-                     the stamp (config_hash, source_sha256), format_version (FORMAT_VERSION)
+                     images ({name: group path}), the stamp (config_hash, source_sha256),
+                     format_version (FORMAT_VERSION)
+
+Heatmaps carry a display window (omero: 1st to 99th percentile of the finite values, the full
+range as min/max, colour map COLOUR_MAP); masks are labels of the thumbnail (LABEL_RGBA).
 """
 from __future__ import annotations
 
@@ -25,31 +30,60 @@ import zarr
 
 from tiling.errors import StoreError
 from tiling.store import MAPS, VERSION_KEY, check_version, stage_path
-from tiling.store.ome import read_image, write_collection, write_image
+from tiling.store.ome import LABELS, Display, declare_labels, n_levels, read_level, write_collection, write_image
 
-FORMAT_VERSION = 1
-ATTENTION, ATTENTION_RANK, TISSUE, LESION, THUMBNAIL = (
-    "attention", "attention_rank", "tissue", "lesion", "thumbnail")
+FORMAT_VERSION = 2
+ATTENTION, ATTENTION_RANK, TISSUE, LESION, ARTEFACTS, THUMBNAIL = (
+    "attention", "attention_rank", "tissue", "lesion", "artefacts", "thumbnail")
+COLOUR_MAP = "turbo"  # matplotlib name; the reports colour heatmaps with it too
+LABEL_RGBA = {TISSUE: (160, 160, 160, 255), LESION: (0, 255, 90, 255), ARTEFACTS: (255, 0, 255, 255)}
+
+
+def display(values: np.ndarray) -> Display | None:
+    """A heatmap's display: window = 1st..99th percentile of its finite values (None if none)."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return None
+    start, end, low, high = (float(v) for v in np.percentile(finite, [1, 99, 0, 100]))
+    return Display(start, end, low, high, COLOUR_MAP)
 
 
 class MapsWriter:
     """Writes a maps.zarr at `path` (a temporary name from atomic_path): one image per `image`
-    call, then the collection and attrs with `finish`."""
+    call (the masks of LABEL_RGBA kept for the labels), then labels, collection and attrs with
+    `finish`."""
 
     def __init__(self, path: Path, pixel_um: float, chunk: int) -> None:
         self.root = zarr.open_group(path, mode="w", zarr_format=3)
         self.pixel_um, self.chunk = pixel_um, chunk
-        self.names: list[str] = []
+        self.groups: dict[str, zarr.Group] = {}
+        self.masks: dict[str, tuple[np.ndarray, str]] = {}
 
     def image(self, name: str, data: np.ndarray, description: str) -> None:
-        """Write `data` ((H, W) or (3, H, W)) as the image `name`."""
-        write_image(self.root, name, data, self.pixel_um, description, self.chunk)
-        self.names.append(name)
+        """Write `data` ((H, W) or (3, H, W)) as the image `name` (a mask: as a label at `finish`)."""
+        if name in LABEL_RGBA:
+            self.masks[name] = (data, description)
+            return
+        shown = display(data) if np.issubdtype(data.dtype, np.floating) else None
+        self.groups[name] = write_image(self.root, name, data, self.pixel_um, description,
+                                        self.chunk, display=shown)
 
     def finish(self, attrs: dict[str, Any]) -> None:
-        """List the images as a collection; write the attrs and the format version."""
-        write_collection(self.root, self.names)
-        self.root.attrs.update({**attrs, VERSION_KEY: FORMAT_VERSION})
+        """Write the masks as labels of the thumbnail (written before), list the images as a
+        collection; write the attrs and the format version."""
+        images = list(self.groups)
+        if self.masks:
+            thumbnail = self.groups[THUMBNAIL]
+            labels = thumbnail.require_group(LABELS)
+            for name, (data, description) in self.masks.items():
+                values = np.flatnonzero(np.bincount(np.asarray(data).ravel()))
+                colours = {int(v): LABEL_RGBA[name] for v in values if v}
+                self.groups[name] = write_image(labels, name, data, self.pixel_um, description,
+                                                self.chunk, method="nearest", label_colours=colours)
+            declare_labels(thumbnail, list(self.masks))
+        write_collection(self.root, images)
+        self.root.attrs.update({**attrs, "images": {n: g.path for n, g in self.groups.items()},
+                                VERSION_KEY: FORMAT_VERSION})
 
 
 @dataclass
@@ -80,7 +114,23 @@ class Maps:
         return list(self.attrs["heatmaps"])
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return read_image(self.group, name)[...]
+        """The full-resolution (H, W) (or (3, H, W)) image `name`."""
+        return self.level(name, 0)
+
+    def _path(self, name: str) -> str:
+        images = self.attrs["images"]
+        if name not in images:
+            raise KeyError(f"{self.path}: no map {name!r}; stored: {', '.join(images)}")
+        return str(images[name])
+
+    def level(self, name: str, k: int) -> np.ndarray:
+        """Pyramid level k of image `name`: ceil(H / 2^k) x ceil(W / 2^k) px of
+        pixel_um · 2^k µm (0 = full resolution; IndexError past the last)."""
+        return read_level(self.group, self._path(name), k)[...]
+
+    def levels(self, name: str) -> int:
+        """How many pyramid levels image `name` has."""
+        return n_levels(self.group, self._path(name))
 
     @property
     def tissue(self) -> np.ndarray:

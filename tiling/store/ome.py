@@ -1,23 +1,44 @@
-"""OME-Zarr (NGFF 0.5, on zarr v3) image groups, so napari and vizarr open our maps.
+"""OME-Zarr (NGFF 0.5, on zarr v3) images with resolution pyramids, display settings and labels,
+so `ome_zarr info`, napari and vizarr open our maps.
 
 An image is a zarr group whose attributes hold ``{"ome": {"version": "0.5", "multiscales":
-[...]}}`` and whose arrays are the resolution levels ("0" here: one level). Axes are ordered
-channel before space; every array's ``dimension_names`` match the axis names; each level carries
-exactly one ``scale`` transformation giving the pixel size in micrometres.
+[...]}}`` and whose arrays "0", "1", ... are its levels: level k+1 halves level k in y and x
+(ceil) until the longer side is <= PYRAMID_SIDE. Axes are ordered channel before space; every
+array's ``dimension_names`` match the axis names. Level k carries a ``scale`` of
+pixel_um · 2^k µm; a "mean" pyramid (2 x 2 block means, NaN ignored) adds a ``translation`` of
+(2^k - 1)/2 · pixel_um µm, the centre of its first block; a "nearest" pyramid (labels: every
+second pixel) needs none. Display settings go in ``omero`` (one channel: window start/end in the
+map's units, colour, LUT name); masks are ``labels`` of an image (``image-label`` with colours).
 """
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import zarr
 
 NGFF_VERSION = "0.5"
-LEVEL = "0"
+PYRAMID_SIDE = 256
 RGB_COLOURS = ("FF0000", "00FF00", "0000FF")
 # float maps: byte shuffle then zstd keeps every value and stores about 30 % fewer bytes than
 # zarr's default (zstd alone) on stitched CAMs; integer images keep the default
 FLOAT_CODEC = zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", blocksize=1 << 20)
+LABELS = "labels"
+
+
+@dataclass(frozen=True)
+class Display:
+    """How a viewer shows a one-channel map: values in [start, end] spread over colour map `lut`
+    (a matplotlib name), the map's finite range [low, high]."""
+
+    start: float
+    end: float
+    low: float
+    high: float
+    lut: str
 
 
 def _axes(ndim: int) -> list[dict[str, str]]:
@@ -26,40 +47,90 @@ def _axes(ndim: int) -> list[dict[str, str]]:
     return ([{"name": "c", "type": "channel"}] if ndim == 3 else []) + space
 
 
-def image_metadata(name: str, ndim: int, pixel_um: float, description: str) -> dict[str, Any]:
-    """The ``ome`` attribute of a single-level image: (y, x) or (c, y, x), `pixel_um` µm/px."""
-    scale = ([1.0] if ndim == 3 else []) + [float(pixel_um)] * 2
-    ome: dict[str, Any] = {
-        "version": NGFF_VERSION,
-        "multiscales": [{
-            "name": name,
-            "axes": _axes(ndim),
-            "datasets": [{"path": LEVEL,
-                          "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
-            "type": "mean",
-            "metadata": {"description": description},
-        }],
-    }
+def halve(data: np.ndarray, method: str) -> np.ndarray:
+    """The next pyramid level of (..., y, x) `data`: ceil(y/2) x ceil(x/2) px. "nearest" keeps
+    every second pixel; "mean" averages 2 x 2 blocks ignoring NaN (an odd edge pads with NaN;
+    integers are rounded back to their dtype)."""
+    if method == "nearest":
+        return data[..., ::2, ::2]
+    pad = [(0, 0)] * (data.ndim - 2) + [(0, n % 2) for n in data.shape[-2:]]
+    padded = np.pad(data.astype(np.float32), pad, constant_values=np.nan)
+    blocks = padded.reshape(*padded.shape[:-2], padded.shape[-2] // 2, 2, padded.shape[-1] // 2, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks stay NaN
+        mean = np.nanmean(blocks, axis=(-3, -1))
+    if np.issubdtype(data.dtype, np.integer):
+        return np.rint(mean).astype(data.dtype)
+    return mean.astype(data.dtype)
+
+
+def pyramid(data: np.ndarray, method: str) -> list[np.ndarray]:
+    """`data` and its halvings (`halve`) until the longer side is <= PYRAMID_SIDE."""
+    levels = [data]
+    while max(levels[-1].shape[-2:]) > PYRAMID_SIDE:
+        levels.append(halve(levels[-1], method))
+    return levels
+
+
+def _transformations(k: int, ndim: int, pixel_um: float, method: str) -> list[dict[str, Any]]:
+    channel = [1.0] if ndim == 3 else []
+    step = float(pixel_um) * 2 ** k
+    out: list[dict[str, Any]] = [{"type": "scale", "scale": channel + [step] * 2}]
+    if method == "mean" and k:
+        shift = (2 ** k - 1) / 2 * float(pixel_um)
+        out.append({"type": "translation", "translation": [0.0] * len(channel) + [shift] * 2})
+    return out
+
+
+def _omero(ndim: int, name: str, display: Display | None) -> dict[str, Any] | None:
+    channel = {"active": True, "coefficient": 1, "family": "linear", "inverted": False}
     if ndim == 3:
-        ome["omero"] = {"channels": [
-            {"label": label, "color": colour, "active": True, "coefficient": 1,
-             "family": "linear", "inverted": False,
-             "window": {"start": 0, "end": 255, "min": 0, "max": 255}}
-            for label, colour in zip("RGB", RGB_COLOURS, strict=True)],
-            "rdefs": {"model": "color"}}
-    return ome
+        return {"channels": [{**channel, "label": label, "color": colour,
+                              "window": {"start": 0, "end": 255, "min": 0, "max": 255}}
+                             for label, colour in zip("RGB", RGB_COLOURS, strict=True)],
+                "rdefs": {"model": "color"}}
+    if display is None:
+        return None
+    return {"channels": [{**channel, "label": name, "color": "FFFFFF", "lut": display.lut,
+                          "window": {"start": display.start, "end": display.end,
+                                     "min": display.low, "max": display.high}}],
+            "rdefs": {"model": "greyscale"}}
 
 
 def write_image(parent: zarr.Group, name: str, data: np.ndarray, pixel_um: float,
-                description: str, chunk: int = 1024) -> zarr.Array:
-    """Write `data` ((y, x) or (c, y, x)) as the OME-Zarr image group ``parent/name``."""
-    group = parent.create_group(name, attributes={
-        "ome": image_metadata(name, data.ndim, pixel_um, description)})
-    chunks = data.shape[:-2] + tuple(min(chunk, n) for n in data.shape[-2:])
+                description: str, chunk: int = 1024, method: str = "mean",
+                display: Display | None = None, label_colours: Mapping[int, Sequence[int]] | None = None,
+                ) -> zarr.Group:
+    """Write `data` ((y, x) or (c, y, x)) as the OME-Zarr image group ``parent/name`` with its
+    pyramid (`method` "mean" or "nearest"), `display` settings (omero) and, for a label image,
+    the RGBA colour of each value (``image-label``; its source image is the grandparent)."""
+    levels = pyramid(data, method)
+    ome: dict[str, Any] = {"version": NGFF_VERSION, "multiscales": [{
+        "name": name, "axes": _axes(data.ndim), "type": method,
+        "datasets": [{"path": str(k), "coordinateTransformations":
+                      _transformations(k, data.ndim, pixel_um, method)} for k in range(len(levels))],
+        "metadata": {"description": description}}]}
+    omero = _omero(data.ndim, name, display)
+    if omero:
+        ome["omero"] = omero
+    if label_colours is not None:
+        ome["image-label"] = {"version": NGFF_VERSION, "source": {"image": "../../"},
+                              "colors": [{"label-value": int(v), "rgba": list(rgba)}
+                                         for v, rgba in sorted(label_colours.items())]}
+    group = parent.create_group(name, attributes={"ome": ome})
     floating = np.issubdtype(data.dtype, np.floating)
-    return group.create_array(LEVEL, data=data, chunks=chunks, fill_value=float("nan") if floating else 0,
-                              compressors=FLOAT_CODEC if floating else "auto",
-                              dimension_names=[a["name"] for a in _axes(data.ndim)])
+    for k, level in enumerate(levels):
+        chunks = level.shape[:-2] + tuple(min(chunk, n) for n in level.shape[-2:])
+        group.create_array(str(k), data=np.ascontiguousarray(level), chunks=chunks,
+                           fill_value=float("nan") if floating else 0,
+                           compressors=FLOAT_CODEC if floating else "auto",
+                           dimension_names=[a["name"] for a in _axes(data.ndim)])
+    return group
+
+
+def declare_labels(image: zarr.Group, names: list[str]) -> None:
+    """List the label images under ``image/labels`` (NGFF "labels" group)."""
+    image.require_group(LABELS).attrs["ome"] = {"version": NGFF_VERSION, "labels": list(names)}
 
 
 def write_collection(root: zarr.Group, images: list[str]) -> None:
@@ -69,7 +140,15 @@ def write_collection(root: zarr.Group, images: list[str]) -> None:
     root.create_group("OME", attributes={"ome": {"version": NGFF_VERSION, "series": list(images)}})
 
 
-def read_image(parent: zarr.Group, name: str) -> zarr.Array:
-    """The full-resolution level of the image group ``parent/name`` (lazy zarr array)."""
-    datasets = parent[name].attrs["ome"]["multiscales"][0]["datasets"]
-    return parent[name][datasets[0]["path"]]
+def read_level(parent: zarr.Group, path: str, k: int = 0) -> zarr.Array:
+    """Level k (0 = full resolution) of the image group ``parent/path`` (lazy zarr array);
+    IndexError names the levels there are."""
+    datasets = parent[path].attrs["ome"]["multiscales"][0]["datasets"]
+    if not 0 <= k < len(datasets):
+        raise IndexError(f"{path}: level {k} asked, levels 0..{len(datasets) - 1} stored")
+    return parent[path][datasets[k]["path"]]
+
+
+def n_levels(parent: zarr.Group, path: str) -> int:
+    """How many pyramid levels the image group ``parent/path`` holds."""
+    return len(parent[path].attrs["ome"]["multiscales"][0]["datasets"])

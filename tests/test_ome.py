@@ -1,0 +1,99 @@
+"""maps.zarr as OME-Zarr 0.5: resolution pyramids, display windows, labels, and what other tools
+(`ome_zarr info`, a reader following the spec) find in it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fake_stores import make_slide_case
+from tiling.stitch import StitchConfig, stitch_slide
+from tiling.store.maps import open_maps
+from tiling.store.ome import halve, pyramid
+
+
+def test_mean_halving_ignores_nan_and_pads_odd_edges() -> None:
+    a = np.array([[1, 3, 5], [np.nan, 2, np.nan], [4, 4, 8]], np.float32)
+    np.testing.assert_array_equal(halve(a, "mean"), [[2.0, 5.0], [4.0, 8.0]])
+    assert np.isnan(halve(np.full((2, 2), np.nan, np.float32), "mean")).all()
+    rgb = np.array([[[0, 255], [1, 1]]], np.uint8)  # (c, y, x) = (1, 2, 2): mean 64.25
+    assert halve(rgb, "mean").tolist() == [[[64]]]
+
+
+def test_labels_halve_by_nearest_keeping_their_values() -> None:
+    labels = np.array([[0, 7, 0], [7, 7, 7], [0, 0, 3]], np.uint16)
+    np.testing.assert_array_equal(halve(labels, "nearest"), [[0, 0], [0, 3]])
+    levels = pyramid(np.zeros((1000, 300), np.uint8), "nearest")
+    assert [lv.shape for lv in levels] == [(1000, 300), (500, 150), (250, 75)]
+
+
+def spec_images(root: Path) -> list[str]:
+    """Every image of an OME-Zarr 0.5 collection, read as the spec says (not with our code): the
+    root's "bioformats2raw.layout" 3, the series its OME group lists, and each one's labels."""
+    def attrs(path: Path) -> dict:
+        return json.loads((path / "zarr.json").read_text())["attributes"]["ome"]
+
+    assert attrs(root)["bioformats2raw.layout"] == 3
+    found = []
+    for series in attrs(root / "OME")["series"]:
+        assert attrs(root / series)["multiscales"]
+        found.append(series)
+        if (root / series / "labels").is_dir():
+            for label in attrs(root / series / "labels")["labels"]:
+                assert attrs(root / series / "labels" / label)["image-label"]["colors"]
+                found.append(f"{series}/labels/{label}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def maps_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    slide_dir, annotations = make_slide_case(tmp_path_factory.mktemp("ome"), "cmu")
+    return stitch_slide(slide_dir, annotations, StitchConfig(max_side=1024))
+
+
+def test_maps_have_pyramids_windows_and_labels(maps_path: Path) -> None:
+    maps = open_maps(maps_path)
+    assert spec_images(maps_path) == [*maps.heatmaps, "thumbnail", "thumbnail/labels/tissue",
+                                      "thumbnail/labels/lesion"]
+    full = maps["attention"]
+    assert full.shape == (989, 740) and maps.levels("attention") == 3
+    level1 = maps.level("attention", 1)
+    assert level1.shape == (495, 370)
+    blocks = full[:988].reshape(494, 2, 370, 2)
+    r, c = np.argwhere(np.isfinite(blocks).all(axis=(1, 3)))[0]
+    np.testing.assert_allclose(level1[r, c], blocks[r, :, c].mean(), rtol=1e-6)
+    assert np.isnan(level1[:494][~np.isfinite(blocks).any(axis=(1, 3))]).all()
+    assert maps.level("lesion", 2).shape == (248, 185) and maps.level("lesion", 2).max() == 1
+    with pytest.raises(IndexError, match=r"levels 0\.\.2"):
+        maps.level("attention", 3)
+    with pytest.raises(KeyError, match="no map 'nothing'"):
+        maps["nothing"]
+    ome = maps.group["attention"].attrs["ome"]
+    (transform, shift) = ome["multiscales"][0]["datasets"][2]["coordinateTransformations"]
+    assert transform["scale"] == [pytest.approx(4 * maps.pixel_um)] * 2
+    assert shift["translation"] == [pytest.approx(1.5 * maps.pixel_um)] * 2  # (2² - 1)/2 px
+    (channel,) = ome["omero"]["channels"]
+    finite = full[np.isfinite(full)]
+    assert channel["lut"] == "turbo" and channel["window"]["min"] == pytest.approx(finite.min())
+    assert channel["window"]["start"] == pytest.approx(np.percentile(finite, 1))
+    assert channel["window"]["end"] == pytest.approx(np.percentile(finite, 99))
+    lesion = maps.group["thumbnail/labels/lesion"].attrs["ome"]
+    assert lesion["image-label"]["colors"] == [{"label-value": 1, "rgba": [0, 255, 90, 255]}]
+    assert [t["type"] for t in lesion["multiscales"][0]["datasets"][1]["coordinateTransformations"]] == ["scale"]
+
+
+def test_ome_zarr_info_reads_every_image_and_its_levels(maps_path: Path) -> None:
+    tool = str(Path(sys.executable).parent / "ome_zarr")  # ome-zarr-py, a dev extra
+    for image in spec_images(maps_path):
+        shown = subprocess.run([tool, "info", str(maps_path / image)], capture_output=True,
+                               text=True, check=True).stdout
+        assert f"{maps_path / image} [zgroup]" in shown and "Multiscales" in shown, shown
+        levels = open_maps(maps_path).levels(image.rsplit("/", 1)[-1])
+        assert shown.count("   - (") >= levels, shown  # one shape line per level
+    labels = subprocess.run([tool, "info", str(maps_path / "thumbnail")], capture_output=True,
+                            text=True, check=True).stdout
+    assert "labels/lesion [zgroup]" in labels and "labels/tissue [zgroup]" in labels, labels

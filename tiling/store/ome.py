@@ -7,6 +7,7 @@ exactly one ``scale`` transformation giving the pixel size in micrometres.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -69,3 +70,19 @@ def read_image(parent: zarr.Group, name: str) -> zarr.Array:
     """The full-resolution level of the image group ``parent/name`` (lazy zarr array)."""
     datasets = parent[name].attrs["ome"]["multiscales"][0]["datasets"]
     return parent[name][datasets[0]["path"]]
+
+
+@dataclass(frozen=True)
+class Level:
+    """One resolution level of an image: its (lazy) array and level-0 slide px per array px."""
+
+    array: zarr.Array
+    downsample: float
+
+
+def read_levels(parent: zarr.Group, name: str, downsample: float) -> list[Level]:
+    """Every resolution level of the image group ``parent/name``, finest first; `downsample` is
+    the first level's, the others' follow from the ratio of their x ``scale`` transformations."""
+    datasets = parent[name].attrs["ome"]["multiscales"][0]["datasets"]
+    scales = [d["coordinateTransformations"][0]["scale"][-1] for d in datasets]
+    return [Level(parent[name][d["path"]], downsample * s / scales[0]) for d, s in zip(datasets, scales, strict=True)]

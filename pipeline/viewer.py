@@ -1,9 +1,11 @@
 """Routes of the deep-zoom viewer that `slideaudit serve --reports OUT` adds.
 
-    GET /viewer/<slide_id>/                                          the page (reports.viewer)
-    GET /viewer/<slide_id>/slide_files/<level>/<col>_<row>.jpeg      slide tiles (OpenSlide)
-    GET /viewer/<slide_id>/layers/<map>_files/<level>/<col>_<row>.png overlay tiles of maps.zarr
-    GET /static/...                                                  OpenSeadragon and the viewer's JS/CSS
+    GET /reports/slides/<id>/viewer/                                     the page (reports.viewer)
+    GET /reports/slides/<id>/viewer/slide_files/<level>/<col>_<row>.jpeg slide tiles (OpenSlide)
+    GET /reports/slides/<id>/viewer/layers/<map>_files/<level>/<c>_<r>.png overlay tiles of maps.zarr
+    GET /static/...                                                      OpenSeadragon, the viewer's JS/CSS
+
+<id> is the slide's folder under OUT/slides, so report.html links to its viewer as "viewer/".
 
 Everything is served from the package and OUT: no network. A slide id must be a plain folder name
 whose folder resolves inside OUT (404 otherwise, 403 for a symlink out); unknown ids, maps and
@@ -116,8 +118,8 @@ def viewer_routes(out: Path) -> list[BaseRoute]:
 
     tiles = "{level:int}/{col:int}_{row:int}"
     static = StaticFiles(directory=str(resources.files("reports") / "static"))
-    return [Mount("/viewer", routes=[
-                Route("/{slide_id}/", page),
-                Route(f"/{{slide_id}}/slide_files/{tiles}.jpeg", slide_tile),
-                Route(f"/{{slide_id}}/layers/{{name}}_files/{tiles}.png", layer_tile)]),
+    return [Mount("/reports/slides/{slide_id}/viewer", routes=[
+                Route("/", page),
+                Route(f"/slide_files/{tiles}.jpeg", slide_tile),
+                Route(f"/layers/{{name}}_files/{tiles}.png", layer_tile)]),
             Mount(STATIC_URL.rstrip("/"), static, name="static")]

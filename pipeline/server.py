@@ -154,6 +154,7 @@ class ImageService:
         self.info = PageInfo(model_name=self.model_config.name, model_sha256=model_sha256(model_dir),
                              reports_url="/reports/" if config.reports else None)
         self.kept = KeptImages(config.kept_images)
+        self.slots = threading.BoundedSemaphore(config.max_requests)   # requests running or waiting
         self._lock = threading.Lock()
 
     def region_config(self, fields: dict[str, str]) -> RegionConfig:
@@ -240,21 +241,20 @@ async def _upload(form: FormData, kept: KeptImages) -> tuple[str, bytes, dict[st
     return name, data, fields
 
 
-def upload_routes(model_dir: Path, config: ServeConfig) -> list[BaseRoute]:
-    """GET / and POST /explain for the model in `model_dir` (loaded now)."""
-    service = ImageService(model_dir, config)
+def upload_routes(service: ImageService) -> list[BaseRoute]:
+    """GET / (the form) and POST /explain of `service`."""
+    config = service.config
     too_large = (f"The upload is larger than the limit of {config.max_upload_mb:g} MB; crop the region of "
                  "interest, or start `slideaudit serve` with a larger --max-upload-mb.")
     busy = "The server is busy explaining other images; try again in a moment."
     defaults = {"target": "", "method": service.methods[0], "mpp": "", "image_id": ""}
-    slots = threading.BoundedSemaphore(config.max_requests)
 
     async def home(request: Request) -> Response:
         return service.page(defaults)
 
     async def explain(request: Request) -> Response:
         fields = dict(defaults)
-        if not slots.acquire(blocking=False):
+        if not service.slots.acquire(blocking=False):
             return service.page(fields, status_of(Busy()), error=busy)
         try:
             check_origin(request)
@@ -268,7 +268,7 @@ def upload_routes(model_dir: Path, config: ServeConfig) -> list[BaseRoute]:
         except (UploadTooLarge, FormProblem, ImageError, CrossSite) as exc:
             return service.page(fields, status_of(exc), error=str(exc) or too_large)
         finally:
-            slots.release()
+            service.slots.release()
         return service.page(fields, result=result, source=name)
 
     return [Route("/", home), Route("/explain", explain, methods=["POST"])]
@@ -286,12 +286,15 @@ def create_app(model_dir: Path | None, config: ServeConfig = ServeConfig()) -> S
     async def to_reports(request: Request) -> Response:
         return RedirectResponse("/reports/")
 
+    service = ImageService(model_dir, config) if model_dir is not None else None
     routes: list[BaseRoute] = [Route("/healthz", health)]
-    routes += upload_routes(model_dir, config) if model_dir is not None else [Route("/", to_reports)]
+    routes += upload_routes(service) if service is not None else [Route("/", to_reports)]
     if config.reports is not None:
         routes += viewer_routes(config.reports)
         routes.append(Mount("/reports", StaticFiles(directory=Path(config.reports), html=True), name="reports"))
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes)
+    app.state.service = service
+    return app
 
 
 def serve(model_dir: Path | None, config: ServeConfig = ServeConfig()) -> None:

@@ -5,7 +5,7 @@
   const config = JSON.parse(app.dataset.config);
   const slide = config.slide;
   const opacity = document.getElementById("opacity");
-  const state = {viewers: {}, layers: {left: {}, right: {}}, syncing: false};
+  const state = {config: config, viewers: {}, layers: {left: {}, right: {}}, syncing: false};
 
   function source(url, format) {
     return {Image: {xmlns: "http://schemas.microsoft.com/deepzoom/2008", Url: url, Format: format,
@@ -35,11 +35,13 @@
 
   function legend(side, heat) {
     const box = document.getElementById("legend-" + side);
-    const ticks = config.legend[heat] || [];
-    box.hidden = !heat;
-    box.querySelector(".ticks").textContent = ticks.map(function (t) {
-      return t.percent + " %: " + Number(t.value.toPrecision(3));
-    }).join("   ");
+    const ticks = box.querySelector(".ticks");
+    box.style.display = heat ? "" : "none";
+    ticks.replaceChildren.apply(ticks, (config.legend[heat] || []).map(function (t) {
+      const tick = document.createElement("span");
+      tick.textContent = t.percent + " %: " + Number(t.value.toPrecision(3));
+      return tick;
+    }));
   }
 
   /* A bar of a round length (1, 2 or 5 x 10^k µm) about 120 screen px long. */

@@ -108,14 +108,17 @@ def limited(receive: Receive, limit: int) -> Receive:
 
 
 def check_origin(request: Request) -> None:
-    """CrossSite unless the request comes from this server's own page: the Origin header, when a
-    browser sends one, must name this host (scheme://host:port), and Sec-Fetch-Site must not be
-    cross-site."""
-    origin = request.headers.get("origin")
-    if origin is not None and (origin == "null" or urlsplit(origin).netloc != request.headers.get("host")):
-        raise CrossSite(f"a form sent from {origin} is refused; use the form on this server's own page")
-    if request.headers.get("sec-fetch-site") == "cross-site":
-        raise CrossSite("a form sent from another site is refused; use the form on this server's own page")
+    """CrossSite unless the request comes from this server's own page: Sec-Fetch-Site, when sent,
+    is not cross-site or same-site (another port of this host), and the Origin header, when sent,
+    names this host (scheme://host:port) - or is "null" (our pages send no referrer) on a request
+    the browser marks same-origin. Clients that send neither (curl, scripts) are not browsers
+    a page could drive, so they pass."""
+    origin, site = request.headers.get("origin"), request.headers.get("sec-fetch-site")
+    if site in ("cross-site", "same-site") or (
+            origin is not None and urlsplit(origin).netloc != request.headers.get("host")
+            and not (origin == "null" and site == "same-origin")):
+        raise CrossSite(f"a form sent from {origin or 'another site'} is refused; use the form on this server's "
+                        "own page")
 
 
 class KeptImages:

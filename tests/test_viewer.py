@@ -105,7 +105,7 @@ def test_tiles_show_the_slide_and_colour_the_attention_peak(client, report_archi
 @pytest.mark.parametrize("path", [
     viewer_url("positive", "slide_files/99/0_0.jpeg"), viewer_url("positive", "slide_files/12/99_0.jpeg"),
     viewer_url("positive", "layers/nomap_files/8/0_0.png"), viewer_url("positive", "layers/thumbnail_files/8/0_0.png"),
-    viewer_url("unknown"), viewer_url("%2e%2e"), viewer_url("..%2F..%2Fetc"), viewer_url("%2Fetc"),
+    viewer_url("unknown"), viewer_url("broken"), viewer_url("%2e%2e"), viewer_url("..%2F..%2Fetc"), viewer_url("%2Fetc"),
     viewer_url("positive%2F..%2F..%2F.."), "/static/..%2Fviewer.py", "/static/%2e%2e/%2e%2e/pipeline/viewer.py",
 ])
 def test_unknown_or_outside_paths_are_404(client, path) -> None:

@@ -106,5 +106,6 @@ def map_tile(levels: list[Level], grid: DeepZoomGrid, level: int, col: int, row:
     shape = chosen.array.shape[-2:]
     cols = np.clip(((np.arange(x0, x1) + 0.5) * scale / chosen.downsample).astype(np.int64), 0, shape[1] - 1)
     rows = np.clip(((np.arange(y0, y1) + 0.5) * scale / chosen.downsample).astype(np.int64), 0, shape[0] - 1)
-    block = np.asarray(chosen.array[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
-    return block[(rows - rows[0])[:, None], (cols - cols[0])[None, :]]
+    (row_ids, row_at), (col_ids, col_at) = (np.unique(rows, return_inverse=True), np.unique(cols, return_inverse=True))
+    block = np.asarray(chosen.array.oindex[row_ids, col_ids])     # only the sampled map px are read
+    return block[row_at[:, None], col_at[None, :]]

@@ -148,7 +148,7 @@ class SlideView:
                        for n, k in self.layers.items()],
             "legend": {n: self.legend(n) for n in heat},
             "markers": self.markers(),
-            "left": ATTENTION, "right": next((m for m in self.maps.methods), ATTENTION_RANK),
+            "left": ATTENTION, "right": self.maps.methods[0] if self.maps.methods else ATTENTION_RANK,
             "static": static,
         }
         return environment().get_template("viewer.html").render(

@@ -32,6 +32,13 @@ def viewer_url(folder: str, rest: str = "") -> str:
     return f"/reports/slides/{folder}/viewer/{rest}"
 
 
+def image_at(client: TestClient, url: str) -> np.ndarray:
+    """The image the server answers `url` with, as an array."""
+    response = client.get(url)
+    assert response.status_code == 200, response.text
+    return np.asarray(Image.open(io.BytesIO(response.content)))
+
+
 def test_the_grid_is_openslides_deep_zoom_grid() -> None:
     with OpenSlide(real_slide()) as slide:
         dz = DeepZoomGenerator(slide, TILE_SIZE, OVERLAP, limit_bounds=False)
@@ -89,16 +96,13 @@ def test_tiles_show_the_slide_and_colour_the_attention_peak(client, report_archi
     got = np.asarray(Image.open(io.BytesIO(slide.content)))
     assert got.shape == expected.shape                               # the same pixels, up to JPEG loss
     assert np.corrcoef(got.ravel(), expected.ravel())[0, 1] > 0.95 and abs(got.mean() - expected.mean()) < 3
-    heat = np.asarray(Image.open(io.BytesIO(client.get(
-        viewer_url("positive", f"layers/attention_files/{deepest}/{col}_{row}.png")).content)))
+    heat = image_at(client, viewer_url("positive", f"layers/attention_files/{deepest}/{col}_{row}.png"))
     assert heat.shape == (*expected.shape[:2], 4)
     x, y = peak["x"] - col * TILE_SIZE + OVERLAP * (col > 0), peak["y"] - row * TILE_SIZE + OVERLAP * (row > 0)
     assert heat[y, x, 3] == heat[..., 3].max() > 240               # the peak is the most opaque: top of the scale
-    overview = np.asarray(Image.open(io.BytesIO(client.get(
-        viewer_url("positive", "layers/attention_files/8/0_0.png")).content)))
+    overview = image_at(client, viewer_url("positive", "layers/attention_files/8/0_0.png"))
     assert (overview[..., 3] == 0).any() and (overview[..., 3] > 0).any()   # off tissue is transparent
-    outline = np.asarray(Image.open(io.BytesIO(client.get(
-        viewer_url("positive", "layers/lesion_files/8/0_0.png")).content)))
+    outline = image_at(client, viewer_url("positive", "layers/lesion_files/8/0_0.png"))
     white = (outline[..., :3] == 255).all(-1) & (outline[..., 3] == 255)
     black = (outline[..., :3] == 0).all(-1) & (outline[..., 3] == 255)
     assert white.any() and black.any() and (outline[..., 3] == 0).mean() > 0.9
@@ -139,3 +143,22 @@ def test_a_moved_slide_file_is_named_in_the_answer(report_archive, tmp_path) -> 
     zarr.open_group(copy / "patches.zarr", mode="r+").attrs["source_path"] = str(tmp_path / "gone.svs")
     response = TestClient(Starlette(routes=viewer_routes(tmp_path))).get(viewer_url("moved"))
     assert response.status_code == 404 and "gone.svs" in response.text and "put the slide file back" in response.text
+
+
+def test_an_artefact_label_in_the_maps_becomes_a_mask_layer(report_archive, tmp_path) -> None:
+    import shutil
+
+    from reports.viewer import ARTEFACT_RGBA
+    from tiling.store.maps import open_maps
+    from tiling.store.ome import write_image
+
+    copy = tmp_path / "slides" / "inked"
+    shutil.copytree(report_archive["positive"], copy)
+    maps = open_maps(copy)
+    labels = np.zeros(maps["tissue"].shape, np.uint8)
+    labels[: labels.shape[0] // 4, : labels.shape[1] // 4] = 1                 # ink in the top-left corner
+    write_image(zarr.open_group(copy / "maps.zarr", mode="r+"), "artefacts", labels, maps.pixel_um, "pen ink")
+    client = TestClient(Starlette(routes=viewer_routes(tmp_path)))
+    assert 'class="label-layer" value="artefacts"' in client.get(viewer_url("inked")).text
+    tile = image_at(client, viewer_url("inked", "layers/artefacts_files/8/0_0.png"))
+    assert (tile[:10, :10] == ARTEFACT_RGBA).all() and (tile[-10:, -10:, 3] == 0).all()

@@ -172,17 +172,20 @@ def cut_tiles(region: np.ndarray, tiles: np.ndarray, patch: int) -> np.ndarray:
     return np.stack([padded[y:y + patch, x:x + patch] for x, y in tiles])
 
 
+def check_targets(targets: tuple[str, ...], classes: list[str]) -> None:
+    """ImageError naming the first target that is neither one of `classes` nor "top5"."""
+    for target in targets:
+        if target != TOP5 and target not in classes:
+            raise ImageError(f"target class {target!r} is not one of the model's classes {classes} (or {TOP5!r})")
+
+
 def resolve_targets(targets: tuple[str, ...], classes: list[str], probabilities: np.ndarray) -> list[int]:
     """Class indices for target names ("top5" = the five most probable; () = the most probable)."""
+    check_targets(targets, classes)
     order = [int(i) for i in np.argsort(-probabilities, kind="stable")]
     wanted: list[int] = []
     for target in targets or (classes[order[0]],):
-        if target == TOP5:
-            wanted += order[:5]
-        elif target in classes:
-            wanted.append(classes.index(target))
-        else:
-            raise ImageError(f"target class {target!r} is not one of the model's classes {classes} (or {TOP5!r})")
+        wanted += order[:5] if target == TOP5 else [classes.index(target)]
     return list(dict.fromkeys(wanted))
 
 

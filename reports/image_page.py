@@ -33,15 +33,20 @@ PAGE, RESULT = "index.html", "result.json"
 DISPLAY_SIDE = 512
 VIEW_SIDE = 128
 HIGH_QUANTILE = 99.5
+ALL = "all"   # the form's method choice "every offered method" (a class x method grid)
+
+
 @dataclass
 class PageForm:
-    """The upload form of `slideaudit serve`: choices and what was picked."""
+    """The upload form of `slideaudit serve`: choices and what was picked; image_id: the sha256
+    of the upload the server keeps, so the form can be sent again without the file."""
 
     classes: list[str]
     methods: list[str]
     target: str = ""
     method: str = "gradcam"
     mpp: str = ""
+    image_id: str = ""
     max_upload_mb: float = 20.0
     model_mpp: float = 1.0
 

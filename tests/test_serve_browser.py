@@ -1,12 +1,6 @@
 """`slideaudit serve` as a real subprocess on a free loopback port, driven by headless Chromium."""
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import Page, sync_playwright
+from serve_process import CHROMIUM_ARGS, chromium, serving
 
 from conftest import shared_file
 from explainers.model_io import ModelConfig, build_model, save_model
@@ -21,17 +16,7 @@ from tiling.slide import open_slide
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 CLASSES = ["normal", "lesion", "stroma", "necrosis", "fat", "mucin"]
-START_TIMEOUT_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +34,6 @@ def files(tmp_path_factory) -> dict[str, Path]:
     (reports / "index.html").write_text("<html><body><h1>Audit index</h1></body></html>")
     (reports / "slides" / "s1" / "report.html").write_text("<html><body><h1>Slide s1</h1></body></html>")
     (root / "secret.txt").write_text("outside the reports")
-    for name in ("cwd", "tmp"):
-        (root / name).mkdir()
     return {"root": root, "model": model_dir, "patch": root / "patch.png", "text": root / "notes.txt",
             "reports": reports}
 
@@ -58,43 +41,15 @@ def files(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def server(files) -> Iterator[str]:
     """The base URL of a running `slideaudit serve` (1 MB upload limit); stopped afterwards."""
-    port = free_port()
-    script = Path(sys.executable).with_name("slideaudit")
-    assert script.is_file(), f"{script} is missing: install the project (make install) first"
-    env = {**os.environ, "TMPDIR": str(files["root"] / "tmp")}
-    with open(files["root"] / "serve.log", "wb") as log:
-        proc = subprocess.Popen([str(script), "serve", "--model", str(files["model"]),
-                                 "--reports", str(files["reports"]), "--port", str(port), "--max-upload-mb", "1"],
-                                cwd=files["root"] / "cwd", env=env, stdout=log, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:
-                assert proc.poll() is None, (files["root"] / "serve.log").read_text()
-                try:
-                    with urllib.request.urlopen(base + "/healthz", timeout=2) as response:
-                        if response.read() == b"ok":
-                            break
-                except OSError:
-                    pass
-                assert time.monotonic() < deadline, "serve did not start:\n" + (files["root"] / "serve.log").read_text()
-                time.sleep(0.3)
-            yield base
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with serving(["--model", str(files["model"]), "--reports", str(files["reports"]), "--max-upload-mb", "1"],
+                 files["root"]) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
 def page(server) -> Iterator[Page]:
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (make system-deps)")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
         yield browser.new_page(viewport={"width": 1280, "height": 900})
         browser.close()
 

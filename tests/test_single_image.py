@@ -3,6 +3,7 @@ the CAM maps against the explainers' own classes, and the `explain-image` comman
 from __future__ import annotations
 
 import json
+import shutil
 from collections import OrderedDict
 from pathlib import Path
 
@@ -212,3 +213,21 @@ def test_explain_image_command_errors_are_one_line(model_dir, tmp_path):
     assert res.exit_code == 3 and "Traceback" not in res.output
     assert "notes.png: not a PNG, JPEG or TIFF image" in res.output
     assert not (tmp_path / "out").exists()
+
+
+def test_explain_image_checks_the_target_before_loading_the_model(model_dir, tmp_path):
+    no_weights = tmp_path / "model"
+    no_weights.mkdir()
+    shutil.copy(model_dir / "config.json", no_weights / "config.json")     # a model that cannot be loaded
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "patch.png")
+    res = CliRunner().invoke(main, ["explain-image", str(tmp_path / "patch.png"), "--model", str(no_weights),
+                                    "--target", "nosuch", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "'nosuch' is not one of the model's classes" in res.output
+
+
+def test_explain_image_warns_when_the_resolution_is_assumed(model_dir, tmp_path):
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    res = CliRunner().invoke(main, ["explain-image", str(tmp_path / "p.png"), "--model", str(model_dir),
+                                    "--methods", "gradcam", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert "p.png records no resolution; assumed the model's" in res.output

@@ -28,13 +28,22 @@ def explain_image(image: Path, model_dir: Path, targets: tuple[str, ...], method
     figures as PNG files and OUT/result.json."""
     import json
 
-    from explainers.single_image import DEFAULT_METHODS, RegionConfig
+    from explainers.errors import ImageError
+    from explainers.model_io import read_config
+    from explainers.single_image import DEFAULT_METHODS, RegionConfig, check_targets
     from reports.image_page import RESULT, write_image_report
 
     out = out or Path(f"{image.stem}-explained")
     config = RegionConfig(targets=targets, methods=methods or DEFAULT_METHODS, max_tiles=max_tiles, device=device)
+    try:
+        check_targets(targets, read_config(model_dir).classes)          # before the model is loaded
+    except ImageError as exc:
+        raise click.BadParameter(str(exc), param_hint="--target") from exc
     page = write_image_report(image, model_dir, out, config, mpp)
     summary = json.loads((out / RESULT).read_text())
+    if summary["mpp_assumed"]:
+        click.echo(f"warning: {image} records no resolution; assumed the model's {summary['source_mpp']:g} µm/px. "
+                   "Pass --mpp if that is wrong.", err=True)
     probability = "probability" if summary["head"] == "softmax" else "sigmoid probability (multi-label)"
     click.echo(f"top {len(summary['top5'])} ({probability}):")
     for i, row in enumerate(summary["top5"], 1):

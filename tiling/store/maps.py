@@ -30,7 +30,17 @@ import zarr
 
 from tiling.errors import StoreError
 from tiling.store import MAPS, VERSION_KEY, check_version, stage_path
-from tiling.store.ome import LABELS, Display, declare_labels, n_levels, read_level, write_collection, write_image
+from tiling.store.ome import (
+    LABELS,
+    Display,
+    Level,
+    declare_labels,
+    n_levels,
+    read_level,
+    read_levels,
+    write_collection,
+    write_image,
+)
 
 FORMAT_VERSION = 2
 ATTENTION, ATTENTION_RANK, TISSUE, LESION, ARTEFACTS, THUMBNAIL = (
@@ -131,6 +141,13 @@ class Maps:
     def levels(self, name: str) -> int:
         """How many pyramid levels image `name` has."""
         return n_levels(self.group, self._path(name))
+
+    def pyramid(self, name: str) -> list[Level]:
+        """Every level of image `name` (lazy), finest first, with its level-0 px per map px."""
+        return read_levels(self.group, self._path(name), self.downsample)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.attrs["images"]
 
     @property
     def tissue(self) -> np.ndarray:

@@ -152,3 +152,19 @@ def read_level(parent: zarr.Group, path: str, k: int = 0) -> zarr.Array:
 def n_levels(parent: zarr.Group, path: str) -> int:
     """How many pyramid levels the image group ``parent/path`` holds."""
     return len(parent[path].attrs["ome"]["multiscales"][0]["datasets"])
+
+
+@dataclass(frozen=True)
+class Level:
+    """One resolution level of an image: its (lazy) array and level-0 slide px per array px."""
+
+    array: zarr.Array
+    downsample: float
+
+
+def read_levels(parent: zarr.Group, name: str, downsample: float) -> list[Level]:
+    """Every resolution level of the image group ``parent/name``, finest first; `downsample` is
+    the first level's, the others' follow from the ratio of their x ``scale`` transformations."""
+    datasets = parent[name].attrs["ome"]["multiscales"][0]["datasets"]
+    scales = [d["coordinateTransformations"][0]["scale"][-1] for d in datasets]
+    return [Level(parent[name][d["path"]], downsample * s / scales[0]) for d, s in zip(datasets, scales, strict=True)]

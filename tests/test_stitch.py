@@ -92,7 +92,7 @@ def test_stitch_slide_writes_ome_maps_and_skips_when_current(tmp_path) -> None:
     coords, attention = patches["coords"][:], explain["attention"][:]
     assert maps.downsample == 6.0 and maps.pixel_um == pytest.approx(6 * 0.499)
     assert maps.heatmaps == ["attention", "attention_rank", "gradcam", "hirescam"]
-    images = ["tissue", *maps.heatmaps, "lesion", "thumbnail"]
+    images = ["tissue", *maps.heatmaps, "lesion", "artefacts", "thumbnail"]
     for name in images:
         check_ngff_image(maps.group, name, maps.pixel_um)
     assert maps.group.attrs["ome"] == {"version": "0.5", "bioformats2raw.layout": 3}
@@ -113,6 +113,10 @@ def test_stitch_slide_writes_ome_maps_and_skips_when_current(tmp_path) -> None:
     assert maps.attrs["lesion_names"] == ["Tumor 1"]
     gradcam = maps["gradcam"]
     assert np.unravel_index(np.nanargmax(gradcam), a.shape) == pytest.approx((250, 183), abs=8)
+    labels = open_patch_store(slide_dir).artefacts.labels  # resampled by nearest neighbour
+    assert maps.artefacts.dtype == np.uint8 and maps.artefacts.shape == a.shape
+    assert set(np.unique(maps.artefacts)) <= set(np.unique(labels)) <= {0, 1, 2, 3}
+    assert maps.attrs["artefact_kinds"] == {"1": "pen ink", "2": "tissue fold", "3": "blank or blurred"}
     thumb = maps.thumbnail
     assert thumb[~tissue].mean() > 200 and thumb[tissue].mean() < thumb[~tissue].mean()
 

@@ -58,7 +58,7 @@ def test_store_layout_and_attrs(tile_sample: Callable[..., Path], sample_archive
                 "footprint": 448.0, "dimensions": [width, height]}
     assert {k: store.attrs[k] for k in expected} == expected
     assert read_stamp(store.path)["source_sha256"] == file_sha256(path)
-    assert store.attrs["format_version"] == 1
+    assert store.attrs["format_version"] == 2
 
 
 def test_store_keeps_the_thumbnail_of_the_tissue_mask(tile_sample: Callable[..., Path],

@@ -8,10 +8,12 @@ D level-0 px per map px (pixel_um = D × level-0 mpp):
     <method>         (H, W) float32 raw values of each CAM method of explain.zarr
     tissue           (H, W) uint8, 1 where a patch covers the pixel
     lesion           (H, W) uint16, k on the k-th annotated lesion, 0 elsewhere
+    artefacts        (H, W) uint8 artefact labels (patches.zarr's, nearest neighbour; 0 none)
     thumbnail        (3, H, W) uint8 RGB of the slide
     OME              the NGFF collection listing every image, so a viewer finds them all
     attrs            slide_id, dimensions (level-0 W, H), downsample (D), pixel_um, shape (H, W),
                      methods, heatmaps (attention, attention_rank, methods), lesion_names,
+                     artefact_kinds ({label: name}),
                      the stamp (config_hash, source_sha256), format_version (FORMAT_VERSION)
 """
 from __future__ import annotations
@@ -27,9 +29,9 @@ from tiling.errors import StoreError
 from tiling.store import MAPS, VERSION_KEY, check_version, stage_path
 from tiling.store.ome import read_image, write_collection, write_image
 
-FORMAT_VERSION = 1
-ATTENTION, ATTENTION_RANK, TISSUE, LESION, THUMBNAIL = (
-    "attention", "attention_rank", "tissue", "lesion", "thumbnail")
+FORMAT_VERSION = 2
+ATTENTION, ATTENTION_RANK, TISSUE, LESION, ARTEFACTS, THUMBNAIL = (
+    "attention", "attention_rank", "tissue", "lesion", "artefacts", "thumbnail")
 
 
 class MapsWriter:
@@ -90,6 +92,11 @@ class Maps:
     def lesion(self) -> np.ndarray:
         """(H, W) uint16 lesion labels: 0 background, k the k-th lesion."""
         return self[LESION]
+
+    @property
+    def artefacts(self) -> np.ndarray:
+        """(H, W) uint8 artefact labels: 0 none, else a kind of attrs["artefact_kinds"]."""
+        return self[ARTEFACTS]
 
     @property
     def thumbnail(self) -> np.ndarray:

@@ -6,8 +6,10 @@
 columns slide_id, path, label, annotation, annotation_xml, ink (paths relative to the
 manifest's folder). Even indices are positive (label 1, 1-3 lesions), odd ones negative.
 Pen ink marks slides 0, 1, 4, 5, 8, 9, ... (both labels alike), or with `ink_correlated` the
-positive slides only. Every slide has a tissue fold. Slide i depends only on (seed, i, size,
-ink_correlated, mpp): the same arguments write the same bytes.
+positive slides only. Every slide has a tissue fold. `lesion_contrast` in (0, 1] makes lesions
+subtle (`tiling.sample_draw.draw_slide`; 1 = today's conspicuous lesions), so that a model
+trained on ink-correlated slides prefers the ink. Slide i depends only on (seed, i, size,
+ink_correlated, mpp, lesion_contrast): the same arguments write the same bytes.
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ class SampleConfig:
     size: int = DEFAULT_SIZE
     ink_correlated: bool = False
     mpp: float = SLIDE_MPP
+    lesion_contrast: float = 1.0
 
     def shape_hw(self) -> tuple[int, int]:
         """Level-0 (height, width) in px."""
@@ -61,7 +64,8 @@ def _write_slide(outdir: Path, index: int, config: SampleConfig) -> dict[str, st
     ink = bool(label) if config.ink_correlated else (index // 2) % 2 == 0
     height, width = config.shape_hw()
     drawing = draw_slide(np.random.default_rng([config.seed, index]), (height // 2, width // 2),
-                         px_um=2 * config.mpp, downsample=2.0, positive=bool(label), ink=ink)
+                         px_um=2 * config.mpp, downsample=2.0, positive=bool(label), ink=ink,
+                         lesion_contrast=config.lesion_contrast)
     files = {"path": f"{slide_id}.tiff", "annotation": f"{slide_id}.geojson",
              "annotation_xml": f"{slide_id}.xml"}
     with atomic_path(outdir / files["path"]) as tmp:
@@ -85,7 +89,8 @@ def _complete(outdir: Path, stamp: str) -> bool:
 
 
 def write_sample_archive(outdir: Path, slides: int, seed: int, size: int = DEFAULT_SIZE,
-                         ink_correlated: bool = False, mpp: float = SLIDE_MPP) -> Path:
+                         ink_correlated: bool = False, mpp: float = SLIDE_MPP,
+                         lesion_contrast: float = 1.0) -> Path:
     """Write `slides` sample slides, their annotations and the manifest (module docstring).
 
     Slides are drawn on one thread per core (numpy, scipy, Pillow and the JPEG encoder release
@@ -94,9 +99,11 @@ def write_sample_archive(outdir: Path, slides: int, seed: int, size: int = DEFAU
     """
     if slides < 1 or size < 512:
         raise ValueError(f"need at least 1 slide of at least 512 px, got {slides} of {size} px")
+    if not 0 < lesion_contrast <= 1:
+        raise ValueError(f"lesion contrast must lie in (0, 1], got {lesion_contrast}")
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    config = SampleConfig(slides, seed, size, ink_correlated, mpp)
+    config = SampleConfig(slides, seed, size, ink_correlated, mpp, lesion_contrast)
     stamp = config_hash(config)
     if _complete(outdir, stamp):
         log.info("%s: sample archive up to date", outdir / MANIFEST)

@@ -18,9 +18,15 @@ from pipeline import options
                    "at --mpp 1.0 --patch 224.")
 @click.option("--ink-correlated", is_flag=True,
               help="Put pen ink on positive slides only (a shortcut a model can learn).")
-def sample(outdir: Path, slides: int, seed: int, size: int | None, ink_correlated: bool) -> None:
+@click.option("--lesion-contrast", default=1.0, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True),
+              help="How far lesions stand out from the tissue, in (0, 1]: lower makes them paler and "
+                   "smaller (1 keeps the conspicuous default).")
+def sample(outdir: Path, slides: int, seed: int, size: int | None, ink_correlated: bool,
+           lesion_contrast: float) -> None:
     """Write OUTDIR/manifest.csv, pyramidal TIFF slides and their GeoJSON + ASAP XML annotations."""
     from tiling.sample import DEFAULT_SIZE, write_sample_archive
 
-    manifest = write_sample_archive(outdir, slides, seed, size or DEFAULT_SIZE, ink_correlated)
+    manifest = write_sample_archive(outdir, slides, seed, size or DEFAULT_SIZE, ink_correlated,
+                                    lesion_contrast=lesion_contrast)
     click.echo(f"{slides} sample slide(s) -> {manifest}")

@@ -45,7 +45,8 @@ class FaithfulnessConfig:
 
 def patch_scores(maps: np.ndarray) -> np.ndarray:
     """(N,) per-patch score of a method's (N, h, w) maps: the mean of each map (NaN ignored)."""
-    return np.nanmean(np.asarray(maps, np.float64).reshape(len(maps), -1), axis=1)
+    values = np.asarray(maps, np.float64)
+    return np.nanmean(values.reshape(len(values), int(np.prod(values.shape[1:]))), axis=1)
 
 
 def _probability(logits: torch.Tensor, cls: int, head: str) -> float:

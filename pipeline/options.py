@@ -24,6 +24,10 @@ slide_mpp = click.option("--slide-mpp", default=None, type=float,
                          help="Level-0 µm/px of the slides (archive-wide default). Precedence: the manifest "
                               "column `mpp` > this flag > the file's tags; a file's implausible value "
                               "(outside 0.05-20, or a TIFF's default 72/96/300 dpi) counts as missing.")
+keep_artefacts = click.option(
+    "--keep-artefacts", is_flag=True, default=None,
+    help="Keep pen ink, tissue folds and blank or blurred regions as tissue (default: left out, "
+         "tile.keep_artefacts); every patch still records the artefact it lies on.")
 lesion_classes = click.option(
     "--lesion-classes", default=None, metavar="C1,C2",
     help="Annotation classes that are lesions (QuPath classification names, ASAP groups; shell patterns, "

@@ -19,11 +19,14 @@ import numpy as np
 import torch
 
 from explainers.faithfulness import FaithfulnessConfig, faithfulness, patch_scores
+from explainers.mil import MILModel
 from explainers.model_io import load_model
 from reports import metrics as M
 from reports.agreement import agreement
+from reports.artefact_focus import focus_record, top_patches
 from reports.registry import FlagInputs, MapView, metrics_for, raise_flags, slide_verdict
 from reports.validation import map_stats, validate_attention, validate_coords, validate_maps
+from tiling.artefacts import artefact_name
 from tiling.errors import require
 from tiling.store import AUDIT, EXPLAIN, MAPS, PatchStore, chained_stamp, is_current, open_patch_store
 from tiling.store.explain import open_explain_store
@@ -58,6 +61,7 @@ class AuditConfig:
     min_auroc: float = 0.75
     min_spearman: float = 0.3
     top_patches: int = 6
+    max_artefact_change: float = 0.2
     seed: int = 0
     faithfulness: FaithfulnessConfig = field(default_factory=FaithfulnessConfig)
 
@@ -72,6 +76,8 @@ class AuditConfig:
                 "a fraction in (0, 1]")
         require(0 <= self.min_auroc <= 1, "min_auroc", self.min_auroc, "an AUROC in [0, 1]")
         require(-1 <= self.min_spearman <= 1, "min_spearman", self.min_spearman, "a correlation in [-1, 1]")
+        require(0 < self.max_artefact_change <= 1, "max_artefact_change", self.max_artefact_change,
+                "a change of probability in (0, 1]")
 
 
 def metric_names(config: AuditConfig) -> list[str]:
@@ -84,25 +90,30 @@ def peak_distance_px(config: AuditConfig, pixel_um: float) -> int:
     return max(1, round(config.peak_distance_um / pixel_um))
 
 
-def score_map(m: np.ndarray, labels: np.ndarray, valid: np.ndarray, found: np.ndarray,
-              pixel_um: float, config: AuditConfig) -> dict[str, dict[str, Any]]:
-    """Every registered lesion metric of one map, given its top peaks `found` (`metrics.peaks`):
-    {name: {"value": float | None, "preprocessing": str}}."""
-    view = MapView(m, labels, valid, found, pixel_um, config)
+def score_map(view: MapView) -> dict[str, dict[str, Any]]:
+    """Every registered metric of one map: {name: {"value": float | None, "preprocessing": str}}."""
     return {name: {"value": spec.score(view), "preprocessing": spec.preprocessing(view)}
-            for name, spec in metrics_for(config).items()}
+            for name, spec in metrics_for(view.config).items()}
 
 
-def peak_records(m: np.ndarray, found: np.ndarray, labels: np.ndarray, downsample: float,
-                 names: list[str]) -> list[dict[str, Any]]:
-    """The peaks `found` (row, col): level-0 centre x, y, value, and the lesion each lies in."""
+def peak_records(m: np.ndarray, found: np.ndarray, labels: np.ndarray, artefacts: np.ndarray,
+                 downsample: float, names: list[str]) -> list[dict[str, Any]]:
+    """The peaks `found` (row, col): level-0 centre x, y, value, the lesion and the artefact
+    kind (`tiling.artefacts.artefact_name`, None off artefacts) each lies on."""
     records = []
     for row, col in found:
-        k = int(labels[row, col])
+        k, kind = int(labels[row, col]), int(artefacts[row, col])
         records.append({"x": round((col + 0.5) * downsample), "y": round((row + 0.5) * downsample),
                         "row": int(row), "col": int(col), "value": float(m[row, col]),
-                        "lesion": (names[k - 1] or f"lesion {k}") if k else None})
+                        "lesion": (names[k - 1] or f"lesion {k}") if k else None,
+                        "artefact": artefact_name(kind) if kind else None})
     return records
+
+
+def method_patch_scores(explain: Any) -> dict[str, np.ndarray]:
+    """(N,) per-patch score of attention and of each CAM method (`patch_scores`) of explain.zarr."""
+    return {ATTENTION: np.asarray(explain[ATTENTION][:], np.float64),
+            **{m: patch_scores(explain[m][:]) for m in explain.attrs["methods"]}}
 
 
 def slide_prediction(logits: np.ndarray, head: str, classes: list[str]) -> dict[str, Any]:
@@ -127,24 +138,45 @@ def slide_prediction(logits: np.ndarray, head: str, classes: list[str]) -> dict[
 
 def flags(label: int | None, prediction: int, scores: dict[str, dict], pairs: list[dict],
           suites: list[dict], config: AuditConfig, lesions_on_tissue: int = 0,
-          unfaithful: list[str] | None = None, resolution: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+          unfaithful: list[str] | None = None, resolution: dict[str, Any] | None = None,
+          artefact: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The slide's flags by the rules of `reports.registry.FLAGS`; each {"flag", "verdict",
     "severity", "methods", "message"}."""
     return raise_flags(FlagInputs(label, prediction, scores, pairs, suites, config, lesions_on_tissue,
-                                  unfaithful or [], resolution or {}))
+                                  unfaithful or [], resolution or {}, artefact))
 
 
-def deletion_record(slide_dir: Path, explain: Any, model_dir: Path, config: FaithfulnessConfig) -> dict[str, Any]:
+def without_artefacts(model: MILModel, h: torch.Tensor, kinds: np.ndarray, head: str, classes: list[str],
+                      max_change: float) -> dict[str, Any]:
+    """The counterfactual slide without the patches lying on an artefact (`kinds` (N,) > 0), pooled
+    from the kept embeddings `h` by the MIL head alone: "dropped" ({kind name: patches}), the
+    prediction before and after (`slide_prediction`), "change" = p_after - p_before of the class
+    predicted before, "flipped", and "depends" = flipped or |change| > `max_change`. Nothing is
+    recomputed when no patch, or every patch, lies on an artefact ("after" None)."""
+    drop = np.asarray(kinds) > 0
+    with torch.no_grad():
+        before = slide_prediction(model.pool(h)[0].cpu().numpy(), head, classes)
+        after = (slide_prediction(model.pool(h[torch.from_numpy(~drop)])[0].cpu().numpy(), head, classes)
+                 if drop.any() and not drop.all() else None)
+    record: dict[str, Any] = {"dropped": {artefact_name(k): int((kinds == k).sum()) for k in np.unique(kinds[drop])},
+                              "kept": int((~drop).sum()), "before": before, "after": after, "max_change": max_change,
+                              "change": None, "flipped": False, "depends": False}
+    if after is not None:
+        name = before["prediction_name"]
+        record["change"] = after["probabilities"][name] - before["probabilities"][name]
+        record["flipped"] = after["prediction"] != before["prediction"]
+        record["depends"] = record["flipped"] or abs(record["change"]) > max_change
+    return record
+
+
+def deletion_record(model: MILModel, h: torch.Tensor, explain: Any, config: FaithfulnessConfig) -> dict[str, Any]:
     """Deletion faithfulness (`explainers.faithfulness`) of attention and each method's per-patch
-    score, from the kept embeddings and the model's MIL head: fractions, curves, areas, the
+    score, from the kept embeddings `h` and the model's MIL head: fractions, curves, areas, the
     random baseline and the methods no better than it."""
-    model, _ = load_model(model_dir)
     attrs = dict(explain.attrs)
-    scores = {ATTENTION: np.asarray(explain[ATTENTION][:], np.float64),
-              **{m: patch_scores(explain[m][:]) for m in attrs["methods"]}}
-    h = torch.from_numpy(np.asarray(explain["embeddings"][:], np.float32))
+    scores = method_patch_scores(explain)
     result = faithfulness(model, h, int(attrs["target_class"]), str(attrs["head"]), scores, config)
-    log.debug("%s: deletion areas %s (random %s)", slide_dir.name, result.areas, result.random_area)
+    log.debug("%s: deletion areas %s (random %s)", attrs.get("slide_id"), result.areas, result.random_area)
     return {"fractions": list(result.fractions), "curves": result.curves, "areas": result.areas,
             "random_curve": result.random_curve, "random_area": result.random_area,
             "margin": config.margin, "unfaithful": result.unfaithful(config.margin)}
@@ -210,9 +242,10 @@ def _finite(value: Any) -> Any:
 
 
 def _top_patches(store: PatchStore, attention: np.ndarray, n: int) -> list[dict[str, Any]]:
-    order = np.argsort(-np.nan_to_num(attention, nan=-np.inf), kind="stable")[:n]
+    kinds = store.artefacts.kind
     return [{"index": int(i), "x": int(store.coords[i, 0]), "y": int(store.coords[i, 1]),
-             "attention": float(attention[i])} for i in order]
+             "attention": float(attention[i]), "artefact": artefact_name(kinds[i]) if kinds[i] else None}
+            for i in top_patches(attention, n)]
 
 
 def _lesions(maps: Maps, labels: np.ndarray, tissue: np.ndarray) -> dict[str, Any]:
@@ -223,20 +256,24 @@ def _lesions(maps: Maps, labels: np.ndarray, tissue: np.ndarray) -> dict[str, An
             "tissue_share": share, "classes": maps.attrs.get("annotation_classes")}
 
 
-def compare_maps(maps: Maps, heatmaps: dict[str, np.ndarray], config: AuditConfig
-                 ) -> dict[str, Any]:
-    """Attention and each CAM method against the lesions (metrics, peaks) and each other."""
+def compare_maps(maps: Maps, heatmaps: dict[str, np.ndarray], top_kinds: dict[str, np.ndarray],
+                 config: AuditConfig) -> dict[str, Any]:
+    """Attention and each CAM method against the lesions and artefacts (metrics, peaks, focus by
+    artefact kind, given the kind under each method's top patches) and each other."""
     tissue, labels, names = maps.tissue, maps.lesion, list(maps.attrs.get("lesion_names", []))
+    artefacts = maps.artefacts
     scored = [ATTENTION, *maps.methods]
     valid = {name: tissue & np.isfinite(heatmaps[name]) for name in scored}
     found = {name: M.peaks(heatmaps[name], valid[name], config.n_peaks,
                            peak_distance_px(config, maps.pixel_um)) for name in scored}
+    views = {name: MapView(heatmaps[name], labels, valid[name], found[name], maps.pixel_um, config,
+                           artefacts, top_kinds[name]) for name in scored}
     common = np.logical_and.reduce(list(valid.values()))
     return {
         "methods": scored,
-        "metrics": {name: score_map(heatmaps[name], labels, valid[name], found[name],
-                                    maps.pixel_um, config) for name in scored},
-        "peaks": {name: peak_records(heatmaps[name], found[name], labels, maps.downsample, names)
+        "metrics": {name: score_map(view) for name, view in views.items()},
+        "artefact_focus": {name: focus_record(view.peak_kinds, view.top_kinds) for name, view in views.items()},
+        "peaks": {name: peak_records(heatmaps[name], found[name], labels, artefacts, maps.downsample, names)
                   for name in scored},
         "agreement": agreement({name: heatmaps[name] for name in scored}, common,
                                config.agreement_fraction, config.agreement_pixels, config.seed),
@@ -257,7 +294,9 @@ def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig, model_d
     attrs, attention = dict(explain.attrs), np.asarray(explain["attention"][:], np.float64)
     heatmaps = {name: maps[name] for name in maps.heatmaps}
     tissue = maps.tissue
-    compared = compare_maps(maps, heatmaps, config)
+    top_kinds = {name: store.artefacts.kind[top_patches(scores, config.top_patches)]
+                 for name, scores in method_patch_scores(explain).items()}
+    compared = compare_maps(maps, heatmaps, top_kinds, config)
     classes = [str(c) for c in attrs.get("classes", [])]
     predicted = slide_prediction(np.asarray(explain["slide_logits"][:]),
                                  attrs.get("head", "softmax"), classes)
@@ -265,9 +304,16 @@ def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig, model_d
     lesions = _lesions(maps, maps.lesion, tissue)
     model = attrs.get("model", {})
     scales = resolution(store.attrs, maps.attrs, model.get("config", {}))
-    deletion = deletion_record(slide_dir, explain, model_dir, config.faithfulness) if model_dir else None
+    deletion = artefact = None
+    if model_dir:
+        mil, _ = load_model(model_dir)
+        h = torch.from_numpy(np.asarray(explain["embeddings"][:], np.float32))
+        deletion = deletion_record(mil, h, explain, config.faithfulness)
+        artefact = without_artefacts(mil, h, store.artefacts.kind, attrs.get("head", "softmax"), classes,
+                                     config.max_artefact_change)
     raised = flags(label, predicted["prediction"], compared["metrics"], compared["agreement"],
-                   suites, config, lesions["on_tissue"], deletion["unfaithful"] if deletion else [], scales)
+                   suites, config, lesions["on_tissue"], deletion["unfaithful"] if deletion else [], scales,
+                   artefact)
     verdict, reason = slide_verdict(raised)
     record = {
         "slide_id": str(store.attrs.get("slide_id", slide_dir.name)), "label": label,
@@ -279,6 +325,9 @@ def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig, model_d
         "lesions": lesions, **compared,
         "top_patches": _top_patches(store, attention, config.top_patches),
         "flags": raised, "verdict": verdict, "verdict_reason": reason, "faithfulness": deletion,
+        "artefacts": {"keep_artefacts": store.attrs.get("keep_artefacts"),
+                      "left_out": store.attrs.get("artefacts_dropped")},
+        "without_artefacts": artefact,
         "validation": suites,
         "provenance": {**provenance(model, stamp, config), "resolution": scales},
         "stamp": stamp,

@@ -19,6 +19,7 @@ import numpy as np
 
 from reports import metrics as M
 from reports.errors import RegistryError
+from tiling.artefacts import PATCH_SHARE
 
 if TYPE_CHECKING:
     from reports.audit import AuditConfig
@@ -33,7 +34,9 @@ SCOPES = ("method", "slide")
 @dataclass
 class MapView:
     """One map (H, W) as the metrics see it: lesion labels (0 = none, k = k-th lesion), the valid
-    pixels (tissue where the map is finite), its peaks (row, col), map pixel side in µm."""
+    pixels (tissue where the map is finite), its peaks (row, col), map pixel side in µm, the
+    artefact labels (H, W) (0 = none, `tiling.artefacts.ARTEFACT_KINDS`) and the artefact kind
+    under each of the method's top patches."""
 
     values: np.ndarray
     labels: np.ndarray
@@ -41,6 +44,13 @@ class MapView:
     peaks: np.ndarray
     pixel_um: float
     config: AuditConfig
+    artefacts: np.ndarray
+    top_kinds: np.ndarray
+
+    @functools.cached_property
+    def peak_kinds(self) -> np.ndarray:
+        """The artefact kind under each peak, highest first."""
+        return self.artefacts[self.peaks[:, 0], self.peaks[:, 1]] if len(self.peaks) else np.zeros(0, np.uint8)
 
     @functools.cached_property
     def lesion(self) -> np.ndarray:
@@ -123,6 +133,32 @@ LESION_HIT_RATE = Metric(
     good="1 every lesion found, 0 none")
 
 
+def _artefact_mass(v: MapView) -> float | None:
+    on = (v.artefacts > 0) & v.valid
+    if on.any():
+        return M.relevance_mass(v.values, on, v.valid)
+    return 0.0 if (np.asarray(v.values)[v.valid] > 0).any() else None
+
+
+def _share(kinds: np.ndarray) -> float | None:
+    return float((kinds > 0).mean()) if len(kinds) else None
+
+
+ARTEFACT_METRICS = (
+    Metric("artefact_mass", "Mass on artefacts", "Art.mass", "Σ_artefact max(m, 0) / Σ_tissue max(m, 0)",
+           "negative values clipped to 0; artefacts: pen ink, folds, blank or blurred (tiling.artefacts)",
+           _artefact_mass, plotted=True),
+    Metric("artefact_peak", "Top peak on an artefact", "Art.peak", "1 when the highest peak lies on an artefact",
+           "the highest local maximum", lambda v: _share(v.peak_kinds[:1])),
+    Metric("artefact_peaks", "Peaks on artefacts", "Art.peaks", "peaks on an artefact / peaks",
+           "top {n_peaks} local maxima at least {peak_distance_um:g} µm apart", lambda v: _share(v.peak_kinds)),
+    Metric("artefact_top_patches", "Top patches on artefacts", "Art.top",
+           "top patches on an artefact / top patches",
+           "the {top_patches} patches of highest score (attention; a CAM's mean over the patch), "
+           f"on an artefact when one kind covers >= {PATCH_SHARE:.0%} of it", lambda v: _share(v.top_kinds)),
+)
+
+
 def top_k_metrics(k: float) -> tuple[Metric, Metric]:
     """IoU and Dice of the top-k fraction of tissue against the lesion (k in (0, 1])."""
     pct = round(k * 100)
@@ -138,12 +174,12 @@ def top_k_metrics(k: float) -> tuple[Metric, Metric]:
 def metrics_for(config: AuditConfig) -> dict[str, Metric]:
     """Every metric an audit with `config` records, in report order."""
     tops = [m for k in config.top_k for m in top_k_metrics(k)]
-    return {m.name: m for m in (*BASE_METRICS, *tops, LESION_HIT_RATE)}
+    return {m.name: m for m in (*BASE_METRICS, *tops, LESION_HIT_RATE, *ARTEFACT_METRICS)}
 
 
 def metric(name: str) -> Metric:
     """The record of a metric key (top-k ones included: iou_top10 -> IoU top 10%)."""
-    fixed = {m.name: m for m in (*BASE_METRICS, LESION_HIT_RATE)}
+    fixed = {m.name: m for m in (*BASE_METRICS, LESION_HIT_RATE, *ARTEFACT_METRICS)}
     if name in fixed:
         return fixed[name]
     kind, _, pct = name.partition("_top")
@@ -157,7 +193,9 @@ class FlagInputs:
     """What the flag rules read: the slide's label and prediction, each method's scores
     ({method: {metric: {"value", ...}}}), method agreement pairs, validation suites, config,
     the number of annotated lesions lying on tissue, the methods no better than random at
-    deletion (`explainers.faithfulness`) and the slide's resolution record (`reports.audit.resolution`)."""
+    deletion (`explainers.faithfulness`), the slide's resolution record (`reports.audit.resolution`)
+    and its prediction without the patches on artefacts (`reports.audit.without_artefacts`; None
+    without the model)."""
 
     label: int | None
     prediction: int
@@ -168,6 +206,7 @@ class FlagInputs:
     lesions_on_tissue: int = 0
     unfaithful: list[str] = field(default_factory=list)
     resolution: dict[str, Any] = field(default_factory=dict)
+    artefact: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -207,6 +246,27 @@ def _focus_outside(f: FlagInputs) -> tuple[list[str], str] | None:
                or (s["auroc"]["value"] is not None and s["auroc"]["value"] < f.config.min_auroc)]
     return (outside, f"maximum off the lesion or AUROC < {f.config.min_auroc:g}: {', '.join(outside)}"
             ) if outside else None
+
+
+def _focus_on_artefact(f: FlagInputs) -> tuple[list[str], str] | None:
+    if f.prediction == 0:
+        return None
+    on = [name for name, s in f.scores.items() if s["artefact_peak"]["value"] == 1.0
+          or (s["artefact_top_patches"]["value"] or 0) >= 0.5]
+    return (on, f"predicted positive with the top peak or half the top patches on an artefact: {', '.join(on)}"
+            ) if on else None
+
+
+def _depends_on_artefact(f: FlagInputs) -> tuple[list[str], str] | None:
+    a = f.artefact
+    if not a or not a["depends"]:
+        return None
+    name = a["before"]["prediction_name"]
+    dropped = ", ".join(f"{n} on {kind}" for kind, n in a["dropped"].items())
+    return [], (f"without its {dropped} patch(es), p({name}) goes from {a['before']['probabilities'][name]:.3f} "
+                f"to {a['after']['probabilities'][name]:.3f}"
+                + (f": predicted {a['after']['prediction_name']} instead" if a["flipped"] else
+                   f", more than {a['max_change']:g}"))
 
 
 def _disagree(f: FlagInputs) -> tuple[list[str], str] | None:
@@ -257,6 +317,10 @@ FLAGS: dict[str, Flag] = {flag.name: flag for flag in (
     Flag("focus_outside_lesion", "Focus outside lesion",
          "On a slide with lesions, the method's maximum misses them or its pixel AUROC is below audit.min_auroc.",
          "review", "method", _focus_outside),
+    Flag("focus_on_artefact", "Focus on an artefact",
+         "The slide is predicted positive and the method's highest peak, or half its top patches, lie on pen "
+         "ink, a fold or a blank or blurred region: the positive call may rest on the artefact.",
+         "review", "method", _focus_on_artefact),
     Flag("methods_disagree", "Methods disagree",
          "Two methods' maps rank the tissue differently (Spearman ρ below audit.min_spearman): a "
          "reason to review a slide with lesions; on a slide without any, where no method has a "
@@ -264,6 +328,11 @@ FLAGS: dict[str, Flag] = {flag.name: flag for flag in (
          "review", "method", _disagree, verdict_without_lesion="info"),
     Flag("prediction_wrong", "Prediction wrong", "The slide's predicted class differs from its label.",
          "fail", "slide", _prediction_wrong),
+    Flag("depends_on_artefact", "Depends on an artefact",
+         "Pooling the slide without the patches that lie on an artefact (only the MIL head runs again) flips "
+         "the predicted class or moves its probability by more than audit.max_artefact_change: the prediction "
+         "rests on pen ink, a fold or a blank or blurred region, not on the tissue.",
+         "fail", "slide", _depends_on_artefact),
     Flag("unfaithful", "No better than random",
          "Deleting the patches the method ranks highest lowers the explained class's probability no more "
          "than deleting random patches: its ranking does not find what the prediction rests on.",

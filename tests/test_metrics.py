@@ -7,6 +7,7 @@ import pytest
 from reports import metrics as M
 from reports.agreement import agreement, rank_correlations, sample_mask
 from reports.audit import AuditConfig, flags, metric_names, score_map, slide_prediction
+from reports.registry import MapView
 
 
 def row(*values: float) -> np.ndarray:
@@ -130,20 +131,27 @@ def test_spearman_hand_computed() -> None:
     assert pairs[1]["top_iou"] == pytest.approx(0.5)  # {3, 4} vs everything
 
 
+def view(m: np.ndarray, labels: np.ndarray, n_peaks: int, config: AuditConfig) -> MapView:
+    """The map against `labels`, without artefacts (no top patch on one)."""
+    return MapView(m, labels, everywhere(m), M.peaks(m, everywhere(m), n_peaks, 3), 2.0, config,
+                   np.zeros(m.shape, np.uint8), np.zeros(config.top_patches, np.uint8))
+
+
 def test_score_map_negative_slide_is_na(blob) -> None:
     m, _ = blob
-    scores = score_map(m, np.zeros(m.shape, np.uint16), everywhere(m),
-                       M.peaks(m, everywhere(m), 5, 3), 2.0, AuditConfig())
+    scores = score_map(view(m, np.zeros(m.shape, np.uint16), 5, AuditConfig()))
     assert list(scores) == metric_names(AuditConfig())
-    assert all(s["value"] is None for s in scores.values())
+    assert all(s["value"] is None for n, s in scores.items() if not n.startswith("artefact"))
+    # artefact metrics hold on every slide; the map has no positive mass, so no mass share
+    assert {n: s["value"] for n, s in scores.items() if n.startswith("artefact")} == {
+        "artefact_mass": None, "artefact_peak": 0.0, "artefact_peaks": 0.0, "artefact_top_patches": 0.0}
     assert all(s["preprocessing"] for s in scores.values())
 
 
 def test_score_map_positive_slide(blob) -> None:
     m, lesion = blob
     config = AuditConfig(top_k=(0.05,), n_peaks=1)
-    scores = score_map(m, lesion.astype(np.uint16), everywhere(m), M.peaks(m, everywhere(m), 1, 3),
-                       2.0, config)
+    scores = score_map(view(m, lesion.astype(np.uint16), 1, config))
     assert scores["auroc"]["value"] == pytest.approx(1.0)
     assert scores["pointing_game"]["value"] == 1.0
     assert scores["rank_accuracy"]["value"] == 1.0

@@ -89,7 +89,9 @@ def test_every_method_declares_what_it_needs_and_its_texts():
 
 def test_metric_and_flag_keys_are_checked():
     assert metric("iou_top10").title == "IoU top 10%" and metric("dice_top5").short == "Dice5"
-    assert list(metrics_for(AuditConfig(top_k=(0.5,))))[-3:] == ["iou_top50", "dice_top50", "lesion_hit_rate"]
+    assert list(metrics_for(AuditConfig(top_k=(0.5,))))[-7:] == [
+        "iou_top50", "dice_top50", "lesion_hit_rate",
+        "artefact_mass", "artefact_peak", "artefact_peaks", "artefact_top_patches"]
     with pytest.raises(RegistryError, match="unknown metric 'dice_top0'"):
         metric("dice_top0")
     with pytest.raises(RegistryError, match="unknown flag"):

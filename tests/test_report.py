@@ -19,6 +19,7 @@ from fake_stores import EVIL, make_slide_case, real_slide
 from pipeline.cli import main
 from reports.audit import AuditConfig, audit_slide
 from reports.html import render_index, render_slide_report
+from reports.registry import ARTEFACT_METRICS
 from reports.table import scan
 from tiling.errors import StoreError
 from tiling.stitch import StitchConfig, stitch_slide
@@ -70,7 +71,9 @@ def test_audit_json_records_metrics_flags_validation_provenance(archive) -> None
 def test_negative_slide_has_na_lesion_metrics_and_shows_focus(archive) -> None:
     audit = load_audit(archive["evil"])
     assert audit["slide_id"] == EVIL and audit["lesions"]["on_tissue"] == 0
-    assert all(s["value"] is None for m in audit["metrics"].values() for s in m.values())
+    on_artefacts = {m.name for m in ARTEFACT_METRICS}
+    assert all(s["value"] is None for m in audit["metrics"].values() for n, s in m.items() if n not in on_artefacts)
+    assert all(m[n]["value"] is not None for m in audit["metrics"].values() for n in on_artefacts)  # every slide
     assert all(audit["peaks"][m] for m in audit["methods"])
     html = (archive["evil"] / "report.html").read_text()
     assert "No annotated lesion lies on this slide" in html and "n/a" in html
@@ -193,7 +196,7 @@ def keep_first(slide_dir: Path, k: int) -> None:
         attrs = dict(group.attrs)
         fresh = zarr.open_group(slide_dir / store, mode="w", zarr_format=3)
         for name, data in arrays.items():
-            fresh.create_array(name, data=data if name in ("slide_logits", "thumbnail") else data[:k])
+            fresh.create_array(name, data=data if name in ("slide_logits", "thumbnail", "artefacts") else data[:k])
         fresh.attrs.update(attrs)
     if k:
         explain = zarr.open_group(slide_dir / "explain.zarr", mode="r+")

@@ -122,3 +122,23 @@ def test_large_slide_opens_with_its_size_resolution_tissue_and_lesions(tmp_path:
     assert lesion.sum() > 0 and image[lesion].mean() < image[stroma].mean() - 40   # dark lesions
     squares = swatches(np.random.default_rng(0), TILE, 1.0)            # the JPEGs decode to the squares
     assert np.abs(image[stroma].mean(0) - squares[STROMA].reshape(-1, 3).mean(0)).max() < 4
+
+
+def test_lesion_contrast_makes_lesions_subtle_and_smaller() -> None:
+    def drawn(contrast: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        d = draw_slide(np.random.default_rng([3, 0]), (384, 512), px_um=8.0, downsample=16.0, positive=True,
+                       ink=False, lesion_contrast=contrast)
+        lesion = rasterize_lesions(d.lesions, (384, 512), 16.0)
+        return d.image.astype(np.float64), lesion, saturation(d.image) > 0.2
+
+    image, lesion, tissue = drawn(1.0)
+    subtle, small, _ = drawn(0.3)
+    stroma = tissue & ~lesion & ~small
+
+    def gap(img: np.ndarray, where: np.ndarray) -> float:
+        return float(np.abs(img[where].mean(0) - img[stroma].mean(0)).sum())  # summed RGB difference
+
+    assert gap(subtle, small) < 0.5 * gap(image, lesion)
+    assert 0.3 < small.sum() / lesion.sum() < 0.6                    # radius x (1 + 0.3) / 2: area ~ 0.42
+    with pytest.raises(ValueError, match="lesion contrast"):
+        write_sample_archive(Path("unused"), slides=1, seed=0, size=1024, lesion_contrast=0.0)

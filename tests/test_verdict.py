@@ -19,7 +19,8 @@ def archive(report_archive: dict[str, Path]) -> dict[str, Path]:
 
 
 def inputs(label: int | None, prediction: int, spearman: float, lesions: int) -> FlagInputs:
-    scores = {m: {"pointing_game": {"value": None}, "auroc": {"value": None}} for m in ("attention", "gradcam")}
+    scores = {m: {"pointing_game": {"value": None}, "auroc": {"value": None}, "artefact_peak": {"value": 0.0},
+                  "artefact_top_patches": {"value": 0.0}} for m in ("attention", "gradcam")}
     pairs = [{"a": "attention", "b": "gradcam", "spearman": spearman}]
     return FlagInputs(label, prediction, scores, pairs, [{"suite": "maps", "success": True}],
                       AuditConfig(), lesions)

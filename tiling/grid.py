@@ -18,18 +18,14 @@ def grid_starts(length: int, size: float, step: float) -> np.ndarray:
     return starts[starts < length]
 
 
-def patch_grid(mask: np.ndarray, dimensions: tuple[int, int], size: float, step: float,
-               min_tissue: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Patches of `size` level-0 px every `step` level-0 px, kept where tissue >= `min_tissue`.
-
-    `mask` is a boolean tissue mask of the whole slide (level-0 `dimensions` (W, H) scaled down).
-    A patch's tissue fraction is the mean of the mask over its footprint, computed for every
-    patch at once with a summed-area table; mask pixels beyond the slide count as glass.
-    Returns coords (N, 2) int64 level-0 (x, y), row-major, and tissue (N,) float32 in [0, 1].
-    """
+def footprint_fraction(mask: np.ndarray, dimensions: tuple[int, int], coords: np.ndarray,
+                       size: float) -> np.ndarray:
+    """(N,) float32 in [0, 1]: the mean of a boolean `mask` of the whole slide (level-0
+    `dimensions` (W, H) scaled down) over each patch's footprint, `size` level-0 px from its
+    level-0 (x, y) in `coords` (N, 2). One summed-area table serves every patch; mask pixels
+    beyond the slide count as False."""
     width, height = dimensions
     mask_h, mask_w = mask.shape
-    xs, ys = grid_starts(width, size, step), grid_starts(height, size, step)
     table = np.zeros((mask_h + 1, mask_w + 1), dtype=np.int64)
     table[1:, 1:] = np.asarray(mask, dtype=np.int64).cumsum(0).cumsum(1)
 
@@ -38,12 +34,24 @@ def patch_grid(mask: np.ndarray, dimensions: tuple[int, int], size: float, step:
         hi = np.maximum(np.round((starts + size) * scale).astype(np.int64), lo + 1)
         return np.clip(lo, 0, limit), np.clip(hi, 0, limit), hi - lo
 
-    x0, x1, nx = cells(xs, mask_w / width, mask_w)
-    y0, y1, ny = cells(ys, mask_h / height, mask_h)
-    y0, y1, ny = y0[:, None], y1[:, None], ny[:, None]
+    coords = np.asarray(coords, np.int64).reshape(-1, 2)
+    x0, x1, nx = cells(coords[:, 0], mask_w / width, mask_w)
+    y0, y1, ny = cells(coords[:, 1], mask_h / height, mask_h)
     inside = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
-    tissue = (inside / (ny * nx)).astype(np.float32)
+    return (inside / (ny * nx)).astype(np.float32)
+
+
+def patch_grid(mask: np.ndarray, dimensions: tuple[int, int], size: float, step: float,
+               min_tissue: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Patches of `size` level-0 px every `step` level-0 px, kept where tissue >= `min_tissue`.
+
+    `mask` is a boolean tissue mask of the whole slide (level-0 `dimensions` (W, H) scaled
+    down); a patch's tissue fraction is `footprint_fraction`. Returns coords (N, 2) int64
+    level-0 (x, y), row-major, and tissue (N,) float32 in [0, 1].
+    """
+    width, height = dimensions
+    xs, ys = np.meshgrid(grid_starts(width, size, step), grid_starts(height, size, step))
+    coords = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.int64)
+    tissue = footprint_fraction(mask, dimensions, coords, size)
     keep = tissue >= min_tissue
-    rows, cols = np.nonzero(keep)
-    coords = np.stack([xs[cols], ys[rows]], axis=1).astype(np.int64)
-    return coords.reshape(-1, 2), tissue[keep]
+    return coords[keep], tissue[keep]

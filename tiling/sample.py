@@ -6,9 +6,12 @@
 columns slide_id, path, label, annotation, annotation_xml, ink (paths relative to the
 manifest's folder). Even indices are positive (label 1, 1-3 lesions), odd ones negative.
 Pen ink marks slides 0, 1, 4, 5, 8, 9, ... (both labels alike), or with `ink_correlated` the
-positive slides only. Every slide has a tissue fold. Slide i depends only on (seed, i, size,
-ink_correlated, mpp): the same arguments write the same bytes. `write_large_archive` writes the
-same files for 40x-size slides (80,000 px wide at 0.25 µm/px by default, `tiling.sample_large`).
+positive slides only. Every slide has a tissue fold. `lesion_contrast` in (0, 1] makes lesions
+subtle (`tiling.sample_draw.draw_slide`; 1 = today's conspicuous lesions), so that a model
+trained on ink-correlated slides prefers the ink. Slide i depends only on (seed, i, size,
+ink_correlated, mpp, lesion_contrast): the same arguments write the same bytes.
+`write_large_archive` writes the same files for 40x-size slides (80,000 px wide at 0.25 µm/px by
+default, `tiling.sample_large`).
 """
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ class SampleConfig:
     size: int = DEFAULT_SIZE
     ink_correlated: bool = False
     mpp: float = SLIDE_MPP
+    lesion_contrast: float = 1.0
 
     def shape_hw(self) -> tuple[int, int]:
         return slide_shape(self.size)
@@ -93,7 +97,7 @@ def _write_slide(outdir: Path, index: int, config: SampleConfig | LargeSampleCon
             lesions = write_large_slide(tmp, rng, (height, width), config.mpp, bool(label), description)
         else:
             drawing = draw_slide(rng, (height // 2, width // 2), px_um=2 * config.mpp, downsample=2.0,
-                                 positive=bool(label), ink=ink)
+                                 positive=bool(label), ink=ink, lesion_contrast=config.lesion_contrast)
             write_pyramid_tiff(tmp, drawing.image, config.mpp, upsample_first=True, description=description)
             lesions = drawing.lesions
     for key, text in (("annotation", lesions_geojson(lesions)), ("annotation_xml", lesions_asap_xml(lesions))):
@@ -113,14 +117,15 @@ def _complete(outdir: Path, stamp: str) -> bool:
 
 
 def write_sample_archive(outdir: Path, slides: int, seed: int, size: int = DEFAULT_SIZE,
-                         ink_correlated: bool = False, mpp: float = SLIDE_MPP) -> Path:
+                         ink_correlated: bool = False, mpp: float = SLIDE_MPP,
+                         lesion_contrast: float = 1.0) -> Path:
     """Write `slides` sample slides, their annotations and the manifest (module docstring).
 
     Slides are drawn on one thread per core (numpy, scipy, Pillow and the JPEG encoder release
     the GIL). Returns outdir/manifest.csv; a rerun with the same arguments whose files are all
     present returns at once (stamp in outdir/sample.json).
     """
-    return _write_archive(outdir, SampleConfig(slides, seed, size, ink_correlated, mpp))
+    return _write_archive(outdir, SampleConfig(slides, seed, size, ink_correlated, mpp, lesion_contrast))
 
 
 def write_large_archive(outdir: Path, slides: int, seed: int, size: int = LARGE_SIZE,
@@ -134,6 +139,8 @@ def _write_archive(outdir: Path, config: SampleConfig | LargeSampleConfig) -> Pa
     """Write the archive of `config` (see `write_sample_archive`)."""
     if config.slides < 1 or config.size < 512:
         raise ValueError(f"need at least 1 slide of at least 512 px, got {config.slides} of {config.size} px")
+    if isinstance(config, SampleConfig) and not 0 < config.lesion_contrast <= 1:
+        raise ValueError(f"lesion contrast must lie in (0, 1], got {config.lesion_contrast}")
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     stamp = config_hash(config)

@@ -31,10 +31,13 @@ GLASS, STROMA, LESION = 0, 1, 2  # the ground classes of `swatches`
 
 @dataclass
 class Drawing:
-    """A drawn slide: image (H, W, 3) uint8 RGB and its lesions in level-0 px."""
+    """A drawn slide: image (H, W, 3) uint8 RGB, its lesions in level-0 px, and the truth
+    masks (H, W) bool of its pen ink and its tissue fold (where the fold lies on tissue)."""
 
     image: np.ndarray
     lesions: list[Lesion]
+    ink: np.ndarray
+    fold: np.ndarray
 
 
 def _upsample(field: np.ndarray, shape_hw: tuple[int, int]) -> np.ndarray:
@@ -91,11 +94,12 @@ def _star(rng: np.random.Generator, centre: np.ndarray, radius: float, vertices:
 
 
 def _lesions(rng: np.random.Generator, field: np.ndarray, px_um: float, downsample: float,
-             shape_hw: tuple[int, int]) -> list[Lesion]:
-    """1-3 lesions inside tissue, level-0 vertices rounded to 0.01 px; the first has a hole."""
+             shape_hw: tuple[int, int], scale: float = 1.0) -> list[Lesion]:
+    """1-3 lesions inside tissue, radius LESION_RADIUS_UM x `scale`, level-0 vertices rounded to
+    0.01 px; the first has a hole."""
     lesions = []
     for k in range(int(rng.integers(1, 4))):
-        radius = min(rng.uniform(*LESION_RADIUS_UM) / px_um, 0.15 * min(shape_hw))
+        radius = min(rng.uniform(*LESION_RADIUS_UM) * scale / px_um, 0.15 * min(shape_hw))
         centre = _interior_point(rng, field, 16.0)
         holes = []
         if k == 0:
@@ -122,23 +126,29 @@ def _stroke(rng: np.random.Generator, field: np.ndarray, shape_hw: tuple[int, in
 
 
 def draw_slide(rng: np.random.Generator, shape_hw: tuple[int, int], px_um: float,
-               downsample: float, positive: bool, ink: bool, cover: float = TISSUE_COVER) -> Drawing:
+               downsample: float, positive: bool, ink: bool, cover: float = TISSUE_COVER,
+               lesion_contrast: float = 1.0) -> Drawing:
     """Draw a slide of `shape_hw` px at `px_um` µm/px, with lesions if `positive` (returned in
     level-0 px = drawing px * `downsample`), a pen stroke if `ink` and about `cover` of its area
-    tissue. The ink is drawn last, so the same `rng` state gives the same slide with or without it."""
+    tissue. The ink is drawn last, so the same `rng` state gives the same slide with or without it.
+    `lesion_contrast` in (0, 1] scales how far a lesion's stain departs from the stroma's (1: dense
+    dark nuclei; near 0: hardly told apart) and its radius by (1 + contrast) / 2: subtle lesions are
+    also smaller."""
     coarse = _tissue_field(rng, shape_hw)
     tissue = _upsample(coarse, shape_hw) > np.quantile(coarse, 1 - cover)
-    lesions = _lesions(rng, coarse, px_um, downsample, shape_hw) if positive else []
+    scale = (1 + lesion_contrast) / 2
+    lesions = _lesions(rng, coarse, px_um, downsample, shape_hw, scale) if positive else []
     lesion = rasterize_lesions(lesions, shape_hw, downsample)
     tissue |= lesion
-    lesion = lesion.astype(np.float32)
+    lesion = lesion.astype(np.float32) * np.float32(lesion_contrast)
 
     sigma = NUCLEUS_SIGMA_UM / px_um
     grain = _filtered_noise(rng, shape_hw, (sigma, sigma))
     fibre_sigma = (sigma, 4 * sigma) if rng.uniform() < 0.5 else (4 * sigma, sigma)
     fibres = _filtered_noise(rng, shape_hw, fibre_sigma)
     stain = tissue * (1 + 0.12 * _smooth_noise(rng, shape_hw, 256 / px_um))
-    stain[_stroke(rng, coarse, shape_hw, rng.uniform(80, 150) / px_um)] *= 1.9  # the fold
+    fold = _stroke(rng, coarse, shape_hw, rng.uniform(80, 150) / px_um)
+    stain[fold] *= 1.9
     pen = np.zeros(shape_hw, dtype=np.float32)
     pen_od = np.zeros(3, dtype=np.float32)
     if ink:
@@ -147,7 +157,7 @@ def draw_slide(rng: np.random.Generator, shape_hw: tuple[int, int], px_um: float
     image = np.empty((*shape_hw, 3), dtype=np.uint8)
     for rows in (slice(r, r + BAND) for r in range(0, shape_hw[0], BAND)):
         image[rows] = _colour(lesion[rows], grain[rows], fibres[rows], stain[rows], pen[rows], pen_od)
-    return Drawing(image, lesions)
+    return Drawing(image, lesions, pen > 0, fold & tissue)
 
 
 def swatches(rng: np.random.Generator, side: int, px_um: float) -> np.ndarray:

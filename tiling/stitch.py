@@ -26,10 +26,11 @@ from tqdm import tqdm
 
 from tiling.annotation_fit import annotation_downsample, check_fit, scaled
 from tiling.annotations import EXCLUSION, ROLES, Lesion, LesionRules, rasterize_lesions, read_classified
+from tiling.artefacts import ARTEFACT_KINDS
 from tiling.errors import StoreError, require
 from tiling.store import EXPLAIN, MAPS, atomic_path, chained_stamp, file_sha256, is_current, open_patch_store, runtime
 from tiling.store.explain import open_explain_store
-from tiling.store.maps import ATTENTION, ATTENTION_RANK, LESION, THUMBNAIL, TISSUE, MapsWriter
+from tiling.store.maps import ARTEFACTS, ATTENTION, ATTENTION_RANK, LESION, THUMBNAIL, TISSUE, MapsWriter
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +232,12 @@ def _thumbnail(thumbnail: zarr.Array, shape: tuple[int, int]) -> np.ndarray:
     return np.moveaxis(np.asarray(image.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)), -1, 0)
 
 
+def _labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) uint8: the patch store's (h, w) label mask resampled to the map grid (nearest)."""
+    image = Image.fromarray(np.ascontiguousarray(labels, np.uint8))
+    return np.asarray(image.resize((shape[1], shape[0]), Image.Resampling.NEAREST))
+
+
 def stitch_slide(slide_dir: Path, annotations: list[Path], config: StitchConfig,
                  scale: AnnotationScale = AnnotationScale()) -> Path:
     """Write ``slide_dir/maps.zarr`` from patches.zarr (its thumbnail too), explain.zarr and the
@@ -272,11 +279,14 @@ def stitch_slide(slide_dir: Path, annotations: list[Path], config: StitchConfig,
                          "patch values averaged over overlapping patches; NaN off tissue")
         labels, names = lesion_labels(lesions, shape, downsample)
         writer.image(LESION, labels, "k on the k-th annotated lesion")
+        writer.image(ARTEFACTS, _labels(store.artefacts.labels, shape),
+                     "artefact labels: " + ", ".join(f"{k} {n}" for k, n in ARTEFACT_KINDS.items()))
         writer.image(THUMBNAIL, _thumbnail(store.thumbnail, shape), "slide RGB resampled to the map grid")
         writer.finish({
             "slide_id": attrs.get("slide_id"), "dimensions": list(dimensions),
             "downsample": downsample, "pixel_um": pixel_um, "shape": list(shape),
-            "methods": methods, "heatmaps": list(sources), "lesion_names": names, **scaling, **stamp})
+            "methods": methods, "heatmaps": list(sources), "lesion_names": names,
+            "artefact_kinds": {str(k): n for k, n in ARTEFACT_KINDS.items()}, **scaling, **stamp})
     log.info("stitched %s: %d maps of %d x %d px at %.3g µm/px", out, len(sources), shape[1],
              shape[0], pixel_um)
     return out

@@ -21,11 +21,13 @@ import zarr
 from tqdm import tqdm
 from tqdm.dask import TqdmCallback
 
+from tiling.artefacts import ARTEFACT_KINDS, PATCH_SHARE, artefact_mask, artefact_shares, dominant_kind
 from tiling.errors import SlideError, require
 from tiling.grid import footprint, grid_starts, patch_grid
 from tiling.slide import BaseSlide, open_slide
 from tiling.store import (
     PATCHES,
+    Artefacts,
     atomic_path,
     config_hash,
     create_patch_store,
@@ -49,7 +51,9 @@ class TileConfig:
     model's config.json `mpp` / `patch`, see `resolved`; elsewhere DEFAULT_MPP / DEFAULT_PATCH);
     stride: step between patches, px at `mpp` (None = patch); min_tissue: least tissue fraction
     kept; slide_mpp: level-0 µm/px for slides that record none; max_patches: most patch positions
-    on a slide's grid (glass included), checked before any read; chunk: patches per zarr chunk and per Dask block."""
+    on a slide's grid (glass included), checked before any read; keep_artefacts: count pen ink,
+    folds and blank or blurred regions (`tiling.artefacts`) as tissue instead of leaving them out;
+    chunk: patches per zarr chunk and per Dask block."""
 
     mpp: float | None = None
     patch: int | None = None
@@ -57,6 +61,7 @@ class TileConfig:
     min_tissue: float = 0.5
     slide_mpp: float | None = None
     max_patches: int = 500_000
+    keep_artefacts: bool = False
     chunk: int = runtime(64)  # the zarr layout only: the patches' values do not change
 
     def __post_init__(self) -> None:
@@ -85,26 +90,39 @@ class TileConfig:
         return self.stride if self.stride is not None else self.target[1]
 
 
-def plan_patches(slide: BaseSlide,
-                 config: TileConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any], np.ndarray]:
+def plan_patches(slide: BaseSlide, config: TileConfig
+                 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any], np.ndarray, Artefacts]:
     """The patches to read: coords (N, 2) level-0 x, y, tissue (N,), the store's attrs
     describing the geometry (footprint = patch * mpp / slide_mpp level-0 px; level_mpp: µm/px of
-    the level read) and the (h, w, 3)
-    uint8 thumbnail the tissue mask comes from: MASK_CELLS px per patch side (its longer side
-    within MASK_SIDES)."""
+    the level read; artefacts_dropped: {kind: patches left out}), the (h, w, 3) uint8 thumbnail
+    the tissue and artefact masks come from (MASK_CELLS px per patch side, its longer side within
+    MASK_SIDES), and the artefacts (`tiling.artefacts`). Artefact pixels are not tissue unless
+    config.keep_artefacts: a patch is kept when its artefact-free tissue reaches min_tissue, so
+    a lesion next to a pen circle stays; a kept patch's kind is the artefact covering
+    PATCH_SHARE of it or more (0 none)."""
     mpp, patch = config.target
-    side = footprint(patch, mpp, slide.mpp)
-    check_plan(slide, config, side, footprint(config.step, mpp, slide.mpp))
+    side, step = footprint(patch, mpp, slide.mpp), footprint(config.step, mpp, slide.mpp)
+    check_plan(slide, config, side, step)
     mask_side = round(max(slide.dimensions) * MASK_CELLS / side)
     thumbnail = slide.thumbnail(min(max(mask_side, MASK_SIDES[0]), MASK_SIDES[1]))
     mask = tissue_mask(thumbnail)
-    coords, tissue = patch_grid(mask, slide.dimensions, side, footprint(config.step, mpp, slide.mpp),
-                                config.min_tissue)
+    labels = artefact_mask(thumbnail, mask)
+    every, every_tissue = patch_grid(mask, slide.dimensions, side, step, config.min_tissue)
+    coords, tissue = (every, every_tissue) if config.keep_artefacts else patch_grid(
+        mask & (labels == 0), slide.dimensions, side, step, config.min_tissue)
+    kept = {(int(x), int(y)) for x, y in coords}
+    lost = np.array([c for c in every.tolist() if tuple(c) not in kept], np.int64).reshape(-1, 2)
+    lost_kind = dominant_kind(artefact_shares(labels, slide.dimensions, lost, side))
+    dropped = {name: int((lost_kind == k).sum()) for k, name in ARTEFACT_KINDS.items()}
+    shares = artefact_shares(labels, slide.dimensions, coords, side)
+    artefacts = Artefacts(labels, dominant_kind(shares), shares.sum(axis=1).astype(np.float32))
     level = slide.best_level(mpp)
     attrs = {"mpp": mpp, "slide_mpp": slide.mpp, "mpp_source": slide.mpp_source, "level": level,
              "level_mpp": slide.mpp * slide.level_downsamples[level], "patch_size": patch, "stride": config.step,
-             "footprint": side, "dimensions": list(slide.dimensions)}
-    return coords, tissue, attrs, thumbnail
+             "footprint": side, "dimensions": list(slide.dimensions),
+             "artefact_kinds": {str(k): name for k, name in ARTEFACT_KINDS.items()},
+             "artefact_share": PATCH_SHARE, "keep_artefacts": config.keep_artefacts, "artefacts_dropped": dropped}
+    return coords, tissue, attrs, thumbnail, artefacts
 
 
 def check_plan(slide: BaseSlide, config: TileConfig, side: float, step: float) -> None:
@@ -196,16 +214,18 @@ def tile_slide(slide_path: Path, out: Path, config: TileConfig, slide_id: str | 
         if target.exists() and is_current(target, config_hash(config), sha256.result()):
             log.info("%s: up to date", target)
             return target
-        coords, tissue, geometry, thumbnail = plan_patches(slide, config)
+        coords, tissue, geometry, thumbnail, artefacts = plan_patches(slide, config)
         stamp = {"config_hash": config_hash(config), "source_sha256": sha256.result()}
         if len(coords) == 0:
             log.warning("%s: no tissue found (min_tissue %.2f); writing an empty patch store",
                         slide_path, config.min_tissue)
         attrs = {"source_path": str(slide_path.resolve()), "slide_id": slide_id, **geometry, **stamp}
         with atomic_path(target) as tmp:
-            patches = create_patch_store(tmp, patch, config.chunk, coords, tissue, attrs, thumbnail)
+            patches = create_patch_store(tmp, patch, config.chunk, coords, tissue, attrs, thumbnail, artefacts)
             blocks = range(0, len(coords), config.chunk)
             _run([dask.delayed(_fill_block)(slide, coords[i:i + config.chunk], patch, mpp,
                                             patches, i) for i in blocks], slide_id)
-    log.info("%s: %d patches at level %d -> %s", slide_path.name, len(coords), geometry["level"], target)
+    dropped = ", ".join(f"{n} on {name}" for name, n in geometry["artefacts_dropped"].items() if n)
+    log.info("%s: %d patches at level %d -> %s%s", slide_path.name, len(coords), geometry["level"], target,
+             f" ({dropped} left out: artefacts)" if dropped else "")
     return target

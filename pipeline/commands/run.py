@@ -80,6 +80,7 @@ def echo_result(result: RunResult) -> None:
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run on an existing Dask scheduler, e.g. tcp://127.0.0.1:8786 (no local cluster).")
 @options.slide_mpp
+@options.keep_artefacts
 @options.lesion_classes
 @options.exclude_classes
 @click.option("--only-new", is_flag=True,
@@ -89,7 +90,8 @@ def echo_result(result: RunResult) -> None:
                    "FAIL (fail) or raises one of the named flags (default: run.fail_on, none).")
 @config_options
 def run(archive: Path, model_dir: Path, out: Path, scheduler: str | None, slide_mpp: float | None,
-        lesion_classes: str | None, exclude_classes: str | None, only_new: bool, fail_on: str | None,
+        keep_artefacts: bool | None, lesion_classes: str | None, exclude_classes: str | None, only_new: bool,
+        fail_on: str | None,
         config_file: Path | None, assignments: tuple[str, ...], workers: int | None,
         methods: tuple[str, ...] | None, device: str | None) -> None:
     """Audit every slide of ARCHIVE (a manifest CSV, or a folder of slides with annotations
@@ -101,6 +103,7 @@ def run(archive: Path, model_dir: Path, out: Path, scheduler: str | None, slide_
 
     config = build_config(config_file, assignments, {
         "run.workers": workers, "run.scheduler": scheduler, "explain.methods": methods,
-        "explain.device": device, "tile.slide_mpp": slide_mpp, "run.fail_on": fail_on,
+        "explain.device": device, "tile.slide_mpp": slide_mpp,
+        "tile.keep_artefacts": keep_artefacts, "run.fail_on": fail_on,
         "stitch.lesion_classes": lesion_classes, "stitch.exclude_classes": exclude_classes})
     echo_result(run_archive(archive, model_dir, out, config, only_new))

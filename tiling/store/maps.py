@@ -13,8 +13,8 @@ One OME-Zarr image group per map (tiling.store.ome), each with a resolution pyra
     OME              the NGFF collection listing every image, so a viewer finds them all
     attrs            slide_id, dimensions (level-0 W, H), downsample (D), pixel_um, shape (H, W),
                      methods, heatmaps (attention, attention_rank, methods), lesion_names,
-                     images ({name: group path}), the stamp (config_hash, source_sha256),
-                     format_version (FORMAT_VERSION)
+                     artefact_kinds ({label: name}), images ({name: group path}), the stamp
+                     (config_hash, source_sha256), format_version (FORMAT_VERSION)
 
 Heatmaps carry a display window (omero: 1st to 99th percentile of the finite values, the full
 range as min/max, colour map COLOUR_MAP); masks are labels of the thumbnail (LABEL_RGBA).
@@ -157,6 +157,11 @@ class Maps:
     def lesion(self) -> np.ndarray:
         """(H, W) uint16 lesion labels: 0 background, k the k-th lesion."""
         return self[LESION]
+
+    @property
+    def artefacts(self) -> np.ndarray:
+        """(H, W) uint8 artefact labels: 0 none, else a kind of attrs["artefact_kinds"]."""
+        return self[ARTEFACTS]
 
     @property
     def thumbnail(self) -> np.ndarray:

@@ -1,0 +1,110 @@
+"""Focus on artefacts: the registry's artefact metrics on hand-computed maps, named by kind."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from explainers.encoders import embedding_dim
+from explainers.model_io import load_model
+from reports import metrics as M
+from reports.artefact_focus import focus_record, top_patches
+from reports.audit import AuditConfig, score_map, without_artefacts
+from reports.registry import FlagInputs, MapView, raise_flags, slide_verdict
+from tiling.artefacts import PEN_INK, TISSUE_FOLD
+
+
+def test_artefact_metrics_by_hand() -> None:
+    m = np.array([[4, 0, 1, 0],
+                  [0, 0, 0, 0],
+                  [-5, 0, 0, 2],
+                  [0, 0, 0, 3]], np.float32)
+    artefacts = np.zeros((4, 4), np.uint8)
+    artefacts[0, 0] = PEN_INK                   # the top peak
+    artefacts[2, :] = TISSUE_FOLD               # holds a negative value (clipped) and the 2
+    artefacts[0, 2] = TISSUE_FOLD               # the third peak
+    valid = np.ones((4, 4), bool)
+    config = AuditConfig(n_peaks=3, top_patches=4)
+    peaks = M.peaks(m, valid, 3, 1)
+    top_kinds = np.array([PEN_INK, 0, PEN_INK, TISSUE_FOLD], np.uint8)
+    view = MapView(m, np.zeros((4, 4), np.uint16), valid, peaks, 1.0, config, artefacts, top_kinds)
+    scores = {k: v["value"] for k, v in score_map(view).items() if k.startswith("artefact")}
+    # positive mass 4 + 1 + 2 + 3 = 10; on artefacts 4 (ink) + 1 + 2 (fold) = 7
+    assert scores["artefact_mass"] == pytest.approx(0.7)
+    assert scores["artefact_peak"] == 1.0
+    # peaks 4 (ink), 3 (none), 1 (fold; the 2 is next to the 3, no maximum): 2 of 3 on artefacts
+    assert scores["artefact_peaks"] == pytest.approx(2 / 3)
+    assert scores["artefact_top_patches"] == pytest.approx(3 / 4)
+    record = focus_record(view.peak_kinds, top_kinds)
+    assert record["peaks"] == {"pen ink": 1, "tissue fold": 1}
+    assert record["top_patches"] == {"pen ink": 2, "tissue fold": 1}
+    assert record["summary"] == ("2 of 4 top patches on pen ink, 1 on tissue fold; "
+                                 "1 of 3 peaks on pen ink, 1 on tissue fold")
+
+
+def test_no_artefact_says_so_and_a_flat_map_is_na() -> None:
+    record = focus_record(np.zeros(5, np.uint8), np.zeros(6, np.uint8))
+    assert record["summary"] == "none of 6 top patches on an artefact; none of 5 peaks on an artefact"
+    flat = np.ones((3, 3), np.float32)
+    view = MapView(flat, np.zeros((3, 3), np.uint16), np.ones((3, 3), bool), np.zeros((0, 2), np.int64), 1.0,
+                   AuditConfig(), np.zeros((3, 3), np.uint8), np.zeros(0, np.uint8))
+    scores = score_map(view)
+    assert scores["artefact_mass"]["value"] == 0.0 and scores["artefact_peak"]["value"] is None
+
+
+def test_top_patches_put_nan_last() -> None:
+    np.testing.assert_array_equal(top_patches(np.array([0.1, np.nan, 0.5, 0.5]), 3), [2, 3, 0])
+
+
+def test_without_artefacts_pools_the_kept_embeddings(model_dir: Path) -> None:
+    model, config = load_model(model_dir)
+    torch.manual_seed(0)
+    h = torch.randn(10, embedding_dim(model.encoder, config.patch)) * 3
+    kinds = np.array([PEN_INK, PEN_INK, TISSUE_FOLD] + [0] * 7, np.uint8)
+    record = without_artefacts(model, h, kinds, "softmax", ["normal", "tumor"], max_change=1.0)
+    with torch.no_grad():
+        expected = torch.softmax(model.pool(h[3:])[0].double(), -1).numpy()
+    assert record["dropped"] == {"pen ink": 2, "tissue fold": 1} and record["kept"] == 7
+    assert record["after"]["probabilities"]["tumor"] == pytest.approx(expected[1], abs=1e-6)
+    name = record["before"]["prediction_name"]
+    assert record["change"] == pytest.approx(record["after"]["probabilities"][name]
+                                             - record["before"]["probabilities"][name])
+    assert record["depends"] == record["flipped"]          # max_change 1: only a flip counts
+    tiny = without_artefacts(model, h, kinds, "softmax", ["normal", "tumor"], max_change=1e-9)
+    assert tiny["depends"] is True                           # any change is more than 1e-9
+    for nothing in (np.zeros(10, np.uint8), np.full(10, PEN_INK, np.uint8)):
+        record = without_artefacts(model, h, nothing, "softmax", ["normal", "tumor"], 0.2)
+        assert record["after"] is None and record["depends"] is False
+
+
+def artefact_record(before: float, after: float) -> dict:
+    def prediction(p: float) -> dict:
+        return {"prediction": int(p > 0.5), "prediction_name": "tumor" if p > 0.5 else "normal",
+                "probabilities": {"normal": 1 - p, "tumor": p}}
+
+    return {"dropped": {"pen ink": 3}, "kept": 20, "before": prediction(before), "after": prediction(after),
+            "max_change": 0.2, "change": after - before, "flipped": (before > 0.5) != (after > 0.5),
+            "depends": (before > 0.5) != (after > 0.5) or abs(after - before) > 0.2}
+
+
+def flag_inputs(prediction: int, artefact: dict | None, peak: float | None, top: float | None) -> FlagInputs:
+    scores = {"attention": {"pointing_game": {"value": None}, "auroc": {"value": None},
+                            "artefact_peak": {"value": peak}, "artefact_top_patches": {"value": top}}}
+    return FlagInputs(0, prediction, scores, [], [], AuditConfig(), 0, [], {}, artefact)
+
+
+def test_depends_on_artefact_fails_the_slide_and_focus_on_one_asks_for_review() -> None:
+    shortcut = raise_flags(flag_inputs(1, artefact_record(0.98, 0.001), 1.0, 0.5))
+    names = {f["flag"]: f for f in shortcut}
+    assert names["depends_on_artefact"]["verdict"] == "fail"
+    assert "p(tumor) goes from 0.980 to 0.001: predicted normal instead" in names["depends_on_artefact"]["message"]
+    assert names["focus_on_artefact"]["methods"] == ["attention"]
+    assert slide_verdict(shortcut)[0] == "FAIL"
+    moved = {f["flag"] for f in raise_flags(flag_inputs(1, artefact_record(0.95, 0.7), 0.0, 0.5))}
+    assert moved == {"depends_on_artefact", "focus_on_artefact", "prediction_wrong"}
+    steady = {f["flag"] for f in raise_flags(flag_inputs(1, artefact_record(0.95, 0.9), 0.0, 0.2))}
+    assert steady == {"prediction_wrong"}                   # label 0 in flag_inputs
+    negative = {f["flag"] for f in raise_flags(flag_inputs(0, artefact_record(0.1, 0.05), 1.0, 1.0))}
+    assert negative == set()                                 # focus on ink is no concern when negative

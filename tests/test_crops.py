@@ -14,6 +14,7 @@ from reports.crops import window
 from reports.html import render_slide_report
 from reports.registry import metric
 from reports.table import metric_columns
+from tiling.sample_tiff import write_pyramid_tiff
 from tiling.store import MAPS, PATCHES
 from tiling.store.records import load_audit
 
@@ -33,6 +34,11 @@ def test_report_without_the_slide_says_why_there_are_no_close_ups(report_archive
     html = render_slide_report(slide_dir).read_text()
     assert "No close-ups" in html and "moved.svs" in html
     assert 'class="stack crop-' not in html
+    other = tmp_path / "other.tiff"  # another slide now at the recorded path: refused by its size
+    write_pyramid_tiff(other, np.full((768, 1024, 3), 230, np.uint8), mpp=0.5)
+    zarr.open_group(slide_dir / PATCHES, mode="r+").attrs["source_path"] = str(other)
+    html = render_slide_report(slide_dir).read_text()
+    assert "is 1024 x 768 px, the audited slide" in html and 'class="stack crop-' not in html
 
 
 def test_all_zero_map_reads_no_positive_evidence_and_glossary_comes_from_the_registry(

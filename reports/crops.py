@@ -79,7 +79,8 @@ def slide_crops(slide_dir: Path, audit: dict[str, Any], maps: Maps,
                 scales: dict[str, Callable[[np.ndarray], np.ndarray]]) -> tuple[list[dict[str, Any]], str | None]:
     """The close-ups (`windows`) read from the slide recorded in patches.zarr, each as a JPEG
     with its map layer (None for a map with no positive evidence) and outline layer; and a note
-    when the slide cannot be read (then no close-ups: the report says so)."""
+    when the slide cannot be read or is not the audited one by its size (then no close-ups: the
+    report says so)."""
     store = open_patch_store(slide_dir)
     source, mpp = Path(str(store.attrs["source_path"])), float(store.attrs["slide_mpp"])
     try:
@@ -87,6 +88,13 @@ def slide_crops(slide_dir: Path, audit: dict[str, Any], maps: Maps,
     except SlideError as exc:
         log.warning("%s: no close-ups in the report: %s", slide_dir, exc)
         return [], f"No close-ups: {exc}"
+    expected = tuple(int(v) for v in maps.attrs["dimensions"])
+    if tuple(slide.dimensions) != expected:
+        slide.close()
+        note = (f"No close-ups: {source} is {slide.dimensions[0]} x {slide.dimensions[1]} px, the audited "
+                f"slide {expected[0]} x {expected[1]} px; rerun the pipeline on the slide now at that path")
+        log.warning("%s: %s", slide_dir, note)
+        return [], note
     crops = []
     with slide:
         for view in windows(audit, maps, float(store.attrs["footprint"])):

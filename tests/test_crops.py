@@ -1,4 +1,5 @@
-"""Close-ups: map windows on level-0 boxes, and a report that says when the slide is gone."""
+"""Report details: close-ups on level-0 boxes (and a note when the slide is gone), maps with no
+positive evidence, the glossary from the metric registry."""
 from __future__ import annotations
 
 import shutil
@@ -6,10 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from markupsafe import escape  # as the report's templates escape
 
+from reports.audit import AuditConfig
 from reports.crops import window
 from reports.html import render_slide_report
-from tiling.store import PATCHES
+from reports.registry import metric
+from reports.table import metric_columns
+from tiling.sample_tiff import write_pyramid_tiff
+from tiling.store import MAPS, PATCHES
+from tiling.store.records import load_audit
 
 
 def test_window_samples_the_map_pixel_under_each_view_pixel() -> None:
@@ -27,3 +34,25 @@ def test_report_without_the_slide_says_why_there_are_no_close_ups(report_archive
     html = render_slide_report(slide_dir).read_text()
     assert "No close-ups" in html and "moved.svs" in html
     assert 'class="stack crop-' not in html
+    other = tmp_path / "other.tiff"  # another slide now at the recorded path: refused by its size
+    write_pyramid_tiff(other, np.full((768, 1024, 3), 230, np.uint8), mpp=0.5)
+    zarr.open_group(slide_dir / PATCHES, mode="r+").attrs["source_path"] = str(other)
+    html = render_slide_report(slide_dir).read_text()
+    assert "is 1024 x 768 px, the audited slide" in html and 'class="stack crop-' not in html
+
+
+def test_all_zero_map_reads_no_positive_evidence_and_glossary_comes_from_the_registry(
+        report_archive, tmp_path: Path) -> None:
+    slide_dir = tmp_path / "slides" / "positive"
+    shutil.copytree(report_archive["positive"], slide_dir)
+    level0 = zarr.open_group(slide_dir / MAPS, mode="r+")["hirescam/0"]
+    values = level0[...]
+    level0[...] = np.where(np.isfinite(values), 0.0, np.nan)  # ReLU'd CAM with no evidence
+    html = render_slide_report(slide_dir).read_text()
+    zero, attention = (html.split(f'data-method="{m}"')[1].split("</figure>")[0] for m in ("hirescam", "attention"))
+    assert "no positive evidence" in zero and zero.count("<img") == 1  # the outline layer, no tint
+    assert "no positive evidence" not in attention and attention.count("<img") == 2
+    for name in metric_columns([load_audit(slide_dir)]):
+        record = metric(name)
+        assert record.meaning and record.good and escape(record.meaning) in html
+    assert escape(metric("auroc").good.format(min_auroc=AuditConfig().min_auroc)) in html

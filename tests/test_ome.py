@@ -70,6 +70,7 @@ def test_maps_have_pyramids_windows_and_labels(maps_path: Path) -> None:
     assert maps.level("lesion", 2).shape == (248, 185) and maps.level("lesion", 2).max() == 1
     with pytest.raises(IndexError, match=r"levels 0\.\.2"):
         maps.level("attention", 3)
+    assert "lesion" in maps and "attention" in maps and "artefacts" not in maps
     with pytest.raises(KeyError, match="no map 'nothing'"):
         maps["nothing"]
     ome = maps.group["attention"].attrs["ome"]

@@ -137,3 +137,15 @@ def test_maps_show_at_natural_size_and_enlarge_on_click(page, archive) -> None:
     page.locator("#more-metrics summary").click()
     assert page.locator("#more-metrics th").count() == 1 + 8
     assert page.locator("#closeups .stack").count() >= 2 and broken_images(page) == []
+
+
+def test_index_rows_show_a_thumbnail_the_model_and_the_run_date(page, archive) -> None:
+    open_file(page, archive["index"])
+    assert broken_images(page) == []
+    rows = page.locator("#slides-table tbody tr:not(.failure)")
+    assert rows.count() == 2 and rows.locator("img.row-thumb").count() == 2
+    sizes = page.eval_on_selector_all("img.row-thumb",
+                                      "imgs => imgs.map(i => Math.max(i.naturalWidth, i.naturalHeight))")
+    assert sizes == [96, 96]
+    first = rows.first.locator("td[data-col=slide] .hint").inner_text()
+    assert first.startswith("model ") and "unknown" not in first and " 20" in first  # name · date

@@ -127,6 +127,10 @@ class Maps:
         """The full-resolution (H, W) (or (3, H, W)) image `name`."""
         return self.level(name, 0)
 
+    def __contains__(self, name: object) -> bool:
+        """Whether image `name` is stored (e.g. the artefacts mask, written when found)."""
+        return name in self.attrs["images"]
+
     def _path(self, name: str) -> str:
         images = self.attrs["images"]
         if name not in images:

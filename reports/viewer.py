@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from explainers.methods import method, method_names
+from explainers.methods import title as method_title
 from reports import figures as F
 from reports.html import environment
 from tiling.deepzoom import DeepZoomGrid, SlideTiles, map_tile
@@ -30,8 +30,7 @@ from tiling.store.records import load_audit
 
 ARTEFACT_RGBA = (255, 0, 255, 110)
 LEGEND_PERCENTS = (0, 50, 90, 100)
-TITLES = {ATTENTION: "A-MIL attention", ATTENTION_RANK: "Attention rank", LESION: "Lesion outline",
-          ARTEFACTS: "Artefact mask"}
+TITLES = {ATTENTION_RANK: "Attention rank", LESION: "Lesion outline", ARTEFACTS: "Artefact mask"}  # not methods
 
 
 def png(rgba: np.ndarray) -> bytes:
@@ -69,7 +68,8 @@ def mask_rgba(labels: np.ndarray) -> np.ndarray:
 
 
 def title(name: str) -> str:
-    return method(name).title if name in method_names() else TITLES.get(name, name)
+    """The display title of a layer: the method registry's, else TITLES'."""
+    return TITLES[name] if name in TITLES else method_title(name)
 
 
 class SlideView:

@@ -57,13 +57,6 @@ class DeepZoomGrid:
         return (max(col * t - o, 0), max(row * t - o, 0),
                 min((col + 1) * t + o, width), min((row + 1) * t + o, height))
 
-    def dzi(self, image_format: str) -> str:
-        """The Deep Zoom Image (DZI) XML descriptor of this grid."""
-        return ('<?xml version="1.0" encoding="UTF-8"?>\n'
-                '<Image xmlns="http://schemas.microsoft.com/deepzoom/2008" '
-                f'Format="{image_format}" Overlap="{self.overlap}" TileSize="{self.tile_size}">'
-                f'<Size Width="{self.width}" Height="{self.height}"/></Image>\n')
-
 
 class SlideTiles:
     """JPEG-ready RGB tiles of a slide file through OpenSlide's DeepZoomGenerator (read-only)."""

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from scipy import ndimage
 
-from conftest import shared_file
+from conftest import manifest_rows, shared_file
+from pipeline.cli import main
 from tiling.annotations import rasterize_lesions
 from tiling.artefacts import (
     ARTEFACT_KINDS,
@@ -89,3 +91,15 @@ def test_artefacts_are_left_out_by_default_and_kept_on_request(tile_sample: Call
     assert not default.artefacts.kind.any() and (default.artefacts.fraction < 3 * PATCH_SHARE).all()
     assert default.artefacts.labels.shape == default.thumbnail.shape[:2]
     assert (kept.artefacts.fraction[kept.artefacts.kind > 0] >= PATCH_SHARE).all()
+
+
+def test_cli_tile_counts_what_it_leaves_out_and_keeps_it_on_request(sample_archive: Path, tmp_path: Path) -> None:
+    slide = manifest_rows(sample_archive)[1]["path"]                   # sample_001: ink and a fold
+    result = CliRunner().invoke(main, ["tile", slide, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    dropped = open_patch_store(tmp_path / "out" / "slides" / "sample_001").attrs["artefacts_dropped"]
+    assert f"left out as artefacts: {dropped['pen ink']} patch(es) on pen ink" in result.output
+    result = CliRunner().invoke(main, ["tile", slide, "--out", str(tmp_path / "kept"), "--keep-artefacts"])
+    assert result.exit_code == 0 and "left out" not in result.output
+    kept = open_patch_store(tmp_path / "kept" / "slides" / "sample_001")
+    assert kept.attrs["keep_artefacts"] is True and (kept.artefacts.kind == PEN_INK).sum() == dropped["pen ink"]

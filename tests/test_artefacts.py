@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from scipy import ndimage
 
 from conftest import shared_file
+from pipeline.cli import main
 from tiling.annotations import rasterize_lesions
 from tiling.artefacts import (
     ARTEFACT_KINDS,
@@ -79,11 +81,18 @@ def test_dominant_kind_needs_the_stated_share() -> None:
     assert list(ARTEFACT_KINDS) == [PEN_INK, TISSUE_FOLD, BLANK_OR_BLURRED]
 
 
-def test_artefact_pixels_are_not_tissue_by_default_and_kept_on_request(tmp_path: Path) -> None:
+def inked_slide(tmp_path: Path) -> Path:
+    """A 1024 x 768 px slide at 2 µm/px of sample tissue with a wide band of blue marker across it
+    (x 400..560 px)."""
     image = draw_slide(np.random.default_rng(5), SHAPE, px_um=2.0, downsample=2.0, positive=False, ink=False).image
-    image[:, 400:560] = (40, 60, 170)                    # a wide band of blue marker across the slide
+    image[:, 400:560] = (40, 60, 170)
     path = tmp_path / "inked.tiff"
     write_pyramid_tiff(path, image, 2.0)
+    return path
+
+
+def test_artefact_pixels_are_not_tissue_by_default_and_kept_on_request(tmp_path: Path) -> None:
+    path = inked_slide(tmp_path)
     config = TileConfig(mpp=2.0, patch=64)
     with open_slide(path) as slide:
         coords, tissue, attrs, _, default = plan_patches(slide, config)
@@ -98,3 +107,16 @@ def test_artefact_pixels_are_not_tissue_by_default_and_kept_on_request(tmp_path:
     assert (kept.kind == PEN_INK).sum() >= 10 + (default.kind == PEN_INK).sum()
     assert (kept.fraction[kept.kind > 0] >= PATCH_SHARE).all()
     assert default.labels.shape == kept.labels.shape
+
+
+def test_cli_tile_counts_what_it_leaves_out_and_keeps_it_on_request(tmp_path: Path) -> None:
+    slide = str(inked_slide(tmp_path))
+    result = CliRunner().invoke(main, ["tile", slide, "--out", str(tmp_path / "out"), "--mpp", "2", "--patch", "64"])
+    assert result.exit_code == 0, result.output
+    dropped = open_patch_store(tmp_path / "out" / "slides" / "inked").attrs["artefacts_dropped"]
+    assert f"left out as artefacts: {dropped['pen ink']} patch(es) on pen ink" in result.output
+    result = CliRunner().invoke(main, ["tile", slide, "--out", str(tmp_path / "kept"), "--mpp", "2", "--patch", "64",
+                                       "--keep-artefacts"])
+    assert result.exit_code == 0 and "left out" not in result.output
+    kept = open_patch_store(tmp_path / "kept" / "slides" / "inked")
+    assert kept.attrs["keep_artefacts"] is True and (kept.artefacts.kind == PEN_INK).sum() >= dropped["pen ink"] >= 10

@@ -150,9 +150,6 @@ class Maps:
         """Every level of image `name` (lazy), finest first, with its level-0 px per map px."""
         return read_levels(self.group, self._path(name), self.downsample)
 
-    def __contains__(self, name: str) -> bool:
-        return name in self.attrs["images"]
-
     @property
     def tissue(self) -> np.ndarray:
         return self[TISSUE].astype(bool)

@@ -76,8 +76,9 @@ def audit_stages(manifest: Path, work: Path) -> None:
         with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
             wall, cpu, rss = pool.submit(_stage, name, record, context).result()
         patches = patches or len(open_patch_store(folder))
-        written = f"{size_mib(folder / output):10.2f}" if output else f"{'-':>10s}"
-        print(f"{name:9s} {wall:7.2f} {cpu:7.2f} {rss:12.0f} {patches / wall:9.0f} {written}")
+        rate, written = (f"{patches / wall:9.0f}", f"{size_mib(folder / output):10.2f}") if output \
+            else (f"{'-':>9s}", f"{'-':>10s}")
+        print(f"{name:9s} {wall:7.2f} {cpu:7.2f} {rss:12.0f} {rate} {written}")
     print(f"{patches} patches of {model.patch} px at {model.mpp} µm/px")
 
 

@@ -12,6 +12,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -223,8 +224,9 @@ def tile_slide(slide_path: Path, out: Path, config: TileConfig, slide_id: str | 
         with atomic_path(target) as tmp:
             patches = create_patch_store(tmp, patch, config.chunk, coords, tissue, attrs, thumbnail, artefacts)
             blocks = range(0, len(coords), config.chunk)
-            _run([dask.delayed(_fill_block)(slide, coords[i:i + config.chunk], patch, mpp,
-                                            patches, i) for i in blocks], slide_id)
+            # bound in a partial: dask would walk the slide and the zarr array looking for its own objects
+            fill = dask.delayed(partial(_fill_block, slide, patch=patch, mpp=mpp, patches=patches))
+            _run([fill(coords[i:i + config.chunk], start=i) for i in blocks], slide_id)
     dropped = ", ".join(f"{n} on {name}" for name, n in geometry["artefacts_dropped"].items() if n)
     log.info("%s: %d patches at level %d -> %s%s", slide_path.name, len(coords), geometry["level"], target,
              f" ({dropped} left out: artefacts)" if dropped else "")

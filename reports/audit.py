@@ -110,19 +110,22 @@ def slide_prediction(logits: np.ndarray, head: str, classes: list[str]) -> dict[
 
     softmax: p = exp(z) / Σ exp(z); sigmoid with one logit: p(positive) = 1 / (1 + e^-z) and
     p(negative) = 1 - that; sigmoid with C logits: p_c = 1 / (1 + e^-z_c). Prediction = argmax p.
+    Each class's logit is recorded beside its p (the one-logit sigmoid's negative class: -z, as
+    1 - sigmoid(z) = sigmoid(-z)): it still separates predictions whose p rounds to 100 %.
     """
     z = np.asarray(logits, np.float64).ravel()
     if head == "softmax":
         p = np.exp(z - z.max())
         p /= p.sum()
     else:
+        if z.size == 1:
+            z = np.array([-z[0], z[0]])
         p = 1 / (1 + np.exp(-z))
-        if p.size == 1:
-            p = np.array([1 - p[0], p[0]])
     names = list(classes) if len(classes) == p.size else [str(i) for i in range(p.size)]
     index = int(np.argmax(p))
     return {"prediction": index, "prediction_name": names[index],
-            "probabilities": {n: float(v) for n, v in zip(names, p, strict=True)}}
+            "probabilities": {n: float(v) for n, v in zip(names, p, strict=True)},
+            "logits": {n: float(v) for n, v in zip(names, z, strict=True)}}
 
 
 def flags(label: int | None, prediction: int, scores: dict[str, dict], pairs: list[dict],

@@ -47,6 +47,16 @@ def number(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
+def percent(p: float | None, logit: float | None = None) -> str:
+    """A probability for display, never "100 %" or "0 %" for a p that only rounds there:
+    "> 99.99 %" when p > 0.9999, "< 0.01 %" when p < 0.0001, else 100·p with 2 decimals; the
+    logit z beside it when given ("> 99.99 % (logit 11.2)"), since it still tells such p apart."""
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    text = "> 99.99 %" if p > 0.9999 else "< 0.01 %" if p < 0.0001 else f"{100 * p:.2f} %"
+    return text if logit is None or not math.isfinite(logit) else f"{text} (logit {logit:.3g})"
+
+
 def shade(value: float | None) -> str:
     """A CSS background for a value in [-1, 1]: green high, red low, none for n/a."""
     if value is None or not math.isfinite(value):
@@ -60,7 +70,8 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("reports", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(number=number, shade=shade, method=method_title, metric=lambda m: metric(m).title,
+    env.filters.update(number=number, percent=percent, shade=shade, method=method_title,
+                       metric=lambda m: metric(m).title,
                        short=lambda m: metric(m).short, flag=lambda f: flag(f).title,
                        tone=lambda v: TONES[str(v).lower()], url=lambda s: quote(str(s)),
                        pretty=lambda v: json.dumps(v, indent=2, sort_keys=True, default=str))
@@ -185,8 +196,8 @@ def _index_rows(audits: list[dict], failures: list[dict], marked: set[str]) -> l
         rows.append({"kind": "audit", "slide_id": audit.get("slide_id"), "folder": audit["folder"],
                      "label": _class_name(audit.get("label"), audit.get("classes", [])),
                      "prediction": audit.get("prediction_name"),
-                     "probability": max(audit.get("probabilities", {0: None}).values(),
-                                        default=None),
+                     "probability": (audit.get("probabilities") or {}).get(audit.get("prediction_name")),
+                     "logit": (audit.get("logits") or {}).get(audit.get("prediction_name")),
                      "correct": audit.get("label") is None
                      or audit.get("label") == audit.get("prediction"),
                      "verdict": audit.get("verdict"), "verdict_reason": audit.get("verdict_reason"),

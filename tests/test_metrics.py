@@ -157,6 +157,7 @@ def test_prediction_and_flags() -> None:
     assert soft["prediction"] == 1 and soft["probabilities"]["tumor"] == pytest.approx(0.75)
     sig = slide_prediction(np.array([-np.log(3.0)]), "sigmoid", ["normal", "tumor"])
     assert sig["prediction"] == 0 and sig["probabilities"]["tumor"] == pytest.approx(0.25)
+    assert sig["logits"] == pytest.approx({"normal": np.log(3.0), "tumor": -np.log(3.0)})
     good = {"pointing_game": {"value": 1.0}, "auroc": {"value": 0.8}}
     bad = {"pointing_game": {"value": 0.0}, "auroc": {"value": 0.8}}
     weak = {"pointing_game": {"value": 1.0}, "auroc": {"value": 0.6}}

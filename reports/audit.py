@@ -228,7 +228,9 @@ def _lesions(maps: Maps, labels: np.ndarray, tissue: np.ndarray) -> dict[str, An
 
 def compare_maps(maps: Maps, heatmaps: dict[str, np.ndarray], config: AuditConfig
                  ) -> dict[str, Any]:
-    """Attention and each CAM method against the lesions (metrics, peaks) and each other."""
+    """Attention and each CAM method against the lesions (metrics, peaks) and each other.
+    Tissue pixels where a map has no finite value (no patch covers them) are left out of its
+    scores and counted in "unscored_tissue_px"."""
     tissue, labels, names = maps.tissue, maps.lesion, list(maps.attrs.get("lesion_names", []))
     scored = [ATTENTION, *maps.methods]
     valid = {name: tissue & np.isfinite(heatmaps[name]) for name in scored}
@@ -243,6 +245,7 @@ def compare_maps(maps: Maps, heatmaps: dict[str, np.ndarray], config: AuditConfi
                   for name in scored},
         "agreement": agreement({name: heatmaps[name] for name in scored}, common,
                                config.agreement_fraction, config.agreement_pixels, config.seed),
+        "unscored_tissue_px": {name: int(np.count_nonzero(tissue & ~valid[name])) for name in scored},
     }
 
 

@@ -53,9 +53,8 @@ class MapView:
 
     def overlap(self, fraction: float, measure: Callable[[np.ndarray, np.ndarray], float | None]) -> float | None:
         """`measure` (IoU or Dice) of the top-`fraction` region and the lesion; n/a without a lesion."""
-        if not self.lesion_share:
-            return None
-        return measure(M.top_k_mask(self.values, self.valid, fraction), self.lesion & self.valid)
+        top = M.top_k_mask(self.values, self.valid, fraction) if self.lesion_share else None
+        return None if top is None else measure(top, self.lesion & self.valid)
 
 
 @dataclass(frozen=True)
@@ -80,13 +79,13 @@ class Metric:
         return f"{where}; {self.note.format(**dataclasses.asdict(view.config))}"
 
 
-TOP_NOTE = "top {fraction} of tissue pixels, ties at the threshold included"
+TOP_NOTE = "strict top {fraction} of tissue pixels: ties at the cut left out when they overflow it, n/a if none left"
 BASE_METRICS = (
     Metric("auroc", "AUROC", "AUROC", "P(a lesion pixel outscores a non-lesion pixel) = U / (P·N)",
            "rank-based, ties count ½", lambda v: M.pixel_auroc(v.values, v.lesion, v.valid),
            key=True, plotted=True),
     Metric("pointing_game", "Pointing game", "PG", "1 when the map's maximum lies on a lesion, else 0",
-           "hit within {tolerance_um:g} µm, any pixel tied at the maximum counts",
+           "hit within {tolerance_um:g} µm of lesion on tissue, any pixel tied at the maximum counts",
            lambda v: M.pointing_game(v.values, v.lesion, v.valid, v.config.tolerance_um / v.pixel_um),
            key=True, plotted=True),
     Metric("relevance_mass", "Relevance mass", "Mass", "Σ_lesion max(m, 0) / Σ_tissue max(m, 0)",

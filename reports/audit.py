@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from explainers.explain import CPU_BATCH, resolve_device
 from explainers.faithfulness import FaithfulnessConfig, faithfulness, patch_scores
 from explainers.model_io import load_model
+from explainers.sanity import SanityConfig, randomisation, sample_reader
 from reports import metrics as M
 from reports.agreement import agreement
 from reports.registry import FlagInputs, MapView, metrics_for, raise_flags, slide_verdict
@@ -47,7 +49,8 @@ class AuditConfig:
     pointing game misses or its pixel AUROC is below this (AUROC, unlike relevance mass, does
     not shrink with the lesion's size); min_spearman: two methods are
     flagged as disagreeing below this rank correlation; top_patches: most attended patches
-    listed in the report; seed: for the agreement sample."""
+    listed in the report; seed: for the agreement sample; faithfulness: deletion settings;
+    sanity: the randomisation check (`explainers.sanity`), on the slides a run picks."""
 
     tolerance_um: float = 50.0
     top_k: tuple[float, ...] = (0.05, 0.10, 0.20)
@@ -60,6 +63,7 @@ class AuditConfig:
     top_patches: int = 6
     seed: int = 0
     faithfulness: FaithfulnessConfig = field(default_factory=FaithfulnessConfig)
+    sanity: SanityConfig = field(default_factory=SanityConfig)
 
     def __post_init__(self) -> None:
         require(self.tolerance_um >= 0, "tolerance_um", self.tolerance_um, "a number of µm >= 0")
@@ -130,11 +134,12 @@ def slide_prediction(logits: np.ndarray, head: str, classes: list[str]) -> dict[
 
 def flags(label: int | None, prediction: int, scores: dict[str, dict], pairs: list[dict],
           suites: list[dict], config: AuditConfig, lesions_on_tissue: int = 0,
-          unfaithful: list[str] | None = None, resolution: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+          unfaithful: list[str] | None = None, resolution: dict[str, Any] | None = None,
+          insensitive: list[str] | None = None) -> list[dict[str, Any]]:
     """The slide's flags by the rules of `reports.registry.FLAGS`; each {"flag", "verdict",
     "severity", "methods", "message"}."""
     return raise_flags(FlagInputs(label, prediction, scores, pairs, suites, config, lesions_on_tissue,
-                                  unfaithful or [], resolution or {}))
+                                  unfaithful or [], resolution or {}, insensitive or []))
 
 
 def deletion_record(slide_dir: Path, explain: Any, model_dir: Path, config: FaithfulnessConfig) -> dict[str, Any]:
@@ -151,6 +156,22 @@ def deletion_record(slide_dir: Path, explain: Any, model_dir: Path, config: Fait
     return {"fractions": list(result.fractions), "curves": result.curves, "areas": result.areas,
             "random_curve": result.random_curve, "random_area": result.random_area,
             "margin": config.margin, "unfaithful": result.unfaithful(config.margin)}
+
+
+def sanity_record(slide_dir: Path, explain: Any, model_dir: Path, config: SanityConfig) -> dict[str, Any]:
+    """The model-randomisation check (`explainers.sanity`) of the slide's explained class, on a
+    seeded sample of its patches: Spearman ρ per method and re-initialised layer."""
+    model, model_config = load_model(model_dir)
+    store = open_patch_store(slide_dir)
+    attrs = dict(explain.attrs)
+    n = len(store)
+    index = np.sort(np.random.default_rng(config.seed).choice(n, min(n, config.max_patches), replace=False))
+    device = resolve_device("auto")
+    read = sample_reader(store, model_config, device, index)
+    result = randomisation(model.to(device), model_config.target_layer, tuple(attrs["methods"]), read,
+                           index.size, int(attrs["target_class"]), CPU_BATCH, config)
+    log.debug("%s: sanity ρ %s", slide_dir.name, result["rho"])
+    return result
 
 
 def _version(package: str) -> str | None:
@@ -249,12 +270,15 @@ def compare_maps(maps: Maps, heatmaps: dict[str, np.ndarray], config: AuditConfi
     }
 
 
-def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig, model_dir: Path | None = None) -> Path:
+def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig, model_dir: Path | None = None,
+                sanity: bool = False) -> Path:
     """Write ``slide_dir/audit.json`` (module docstring) unless current; return its path. With the
-    model's folder, the record also holds the deletion faithfulness of each method."""
+    model's folder, the record also holds the deletion faithfulness of each method and, with
+    `sanity`, the model-randomisation check (`sanity_record`)."""
     slide_dir = Path(slide_dir)
     out = slide_dir / AUDIT
-    stamp = chained_stamp(config, slide_dir / MAPS, label=label)
+    sanity = sanity and model_dir is not None
+    stamp = chained_stamp(config, slide_dir / MAPS, label=label, **({"sanity": True} if sanity else {}))
     if is_current(out, **stamp):
         log.info("%s is current; skipping audit", out)
         return out
@@ -272,8 +296,10 @@ def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig, model_d
     model = attrs.get("model", {})
     scales = resolution(store.attrs, maps.attrs, model.get("config", {}))
     deletion = deletion_record(slide_dir, explain, model_dir, config.faithfulness) if model_dir else None
+    randomised = sanity_record(slide_dir, explain, model_dir, config.sanity) if sanity and model_dir else None
     raised = flags(label, predicted["prediction"], compared["metrics"], compared["agreement"],
-                   suites, config, lesions["on_tissue"], deletion["unfaithful"] if deletion else [], scales)
+                   suites, config, lesions["on_tissue"], deletion["unfaithful"] if deletion else [], scales,
+                   randomised["insensitive"] if randomised else [])
     verdict, reason = slide_verdict(raised)
     record = {
         "slide_id": str(store.attrs.get("slide_id", slide_dir.name)), "label": label,
@@ -284,7 +310,7 @@ def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig, model_d
                 "shape": list(tissue.shape)},
         "lesions": lesions, **compared,
         "top_patches": _top_patches(store, attention, config.top_patches),
-        "flags": raised, "verdict": verdict, "verdict_reason": reason, "faithfulness": deletion,
+        "flags": raised, "verdict": verdict, "verdict_reason": reason, "faithfulness": deletion, "sanity": randomised,
         "validation": suites,
         "provenance": {**provenance(model, stamp, config), "resolution": scales},
         "stamp": stamp,

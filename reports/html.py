@@ -24,6 +24,7 @@ from explainers.methods import title as method_title
 from reports import figures as F
 from reports.audit import is_negative
 from reports.registry import BASE_METRICS, LESION_HIT_RATE, SLIDE_VERDICTS, flag, metric
+from reports.subgroups import SUBGROUPS_CSV, subgroup_table
 from reports.table import audit_table, method_flags, metric_columns, missing_metrics, scan
 from reports.validation import validate_audit_table
 from tiling.store import EXPLAIN, REPORT, atomic_path, open_patch_store
@@ -162,7 +163,7 @@ def slide_context(slide_dir: Path, impressions: dict[str, Path] | None = None) -
             "target_name": _class_name(audit.get("target_class"), classes),
             "correct": audit.get("label") is None or audit["label"] == audit["prediction"],
             "model": audit["provenance"].get("model") or {}, "impressions": _impressions(impressions),
-            "deletion": _deletion(audit.get("faithfulness"))}
+            "deletion": _deletion(audit.get("faithfulness")), "sanity": _sanity(audit.get("sanity"))}
 
 
 def _deletion(record: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -171,6 +172,14 @@ def _deletion(record: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     labels = {name: method_title(name) for name in record["curves"]}
     return {**record, "uri": F.deletion_plot(record["fractions"], record["curves"], record["random_curve"], labels)}
+
+
+def _sanity(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The randomisation-check figure and table of audit.json's "sanity" (None without it)."""
+    if not record:
+        return None
+    labels = {name: method_title(name) for name in record["rho"]}
+    return {**record, "uri": F.sanity_plot(record["layers"], record["rho"], labels)}
 
 
 def render_slide_report(slide_dir: Path, impressions: dict[str, Path] | None = None) -> Path:
@@ -217,11 +226,19 @@ def verdict_counts(audits: list[dict[str, Any]]) -> dict[str, int]:
     return {v: sum(a.get("verdict") == v for a in audits) for v in SLIDE_VERDICTS}
 
 
-def render_index(out: Path) -> tuple[Path, Path]:
+def render_index(out: Path, group_by: tuple[str, ...] = (),
+                 groups: dict[str, dict[str, str]] | None = None) -> tuple[Path, Path]:
     """Write ``out/index.html`` and ``out/audit.csv`` (atomic) from every slide's audit.json and
-    failure.json; the table is checked by the ``audit.csv`` suite and failing slides marked."""
+    failure.json; the table is checked by the ``audit.csv`` suite and failing slides marked. With
+    `group_by` columns and each slide's `groups` values ({slide_id: {column: value}}), also the
+    subgroup rates (`reports.subgroups`) in the index and ``out/subgroups.csv``."""
     out = Path(out)
     archive = scan(out)
+    subgroups = None
+    if group_by:
+        subgroups = subgroup_table(archive.audits, groups or {}, list(group_by))
+        with atomic_path(out / SUBGROUPS_CSV) as tmp:
+            subgroups.to_csv(tmp, index=False)
     table = audit_table(archive.audits)
     metrics = metric_columns(archive.audits)
     suite = validate_audit_table(table, {m: metric(m).range for m in metrics}).to_dict() if len(table) else None
@@ -238,7 +255,8 @@ def render_index(out: Path) -> tuple[Path, Path]:
                "unreadable": archive.unreadable + missing_metrics(archive.audits, metrics),
                "n_audits": len(archive.audits), "verdicts": verdict_counts(archive.audits),
                "verdict_rank": {v: i for i, v in enumerate(SLIDE_VERDICTS)},
-               "n_failures": len(archive.failures), "csv": AUDIT_CSV}
+               "n_failures": len(archive.failures), "csv": AUDIT_CSV, "subgroups_csv": SUBGROUPS_CSV,
+               "subgroups": None if subgroups is None else subgroups.to_dict("records")}
     index = _write(out / INDEX, "index.html", context)
     log.info("wrote %s and %s: %d slides, %d failed", index, out / AUDIT_CSV,
              len(archive.audits), len(archive.failures))

@@ -137,7 +137,8 @@ class FlagInputs:
     """What the flag rules read: the slide's label and prediction, each method's scores
     ({method: {metric: {"value", ...}}}), method agreement pairs, validation suites, config,
     the number of annotated lesions lying on tissue, the methods no better than random at
-    deletion (`explainers.faithfulness`) and the slide's resolution record (`reports.audit.resolution`)."""
+    deletion (`explainers.faithfulness`), the slide's resolution record (`reports.audit.resolution`)
+    and the methods whose maps survive the model's randomisation (`explainers.sanity`)."""
 
     label: int | None
     prediction: int
@@ -148,6 +149,7 @@ class FlagInputs:
     lesions_on_tissue: int = 0
     unfaithful: list[str] = field(default_factory=list)
     resolution: dict[str, Any] = field(default_factory=dict)
+    insensitive: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,13 @@ def _unfaithful(f: FlagInputs) -> tuple[list[str], str] | None:
                           f"(area not {margin:g} below random): {', '.join(f.unfaithful)}")
 
 
+def _insensitive(f: FlagInputs) -> tuple[list[str], str] | None:
+    if not f.insensitive:
+        return None
+    return f.insensitive, (f"maps barely change when the model's top layers are re-initialised "
+                           f"(Spearman ρ > {f.config.sanity.max_rho:g}): {', '.join(f.insensitive)}")
+
+
 def _label_mismatch(f: FlagInputs) -> tuple[list[str], str] | None:
     if f.label is None or (f.label > 0) == (f.lesions_on_tissue > 0):
         return None
@@ -248,6 +257,11 @@ FLAGS: dict[str, Flag] = {flag.name: flag for flag in (
          "Deleting the patches the method ranks highest lowers the explained class's probability no more "
          "than deleting random patches: its ranking does not find what the prediction rests on.",
          "review", "method", _unfaithful),
+    Flag("insensitive_to_model", "Insensitive to the model",
+         "The method's maps stay nearly the same when the MIL head and the top encoder stage are "
+         "re-initialised with random weights (model-randomisation check, Adebayo et al. 2018): they "
+         "show the input, not what the model learnt.",
+         "review", "method", _insensitive),
     Flag("label_annotation_mismatch", "Label and annotations disagree",
          "The slide is labelled positive but no annotated lesion lies on its tissue, or labelled "
          "negative with a lesion annotated on its tissue: the label, the annotation file or its scale "

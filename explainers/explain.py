@@ -88,6 +88,17 @@ def batch_size(batch: int | None, model: MILModel, probe: torch.Tensor) -> int:
     return fit_batch(free, torch.cuda.max_memory_allocated(probe.device) - start)
 
 
+def require_finite(what: str, values: torch.Tensor, slide_dir: Path, model_dir: Path) -> None:
+    """ModelError "model output is not finite" when `values` (a model output of the slide) hold
+    NaN or ±Inf: written to the store they would read as a prediction and crash the report."""
+    bad = int((~torch.isfinite(values.detach())).sum())
+    if bad:
+        raise ModelError(
+            f"{slide_dir.name}: model output is not finite: {bad} of {values.numel()} values of {what} are NaN "
+            f"or infinite (model {model_dir}); check the model's weights (NaN after training?) and its input "
+            "normalisation, or set explain.autocast off; the slide was not explained")
+
+
 def explain_store(slide_dir: Path, model_dir: Path, config: ExplainConfig,
                   model_sha256: str | None = None) -> Path:
     """Write `slide_dir/explain.zarr` (skipped when current); returns its path.
@@ -126,6 +137,9 @@ def explain_store(slide_dir: Path, model_dir: Path, config: ExplainConfig,
                 slide_logits = model.pool(bag.h)[0]
                 cls = int(slide_logits.argmax()) if config.target_class is None else config.target_class
                 attention = model.pool(bag.h, cls)[1]     # the attention branch that explains `cls`
+            for what, values in (("the attention", attention), ("the slide logits", slide_logits),
+                                 ("the patch logits", bag.instance_logits)):  # the likely cause first
+                require_finite(what, values, slide_dir, model_dir)
             target = (slide_target(model, bag.h, cls) if config.target == "slide"
                       else instance_target(model, bag.h, cls))
             with atomic_path(out) as tmp:
@@ -134,6 +148,9 @@ def explain_store(slide_dir: Path, model_dir: Path, config: ExplainConfig,
                                      ("instance_logits", bag.instance_logits), ("embeddings", bag.h)):
                     writer.array(name, values.detach().float().cpu().numpy())
                 for lo, hi, maps in _counted(explainer.maps(bag, target, batch, reader.read), bar):
+                    for name, values in maps.items():
+                        require_finite(f"the {name} maps of patches {lo}-{hi - 1}", torch.from_numpy(values),
+                                       slide_dir, model_dir)
                     writer.maps(lo, hi, maps)
                 writer.finish({
                     **stamp, "classes": list(classes), "head": model_config.head, "target": config.target,

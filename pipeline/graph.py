@@ -26,16 +26,19 @@ from reports.html import render_index
 from tiling.archive import SlideRecord
 
 
-def build_index(out: Path, states: Sequence[SlideState]) -> list[SlideState]:
-    """Render OUT/index.html and OUT/audit.csv over every slide folder in OUT; pass `states` on."""
-    render_index(out)
+def build_index(out: Path, states: Sequence[SlideState], group_by: tuple[str, ...] = (),
+                groups: dict[str, dict[str, str]] | None = None) -> list[SlideState]:
+    """Render OUT/index.html and OUT/audit.csv over every slide folder in OUT (with the subgroup
+    rates of `group_by`, `reports.html.render_index`); pass `states` on."""
+    render_index(out, group_by, groups)
     return list(states)
 
 
-def build_graph(records: Sequence[SlideRecord], ctx: Context, gpu: bool) -> tuple[list[Delayed], Delayed]:
+def build_graph(records: Sequence[SlideRecord], ctx: Context, gpu: bool,
+                groups: dict[str, dict[str, str]] | None = None) -> tuple[list[Delayed], Delayed]:
     """Every stage task of every slide (for progress), and the index task whose result is the
-    list of final `SlideState`s. Keys end in a token of this graph, so two runs sharing a
-    scheduler never share a task."""
+    list of final `SlideState`s; `groups`: each slide's values of run.group_by. Keys end in a
+    token of this graph, so two runs sharing a scheduler never share a task."""
     token = uuid.uuid4().hex[:8]
     tasks: list[Delayed] = []
     finals: list[Delayed] = []
@@ -48,7 +51,8 @@ def build_graph(records: Sequence[SlideRecord], ctx: Context, gpu: bool) -> tupl
                                                       dask_key_name=f"{stage}-{rec.slide_id}-{token}")
             tasks.append(state)
         finals.append(state)
-    index = delayed(build_index, pure=False)(ctx.out, finals, dask_key_name=f"index-{token}")
+    index = delayed(build_index, pure=False)(ctx.out, finals, ctx.config.run.group_by, groups,
+                                             dask_key_name=f"index-{token}")
     return tasks, index
 
 

@@ -17,15 +17,18 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from explainers.impressions import render_impressions
 from explainers.model_io import read_config, weights_path
+from explainers.sanity import SanityConfig
 from pipeline.cluster import open_client
 from pipeline.config import PipelineConfig
 from pipeline.errors import EXIT_OK, EXIT_SLIDES_FAILED, EXIT_THRESHOLDS
 from pipeline.graph import build_graph, compute
 from pipeline.stages import Context, SlideState
 from reports.gate import gate_reasons
-from tiling.archive import SlideRecord, read_archive
+from tiling.archive import SlideRecord, group_values, read_archive
 from tiling.errors import ConfigError
 from tiling.store import AUDIT, RUN_MANIFEST, file_sha256, slide_dir
 from tiling.store.records import load_audit, write_manifest
@@ -107,6 +110,16 @@ def gated_slides(out: Path, states: list[SlideState], criteria: tuple[str, ...])
     return gated
 
 
+def sanity_sample(records: list[SlideRecord], sanity: SanityConfig) -> frozenset[str]:
+    """The ids of `sanity.slides` slides of the archive drawn with `sanity.seed` (none unless
+    enabled): the same archive and seed pick the same slides, whichever of them a run audits."""
+    if not sanity.enabled:
+        return frozenset()
+    ids = sorted(r.slide_id for r in records)
+    rng = np.random.default_rng(sanity.seed)
+    return frozenset(ids[i] for i in rng.choice(len(ids), min(sanity.slides, len(ids)), replace=False))
+
+
 def at_model_footprint(config: PipelineConfig, mpp: float, patch: int) -> PipelineConfig:
     """`config` tiling at the model's `mpp` (µm/px) and `patch` (px) unless tile.mpp / tile.patch
     were set (by --config, --set or a command's defaults): no store finer than the model reads."""
@@ -130,6 +143,7 @@ def run_archive(archive: Path, model_dir: Path, out: Path, config: PipelineConfi
     model = read_config(model_dir)
     config = at_model_footprint(config, model.mpp, model.patch)
     records = read_archive(archive, model.classes, model.head == "sigmoid")
+    groups = group_values(records, config.run.group_by)
     todo, skipped = select(records, out, only_new)
     gpu = uses_gpu(config.explain.device)
     model_sha = model_files[weights_path(model_dir).name]
@@ -147,7 +161,8 @@ def run_archive(archive: Path, model_dir: Path, out: Path, config: PipelineConfi
         # once per run, before the slides: each report shows what the model learnt
         impressions = (render_impressions(model_dir, out / MODEL_CACHE, config.impressions, model_sha256=model_sha)
                        if todo and config.impressions.steps else {})
-        tasks, index = build_graph(todo, Context(out, model_dir, config, impressions, model_sha), gpu)
+        sanity = sanity_sample(records, config.audit.sanity)
+        tasks, index = build_graph(todo, Context(out, model_dir, config, impressions, model_sha, sanity), gpu, groups)
         states = compute(client, tasks, index)
     gated = gated_slides(out, states, config.run.fail_on)
     info.update(finished=_now(), fail_on=list(config.run.fail_on), thresholds_met=gated)

@@ -46,6 +46,7 @@ class Context:
     config: PipelineConfig
     impressions: dict[str, Path] = field(default_factory=dict)  # class -> PNG, for the reports
     model_sha256: str | None = None  # of the weights file, hashed once per run (None: per slide)
+    sanity_slides: frozenset[str] = frozenset()  # slides that get the randomisation check
 
 
 @dataclass
@@ -89,7 +90,8 @@ def _stitch(rec: SlideRecord, ctx: Context) -> None:
 
 
 def _audit(rec: SlideRecord, ctx: Context) -> None:
-    audit_slide(slide_dir(ctx.out, rec.slide_id), rec.label, ctx.config.audit, ctx.model_dir)
+    audit_slide(slide_dir(ctx.out, rec.slide_id), rec.label, ctx.config.audit, ctx.model_dir,
+                sanity=rec.slide_id in ctx.sanity_slides)
 
 
 def _report(rec: SlideRecord, ctx: Context) -> None:

@@ -40,7 +40,7 @@ def sample_mask(valid: np.ndarray, max_pixels: int, seed: int) -> np.ndarray:
 def agreement(maps: dict[str, np.ndarray], valid: np.ndarray, fraction: float,
               max_pixels: int = 1_000_000, seed: int = 0) -> list[dict]:
     """One record per pair of maps: Spearman's ρ and the IoU of their top-`fraction` regions
-    (`top_k_mask`) over the valid pixels; None where undefined. ρ uses a seeded random sample
+    (strict `top_k_mask`) over the valid pixels; None where undefined (no top region). ρ uses a seeded random sample
     of at most `max_pixels` valid pixels (standard error ~ 1/√max_pixels), the IoU all."""
     names = list(maps)
     if len(names) < 2:
@@ -49,7 +49,7 @@ def agreement(maps: dict[str, np.ndarray], valid: np.ndarray, fraction: float,
     tops = {name: top_k_mask(maps[name], valid, fraction) for name in names}
     records = []
     for (i, a), (j, b) in itertools.combinations(enumerate(names), 2):
-        r = rho[i, j]
+        r, top_a, top_b = rho[i, j], tops[a], tops[b]
         records.append({"a": a, "b": b, "spearman": None if np.isnan(r) else float(r),
-                        "top_iou": iou(tops[a], tops[b])})
+                        "top_iou": None if top_a is None or top_b is None else iou(top_a, top_b)})
     return records

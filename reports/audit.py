@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from explainers.explain import CPU_BATCH, resolve_device
 from explainers.faithfulness import FaithfulnessConfig, faithfulness, patch_scores
 from explainers.mil import MILModel
 from explainers.model_io import load_model
+from explainers.sanity import SanityConfig, randomisation, sample_reader
 from reports import metrics as M
 from reports.agreement import agreement
 from reports.artefact_focus import focus_record, top_patches
@@ -50,7 +52,8 @@ class AuditConfig:
     pointing game misses or its pixel AUROC is below this (AUROC, unlike relevance mass, does
     not shrink with the lesion's size); min_spearman: two methods are
     flagged as disagreeing below this rank correlation; top_patches: most attended patches
-    listed in the report; seed: for the agreement sample."""
+    listed in the report; seed: for the agreement sample; faithfulness: deletion settings;
+    sanity: the randomisation check (`explainers.sanity`), on the slides a run picks."""
 
     tolerance_um: float = 50.0
     top_k: tuple[float, ...] = (0.05, 0.10, 0.20)
@@ -64,6 +67,7 @@ class AuditConfig:
     max_artefact_change: float = 0.2
     seed: int = 0
     faithfulness: FaithfulnessConfig = field(default_factory=FaithfulnessConfig)
+    sanity: SanityConfig = field(default_factory=SanityConfig)
 
     def __post_init__(self) -> None:
         require(self.tolerance_um >= 0, "tolerance_um", self.tolerance_um, "a number of µm >= 0")
@@ -121,29 +125,32 @@ def slide_prediction(logits: np.ndarray, head: str, classes: list[str]) -> dict[
 
     softmax: p = exp(z) / Σ exp(z); sigmoid with one logit: p(positive) = 1 / (1 + e^-z) and
     p(negative) = 1 - that; sigmoid with C logits: p_c = 1 / (1 + e^-z_c). Prediction = argmax p.
+    Each class's logit is recorded beside its p (the one-logit sigmoid's negative class: -z, as
+    1 - sigmoid(z) = sigmoid(-z)): it still separates predictions whose p rounds to 100 %.
     """
     z = np.asarray(logits, np.float64).ravel()
     if head == "softmax":
         p = np.exp(z - z.max())
         p /= p.sum()
     else:
+        if z.size == 1:
+            z = np.array([-z[0], z[0]])
         p = 1 / (1 + np.exp(-z))
-        if p.size == 1:
-            p = np.array([1 - p[0], p[0]])
     names = list(classes) if len(classes) == p.size else [str(i) for i in range(p.size)]
     index = int(np.argmax(p))
     return {"prediction": index, "prediction_name": names[index],
-            "probabilities": {n: float(v) for n, v in zip(names, p, strict=True)}}
+            "probabilities": {n: float(v) for n, v in zip(names, p, strict=True)},
+            "logits": {n: float(v) for n, v in zip(names, z, strict=True)}}
 
 
 def flags(label: int | None, prediction: int, scores: dict[str, dict], pairs: list[dict],
           suites: list[dict], config: AuditConfig, lesions_on_tissue: int = 0,
           unfaithful: list[str] | None = None, resolution: dict[str, Any] | None = None,
-          artefact: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+          artefact: dict[str, Any] | None = None, insensitive: list[str] | None = None) -> list[dict[str, Any]]:
     """The slide's flags by the rules of `reports.registry.FLAGS`; each {"flag", "verdict",
     "severity", "methods", "message"}."""
     return raise_flags(FlagInputs(label, prediction, scores, pairs, suites, config, lesions_on_tissue,
-                                  unfaithful or [], resolution or {}, artefact))
+                                  unfaithful or [], resolution or {}, artefact, insensitive or []))
 
 
 def without_artefacts(model: MILModel, h: torch.Tensor, kinds: np.ndarray, head: str, classes: list[str],
@@ -180,6 +187,22 @@ def deletion_record(model: MILModel, h: torch.Tensor, explain: Any, config: Fait
     return {"fractions": list(result.fractions), "curves": result.curves, "areas": result.areas,
             "random_curve": result.random_curve, "random_area": result.random_area,
             "margin": config.margin, "unfaithful": result.unfaithful(config.margin)}
+
+
+def sanity_record(slide_dir: Path, explain: Any, model_dir: Path, config: SanityConfig) -> dict[str, Any]:
+    """The model-randomisation check (`explainers.sanity`) of the slide's explained class, on a
+    seeded sample of its patches: Spearman ρ per method and re-initialised layer."""
+    model, model_config = load_model(model_dir)
+    store = open_patch_store(slide_dir)
+    attrs = dict(explain.attrs)
+    n = len(store)
+    index = np.sort(np.random.default_rng(config.seed).choice(n, min(n, config.max_patches), replace=False))
+    device = resolve_device("auto")
+    read = sample_reader(store, model_config, device, index)
+    result = randomisation(model.to(device), model_config.target_layer, tuple(attrs["methods"]), read,
+                           index.size, int(attrs["target_class"]), CPU_BATCH, config)
+    log.debug("%s: sanity ρ %s", slide_dir.name, result["rho"])
+    return result
 
 
 def _version(package: str) -> str | None:
@@ -259,7 +282,9 @@ def _lesions(maps: Maps, labels: np.ndarray, tissue: np.ndarray) -> dict[str, An
 def compare_maps(maps: Maps, heatmaps: dict[str, np.ndarray], top_kinds: dict[str, np.ndarray],
                  config: AuditConfig) -> dict[str, Any]:
     """Attention and each CAM method against the lesions and artefacts (metrics, peaks, focus by
-    artefact kind, given the kind under each method's top patches) and each other."""
+    artefact kind, given the kind under each method's top patches) and each other. Tissue pixels
+    where a map has no finite value (no patch covers them) are left out of its scores and counted
+    in "unscored_tissue_px"."""
     tissue, labels, names = maps.tissue, maps.lesion, list(maps.attrs.get("lesion_names", []))
     artefacts = maps.artefacts
     scored = [ATTENTION, *maps.methods]
@@ -277,15 +302,19 @@ def compare_maps(maps: Maps, heatmaps: dict[str, np.ndarray], top_kinds: dict[st
                   for name in scored},
         "agreement": agreement({name: heatmaps[name] for name in scored}, common,
                                config.agreement_fraction, config.agreement_pixels, config.seed),
+        "unscored_tissue_px": {name: int(np.count_nonzero(tissue & ~valid[name])) for name in scored},
     }
 
 
-def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig, model_dir: Path | None = None) -> Path:
+def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig, model_dir: Path | None = None,
+                sanity: bool = False) -> Path:
     """Write ``slide_dir/audit.json`` (module docstring) unless current; return its path. With the
-    model's folder, the record also holds the deletion faithfulness of each method."""
+    model's folder, the record also holds the deletion faithfulness of each method and, with
+    `sanity`, the model-randomisation check (`sanity_record`)."""
     slide_dir = Path(slide_dir)
     out = slide_dir / AUDIT
-    stamp = chained_stamp(config, slide_dir / MAPS, label=label)
+    sanity = sanity and model_dir is not None
+    stamp = chained_stamp(config, slide_dir / MAPS, label=label, **({"sanity": True} if sanity else {}))
     if is_current(out, **stamp):
         log.info("%s is current; skipping audit", out)
         return out
@@ -311,9 +340,10 @@ def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig, model_d
         deletion = deletion_record(mil, h, explain, config.faithfulness)
         artefact = without_artefacts(mil, h, store.artefacts.kind, attrs.get("head", "softmax"), classes,
                                      config.max_artefact_change)
+    randomised = sanity_record(slide_dir, explain, model_dir, config.sanity) if sanity and model_dir else None
     raised = flags(label, predicted["prediction"], compared["metrics"], compared["agreement"],
                    suites, config, lesions["on_tissue"], deletion["unfaithful"] if deletion else [], scales,
-                   artefact)
+                   artefact, randomised["insensitive"] if randomised else [])
     verdict, reason = slide_verdict(raised)
     record = {
         "slide_id": str(store.attrs.get("slide_id", slide_dir.name)), "label": label,
@@ -325,6 +355,7 @@ def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig, model_d
         "lesions": lesions, **compared,
         "top_patches": _top_patches(store, attention, config.top_patches),
         "flags": raised, "verdict": verdict, "verdict_reason": reason, "faithfulness": deletion,
+        "sanity": randomised,
         "artefacts": {"keep_artefacts": store.attrs.get("keep_artefacts"),
                       "left_out": store.attrs.get("artefacts_dropped")},
         "without_artefacts": artefact,

@@ -219,3 +219,21 @@ def deletion_plot(fractions: list[float], curves: dict[str, list[float]], random
     ax.spines[["top", "right"]].set_visible(False)
     return figure_uri(fig)
 
+
+
+def sanity_plot(layers: list[str], rho: dict[str, list[float | None]], labels: dict[str, str]) -> str:
+    """Spearman ρ of each method's maps with the original ones against the cumulatively
+    re-initialised layers (top first; n/a points left out), as a PNG data URI."""
+    fig, ax = plt.subplots(figsize=(4.2, 2.6), dpi=110)
+    x = np.arange(len(layers))
+    for name, values in rho.items():
+        y = np.array([np.nan if v is None else v for v in values], np.float64)
+        ax.plot(x, y, marker="o", ms=3, label=labels.get(name, name))
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xticks(x, [f"+ {name}" for name in layers], rotation=30, ha="right", fontsize=7)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylabel("Spearman ρ with original", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.spines[["top", "right"]].set_visible(False)
+    return figure_uri(fig)

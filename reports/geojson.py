@@ -94,6 +94,8 @@ def focus_features(audit: dict[str, Any], maps: Maps, footprint: float) -> list[
                                      {"value": peak["value"]}))
         values = maps[method]
         region = top_k_mask(values, tissue & np.isfinite(values), TOP_FRACTION)
+        if region is None:   # ties fill the whole top share (e.g. a flat map): no top region
+            continue
         polygons = [[_coordinates(r) for r in rings] for rings in mask_polygons(region, maps.downsample)]
         if polygons:
             features.append(_feature({"type": "MultiPolygon", "coordinates": polygons},

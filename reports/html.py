@@ -26,6 +26,7 @@ from reports.audit import is_negative
 from reports.crops import lesion_view, slide_crops
 from reports.geojson import FOCUS_GEOJSON, write_focus_geojson
 from reports.registry import BASE_METRICS, LESION_HIT_RATE, SLIDE_VERDICTS, flag, metric
+from reports.subgroups import SUBGROUPS_CSV, subgroup_table
 from reports.table import audit_table, method_flags, metric_columns, missing_metrics, scan
 from reports.validation import validate_audit_table
 from tiling.errors import StoreError
@@ -51,6 +52,16 @@ def number(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
+def percent(p: float | None, logit: float | None = None) -> str:
+    """A probability for display, never "100 %" or "0 %" for a p that only rounds there:
+    "> 99.99 %" when p > 0.9999, "< 0.01 %" when p < 0.0001, else 100·p with 2 decimals; the
+    logit z beside it when given ("> 99.99 % (logit 11.2)"), since it still tells such p apart."""
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    text = "> 99.99 %" if p > 0.9999 else "< 0.01 %" if p < 0.0001 else f"{100 * p:.2f} %"
+    return text if logit is None or not math.isfinite(logit) else f"{text} (logit {logit:.3g})"
+
+
 def shade(value: float | None) -> str:
     """A CSS background for a value in [-1, 1]: green high, red low, none for n/a."""
     if value is None or not math.isfinite(value):
@@ -64,7 +75,8 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("reports", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(number=number, shade=shade, method=method_title, metric=lambda m: metric(m).title,
+    env.filters.update(number=number, percent=percent, shade=shade, method=method_title,
+                       metric=lambda m: metric(m).title,
                        short=lambda m: metric(m).short, flag=lambda f: flag(f).title,
                        tone=lambda v: TONES[str(v).lower()], url=lambda s: quote(str(s)),
                        pretty=lambda v: json.dumps(v, indent=2, sort_keys=True, default=str))
@@ -175,7 +187,8 @@ def slide_context(slide_dir: Path, impressions: dict[str, Path] | None = None) -
             "target_name": _class_name(audit.get("target_class"), classes),
             "correct": audit.get("label") is None or audit["label"] == audit["prediction"],
             "model": audit["provenance"].get("model") or {}, "impressions": _impressions(impressions),
-            "deletion": _deletion(audit.get("faithfulness")), "geojson": FOCUS_GEOJSON}
+            "deletion": _deletion(audit.get("faithfulness")), "sanity": _sanity(audit.get("sanity")),
+            "geojson": FOCUS_GEOJSON}
 
 
 def _deletion(record: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -184,6 +197,14 @@ def _deletion(record: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     labels = {name: method_title(name) for name in record["curves"]}
     return {**record, "uri": F.deletion_plot(record["fractions"], record["curves"], record["random_curve"], labels)}
+
+
+def _sanity(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The randomisation-check figure and table of audit.json's "sanity" (None without it)."""
+    if not record:
+        return None
+    labels = {name: method_title(name) for name in record["rho"]}
+    return {**record, "uri": F.sanity_plot(record["layers"], record["rho"], labels)}
 
 
 def render_slide_report(slide_dir: Path, impressions: dict[str, Path] | None = None) -> Path:
@@ -221,8 +242,8 @@ def _index_rows(out: Path, audits: list[dict], failures: list[dict], marked: set
         rows.append({"kind": "audit", "slide_id": audit.get("slide_id"), "folder": audit["folder"],
                      "label": _class_name(audit.get("label"), audit.get("classes", [])),
                      "prediction": audit.get("prediction_name"),
-                     "probability": max(audit.get("probabilities", {0: None}).values(),
-                                        default=None),
+                     "probability": (audit.get("probabilities") or {}).get(audit.get("prediction_name")),
+                     "logit": (audit.get("logits") or {}).get(audit.get("prediction_name")),
                      "correct": audit.get("label") is None
                      or audit.get("label") == audit.get("prediction"),
                      "verdict": audit.get("verdict"), "verdict_reason": audit.get("verdict_reason"),
@@ -244,11 +265,19 @@ def verdict_counts(audits: list[dict[str, Any]]) -> dict[str, int]:
     return {v: sum(a.get("verdict") == v for a in audits) for v in SLIDE_VERDICTS}
 
 
-def render_index(out: Path) -> tuple[Path, Path]:
+def render_index(out: Path, group_by: tuple[str, ...] = (),
+                 groups: dict[str, dict[str, str]] | None = None) -> tuple[Path, Path]:
     """Write ``out/index.html`` and ``out/audit.csv`` (atomic) from every slide's audit.json and
-    failure.json; the table is checked by the ``audit.csv`` suite and failing slides marked."""
+    failure.json; the table is checked by the ``audit.csv`` suite and failing slides marked. With
+    `group_by` columns and each slide's `groups` values ({slide_id: {column: value}}), also the
+    subgroup rates (`reports.subgroups`) in the index and ``out/subgroups.csv``."""
     out = Path(out)
     archive = scan(out)
+    subgroups = None
+    if group_by:
+        subgroups = subgroup_table(archive.audits, groups or {}, list(group_by))
+        with atomic_path(out / SUBGROUPS_CSV) as tmp:
+            subgroups.to_csv(tmp, index=False)
     table = audit_table(archive.audits)
     metrics = metric_columns(archive.audits)
     suite = validate_audit_table(table, {m: metric(m).range for m in metrics}).to_dict() if len(table) else None
@@ -265,7 +294,8 @@ def render_index(out: Path) -> tuple[Path, Path]:
                "unreadable": archive.unreadable + missing_metrics(archive.audits, metrics),
                "n_audits": len(archive.audits), "verdicts": verdict_counts(archive.audits),
                "verdict_rank": {v: i for i, v in enumerate(SLIDE_VERDICTS)},
-               "n_failures": len(archive.failures), "csv": AUDIT_CSV}
+               "n_failures": len(archive.failures), "csv": AUDIT_CSV, "subgroups_csv": SUBGROUPS_CSV,
+               "subgroups": None if subgroups is None else subgroups.to_dict("records")}
     index = _write(out / INDEX, "index.html", context)
     log.info("wrote %s and %s: %d slides, %d failed", index, out / AUDIT_CSV,
              len(archive.audits), len(archive.failures))

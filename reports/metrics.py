@@ -2,8 +2,9 @@
 
 Every function takes a float map `m` (H, W), a lesion mask or label image and `valid`, the bool
 mask of the pixels that count (tissue where the map is finite). Pixels outside `valid` are
-ignored. A metric that is undefined on its input (no lesion or no background pixel, no positive
-mass) returns None, shown as "n/a".
+ignored; a NaN or ±Inf inside `valid` is a MetricError (the caller leaves such pixels out of
+`valid` and counts them), never a silently wrong number. A metric that is undefined on its input
+(no lesion or no background pixel, no positive mass, no strict top region) returns None, "n/a".
 """
 from __future__ import annotations
 
@@ -13,9 +14,17 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import local_maxima
 
+from reports.errors import MetricError
+
 
 def _values(m: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    return np.asarray(m, np.float64)[valid]
+    """The map's values on the valid pixels; MetricError when one of them is not finite."""
+    values = np.asarray(m, np.float64)[valid]
+    bad = int(np.count_nonzero(~np.isfinite(values)))
+    if bad:
+        raise MetricError(f"{bad} of {values.size} valid map pixels are NaN or infinite; leave them out of "
+                          "the valid mask (and count them) before scoring the map")
+    return values
 
 
 def pixel_auroc(m: np.ndarray, lesion: np.ndarray, valid: np.ndarray) -> float | None:
@@ -41,12 +50,13 @@ def pointing_game(m: np.ndarray, lesion: np.ndarray, valid: np.ndarray,
     """1.0 if the map's maximum falls on a lesion, else 0.0 (Zhang et al. 2018).
 
     Hit when some valid pixel with m = max(m[valid]) lies within `tolerance_px` (Euclidean,
-    map pixels) of a lesion pixel; every pixel tied at the maximum is tried.
+    map pixels; the caller converts its tolerance in µm) of a lesion pixel on the valid pixels
+    (tissue): lesion annotated off the tissue never counts. Every pixel tied at the maximum is tried.
     """
-    lesion = np.asarray(lesion, bool)
-    if not (lesion & valid).any() or not valid.any():
+    lesion = np.asarray(lesion, bool) & valid
+    if not lesion.any():
         return None
-    top = valid & (np.asarray(m) == np.max(np.asarray(m)[valid]))
+    top = valid & (np.asarray(m, np.float64) == _values(m, valid).max())
     rows, cols = np.nonzero(top)
     pad = math.ceil(tolerance_px) + 1
     r0, c0 = max(rows.min() - pad, 0), max(cols.min() - pad, 0)
@@ -89,18 +99,26 @@ def relevance_rank_accuracy(m: np.ndarray, lesion: np.ndarray, valid: np.ndarray
     return float(hits / k)
 
 
-def top_k_mask(m: np.ndarray, valid: np.ndarray, fraction: float) -> np.ndarray:
-    """The valid pixels at or above the value of the ceil(fraction·|valid|)-th highest one.
+def top_k_mask(m: np.ndarray, valid: np.ndarray, fraction: float) -> np.ndarray | None:
+    """The strict top-k region: at most k = ceil(fraction·|valid|) valid pixels, None when empty.
 
-    Pixels tied at that threshold are all included, so a constant map selects every valid pixel.
+    The pixels above the k-th highest value, plus those tied with it when all of them fit in k;
+    when they do not (ties at the cut, e.g. a sparse map zero on most tissue), the tied pixels are
+    all left out, so the region never swells past k nor depends on pixel order. None when nothing
+    is left (a constant map, or more than k pixels tied at the maximum): the map has no top region.
     """
     values = _values(m, valid)
-    mask = np.zeros(np.shape(valid), bool)
     k = min(values.size, math.ceil(fraction * values.size))
     if k == 0:
-        return mask
+        return None
     threshold = np.partition(values, values.size - k)[values.size - k]
-    mask[valid] = values >= threshold
+    selected = values >= threshold
+    if np.count_nonzero(selected) > k:
+        selected = values > threshold
+    if not selected.any():
+        return None
+    mask = np.zeros(np.shape(valid), bool)
+    mask[valid] = selected
     return mask
 
 

@@ -63,9 +63,8 @@ class MapView:
 
     def overlap(self, fraction: float, measure: Callable[[np.ndarray, np.ndarray], float | None]) -> float | None:
         """`measure` (IoU or Dice) of the top-`fraction` region and the lesion; n/a without a lesion."""
-        if not self.lesion_share:
-            return None
-        return measure(M.top_k_mask(self.values, self.valid, fraction), self.lesion & self.valid)
+        top = M.top_k_mask(self.values, self.valid, fraction) if self.lesion_share else None
+        return None if top is None else measure(top, self.lesion & self.valid)
 
 
 @dataclass(frozen=True)
@@ -95,14 +94,14 @@ class Metric:
         return f"{where}; {self.note.format(**dataclasses.asdict(view.config))}"
 
 
-TOP_NOTE = "top {fraction} of tissue pixels, ties at the threshold included"
+TOP_NOTE = "strict top {fraction} of tissue pixels: ties at the cut left out when they overflow it, n/a if none left"
 BASE_METRICS = (
     Metric("auroc", "AUROC", "AUROC", "P(a lesion pixel outscores a non-lesion pixel) = U / (P·N)",
            "rank-based, ties count ½", lambda v: M.pixel_auroc(v.values, v.lesion, v.valid),
            key=True, plotted=True, meaning="how well the map's values separate lesion from other tissue",
            good="1 perfect, 0.5 chance, < 0.5 points away; flagged below {min_auroc:g} on a positive slide"),
     Metric("pointing_game", "Pointing game", "PG", "1 when the map's maximum lies on a lesion, else 0",
-           "hit within {tolerance_um:g} µm, any pixel tied at the maximum counts",
+           "hit within {tolerance_um:g} µm of lesion on tissue, any pixel tied at the maximum counts",
            lambda v: M.pointing_game(v.values, v.lesion, v.valid, v.config.tolerance_um / v.pixel_um),
            key=True, plotted=True, meaning="whether the map's strongest point falls on a lesion",
            good="1 hit; a miss (0) flags the method on a positive slide"),
@@ -193,9 +192,10 @@ class FlagInputs:
     """What the flag rules read: the slide's label and prediction, each method's scores
     ({method: {metric: {"value", ...}}}), method agreement pairs, validation suites, config,
     the number of annotated lesions lying on tissue, the methods no better than random at
-    deletion (`explainers.faithfulness`), the slide's resolution record (`reports.audit.resolution`)
-    and its prediction without the patches on artefacts (`reports.audit.without_artefacts`; None
-    without the model)."""
+    deletion (`explainers.faithfulness`), the slide's resolution record (`reports.audit.resolution`),
+    its prediction without the patches on artefacts (`reports.audit.without_artefacts`; None
+    without the model) and the methods whose maps survive the model's randomisation
+    (`explainers.sanity`)."""
 
     label: int | None
     prediction: int
@@ -207,6 +207,7 @@ class FlagInputs:
     unfaithful: list[str] = field(default_factory=list)
     resolution: dict[str, Any] = field(default_factory=dict)
     artefact: dict[str, Any] | None = None
+    insensitive: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -289,6 +290,13 @@ def _unfaithful(f: FlagInputs) -> tuple[list[str], str] | None:
                           f"(area not {margin:g} below random): {', '.join(f.unfaithful)}")
 
 
+def _insensitive(f: FlagInputs) -> tuple[list[str], str] | None:
+    if not f.insensitive:
+        return None
+    return f.insensitive, (f"maps barely change when the model's top layers are re-initialised "
+                           f"(Spearman ρ > {f.config.sanity.max_rho:g}): {', '.join(f.insensitive)}")
+
+
 def _label_mismatch(f: FlagInputs) -> tuple[list[str], str] | None:
     if f.label is None or (f.label > 0) == (f.lesions_on_tissue > 0):
         return None
@@ -337,6 +345,12 @@ FLAGS: dict[str, Flag] = {flag.name: flag for flag in (
          "Deleting the patches the method ranks highest lowers the explained class's probability no more "
          "than deleting random patches: its ranking does not find what the prediction rests on.",
          "review", "method", _unfaithful),
+    Flag("insensitive_to_model", "Insensitive to the model",
+         "The method's maps stay nearly the same when the MIL head and the top encoder stage are "
+         "re-initialised with random weights (model-randomisation check, Adebayo et al. 2018): they "
+         "show the input, not what the model learnt. Information: it judges the method on this "
+         "model (checked on a sample of slides), not the slide's prediction.",
+         "info", "method", _insensitive),
     Flag("label_annotation_mismatch", "Label and annotations disagree",
          "The slide is labelled positive but no annotated lesion lies on its tissue, or labelled "
          "negative with a lesion annotated on its tissue: the label, the annotation file or its scale "

@@ -257,3 +257,23 @@ def test_a_sigmoid_head_trains_on_named_labels_and_explains(sample_archive, samp
     group = zarr.open_group(out, mode="r")
     assert group.attrs["head"] == "sigmoid" and group.attrs["classes"] == ["lesion", "ink"]
     assert group["slide_logits"].shape == (2,) and group.attrs["target_class"] == 1
+
+
+def poison(key: str, value: float):
+    def change(d: Path) -> None:
+        state = load_file(str(d / "model.safetensors"))
+        state[key] = torch.full_like(state[key], value)
+        save_file(state, str(d / "model.safetensors"))
+    return change
+
+
+@pytest.mark.parametrize(("key", "value", "what"), [
+    ("classifier.bias", float("inf"), "the slide logits"),
+    ("attention.w.weight", float("nan"), "the attention"),
+])
+def test_a_model_whose_output_is_not_finite_fails_the_slide(slide_dir, model_dir, tmp_path, key, value, what):
+    broken = broken_copy(model_dir, tmp_path / "nan", poison(key, value))
+    with pytest.raises(ModelError, match=rf"sample_000: model output is not finite: \d+ of \d+ values of {what} "
+                                         rf".*model {re.escape(str(broken))}"):
+        explain_store(slide_dir, broken, ExplainConfig())
+    assert nothing_written(slide_dir)

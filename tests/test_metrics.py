@@ -7,6 +7,7 @@ import pytest
 from reports import metrics as M
 from reports.agreement import agreement, rank_correlations, sample_mask
 from reports.audit import AuditConfig, flags, metric_names, score_map, slide_prediction
+from reports.errors import MetricError
 from reports.registry import MapView
 
 
@@ -67,6 +68,60 @@ def test_pointing_game_tolerance_and_ties() -> None:
     assert M.pointing_game(m, np.zeros_like(lesion), valid) is None
 
 
+def test_pointing_game_tolerance_counts_lesion_on_tissue_only() -> None:
+    m = np.zeros((1, 12))
+    m[0, 9] = 5.0
+    lesion = np.zeros((1, 12), bool)
+    lesion[0, 2:8] = True  # 2 px from the maximum, but its pixels 6 and 7 lie off the tissue
+    valid = everywhere(m)
+    valid[0, 6:8] = False
+    assert M.pointing_game(m, lesion, valid, 2.0) == 0.0  # lesion on tissue is 4 px away
+    assert M.pointing_game(m, lesion, valid, 4.0) == 1.0
+    assert M.pointing_game(m, lesion, everywhere(m), 2.0) == 1.0
+
+
+def test_top_k_is_strict_when_ties_at_the_cut_overflow_it() -> None:
+    valid = everywhere(row(*range(10)))
+    sparse = row(5, 4, 0, 0, 0, 0, 0, 0, 0, 0)  # top 30 % = 3 px, but 8 pixels tie at 0
+    assert M.top_k_mask(sparse, valid, 0.3).tolist() == [[True, True] + [False] * 8]
+    assert M.top_k_mask(row(3, 2, 2, 1), valid[:, :4], 0.5).tolist() == [[True, False, False, False]]
+    assert M.top_k_mask(row(3, 2, 1, 1), valid[:, :4], 0.5).tolist() == [[True, True, False, False]]
+    assert M.top_k_mask(row(2, 2, 2, 1), valid[:, :4], 0.5) is None  # 3 tied at the top, k = 2
+    # the old rule took all ten pixels: IoU 2/10 = 0.2 against a lesion of the two; strict: 1.0
+    config = AuditConfig(top_k=(0.3,))
+    lesion = (sparse > 0).astype(np.uint16)
+    scores = score_map(sparse, lesion, valid, M.peaks(sparse, valid, 1, 1), 1.0, config)
+    assert scores["iou_top30"]["value"] == pytest.approx(1.0)
+    assert scores["dice_lesion_share"]["value"] == pytest.approx(1.0)
+    assert "strict" in scores["iou_top30"]["preprocessing"]
+
+
+@pytest.mark.parametrize("score", [
+    lambda m, lesion, valid: M.pixel_auroc(m, lesion, valid),
+    lambda m, lesion, valid: M.pointing_game(m, lesion, valid, 1.0),
+    lambda m, lesion, valid: M.relevance_mass(m, lesion, valid),
+    lambda m, lesion, valid: M.relevance_rank_accuracy(m, lesion, valid),
+    lambda m, lesion, valid: M.top_k_mask(m, valid, 0.5),
+    lambda m, lesion, valid: M.peaks(m, valid, 2, 1),
+])
+def test_nan_inside_the_valid_pixels_is_an_error_outside_it_ignored(score) -> None:
+    m, lesion = row(1.0, np.nan, 3.0, np.inf), row(0, 0, 1, 1).astype(bool)
+    with pytest.raises(MetricError, match="2 of 4 valid map pixels are NaN or infinite"):
+        score(m, lesion, everywhere(m))
+    score(m, lesion, np.isfinite(m))  # left out of the valid pixels: scored
+
+
+def test_auroc_equals_scipys_mann_whitney_u(blob) -> None:
+    from scipy.stats import mannwhitneyu
+
+    m, lesion = blob
+    noisy = np.round(m + np.random.default_rng(0).normal(0, 2, m.shape), 1)  # with ties
+    valid = np.random.default_rng(1).random(m.shape) < 0.8
+    pos, neg = noisy[valid & lesion], noisy[valid & ~lesion]
+    expected = mannwhitneyu(pos, neg).statistic / (pos.size * neg.size)
+    assert M.pixel_auroc(noisy, lesion, valid) == pytest.approx(expected, abs=1e-12)
+
+
 def test_relevance_mass_hand_computed(blob) -> None:
     # clipped: [0, 2, 3, 5]; inside the lesion 0 + 2 of 10 -> 0.2
     m, lesion = row(-1, 2, 3, 5), row(1, 1, 0, 0).astype(bool)
@@ -92,7 +147,7 @@ def test_top_k_mask_iou_dice() -> None:
     m = row(9, 8, 7, 6, 5, 4, 3, 2, 1, 0)
     top = M.top_k_mask(m, everywhere(m), 0.2)
     assert top.tolist() == [[True, True] + [False] * 8]
-    assert M.top_k_mask(row(1, 1, 1, 1), everywhere(row(1, 1, 1, 1)), 0.25).all()
+    assert M.top_k_mask(row(1, 1, 1, 1), everywhere(row(1, 1, 1, 1)), 0.25) is None  # no top region
     a = row(1, 1, 1, 0).astype(bool)
     b = row(0, 1, 1, 1).astype(bool)
     assert M.iou(a, b) == pytest.approx(2 / 4)
@@ -128,7 +183,7 @@ def test_spearman_hand_computed() -> None:
                       valid, 0.5)
     assert pairs[0] == {"a": "a", "b": "b", "spearman": pytest.approx(1.0), "top_iou": 1.0}
     assert pairs[1]["spearman"] is None  # a constant map has no rank correlation
-    assert pairs[1]["top_iou"] == pytest.approx(0.5)  # {3, 4} vs everything
+    assert pairs[1]["top_iou"] is None  # nor a top region
 
 
 def view(m: np.ndarray, labels: np.ndarray, n_peaks: int, config: AuditConfig) -> MapView:
@@ -165,6 +220,7 @@ def test_prediction_and_flags() -> None:
     assert soft["prediction"] == 1 and soft["probabilities"]["tumor"] == pytest.approx(0.75)
     sig = slide_prediction(np.array([-np.log(3.0)]), "sigmoid", ["normal", "tumor"])
     assert sig["prediction"] == 0 and sig["probabilities"]["tumor"] == pytest.approx(0.25)
+    assert sig["logits"] == pytest.approx({"normal": np.log(3.0), "tumor": -np.log(3.0)})
     good = {"pointing_game": {"value": 1.0}, "auroc": {"value": 0.8}}
     bad = {"pointing_game": {"value": 0.0}, "auroc": {"value": 0.8}}
     weak = {"pointing_game": {"value": 1.0}, "auroc": {"value": 0.6}}

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import zarr
 from click.testing import CliRunner
@@ -157,8 +158,8 @@ def test_only_new_audits_missing_slides_and_indexes_all(
     for name in ("audit.json", "report.html"):
         (out / "slides" / "sample_003" / name).unlink()
     (out / "index.html").unlink()
-    result = run_archive(workspace.manifest, workspace.model, out, config_on(workspace, shared_cluster),
-                         only_new=True)
+    result = run_archive(workspace.manifest, workspace.model, out,
+                         config_on(workspace, shared_cluster, **{"run.group_by": "ink"}), only_new=True)
     assert result.skipped == ["sample_000", "sample_001", "sample_002"]
     assert [s.record.slide_id for s in result.states] == ["sample_003"]
     assert result.states[0].stages["audit"] == "computed"
@@ -166,6 +167,8 @@ def test_only_new_audits_missing_slides_and_indexes_all(
     assert run_json(out)["counts"] == {"done": 1, "skipped": 3}
     assert (out / "audit.csv").read_bytes() == (reference.out / "audit.csv").read_bytes()
     assert "sample_000" in (out / "index.html").read_text()
+    groups = pd.read_csv(out / "subgroups.csv")  # skipped slides keep their manifest values
+    assert groups[["column", "value", "slides", "labelled"]].values.tolist() == [["ink", 0, 2, 2], ["ink", 1, 2, 2]]
 
 
 @pytest.fixture
@@ -310,6 +313,9 @@ def test_bad_usage_and_config_exit_2(sample_archive: Path, tmp_path: Path) -> No
     assert bad_value.exit_code == 2 and "batch = 0: must be a whole number of patches >= 1" in bad_value.output
     bad_method = runner.invoke(main, [*base, "--methods", "gradcam,nope"])
     assert bad_method.exit_code == 2 and "nope" in bad_method.output
+    bad_group = runner.invoke(main, [*base, "--group-by", "ink,scanner"])
+    assert bad_group.exit_code == 2 and "--group-by scanner: no such manifest column" in bad_group.output
+    assert "annotation_xml, ink" in bad_group.output
     no_model = runner.invoke(main, [*base[:3], str(tmp_path), *base[4:]])
     assert no_model.exit_code == 2 and "config.json missing" in no_model.output
     assert not (tmp_path / "o").exists()

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from fake_stores import EVIL, make_slide_case, real_slide
 from pipeline.cli import main
 from reports.audit import AuditConfig, audit_slide
-from reports.html import render_index, render_slide_report
+from reports.html import percent, render_index, render_slide_report
 from reports.registry import ARTEFACT_METRICS
 from reports.table import scan
 from tiling.errors import StoreError
@@ -236,3 +236,24 @@ def test_slide_report_shows_what_the_model_learnt(archive, tmp_path) -> None:
     assert section.count("<img") == 2 and "normal" in section
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in section and EVIL not in section
     assert 'id="learnt"' not in (archive["positive"] / "report.html").read_text()
+
+
+@pytest.mark.parametrize(("p", "logit", "text"), [
+    (0.999999, 13.8, "> 99.99 % (logit 13.8)"), (1.0, None, "> 99.99 %"), (0.99984, None, "99.98 %"),
+    (0.5, 0.0, "50.00 % (logit 0)"), (0.00001, -11.5, "< 0.01 % (logit -11.5)"), (0.0, None, "< 0.01 %"),
+    (None, None, "n/a")])
+def test_percent_never_rounds_a_probability_to_certainty(p, logit, text) -> None:
+    assert percent(p, logit) == text
+
+
+def test_a_saturated_prediction_shows_its_bound_and_logit_in_report_and_index(tmp_path) -> None:
+    slide_dir, annotations = make_slide_case(tmp_path, "sure", logits=(-12.0, 12.0))
+    stitch_slide(slide_dir, annotations, StitchConfig(max_side=256))
+    audit = load_audit(audit_slide(slide_dir, 1, AuditConfig()))
+    assert audit["logits"] == {"normal": -12.0, "tumor": 12.0}
+    report = render_slide_report(slide_dir).read_text()
+    index = render_index(tmp_path)[0].read_text()
+    prob = r'<div class="prob"><span>[^<]*</span><span class="bar">.*?</span></span><span>([^<]*)</span>'
+    shown = re.findall(prob, report)
+    assert shown == ["&lt; 0.01 % (logit -12)", "&gt; 99.99 % (logit 12)"]
+    assert '<span class="hint">&gt; 99.99 % (logit 12)</span>' in index

@@ -21,6 +21,7 @@ from explainers.model_io import ModelConfig, build_model, save_model
 from explainers.single_image import RegionConfig, explain_region, read_image, tile_starts
 from oracles import ImageExplainer
 from pipeline.cli import main
+from reports.html import percent
 from tiling.errors import ConfigError
 from tiling.slide import open_slide
 
@@ -200,7 +201,7 @@ def test_explain_image_command_writes_the_page_and_pngs(model_dir, tmp_path):
     assert "filters.png" in pngs and sum(p.startswith("activation-") for p in pngs) == 8
     assert Image.open(out / "00-class_0-gradcam.png").size == (224, 224)
     for row in result["top5"]:
-        assert f"{row['class']}: {row['probability']:.3f}" in res.output
+        assert f"{row['class']}: {percent(row['probability'])}" in res.output
     mtime = (out / "index.html").stat().st_mtime_ns
     assert runner.invoke(main, args).exit_code == 0
     assert (out / "index.html").stat().st_mtime_ns == mtime                # current: skipped

@@ -14,7 +14,8 @@ the CSV's folder):
     annotation_downsample  annotation coordinates = slide level-0 coordinates x this factor
                     (e.g. 32 for a level-5 export annotated at level 0); empty = 1
     annotation_mpp  the µm/px of the annotation coordinates (instead of annotation_downsample)
-The last three are positive numbers or empty (= not given).
+The last three are positive numbers or empty (= not given). Every other column (e.g. ink,
+scanner, site) is kept on the record as text, for `run --group-by`.
 
 Folder: every file with a slide suffix (SLIDE_SUFFIXES) directly inside it; its annotations are the
 files with the same stem and an annotation suffix (ANNOTATION_SUFFIXES) beside it; labels are
@@ -42,7 +43,8 @@ class SlideRecord:
     """One slide: its id (folder under OUT/slides), file, labels (class indices; None = unknown),
     annotation files, and what the manifest declares (None = not given): mpp (level-0 µm/px),
     annotation_downsample (annotation px per slide level-0 px), annotation_mpp (µm per
-    annotation px)."""
+    annotation px); columns: every manifest cell of its row as (column, text) pairs (none for a
+    folder archive)."""
 
     slide_id: str
     path: Path
@@ -51,6 +53,7 @@ class SlideRecord:
     mpp: float | None = None
     annotation_downsample: float | None = None
     annotation_mpp: float | None = None
+    columns: tuple[tuple[str, str], ...] = ()
 
     @property
     def label(self) -> int | None:
@@ -140,7 +143,8 @@ def read_manifest(manifest: Path, classes: Sequence[str] | None = None,
                     raise ArchiveError(f"{where}: both `annotation_downsample` and `annotation_mpp` "
                                        "given; keep one")
                 records.append(SlideRecord(slide_id, path, labels,
-                                           tuple(root / cell[c] for c in notes if cell[c]), **numbers))
+                                           tuple(root / cell[c] for c in notes if cell[c]), **numbers,
+                                           columns=tuple(cell.items())))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ArchiveError(f"{manifest}: cannot read the manifest ({exc}); give a UTF-8 CSV file") from exc
     return _checked(records, str(manifest))
@@ -167,6 +171,18 @@ def _checked(records: list[SlideRecord], where: str) -> list[SlideRecord]:
             raise ArchiveError(f"{where}: slide id {r.slide_id!r} appears twice; make the ids unique")
         seen.add(r.slide_id)
     return records
+
+
+def group_values(records: Sequence[SlideRecord], by: Sequence[str]) -> dict[str, dict[str, str]]:
+    """{slide_id: {column: text}} of the manifest columns `by`; ArchiveError naming the archive's
+    columns when one of `by` is not among them."""
+    known = list(dict.fromkeys(c for r in records for c, _ in r.columns))
+    missing = [c for c in by if c not in known]
+    if missing:
+        have = f"its columns are {', '.join(known)}" if known else "a folder archive has no columns"
+        raise ArchiveError(f"--group-by {', '.join(missing)}: no such manifest column; {have}; name one "
+                           "of those or add the column to the manifest CSV")
+    return {r.slide_id: {c: dict(r.columns).get(c, "") for c in by} for r in records}
 
 
 def read_archive(archive: Path, classes: Sequence[str] | None = None,

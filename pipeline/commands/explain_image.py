@@ -31,6 +31,7 @@ def explain_image(image: Path, model_dir: Path, targets: tuple[str, ...], method
     from explainers.errors import ImageError
     from explainers.model_io import read_config
     from explainers.single_image import DEFAULT_METHODS, RegionConfig, check_targets
+    from reports.html import percent
     from reports.image_page import RESULT, write_image_report
 
     out = out or Path(f"{image.stem}-explained")
@@ -47,8 +48,9 @@ def explain_image(image: Path, model_dir: Path, targets: tuple[str, ...], method
     probability = "probability" if summary["head"] == "softmax" else "sigmoid probability (multi-label)"
     click.echo(f"top {len(summary['top5'])} ({probability}):")
     for i, row in enumerate(summary["top5"], 1):
-        click.echo(f"  {i}. {row['class']}: {row['probability']:.3f}")
+        click.echo(f"  {i}. {row['class']}: {percent(row['probability'])}")
     for t in summary["targets"]:
         if not t["in_top5"]:
-            click.echo(f"note: {t['class']} is not in the top 5 (rank {t['rank']}, probability {t['probability']:.3g})")
+            click.echo(f"note: {t['class']} is not in the top 5 "
+                       f"(rank {t['rank']}, probability {percent(t['probability'])})")
     click.echo(f"page: {page}")

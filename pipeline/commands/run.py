@@ -88,10 +88,18 @@ def echo_result(result: RunResult) -> None:
 @click.option("--fail-on", default=None, metavar="review|fail|FLAG[,FLAG]",
               help="CI gate: exit 4 when a slide of this run has verdict REVIEW or worse (review), "
                    "FAIL (fail) or raises one of the named flags (default: run.fail_on, none).")
+@click.option("--group-by", default=None, metavar="COL[,COL]",
+              help="Manifest columns (e.g. ink,scanner,site) whose values split accuracy, false-positive and "
+                   "false-negative rates in the index and OUT/subgroups.csv (default: run.group_by, none).")
+@click.option("--sanity", is_flag=True, default=None,
+              help="Model-randomisation check (Adebayo et al. 2018) on a seeded sample of slides: re-initialise the "
+                   "model top-down, compare each method's maps by Spearman rho (default: audit.sanity.enabled).")
+@click.option("--sanity-slides", default=None, type=click.IntRange(min=1), metavar="N",
+              help="How many slides --sanity checks (default: audit.sanity.slides, 2).")
 @config_options
 def run(archive: Path, model_dir: Path, out: Path, scheduler: str | None, slide_mpp: float | None,
         keep_artefacts: bool | None, lesion_classes: str | None, exclude_classes: str | None, only_new: bool,
-        fail_on: str | None,
+        fail_on: str | None, group_by: str | None, sanity: bool | None, sanity_slides: int | None,
         config_file: Path | None, assignments: tuple[str, ...], workers: int | None,
         methods: tuple[str, ...] | None, device: str | None) -> None:
     """Audit every slide of ARCHIVE (a manifest CSV, or a folder of slides with annotations
@@ -105,5 +113,6 @@ def run(archive: Path, model_dir: Path, out: Path, scheduler: str | None, slide_
         "run.workers": workers, "run.scheduler": scheduler, "explain.methods": methods,
         "explain.device": device, "tile.slide_mpp": slide_mpp,
         "tile.keep_artefacts": keep_artefacts, "run.fail_on": fail_on,
+        "run.group_by": group_by, "audit.sanity.enabled": sanity, "audit.sanity.slides": sanity_slides,
         "stitch.lesion_classes": lesion_classes, "stitch.exclude_classes": exclude_classes})
     echo_result(run_archive(archive, model_dir, out, config, only_new))

@@ -1,0 +1,135 @@
+"""Model-parameter randomisation test (Adebayo et al. 2018, "Sanity checks for saliency maps").
+
+An explanation that explains the model must change when the model does. The layers are
+re-initialised top-down and cumulatively: the MIL head first (every module beside the encoder),
+then the encoder's stages from the top (its children with parameters, last first). After each
+step the maps of every method and the attention are computed again (`BagExplainer`, the same
+engine as the explain stage) on a seeded sample of at most `max_patches` patches, for the class
+the original maps explain, and compared with the original maps by Spearman's rank correlation
+
+    ρ = Pearson correlation of the ranks of all map values (all patches' (h, w) maps flattened;
+        the attention's N values), scipy.stats.spearmanr; None when either map is constant.
+
+A method whose ρ stays above `max_rho` once the top encoder stage is random (the step after the
+head) is insensitive to the model: its maps show the input, not what the model learnt.
+Re-initialisation calls each module's `reset_parameters` (PyTorch's default initialisation),
+seeded; a parameter owned by a module without one is drawn from N(0, 0.02²).
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+from torch import nn
+
+from explainers.engine import BagExplainer, frozen, slide_target
+from explainers.mil import MILModel
+from explainers.model_io import ModelConfig
+from explainers.patches import check_fits, normalise, resize
+from tiling.errors import require
+from tiling.store import PatchStore
+
+ATTENTION = "attention"
+
+
+@dataclass(frozen=True)
+class SanityConfig:
+    """enabled: run the check (on `slides` slides of a run, a seeded sample); max_patches: patches
+    per slide (a seeded sample) in the re-computed bags; max_rho: a method whose ρ is above this
+    once the top encoder stage is random is insensitive; seed: for both samples and the new weights."""
+
+    enabled: bool = False
+    slides: int = 2
+    max_patches: int = 256
+    max_rho: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("slides", "max_patches"):
+            require(getattr(self, key) >= 1, key, getattr(self, key), "a whole number >= 1")
+        require(-1 <= self.max_rho <= 1, "max_rho", self.max_rho, "a correlation in [-1, 1]")
+
+
+def layers(model: MILModel) -> list[tuple[str, list[nn.Module]]]:
+    """The layers to re-initialise, top first: ("head", the modules beside the encoder), then
+    ("encoder.<stage>", [stage]) for each encoder stage with parameters, last stage first."""
+    head = [m for name, m in model.named_children() if name != "encoder"]
+    stages = [(f"encoder.{name}", [m]) for name, m in model.encoder.named_children()
+              if any(True for _ in m.parameters())]
+    return [("head", head), *reversed(stages)]
+
+
+@torch.no_grad()
+def reinitialise(modules: list[nn.Module], seed: int) -> None:
+    """Draw new weights for every parameter of `modules` (module docstring), seeded."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in (m for top in modules for m in top.modules()):
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+            else:
+                for p in module.parameters(recurse=False):
+                    p.normal_(0.0, 0.02)
+
+
+def sample_reader(store: PatchStore, config: ModelConfig, device: torch.device,
+                  index: np.ndarray) -> Callable[[int, int], torch.Tensor]:
+    """read(lo, hi): model inputs of the patches index[lo:hi] of `store`."""
+    check_fits(store, config)
+
+    def read(lo: int, hi: int) -> torch.Tensor:
+        patches = np.stack([store.patches[int(i)] for i in index[lo:hi]])
+        return normalise(resize(patches, config.patch), config, device)
+    return read
+
+
+def bag_maps(model: MILModel, target_layer: str, methods: tuple[str, ...], read: Callable[[int, int], torch.Tensor],
+             n: int, cls: int, batch: int) -> dict[str, np.ndarray]:
+    """{"attention": (n,), method: (n, h, w)} of the bag read by `read` for the slide logit `cls`."""
+    explainer = BagExplainer(model, target_layer, methods)
+
+    def batches() -> Iterator[tuple[int, int, torch.Tensor]]:
+        for lo in range(0, n, batch):
+            yield lo, min(lo + batch, n), read(lo, min(lo + batch, n))
+
+    with frozen(model):
+        bag = explainer.forward(batches(), n)
+        with torch.no_grad():
+            found = {ATTENTION: model.pool(bag.h, cls)[1].double().cpu().numpy()}
+        target = slide_target(model, bag.h, cls)
+        chunks = list(explainer.maps(bag, target, batch, read))
+    return found | {m: np.concatenate([c[m] for _, _, c in chunks]) for m in methods}
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman's ρ of two maps' values (flattened); None when either is constant or not finite."""
+    a, b = np.ravel(a), np.ravel(b)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()) or a.min() == a.max() or b.min() == b.max():
+        return None
+    return float(spearmanr(a, b).statistic)
+
+
+def randomisation(model: MILModel, target_layer: str, methods: tuple[str, ...],
+                  read: Callable[[int, int], torch.Tensor], n: int, cls: int, batch: int,
+                  config: SanityConfig) -> dict[str, object]:
+    """The module docstring's test: {"layers": names in order, "rho": {method: [ρ per layer]},
+    "insensitive": methods with ρ > max_rho once the top encoder stage is random, "max_rho",
+    "patches": n}. `model` is left untouched (a copy is randomised)."""
+    original = bag_maps(model, target_layer, methods, read, n, cls, batch)
+    copy_ = copy.deepcopy(model)
+    steps = layers(copy_)
+    rho: dict[str, list[float | None]] = {name: [] for name in original}
+    for i, (_, modules) in enumerate(steps):
+        reinitialise(modules, config.seed + i)
+        random = bag_maps(copy_, target_layer, methods, read, n, cls, batch)
+        for name in original:
+            rho[name].append(rank_correlation(original[name], random[name]))
+    top = min(1, len(steps) - 1)  # the step that randomised the top encoder stage
+    insensitive = [m for m in methods if (r := rho[m][top]) is not None and r > config.max_rho]
+    return {"layers": [name for name, _ in steps], "rho": rho, "insensitive": insensitive,
+            "max_rho": config.max_rho, "patches": n}

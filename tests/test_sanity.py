@@ -1,0 +1,80 @@
+"""Model-parameter randomisation check (Adebayo et al. 2018): layers, re-initialisation, ρ, the audit."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SMALL, manifest_rows
+from explainers.explain import ExplainConfig, explain_store
+from explainers.model_io import build_model
+from explainers.sanity import SanityConfig, layers, rank_correlation, reinitialise
+from reports.audit import AuditConfig, audit_slide
+from reports.html import render_slide_report
+from tiling.errors import ConfigError
+from tiling.stitch import StitchConfig, stitch_slide
+from tiling.store.records import load_audit
+
+
+def test_layers_go_top_down_head_first() -> None:
+    model = build_model(SMALL)
+    assert [name for name, _ in layers(model)] == ["head", "encoder.block4", "encoder.block3",
+                                                   "encoder.block2", "encoder.block1"]
+    assert layers(model)[0][1] == [model.attention, model.classifier]
+
+
+def test_reinitialise_draws_new_seeded_weights_for_those_modules_only() -> None:
+    a, b = build_model(SMALL), build_model(SMALL)
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    reinitialise([a.encoder.block4], seed=3)
+    reinitialise([b.encoder.block4], seed=3)
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key])                      # seeded
+        assert torch.equal(value, before[key]) != key.startswith("encoder.block4"), key
+
+
+def test_rank_correlation_hand_computed() -> None:
+    # ranks [1,2,3,4] vs [1,3,2,4]: Σd² = 2 -> 1 - 6·2 / (4·15) = 0.8
+    assert rank_correlation(np.array([1, 2, 3, 4.0]), np.array([[10, 30], [20, 40.0]])) == pytest.approx(0.8)
+    assert rank_correlation(np.ones(4), np.arange(4.0)) is None
+    with pytest.raises(ConfigError, match="max_rho"):
+        SanityConfig(max_rho=2)
+
+
+@pytest.mark.slow
+def test_gradcam_follows_the_model_and_guided_backprop_is_flagged(
+        slide_dir: Path, model_dir: Path, sample_archive: Path) -> None:
+    explain_store(slide_dir, model_dir, ExplainConfig(methods=("gradcam", "guided_backprop")))
+    row = manifest_rows(sample_archive)[0]
+    stitch_slide(slide_dir, [Path(row["annotation"])], StitchConfig(max_side=256))
+    config = AuditConfig(sanity=SanityConfig(enabled=True, max_patches=16))
+    plain = load_audit(audit_slide(slide_dir, int(row["label"]), config, model_dir))
+    assert plain["sanity"] is None  # only the slides a run picks are checked
+    audit = load_audit(audit_slide(slide_dir, int(row["label"]), config, model_dir, sanity=True))
+    record = audit["sanity"]
+    assert record["layers"][0] == "head" and record["patches"] == 16  # a seeded sample of the 19 patches
+    rho = record["rho"]
+    assert set(rho) == {"attention", "gradcam", "guided_backprop"}
+    assert all(len(values) == len(record["layers"]) for values in rho.values())
+    assert rho["gradcam"][1] < 0.5                # Grad-CAM changes once the top block is random
+    assert rho["guided_backprop"][1] > 0.5        # guided backprop barely does: it shows the input
+    assert record["insensitive"] == ["guided_backprop"]
+    flagged = {f["flag"]: f for f in audit["flags"]}["insensitive_to_model"]
+    assert flagged["methods"] == ["guided_backprop"] and flagged["verdict"] == "info"
+    html = render_slide_report(slide_dir).read_text()
+    section = html[html.index('id="sanity"'):html.index('id="agreement"')]
+    assert "insensitive to the model" in section and "+ encoder.block4" in section and "<img" in section
+
+
+def test_a_run_checks_a_seeded_sample_of_the_archives_slides() -> None:
+    from pipeline.runner import sanity_sample
+    from tiling.archive import SlideRecord
+
+    records = [SlideRecord(f"s{i}", Path(f"s{i}.tif")) for i in range(6)]
+    assert sanity_sample(records, SanityConfig()) == frozenset()                 # off by default
+    picked = sanity_sample(records, SanityConfig(enabled=True, slides=2))
+    assert len(picked) == 2 and picked <= {r.slide_id for r in records}
+    assert sanity_sample(records[::-1], SanityConfig(enabled=True, slides=2)) == picked   # order-free
+    assert sanity_sample(records, SanityConfig(enabled=True, slides=9)) == {r.slide_id for r in records}

@@ -22,6 +22,7 @@ from tiling.grid import patch_grid
 from tiling.sample_tiff import write_pyramid_tiff
 from tiling.slide import open_slide
 from tiling.store import PATCHES, file_sha256, open_patch_store, read_stamp
+from tiling.store.patches import FORMAT_VERSION
 from tiling.tile import MASK_SIDES, TileConfig, plan_patches, tile_slide
 from tiling.tissue import saturation, tissue_mask
 
@@ -59,7 +60,7 @@ def test_store_layout_and_attrs(tile_sample: Callable[..., Path], sample_archive
                 "footprint": 448.0, "dimensions": [width, height]}
     assert {k: store.attrs[k] for k in expected} == expected
     assert read_stamp(store.path)["source_sha256"] == file_sha256(path)
-    assert store.attrs["format_version"] == 2
+    assert store.attrs["format_version"] == FORMAT_VERSION
 
 
 def test_store_keeps_the_thumbnail_of_the_tissue_mask(tile_sample: Callable[..., Path],

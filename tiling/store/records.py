@@ -2,10 +2,12 @@
 
 ``<slide_dir>/audit.json`` (AUDIT_VERSION), written by the audit stage: slide_id, label,
 classes, prediction, head, target, target_class, map {downsample, pixel_um, shape}, lesions,
-metrics {method: {metric: {value, ...}}}, agreement, top_patches, flags [{flag, verdict,
-severity, methods, message}], verdict (PASS, REVIEW or FAIL), verdict_reason, validation,
+metrics {method: {metric: {value, ...}}}, artefact_focus {method: {peaks, top_patches, summary,
+...}}, agreement, top_patches, flags [{flag, verdict, severity, methods, message}], verdict (PASS,
+REVIEW or FAIL), verdict_reason, artefacts {keep_artefacts, left_out}, without_artefacts (the
+counterfactual, `reports.audit.without_artefacts`; null without the model), validation,
 provenance, stamp {config_hash, source_sha256}. Non-finite numbers are written as null.
-Version 2 added verdict, verdict_reason and each flag's verdict.
+Version 2 added verdict, verdict_reason and each flag's verdict; version 3 the artefacts.
 
 ``<slide_dir>/failure.json`` (FAILURE_VERSION), written when a stage of the slide fails:
 slide_id, stage, message, label, source_path, error_type, and traceback for an unexpected
@@ -25,7 +27,7 @@ from typing import Any
 from tiling.errors import StoreError
 from tiling.store import AUDIT, FAILURE, RUN_MANIFEST, VERSION_KEY, atomic_path, check_version
 
-AUDIT_VERSION = 2
+AUDIT_VERSION = 3
 FAILURE_VERSION = 1
 RUN_VERSION = 1
 

@@ -30,6 +30,7 @@ from reports.registry import FlagInputs, MapView, metrics_for, raise_flags, slid
 from reports.validation import map_stats, validate_attention, validate_coords, validate_maps
 from tiling.artefacts import artefact_name
 from tiling.errors import require
+from tiling.grid import footprint_fraction
 from tiling.store import AUDIT, EXPLAIN, MAPS, PatchStore, chained_stamp, is_current, open_patch_store
 from tiling.store.explain import open_explain_store
 from tiling.store.maps import ATTENTION, Maps, open_maps
@@ -153,20 +154,24 @@ def flags(label: int | None, prediction: int, scores: dict[str, dict], pairs: li
                                   unfaithful or [], resolution or {}, artefact, insensitive or []))
 
 
-def without_artefacts(model: MILModel, h: torch.Tensor, kinds: np.ndarray, head: str, classes: list[str],
-                      max_change: float) -> dict[str, Any]:
-    """The counterfactual slide without the patches lying on an artefact (`kinds` (N,) > 0), pooled
-    from the kept embeddings `h` by the MIL head alone: "dropped" ({kind name: patches}), the
-    prediction before and after (`slide_prediction`), "change" = p_after - p_before of the class
-    predicted before, "flipped", and "depends" = flipped or |change| > `max_change`. Nothing is
-    recomputed when no patch, or every patch, lies on an artefact ("after" None)."""
-    drop = np.asarray(kinds) > 0
+def without_artefacts(model: MILModel, h: torch.Tensor, kinds: np.ndarray, on_lesion: np.ndarray, head: str,
+                      classes: list[str], max_change: float) -> dict[str, Any]:
+    """The counterfactual slide without the patches lying on an artefact (`kinds` (N,) > 0) and on
+    no annotated lesion (`on_lesion` (N,) bool: such a patch is evidence of the lesion too, and
+    dropping it would blame the artefact for the lesion), pooled from the kept embeddings `h` by
+    the MIL head alone: "dropped" ({kind name: patches}), "kept_on_lesion", the prediction
+    before and after (`slide_prediction`), "change" = p_after - p_before of the class predicted
+    before, "flipped", and "depends" = flipped or |change| > `max_change`. Nothing is
+    recomputed when no patch, or every patch, is dropped ("after" None)."""
+    drop = (np.asarray(kinds) > 0) & ~on_lesion
     with torch.no_grad():
         before = slide_prediction(model.pool(h)[0].cpu().numpy(), head, classes)
         after = (slide_prediction(model.pool(h[torch.from_numpy(~drop)])[0].cpu().numpy(), head, classes)
                  if drop.any() and not drop.all() else None)
-    record: dict[str, Any] = {"dropped": {artefact_name(k): int((kinds == k).sum()) for k in np.unique(kinds[drop])},
-                              "kept": int((~drop).sum()), "before": before, "after": after, "max_change": max_change,
+    dropped = kinds[drop]
+    record: dict[str, Any] = {"dropped": {artefact_name(k): int((dropped == k).sum()) for k in np.unique(dropped)},
+                              "kept": int((~drop).sum()), "kept_on_lesion": int(((kinds > 0) & on_lesion).sum()),
+                              "before": before, "after": after, "max_change": max_change,
                               "change": None, "flipped": False, "depends": False}
     if after is not None:
         name = before["prediction_name"]
@@ -338,8 +343,10 @@ def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig, model_d
         mil, _ = load_model(model_dir)
         h = torch.from_numpy(np.asarray(explain["embeddings"][:], np.float32))
         deletion = deletion_record(mil, h, explain, config.faithfulness)
-        artefact = without_artefacts(mil, h, store.artefacts.kind, attrs.get("head", "softmax"), classes,
-                                     config.max_artefact_change)
+        width, height = store.attrs["dimensions"]
+        on_lesion = footprint_fraction(maps.lesion > 0, (width, height), store.coords, store.attrs["footprint"]) > 0
+        artefact = without_artefacts(mil, h, store.artefacts.kind, on_lesion, attrs.get("head", "softmax"),
+                                     classes, config.max_artefact_change)
     randomised = sanity_record(slide_dir, explain, model_dir, config.sanity) if sanity and model_dir else None
     raised = flags(label, predicted["prediction"], compared["metrics"], compared["agreement"],
                    suites, config, lesions["on_tissue"], deletion["unfaithful"] if deletion else [], scales,

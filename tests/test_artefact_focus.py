@@ -63,7 +63,8 @@ def test_without_artefacts_pools_the_kept_embeddings(model_dir: Path) -> None:
     torch.manual_seed(0)
     h = torch.randn(10, embedding_dim(model.encoder, config.patch)) * 3
     kinds = np.array([PEN_INK, PEN_INK, TISSUE_FOLD] + [0] * 7, np.uint8)
-    record = without_artefacts(model, h, kinds, "softmax", ["normal", "tumor"], max_change=1.0)
+    off = np.zeros(10, bool)
+    record = without_artefacts(model, h, kinds, off, "softmax", ["normal", "tumor"], max_change=1.0)
     with torch.no_grad():
         expected = torch.softmax(model.pool(h[3:])[0].double(), -1).numpy()
     assert record["dropped"] == {"pen ink": 2, "tissue fold": 1} and record["kept"] == 7
@@ -72,11 +73,17 @@ def test_without_artefacts_pools_the_kept_embeddings(model_dir: Path) -> None:
     assert record["change"] == pytest.approx(record["after"]["probabilities"][name]
                                              - record["before"]["probabilities"][name])
     assert record["depends"] == record["flipped"]          # max_change 1: only a flip counts
-    tiny = without_artefacts(model, h, kinds, "softmax", ["normal", "tumor"], max_change=1e-9)
+    tiny = without_artefacts(model, h, kinds, off, "softmax", ["normal", "tumor"], max_change=1e-9)
     assert tiny["depends"] is True                           # any change is more than 1e-9
     for nothing in (np.zeros(10, np.uint8), np.full(10, PEN_INK, np.uint8)):
-        record = without_artefacts(model, h, nothing, "softmax", ["normal", "tumor"], 0.2)
+        record = without_artefacts(model, h, nothing, off, "softmax", ["normal", "tumor"], 0.2)
         assert record["after"] is None and record["depends"] is False
+    on_lesion = np.arange(10) == 0                          # the first ink patch holds annotated lesion
+    kept = without_artefacts(model, h, kinds, on_lesion, "softmax", ["normal", "tumor"], 1.0)
+    assert kept["dropped"] == {"pen ink": 1, "tissue fold": 1} and kept["kept"] == 8 and kept["kept_on_lesion"] == 1
+    with torch.no_grad():
+        expected = torch.softmax(model.pool(h[[0, *range(3, 10)]])[0].double(), -1).numpy()
+    assert kept["after"]["probabilities"]["tumor"] == pytest.approx(expected[1], abs=1e-6)
 
 
 def artefact_record(before: float, after: float) -> dict:

@@ -146,15 +146,21 @@ def _share(kinds: np.ndarray) -> float | None:
 ARTEFACT_METRICS = (
     Metric("artefact_mass", "Mass on artefacts", "Art.mass", "Σ_artefact max(m, 0) / Σ_tissue max(m, 0)",
            "negative values clipped to 0; artefacts: pen ink, folds, blank or blurred (tiling.artefacts)",
-           _artefact_mass, plotted=True),
+           _artefact_mass, plotted=True, meaning="share of the map's positive mass on pen ink, folds or blank tissue",
+           good="near 0; the artefacts' share of tissue is what chance gives"),
     Metric("artefact_peak", "Top peak on an artefact", "Art.peak", "1 when the highest peak lies on an artefact",
-           "the highest local maximum", lambda v: _share(v.peak_kinds[:1])),
+           "the highest local maximum", lambda v: _share(v.peak_kinds[:1]),
+           meaning="whether the map's strongest point falls on an artefact",
+           good="0; 1 on a slide predicted positive asks for review"),
     Metric("artefact_peaks", "Peaks on artefacts", "Art.peaks", "peaks on an artefact / peaks",
-           "top {n_peaks} local maxima at least {peak_distance_um:g} µm apart", lambda v: _share(v.peak_kinds)),
+           "top {n_peaks} local maxima at least {peak_distance_um:g} µm apart", lambda v: _share(v.peak_kinds),
+           meaning="share of the map's peaks on an artefact", good="near 0"),
     Metric("artefact_top_patches", "Top patches on artefacts", "Art.top",
            "top patches on an artefact / top patches",
            "the {top_patches} patches of highest score (attention; a CAM's mean over the patch), "
-           f"on an artefact when one kind covers >= {PATCH_SHARE:.0%} of it", lambda v: _share(v.top_kinds)),
+           f"on an artefact when one kind covers >= {PATCH_SHARE:.0%} of it", lambda v: _share(v.top_kinds),
+           meaning="share of the most attended patches that lie on an artefact",
+           good="near 0; >= 0.5 on a slide predicted positive asks for review"),
 )
 
 
@@ -252,8 +258,8 @@ def _focus_outside(f: FlagInputs) -> tuple[list[str], str] | None:
 def _focus_on_artefact(f: FlagInputs) -> tuple[list[str], str] | None:
     if f.prediction == 0:
         return None
-    on = [name for name, s in f.scores.items() if s["artefact_peak"]["value"] == 1.0
-          or (s["artefact_top_patches"]["value"] or 0) >= 0.5]
+    on = [name for name, s in f.scores.items() if s.get("artefact_peak", {}).get("value") == 1.0
+          or (s.get("artefact_top_patches", {}).get("value") or 0) >= 0.5]
     return (on, f"predicted positive with the top peak or half the top patches on an artefact: {', '.join(on)}"
             ) if on else None
 

@@ -90,7 +90,8 @@ def test_top_k_is_strict_when_ties_at_the_cut_overflow_it() -> None:
     # the old rule took all ten pixels: IoU 2/10 = 0.2 against a lesion of the two; strict: 1.0
     config = AuditConfig(top_k=(0.3,))
     lesion = (sparse > 0).astype(np.uint16)
-    scores = score_map(sparse, lesion, valid, M.peaks(sparse, valid, 1, 1), 1.0, config)
+    scores = score_map(MapView(sparse, lesion, valid, M.peaks(sparse, valid, 1, 1), 1.0, config,
+                               np.zeros(sparse.shape, np.uint8), np.zeros(config.top_patches, np.uint8)))
     assert scores["iou_top30"]["value"] == pytest.approx(1.0)
     assert scores["dice_lesion_share"]["value"] == pytest.approx(1.0)
     assert "strict" in scores["iou_top30"]["preprocessing"]

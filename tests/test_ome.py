@@ -52,13 +52,13 @@ def spec_images(root: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def maps_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     slide_dir, annotations = make_slide_case(tmp_path_factory.mktemp("ome"), "cmu")
-    return stitch_slide(slide_dir, annotations, StitchConfig(max_side=1024))
+    return stitch_slide(slide_dir, annotations, StitchConfig(max_side=1024, patch_px=256))  # max_side decides
 
 
 def test_maps_have_pyramids_windows_and_labels(maps_path: Path) -> None:
     maps = open_maps(maps_path)
     assert spec_images(maps_path) == [*maps.heatmaps, "thumbnail", "thumbnail/labels/tissue",
-                                      "thumbnail/labels/lesion"]
+                                      "thumbnail/labels/lesion", "thumbnail/labels/artefacts"]
     full = maps["attention"]
     assert full.shape == (989, 740) and maps.levels("attention") == 3
     level1 = maps.level("attention", 1)
@@ -70,7 +70,7 @@ def test_maps_have_pyramids_windows_and_labels(maps_path: Path) -> None:
     assert maps.level("lesion", 2).shape == (248, 185) and maps.level("lesion", 2).max() == 1
     with pytest.raises(IndexError, match=r"levels 0\.\.2"):
         maps.level("attention", 3)
-    assert "lesion" in maps and "attention" in maps and "artefacts" not in maps
+    assert "lesion" in maps and "artefacts" in maps and "nothing" not in maps
     with pytest.raises(KeyError, match="no map 'nothing'"):
         maps["nothing"]
     ome = maps.group["attention"].attrs["ome"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import re
 import signal
 import threading
 import traceback
@@ -54,6 +55,13 @@ def exit_code(exc: Exception) -> int:
     return EXIT_SLIDES_FAILED if isinstance(exc, AuditError) else EXIT_CRASH
 
 
+def first_sentence(text: str) -> str:
+    """The first sentence of a help text, on one line (click would cut it at 45 characters)."""
+    flat = " ".join(text.split())
+    end = re.search(r"\.(\s|$)", flat)
+    return flat[:end.start() + 1] if end else flat
+
+
 def _terminate(signum: int, frame: Any) -> None:
     """SIGTERM handler: unwind the main thread like an exception, cleaning up as it goes."""
     raise SystemExit(EXIT_TERMINATED)
@@ -83,7 +91,10 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module, attr = COMMANDS[name].split(":")
-        return getattr(importlib.import_module(module), attr)
+        command: click.Command = getattr(importlib.import_module(module), attr)
+        if command.short_help is None and command.help:  # the listing shows whole sentences
+            command.short_help = first_sentence(command.help)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -101,7 +112,8 @@ class LazyGroup(click.Group):
                                 "rerun with -v for the traceback)", code) from exc
 
 
-@click.group(cls=LazyGroup)
+@click.group(cls=LazyGroup, context_settings={"max_content_width": 100})
+@click.version_option(package_name="slideaudit", prog_name="slideaudit")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages; show the traceback of a crash.")
 def main(verbose: bool) -> None:
     """slideaudit: where does the slide classifier look, and is that where the lesion is?"""

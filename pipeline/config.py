@@ -42,13 +42,15 @@ class RunSettings:
     torch_threads: torch/OpenMP threads per worker (0 = cores // workers, at least 1);
     scheduler: address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (None = local);
     fail_on: the CI gate (`reports.gate`): "review", "fail" or flag names; a slide of the run that
-    meets one makes `run` exit 4 (empty = never).
+    meets one makes `run` exit 4 (empty = never);
+    dashboard: HOST:PORT of the local cluster's Dask dashboard (default: this machine only, any free port).
     """
 
     workers: int = runtime(2)
     torch_threads: int = runtime(0)
     scheduler: str | None = runtime(None)
     fail_on: tuple[str, ...] = runtime(())
+    dashboard: str = runtime("127.0.0.1:0")
 
     def __post_init__(self) -> None:
         self.fail_on = check_fail_on(tuple(self.fail_on))

@@ -1,6 +1,7 @@
 """The command line's one mapping of errors to exit codes, and the shared --methods option."""
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from tiling.errors import ArchiveError, ConfigError, SlideError
     (ArchiveError("m.csv line 2: bad label"), EXIT_USAGE),
     (SlideError("a.svs: cannot read it"), EXIT_SLIDES_FAILED),
     (ValueError("a bug"), EXIT_CRASH),
+    (OSError(errno.ENOSPC, "No space left on device"), EXIT_SLIDES_FAILED),  # one message, no traceback
 ])
 def test_errors_map_to_exit_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, exc: Exception,
                                   code: int) -> None:

@@ -266,8 +266,8 @@ def test_failures_are_recorded_per_slide(workspace: Workspace, reference: RunRes
     result = CliRunner().invoke(main, ["run", str(manifest), "--model", str(workspace.model), "--out", str(out),
                                        "--config", str(workspace.config), "--scheduler", shared_cluster])
     assert result.exit_code == 3, result.output
-    assert "4 done" not in result.output and "2 done, 4 failed" in result.output
-    expected = {"corrupt": ("tile", "SlideError"), "sample_002": ("stitch", "AnnotationError"),
+    assert "2 current, 0 recomputed, 4 failed" in result.output
+    expected = {"corrupt": ("preflight", "SlideError"), "sample_002": ("preflight", "AnnotationError"),
                 "sample_001": ("validate", "ValidationFailed")}
     for sid, (stage, error) in expected.items():
         failure = json.loads((out / "slides" / sid / "failure.json").read_text())

@@ -5,6 +5,8 @@ A file's signature is (size, mtime_ns, inode) of its resolved path. Under OUT/ca
     sha256/<key>.json   one per hashed file: {path, signature, sha256}; `cached_sha256` hashes a
                         file again only when its signature changed (one JSON per file, so worker
                         processes never overwrite each other's entries)
+    models/<sha>/       what is computed once per model (class impressions), by the first 16
+                        hex digits of its weights' sha256
     slides.json         the ledger: per slide, the signature of everything its audit was made from
                         (slide and annotation files, its manifest row, the run's config hash, the
                         model's files, slideaudit's version) and the (inode, mtime_ns) of each
@@ -63,6 +65,11 @@ def cached_sha256(path: Path, out: Path) -> str:
     sha = file_sha256(path)
     _write_json(entry_path, {"path": str(path), "signature": sig, "sha256": sha})
     return sha
+
+
+def model_cache(out: Path, model_sha256: str | None) -> Path:
+    """OUT/cache/models/<sha256[:16]>/: the cache folder of one model's weights."""
+    return Path(out) / CACHE / "models" / str(model_sha256)[:16]
 
 
 def slide_inputs(record: SlideRecord, run_key: dict[str, Any]) -> dict[str, Any]:

@@ -24,8 +24,8 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from explainers.impressions import render_impressions
-from explainers.model_io import read_config, weights_path
-from pipeline.cache import Ledger, cached_sha256
+from explainers.model_io import ModelConfig, read_config, weights_path
+from pipeline.cache import Ledger, cached_sha256, model_cache
 from pipeline.cluster import open_client
 from pipeline.config import PipelineConfig
 from pipeline.errors import EXIT_OK, EXIT_SLIDES_FAILED, EXIT_THRESHOLDS, OutLocked
@@ -41,7 +41,6 @@ from tiling.store import AUDIT, RUN_MANIFEST, slide_dir
 from tiling.store.records import load_audit, write_manifest
 
 log = logging.getLogger(__name__)
-MODEL_CACHE = "model"  # OUT/model/: what is computed once per model (class impressions)
 LOCK = ".lock"  # OUT/.lock, held by the run writing OUT
 
 
@@ -103,12 +102,16 @@ def uses_gpu(device: str) -> bool:
 
 
 def _model_files(model_dir: Path, out: Path) -> dict[str, str]:
-    """sha256 of each file of the model folder (`cached_sha256`); ConfigError when it holds no
-    model config."""
+    """sha256 of each file of the model folder (`cached_sha256`)."""
+    return {p.name: cached_sha256(p, out) for p in sorted(model_dir.iterdir()) if p.is_file()}
+
+
+def _read_model(model_dir: Path) -> ModelConfig:
+    """The model folder's config; ConfigError when it holds none."""
     if not (model_dir / "config.json").is_file():
         raise ConfigError(f"{model_dir}: no model here (config.json missing); train one with "
                           "`slideaudit train` or pass the folder that holds it")
-    return {p.name: cached_sha256(p, out) for p in sorted(model_dir.iterdir()) if p.is_file()}
+    return read_config(model_dir)
 
 
 def gated_slides(out: Path, states: list[SlideState], criteria: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -165,12 +168,12 @@ def run_archive(archive: Path, model_dir: Path, out: Path, config: PipelineConfi
     """
     started = time.perf_counter()
     archive, model_dir, out = Path(archive).absolute(), Path(model_dir).absolute(), Path(out).absolute()
-    model_files = _model_files(model_dir, out)
-    model = read_config(model_dir)
+    model = _read_model(model_dir)
     config = at_model_footprint(config, model.mpp, model.patch)
     records = read_archive(archive, model.classes, model.head == "sigmoid")
-    run_key = {"config_hash": config.hash(), "model_files": model_files}
     with locked(out, wait):
+        model_files = _model_files(model_dir, out)
+        run_key = {"config_hash": config.hash(), "model_files": model_files}
         ledger = Ledger(out)
         candidates, skipped = select(records, out, only_new)
         current_ids = {r.slide_id for r in candidates if ledger.is_current(r, run_key)}
@@ -210,8 +213,8 @@ def _audit(todo: list[SlideRecord], ctx: Context, progress: str, info: dict[str,
     gpu = uses_gpu(ctx.config.explain.device)
     with open_client(ctx.config.run, gpu) as client:
         info.update(gpu=gpu, scheduler=client.scheduler.address)
-        impressions = (render_impressions(ctx.model_dir, ctx.out / MODEL_CACHE, ctx.config.impressions,
-                                          model_sha256=ctx.model_sha256)
+        impressions = (render_impressions(ctx.model_dir, model_cache(ctx.out, ctx.model_sha256),
+                                          ctx.config.impressions, model_sha256=ctx.model_sha256)
                        if ctx.config.impressions.steps else {})
         tasks, index = build_graph(todo, replace(ctx, impressions=impressions), gpu)
         bar = Progress(progress, [r.slide_id for r in todo], list(STAGES))

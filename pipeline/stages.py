@@ -30,6 +30,7 @@ from reports.table import VALIDATE
 from tiling.annotations import check_annotation_files
 from tiling.archive import SlideRecord
 from tiling.errors import AuditError
+from tiling.slide import check_readable
 from tiling.stitch import AnnotationScale, stitch_slide
 from tiling.store import AUDIT, EXPLAIN, FAILURE, MAPS, PATCHES, REPORT, remove_leftovers, slide_dir
 from tiling.store.records import load_audit, write_failure_record
@@ -76,6 +77,7 @@ class SlideState:
 
 def _tile(rec: SlideRecord, ctx: Context) -> None:
     check_annotation_files(rec.annotations)  # before the slide's work, not at the stitch stage
+    check_readable(rec.path)  # a SlideError naming the file, before hashing it
     tile_slide(rec.path, ctx.out, ctx.config.tile, slide_id=rec.slide_id, slide_mpp=rec.mpp,
                source_sha256=cached_sha256(rec.path, ctx.out))
 

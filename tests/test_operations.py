@@ -195,3 +195,32 @@ def test_progress_counts_slides_and_shows_their_stage(mode: str, capsys: pytest.
                                     "slideaudit: [1/2] b tile FAILED: not a slide"]
     else:
         assert "1/2" in err and "a explain" in err and "\r" in err
+
+
+@pytest.mark.slow
+def test_a_full_tmpfs_stops_the_run_with_one_message_and_a_rerun_resumes(
+        sample_archive: Path, model_dir: Path, tmp_path: Path) -> None:
+    """A real full disk: OUT is a 2 MiB tmpfs (in a private mount namespace) for two slides that
+    need about 2.6 MiB; then it is enlarged and the run repeated."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"]).returncode:
+        pytest.skip("no mount namespace here (unshare -rm failed): cannot mount a small tmpfs")
+    rows = manifest_rows(sample_archive)[:2]
+    manifest = tmp_path / "two.csv"
+    manifest.write_text("slide_id,path,label\n" + "".join(f"{r['slide_id']},{r['path']},{r['label']}\n" for r in rows))
+    (tmp_path / "config.yaml").write_text(CONFIG)
+    out = tmp_path / "out"
+    out.mkdir()
+    run = f"{SLIDEAUDIT} run {manifest} --model {model_dir} --out {out} --config {tmp_path / 'config.yaml'}"
+    script = (f"mount -t tmpfs -o size=2m tmpfs {out} || exit 99\n"
+              f"{run} > {tmp_path}/full.log 2>&1; echo $? > {tmp_path}/full.rc\n"
+              f"mount -o remount,size=64m {out}\n"
+              f"{run} > {tmp_path}/resume.log 2>&1; echo $? > {tmp_path}/resume.rc\n"
+              f"find {out} -name '.*.tmp-*' -o -name '.*.old-*' > {tmp_path}/leftovers.txt\n"
+              f"cp {out}/audit.csv {tmp_path}/audit.csv\n")
+    assert subprocess.run(["unshare", "-rm", "sh", "-c", script], timeout=900).returncode == 0
+    full = (tmp_path / "full.log").read_text()
+    assert (tmp_path / "full.rc").read_text().strip() == str(EXIT_SLIDES_FAILED), full
+    assert full.count("free space and run again") == 1, full
+    assert (tmp_path / "resume.rc").read_text().strip() == "0", (tmp_path / "resume.log").read_text()
+    assert (tmp_path / "leftovers.txt").read_text() == ""
+    assert len((tmp_path / "audit.csv").read_text().splitlines()) == 1 + 2  # header + 2 slides x gradcam

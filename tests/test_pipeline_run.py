@@ -123,7 +123,8 @@ def test_local_cluster_run(workspace: Workspace, reference: RunResult) -> None:
         assert f"slides/{sid}/report.html" in (out / "index.html").read_text()
         report = (folder / "report.html").read_text()
         assert report.count('alt="class impression of') == 2  # what the model learnt, per class
-    assert sorted(p.suffix for p in (out / "model" / "impressions").iterdir()) == [".json", ".png", ".png"]
+    [cache] = (out / "cache" / "models").iterdir()  # one model
+    assert sorted(p.suffix for p in (cache / "impressions").iterdir()) == [".json", ".png", ".png"]
     assert not leftovers(out)
     assert workspace.archive_unchanged()
 

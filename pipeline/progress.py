@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import click
-from tqdm import tqdm
 
 if TYPE_CHECKING:
     from pipeline.stages import SlideState
@@ -28,7 +27,7 @@ def resolve_mode(mode: str) -> str:
 
 
 def say(line: str) -> None:
-    """One line on stderr (every mode but "none" starts and ends with such lines)."""
+    """One line on stderr, prefixed "slideaudit: "."""
     click.echo(f"slideaudit: {line}", err=True)
 
 
@@ -41,8 +40,11 @@ class Progress:
         self.total = len(slide_ids)
         self.names = list(stages)
         self.stage = dict.fromkeys(slide_ids, self.names[0])  # unfinished slide -> current stage
-        self.bar = (tqdm(total=self.total, unit="slide", desc="audit", file=sys.stderr, dynamic_ncols=True)
-                    if self.mode == "bar" else None)
+        self.bar = None
+        if self.mode == "bar":
+            from tqdm import tqdm  # here: `say` is used before anything heavy is imported
+
+            self.bar = tqdm(total=self.total, unit="slide", desc="audit", file=sys.stderr, dynamic_ncols=True)
 
     def advance(self, stage: str, state: SlideState) -> None:
         """Stage `stage` of the slide ended with `state` (after it: the next stage, or finished)."""

@@ -20,6 +20,7 @@ import dask
 from dask.delayed import Delayed, delayed
 from distributed import Client, as_completed
 
+from pipeline.errors import DiskFull
 from pipeline.progress import Progress
 from pipeline.stages import STAGES, Context, SlideState, run_stage
 from reports.html import render_index
@@ -59,11 +60,14 @@ def stage_of(key: str) -> str:
 
 def compute(client: Client, tasks: list[Delayed], index: Delayed, progress: Progress) -> list[SlideState]:
     """Run the graph on `client`, telling `progress` each stage's result; the final slide states.
-    A task that raises (DiskFull: `run_stage`) cancels the rest and raises here."""
+    A full disk (`run_stage`) or a task that raises cancels the rest and raises here."""
     futures = client.compute([*tasks, index], optimize_graph=False)
     try:
         for future in as_completed(futures[:-1]):
-            progress.advance(stage_of(str(future.key)), future.result())
+            state = future.result()
+            if state.failure and state.failure["error_type"] == DiskFull.__name__:
+                raise DiskFull(state.failure["message"])
+            progress.advance(stage_of(str(future.key)), state)
         return futures[-1].result()
     except BaseException:
         client.cancel(futures)

@@ -160,8 +160,9 @@ def _run(stage: str, rec: SlideRecord, ctx: Context) -> str:
 
 
 def run_stage(stage: str, state: SlideState, ctx: Context) -> SlideState:
-    """Run one stage of a slide unless an earlier one failed; capture any exception as its failure,
-    except a full disk, which is no fault of the slide: DiskFull stops the run."""
+    """Run one stage of a slide unless an earlier one failed; capture any exception as its failure
+    (failure.json), except a full disk, which is no fault of the slide: that failure (error_type
+    DiskFull) is only returned, and `pipeline.graph.compute` stops the run on it."""
     if state.failure:
         return state
     start = time.perf_counter()
@@ -170,9 +171,10 @@ def run_stage(stage: str, state: SlideState, ctx: Context) -> SlideState:
         if stage == list(STAGES)[-1]:
             (slide_dir(ctx.out, state.record.slide_id) / FAILURE).unlink(missing_ok=True)
     except Exception as exc:
-        if disk_full(exc):
-            raise DiskFull(f"{ctx.out}: no space left on its disk (at {stage} of {state.record.slide_id}); "
-                           "free space and run again: finished outputs are kept") from exc
+        if disk_full(exc):  # not written to failure.json: `compute` stops the run on it
+            return replace(state, failure={"stage": stage, "error_type": DiskFull.__name__, "message": (
+                f"{ctx.out}: no space left on its disk (at {stage} of {state.record.slide_id}); "
+                "free space and run again: finished outputs are kept")})
         expected = isinstance(exc, AuditError)
         log.log(logging.WARNING if expected else logging.ERROR, "%s: %s failed: %s",
                 state.record.slide_id, stage, exc, exc_info=not expected)

@@ -200,7 +200,7 @@ def test_external_scheduler(workspace: Workspace, reference: RunResult, dask_clu
                "--config", workspace.config, "--scheduler", dask_cluster]
     gpu = subprocess.run([*command, "--device", "cuda"], capture_output=True, text=True, timeout=600)
     assert gpu.returncode == 2 and "no worker offers a GPU" in gpu.stderr
-    assert not out.exists()
+    assert not (out / "slides").exists()  # OUT holds only the lock and the run's pending record
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert f"index: {out / 'index.html'}" in proc.stdout

@@ -223,4 +223,4 @@ def test_a_full_tmpfs_stops_the_run_with_one_message_and_a_rerun_resumes(
     assert full.count("free space and run again") == 1 and "Traceback" not in full, full
     assert (tmp_path / "resume.rc").read_text().strip() == "0", (tmp_path / "resume.log").read_text()
     assert (tmp_path / "leftovers.txt").read_text() == ""
-    assert len((tmp_path / "audit.csv").read_text().splitlines()) == 1 + 2  # header + 2 slides x gradcam
+    assert len((tmp_path / "audit.csv").read_text().splitlines()) == 1 + 2 * 2  # header + slide x (attention, gradcam)

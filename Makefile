@@ -4,7 +4,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo-out
 
-.PHONY: install system-deps demo lint test test-fast bench
+.PHONY: install system-deps demo lint docker test test-fast bench
 
 install: $(STAMP)
 
@@ -35,8 +35,12 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy tiling explainers reports pipeline
 
-# Everything: lint, then every test tier (browser tests need chromium, the DAG test .venv-airflow).
-test: install system-deps airflow lint
+# The container image builds and answers --help where a Docker daemon runs (else a printed skip reason).
+docker:
+	.ci/docker
+
+# Everything: lint, the image, then every test tier (browser tests need chromium, the DAG test .venv-airflow).
+test: install system-deps airflow lint docker
 	$(BIN)/python -m pytest
 
 # The quick tier (< 3 min on 2 cores): no slow, browser or Airflow tests, no extra setup.

@@ -2,8 +2,8 @@
 
 Exit codes are decided here and only here (`exit_code`; constants in `pipeline.errors`):
 0 ok; 2 usage: a malformed command line, a ConfigError or an ArchiveError (input to fix before
-anything runs); 3 a slide could not be processed: any other AuditError, or `run` completing with
-failed slides; 4 audit thresholds met; 1 a crash: an unexpected exception (traceback with -v);
+anything runs); 3 a slide could not be processed: any other AuditError, a full disk (ENOSPC),
+or `run` completing with failed slides; 4 audit thresholds met; 1 a crash: an unexpected exception (traceback with -v);
 143 stopped by SIGTERM, which is turned into SystemExit so that every half-written output is
 removed on the way out (`tiling.store.atomic_path`), as on Ctrl-C.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import re
 import signal
 import threading
 import traceback
@@ -20,7 +21,7 @@ from typing import Any
 
 import click
 
-from pipeline.errors import EXIT_CRASH, EXIT_SLIDES_FAILED, EXIT_TERMINATED, EXIT_USAGE
+from pipeline.errors import EXIT_CRASH, EXIT_SLIDES_FAILED, EXIT_TERMINATED, EXIT_USAGE, disk_full
 from tiling.errors import ArchiveError, AuditError, ConfigError
 
 # command name -> "module:function" of a click command
@@ -51,7 +52,14 @@ def exit_code(exc: Exception) -> int:
     """The exit code for an exception a command raised (module docstring)."""
     if isinstance(exc, (ConfigError, ArchiveError)):
         return EXIT_USAGE
-    return EXIT_SLIDES_FAILED if isinstance(exc, AuditError) else EXIT_CRASH
+    return EXIT_SLIDES_FAILED if isinstance(exc, AuditError) or disk_full(exc) else EXIT_CRASH
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a help text, on one line (click would cut it at 45 characters)."""
+    flat = " ".join(text.split())
+    end = re.search(r"\.(\s|$)", flat)
+    return flat[:end.start() + 1] if end else flat
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -83,7 +91,10 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module, attr = COMMANDS[name].split(":")
-        return getattr(importlib.import_module(module), attr)
+        command: click.Command = getattr(importlib.import_module(module), attr)
+        if command.short_help is None and command.help:  # the listing shows whole sentences
+            command.short_help = first_sentence(command.help)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -93,6 +104,8 @@ class LazyGroup(click.Group):
             raise
         except Exception as exc:
             code = exit_code(exc)
+            if disk_full(exc) and not isinstance(exc, AuditError):
+                raise CommandFailed(f"{exc}; free space and run again: finished outputs are kept", code) from exc
             if code != EXIT_CRASH:
                 raise CommandFailed(str(exc), code) from exc
             if ctx.params.get("verbose"):
@@ -101,7 +114,8 @@ class LazyGroup(click.Group):
                                 "rerun with -v for the traceback)", code) from exc
 
 
-@click.group(cls=LazyGroup)
+@click.group(cls=LazyGroup, context_settings={"max_content_width": 100})
+@click.version_option(package_name="slideaudit", prog_name="slideaudit")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages; show the traceback of a crash.")
 def main(verbose: bool) -> None:
     """slideaudit: where does the slide classifier look, and is that where the lesion is?"""

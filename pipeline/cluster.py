@@ -63,7 +63,7 @@ def open_client(settings: RunSettings, gpu: bool = False) -> Iterator[Client]:
             threads = str(torch_threads(settings))
             cluster = stack.enter_context(LocalCluster(
                 n_workers=settings.workers, threads_per_worker=1, processes=True,
-                dashboard_address=":0", resources={"GPU": 1} if gpu else None,
+                dashboard_address=settings.dashboard, resources={"GPU": 1} if gpu else None,
                 env={**dict.fromkeys(THREAD_VARS, threads), "TQDM_DISABLE": "1"}))
             client = stack.enter_context(Client(cluster))
         if gpu and not gpu_workers(client):

@@ -44,6 +44,7 @@ class RunSettings:
     fail_on: the CI gate (`reports.gate`): "review", "fail" or flag names; a slide of the run that
     meets one makes `run` exit 4 (empty = never);
     group_by: manifest columns whose values split the index's subgroup rates (`reports.subgroups`).
+    dashboard: HOST:PORT of the local cluster's Dask dashboard (default: this machine only, any free port).
     """
 
     workers: int = runtime(2)
@@ -51,6 +52,7 @@ class RunSettings:
     scheduler: str | None = runtime(None)
     fail_on: tuple[str, ...] = runtime(())
     group_by: tuple[str, ...] = runtime(())
+    dashboard: str = runtime("127.0.0.1:0")
 
     def __post_init__(self) -> None:
         self.fail_on = check_fail_on(tuple(self.fail_on))

@@ -1,5 +1,7 @@
 """Errors of the pipeline package and the exit codes of `slideaudit` (mapped in `pipeline.cli`)."""
-from tiling.errors import AuditError
+import errno
+
+from tiling.errors import AuditError, ConfigError
 
 EXIT_OK = 0
 EXIT_CRASH = 1          # an unexpected exception: a bug or the environment
@@ -11,6 +13,24 @@ EXIT_TERMINATED = 143   # 128 + SIGTERM: stopped by SIGTERM, temporary outputs r
 
 class ValidationFailed(AuditError):
     """A great-expectations suite of the slide's audit failed (the report shows which)."""
+
+
+class OutLocked(ConfigError):
+    """Another run holds the lock on OUT (exit 2: wait for it or pass --wait)."""
+
+
+class DiskFull(AuditError):
+    """The disk of OUT is full (ENOSPC): the run stops, its half-written outputs removed; a rerun
+    after freeing space resumes where it stopped."""
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """True when `exc`, or an exception it was raised from, is OSError ENOSPC (no space left)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class UploadTooLarge(Exception):

@@ -19,8 +19,9 @@ from typing import Any
 import dask
 from dask.delayed import Delayed, delayed
 from distributed import Client, as_completed
-from tqdm import tqdm
 
+from pipeline.errors import DiskFull
+from pipeline.progress import Progress
 from pipeline.stages import STAGES, Context, SlideState, run_stage
 from reports.html import render_index
 from tiling.archive import SlideRecord
@@ -56,9 +57,22 @@ def build_graph(records: Sequence[SlideRecord], ctx: Context, gpu: bool,
     return tasks, index
 
 
-def compute(client: Client, tasks: list[Delayed], index: Delayed) -> list[SlideState]:
-    """Run the graph on `client` with a progress bar over its tasks; the final slide states."""
+def stage_of(key: str) -> str:
+    """The stage of a task key "<stage>-<slide_id>-<token>" (stage names hold no "-")."""
+    return key.split("-", 1)[0]
+
+
+def compute(client: Client, tasks: list[Delayed], index: Delayed, progress: Progress) -> list[SlideState]:
+    """Run the graph on `client`, telling `progress` each stage's result; the final slide states.
+    A full disk (`run_stage`) or a task that raises cancels the rest and raises here."""
     futures = client.compute([*tasks, index], optimize_graph=False)
-    for future in tqdm(as_completed(futures), total=len(futures), desc="audit", unit="task"):
-        future.result()
-    return futures[-1].result()
+    try:
+        for future in as_completed(futures[:-1]):
+            state = future.result()
+            if state.failure and state.failure["error_type"] == DiskFull.__name__:
+                raise DiskFull(state.failure["message"])
+            progress.advance(stage_of(str(future.key)), state)
+        return futures[-1].result()
+    except BaseException:
+        client.cancel(futures)
+        raise

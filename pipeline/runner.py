@@ -6,11 +6,15 @@ until the run ends, then "done", "failed" or "skipped"), per-stage "computed"/"c
 seconds, and the CI gate: fail_on and thresholds_met [{slide_id, verdict, verdict_reason, met}],
 the slides of this run that meet it (`reports.gate`). It is written when the run starts and again
 when it ends, so an interrupted run leaves "pending" slides and no "finished".
-The model's files are hashed once, here, for every stage.
+The model's files are hashed once, here, for every stage. A run holds OUT/.lock (filelock)
+from start to end: a second run on the same OUT exits 2 (OutLocked) or, with `wait`, waits.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -18,23 +22,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from explainers.impressions import render_impressions
-from explainers.model_io import read_config, weights_path
+from explainers.model_io import ModelConfig, read_config, weights_path
 from explainers.sanity import SanityConfig
+from pipeline.cache import Ledger, cached_sha256, model_cache
 from pipeline.cluster import open_client
 from pipeline.config import PipelineConfig
-from pipeline.errors import EXIT_OK, EXIT_SLIDES_FAILED, EXIT_THRESHOLDS
+from pipeline.errors import EXIT_OK, EXIT_SLIDES_FAILED, EXIT_THRESHOLDS, OutLocked
 from pipeline.graph import build_graph, compute
-from pipeline.stages import Context, SlideState
+from pipeline.preflight import PREFLIGHT, preflight
+from pipeline.progress import Progress
+from pipeline.stages import STAGES, Context, SlideState, write_failure
 from reports.gate import gate_reasons
+from reports.html import INDEX, render_index
 from tiling.archive import SlideRecord, group_values, read_archive
 from tiling.errors import ConfigError
-from tiling.store import AUDIT, RUN_MANIFEST, file_sha256, slide_dir
+from tiling.store import AUDIT, RUN_MANIFEST, slide_dir
 from tiling.store.records import load_audit, write_manifest
 
 log = logging.getLogger(__name__)
-MODEL_CACHE = "model"  # OUT/model/: what is computed once per model (class impressions)
+LOCK = ".lock"  # OUT/.lock, held by the run writing OUT
 
 
 @dataclass
@@ -47,6 +56,12 @@ class RunResult:
     states: list[SlideState]
     skipped: list[str]
     gated: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0  # wall time of the run
+
+    @property
+    def current(self) -> list[SlideState]:
+        """The slides audited without failure and without recomputing anything."""
+        return [s for s in self.states if not s.failure and "computed" not in s.stages.values()]
 
     @property
     def failed(self) -> list[SlideState]:
@@ -60,7 +75,7 @@ class RunResult:
 
     @property
     def index(self) -> Path:
-        return self.out / "index.html"
+        return self.out / INDEX
 
     @property
     def audit_csv(self) -> Path:
@@ -88,12 +103,17 @@ def uses_gpu(device: str) -> bool:
     return torch.cuda.is_available()
 
 
-def _model_files(model_dir: Path) -> dict[str, str]:
-    """sha256 of each file of the model folder; ConfigError when it holds no model config."""
+def _model_files(model_dir: Path, out: Path) -> dict[str, str]:
+    """sha256 of each file of the model folder (`cached_sha256`)."""
+    return {p.name: cached_sha256(p, out) for p in sorted(model_dir.iterdir()) if p.is_file()}
+
+
+def _read_model(model_dir: Path) -> ModelConfig:
+    """The model folder's config; ConfigError when it holds none."""
     if not (model_dir / "config.json").is_file():
         raise ConfigError(f"{model_dir}: no model here (config.json missing); train one with "
                           "`slideaudit train` or pass the folder that holds it")
-    return {p.name: file_sha256(p) for p in sorted(model_dir.iterdir()) if p.is_file()}
+    return read_config(model_dir)
 
 
 def gated_slides(out: Path, states: list[SlideState], criteria: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -126,45 +146,94 @@ def at_model_footprint(config: PipelineConfig, mpp: float, patch: int) -> Pipeli
     return replace(config, tile=config.tile.resolved(mpp, patch))
 
 
+@contextlib.contextmanager
+def locked(out: Path, wait: bool) -> Iterator[None]:
+    """Hold OUT/.lock for the block; OutLocked at once when another run holds it, unless `wait`."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out / LOCK, timeout=-1 if wait else 0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OutLocked(f"{out}: another `slideaudit run` is writing here (it holds {out / LOCK}); "
+                        "let it finish, pass --wait to wait for it, or choose another --out") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def run_archive(archive: Path, model_dir: Path, out: Path, config: PipelineConfig,
-                only_new: bool = False) -> RunResult:
+                only_new: bool = False, wait: bool = False, progress: str = "auto") -> RunResult:
     """Audit every slide of `archive` (manifest CSV or folder) with the model in `model_dir`,
     writing OUT/slides/<id>/..., OUT/index.html, OUT/audit.csv and OUT/run.json.
 
-    Per-slide failures are recorded (failure.json) and do not raise; a bad archive, model folder,
-    config or scheduler raises ConfigError/ArchiveError before anything runs.
+    Slides whose inputs and outputs are as the ledger recorded (`pipeline.cache`) are current
+    without Dask; the others are checked (`pipeline.preflight`), then audited on Dask, with
+    `progress` ("auto", "bar", "plain", "none": `pipeline.progress`). Per-slide failures are
+    recorded (failure.json) and do not raise; a bad archive, model, config or scheduler raises
+    ConfigError/ArchiveError before any slide runs, OutLocked when another run holds OUT's lock
+    (unless `wait`), DiskFull when OUT's disk is full.
     """
+    started = time.perf_counter()
     archive, model_dir, out = Path(archive).absolute(), Path(model_dir).absolute(), Path(out).absolute()
-    model_files = _model_files(model_dir)
-    model = read_config(model_dir)
+    model = _read_model(model_dir)
     config = at_model_footprint(config, model.mpp, model.patch)
     records = read_archive(archive, model.classes, model.head == "sigmoid")
     groups = group_values(records, config.run.group_by)
-    todo, skipped = select(records, out, only_new)
-    gpu = uses_gpu(config.explain.device)
-    model_sha = model_files[weights_path(model_dir).name]
-    info = {"slideaudit": version("slideaudit"), "archive": str(archive), "model": str(model_dir),
-            "model_files": model_files, "out": str(out), "config": config.to_dict(),
-            "config_hash": config.hash(), "only_new": only_new, "gpu": gpu, "started": _now()}
-    skipped_entries = [{"slide_id": s, "state": "skipped", "reason": f"{AUDIT} exists (--only-new)"}
-                       for s in skipped]
-    pending = [{"slide_id": r.slide_id, "state": "pending", "source_path": str(r.path)} for r in todo]
-    with open_client(config.run, gpu) as client:
-        info["scheduler"] = client.scheduler.address
+    with locked(out, wait):
+        model_files = _model_files(model_dir, out)
+        run_key = {"config_hash": config.hash(), "model_files": model_files}
+        ledger = Ledger(out)
+        candidates, skipped = select(records, out, only_new)
+        current_ids = {r.slide_id for r in candidates if ledger.is_current(r, run_key)}
+        current = [r for r in candidates if r.slide_id in current_ids]
+        todo = [r for r in candidates if r.slide_id not in current_ids]
+        problems = preflight(todo, model_dir, config) if todo else {}
+        info = {"slideaudit": version("slideaudit"), "archive": str(archive), "model": str(model_dir),
+                "model_files": model_files, "out": str(out), "config": config.to_dict(),
+                "config_hash": run_key["config_hash"], "only_new": only_new, "started": _now()}
+        skipped_entries = [{"slide_id": s, "state": "skipped", "reason": f"{AUDIT} exists (--only-new)"}
+                           for s in skipped]
+        pending = [{"slide_id": r.slide_id, "state": "pending", "source_path": str(r.path)} for r in todo]
         write_manifest(out, info, pending + skipped_entries)
-        log.info("%d slide(s) to audit, %d skipped, config %s", len(todo), len(skipped),
-                 info["config_hash"])
-        # once per run, before the slides: each report shows what the model learnt
-        impressions = (render_impressions(model_dir, out / MODEL_CACHE, config.impressions, model_sha256=model_sha)
-                       if todo and config.impressions.steps else {})
-        sanity = sanity_sample(records, config.audit.sanity)
-        tasks, index = build_graph(todo, Context(out, model_dir, config, impressions, model_sha, sanity), gpu, groups)
-        states = compute(client, tasks, index)
-    gated = gated_slides(out, states, config.run.fail_on)
-    info.update(finished=_now(), fail_on=list(config.run.fail_on), thresholds_met=gated)
-    write_manifest(out, info, [s.summary() for s in states] + skipped_entries)
-    return RunResult(out, states, skipped, gated)
+        failed = [write_failure(SlideState(r), out, PREFLIGHT, problems[r.slide_id])
+                  for r in todo if r.slide_id in problems]
+        todo = [r for r in todo if r.slide_id not in problems]
+        log.info("%d slide(s): %d current, %d to audit, %d failed preflight, %d skipped; config %s",
+                 len(records), len(current), len(todo), len(failed), len(skipped), run_key["config_hash"])
+        ctx = Context(out, model_dir, config, model_sha256=model_files[weights_path(model_dir).name],
+                      sanity_slides=sanity_sample(records, config.audit.sanity))
+        states = _audit(todo, ctx, progress, info, groups)
+        if not todo and (failed or not (out / INDEX).is_file()):
+            render_index(out, config.run.group_by, groups)
+        states = [*(SlideState(r, dict.fromkeys(STAGES, "current")) for r in current), *failed, *states]
+        ledger.update([s.record for s in states if not s.failure], [s.record.slide_id for s in states if s.failure],
+                      run_key)
+        gated = gated_slides(out, states, config.run.fail_on)
+        info.update(finished=_now(), fail_on=list(config.run.fail_on), thresholds_met=gated)
+        write_manifest(out, info, [s.summary() for s in states] + skipped_entries)
+    return RunResult(out, states, skipped, gated, round(time.perf_counter() - started, 3))
+
+
+def _audit(todo: list[SlideRecord], ctx: Context, progress: str, info: dict[str, Any],
+           groups: dict[str, dict[str, str]]) -> list[SlideState]:
+    """Audit `todo` on Dask (the class impressions first, once per model) and render the index
+    (with the subgroups of `groups`); their final states. Nothing starts when `todo` is empty."""
+    if not todo:
+        return []
+    gpu = uses_gpu(ctx.config.explain.device)
+    with open_client(ctx.config.run, gpu) as client:
+        info.update(gpu=gpu, scheduler=client.scheduler.address)
+        impressions = (render_impressions(ctx.model_dir, model_cache(ctx.out, ctx.model_sha256),
+                                          ctx.config.impressions, model_sha256=ctx.model_sha256)
+                       if ctx.config.impressions.steps else {})
+        tasks, index = build_graph(todo, replace(ctx, impressions=impressions), gpu, groups)
+        bar = Progress(progress, [r.slide_id for r in todo], list(STAGES))
+        try:
+            return compute(client, tasks, index, bar)
+        finally:
+            bar.close()

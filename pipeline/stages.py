@@ -21,14 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from explainers.explain import explain_store
+from pipeline.cache import cached_sha256
 from pipeline.config import PipelineConfig
-from pipeline.errors import ValidationFailed
+from pipeline.errors import DiskFull, ValidationFailed, disk_full
 from reports.audit import audit_slide
 from reports.html import render_slide_report
 from reports.table import VALIDATE
 from tiling.annotations import check_annotation_files
 from tiling.archive import SlideRecord
 from tiling.errors import AuditError
+from tiling.slide import check_readable
 from tiling.stitch import AnnotationScale, stitch_slide
 from tiling.store import AUDIT, EXPLAIN, FAILURE, MAPS, PATCHES, REPORT, remove_leftovers, slide_dir
 from tiling.store.records import load_audit, write_failure_record
@@ -76,7 +78,9 @@ class SlideState:
 
 def _tile(rec: SlideRecord, ctx: Context) -> None:
     check_annotation_files(rec.annotations)  # before the slide's work, not at the stitch stage
-    tile_slide(rec.path, ctx.out, ctx.config.tile, slide_id=rec.slide_id, slide_mpp=rec.mpp)
+    check_readable(rec.path)  # a SlideError naming the file, before hashing it
+    tile_slide(rec.path, ctx.out, ctx.config.tile, slide_id=rec.slide_id, slide_mpp=rec.mpp,
+               source_sha256=cached_sha256(rec.path, ctx.out))
 
 
 def _explain(rec: SlideRecord, ctx: Context) -> None:
@@ -158,7 +162,9 @@ def _run(stage: str, rec: SlideRecord, ctx: Context) -> str:
 
 
 def run_stage(stage: str, state: SlideState, ctx: Context) -> SlideState:
-    """Run one stage of a slide unless an earlier one failed; capture any exception as its failure."""
+    """Run one stage of a slide unless an earlier one failed; capture any exception as its failure
+    (failure.json), except a full disk, which is no fault of the slide: that failure (error_type
+    DiskFull) is only returned, and `pipeline.graph.compute` stops the run on it."""
     if state.failure:
         return state
     start = time.perf_counter()
@@ -167,6 +173,10 @@ def run_stage(stage: str, state: SlideState, ctx: Context) -> SlideState:
         if stage == list(STAGES)[-1]:
             (slide_dir(ctx.out, state.record.slide_id) / FAILURE).unlink(missing_ok=True)
     except Exception as exc:
+        if disk_full(exc):  # not written to failure.json: `compute` stops the run on it
+            return replace(state, failure={"stage": stage, "error_type": DiskFull.__name__, "message": (
+                f"{ctx.out}: no space left on its disk (at {stage} of {state.record.slide_id}); "
+                "free space and run again: finished outputs are kept")})
         expected = isinstance(exc, AuditError)
         log.log(logging.WARNING if expected else logging.ERROR, "%s: %s failed: %s",
                 state.record.slide_id, stage, exc, exc_info=not expected)

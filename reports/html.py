@@ -11,6 +11,8 @@ import functools
 import json
 import logging
 import math
+import re
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -30,7 +32,7 @@ from reports.subgroups import SUBGROUPS_CSV, subgroup_table
 from reports.table import audit_table, method_flags, metric_columns, missing_metrics, scan
 from reports.validation import validate_audit_table
 from tiling.errors import StoreError
-from tiling.store import EXPLAIN, REPORT, atomic_path, open_patch_store
+from tiling.store import AUDIT, EXPLAIN, REPORT, atomic_path, chained_stamp, file_sha256, open_patch_store
 from tiling.store.explain import open_explain_store
 from tiling.store.maps import THUMBNAIL, Maps, open_maps
 from tiling.store.records import load_audit
@@ -207,12 +209,38 @@ def _sanity(record: dict[str, Any] | None) -> dict[str, Any] | None:
     return {**record, "uri": F.sanity_plot(record["layers"], record["rho"], labels)}
 
 
-def render_slide_report(slide_dir: Path, impressions: dict[str, Path] | None = None) -> Path:
+STAMP_META = re.compile(r'<meta name="slideaudit-stamp" content="([0-9a-f]+):([0-9a-f]*)">')
+
+
+def report_stamp(slide_dir: Path, impressions: dict[str, Path] | None) -> dict[str, str]:
+    """The stamp of a slide's report: audit.json's, this slideaudit's version and the sha256 of
+    each class impression shown."""
+    shown = {name: file_sha256(png) for name, png in sorted((impressions or {}).items())}
+    return chained_stamp({"slideaudit": version("slideaudit"), "impressions": shown}, Path(slide_dir) / AUDIT)
+
+
+def read_report_stamp(path: Path) -> dict[str, str] | None:
+    """The stamp in a report's <head> (`STAMP_META`), None when absent or unreadable."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            match = STAMP_META.search(f.read(4096))
+    except OSError:
+        return None
+    return {"config_hash": match[1], "source_sha256": match[2]} if match else None
+
+
+def render_slide_report(slide_dir: Path, impressions: dict[str, Path] | None = None, force: bool = False) -> Path:
     """Write ``slide_dir/report.html`` (atomic) from audit.json and the slide's stores, with the
-    model's class impressions ({class: PNG path}) when given."""
+    model's class impressions ({class: PNG path}) when given; skipped when its stamp
+    (`report_stamp`, kept in its <head>) is current, unless `force`."""
     slide_dir = Path(slide_dir)
+    stamp = report_stamp(slide_dir, impressions)
+    if not force and read_report_stamp(slide_dir / REPORT) == stamp:
+        log.info("%s: up to date", slide_dir / REPORT)
+        return slide_dir / REPORT
+    context = {**slide_context(slide_dir, impressions), "stamp": f"{stamp['config_hash']}:{stamp['source_sha256']}"}
     write_focus_geojson(slide_dir, load_audit(slide_dir), open_maps(slide_dir))
-    path = _write(slide_dir / REPORT, "slide.html", slide_context(slide_dir, impressions))
+    path = _write(slide_dir / REPORT, "slide.html", context)
     log.info("wrote %s", path)
     return path
 

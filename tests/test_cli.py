@@ -1,6 +1,7 @@
 """The command line's one mapping of errors to exit codes, and the shared --methods option."""
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from tiling.errors import ArchiveError, ConfigError, SlideError
     (ArchiveError("m.csv line 2: bad label"), EXIT_USAGE),
     (SlideError("a.svs: cannot read it"), EXIT_SLIDES_FAILED),
     (ValueError("a bug"), EXIT_CRASH),
+    (OSError(errno.ENOSPC, "No space left on device"), EXIT_SLIDES_FAILED),  # one message, no traceback
 ])
 def test_errors_map_to_exit_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, exc: Exception,
                                   code: int) -> None:
@@ -48,3 +50,15 @@ def test_every_methods_option_checks_against_the_registry(tmp_path: Path, comman
     result = CliRunner().invoke(main, [command, *args, "--methods", "gradcam,lime"])
     assert result.exit_code == EXIT_USAGE and "--methods" in result.output and "'lime'" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_version_and_whole_sentences_in_the_command_list() -> None:
+    from importlib.metadata import version
+
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and version("slideaudit") in result.output
+    listing = CliRunner().invoke(main, ["--help"], terminal_width=100).output.split("Commands:")[1]
+    assert "..." not in listing
+    for command in COMMANDS:
+        assert f"  {command} " in listing
+    assert "with enough tissue." in listing  # tile's first sentence, whole

@@ -72,7 +72,8 @@ def test_runtime_fields_are_declared_once_and_stamps_leave_them_out() -> None:
                for name, cls in (("tile", TileConfig), ("explain", ExplainConfig), ("stitch", StitchConfig),
                                  ("audit", AuditConfig), ("run", RunSettings))}
     assert runtime == {"tile": ["chunk"], "explain": ["device", "batch"], "stitch": ["chunk", "block_pixels"],
-                       "audit": [], "run": ["workers", "torch_threads", "scheduler", "fail_on", "group_by"]}
+                       "audit": [], "run": ["workers", "torch_threads", "scheduler", "fail_on", "group_by",
+                                            "dashboard"]}
     assert config_hash(ExplainConfig(batch=8, device="cpu")) == config_hash(ExplainConfig())
     assert config_hash(ExplainConfig()) == config_hash({"methods": ["gradcam"], "target": "slide",
                                                         "target_class": None, "autocast": False})

@@ -125,7 +125,8 @@ def test_local_cluster_run(workspace: Workspace, reference: RunResult) -> None:
         assert f"slides/{sid}/report.html" in (out / "index.html").read_text()
         report = (folder / "report.html").read_text()
         assert report.count('alt="class impression of') == 2  # what the model learnt, per class
-    assert sorted(p.suffix for p in (out / "model" / "impressions").iterdir()) == [".json", ".png", ".png"]
+    [cache] = (out / "cache" / "models").iterdir()  # one model
+    assert sorted(p.suffix for p in (cache / "impressions").iterdir()) == [".json", ".png", ".png"]
     assert not leftovers(out)
     assert workspace.archive_unchanged()
 
@@ -203,7 +204,7 @@ def test_external_scheduler(workspace: Workspace, reference: RunResult, dask_clu
                "--config", workspace.config, "--scheduler", dask_cluster]
     gpu = subprocess.run([*command, "--device", "cuda"], capture_output=True, text=True, timeout=600)
     assert gpu.returncode == 2 and "no worker offers a GPU" in gpu.stderr
-    assert not out.exists()
+    assert not (out / "slides").exists()  # OUT holds only the lock and the run's pending record
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert f"index: {out / 'index.html'}" in proc.stdout
@@ -270,8 +271,8 @@ def test_failures_are_recorded_per_slide(workspace: Workspace, reference: RunRes
     result = CliRunner().invoke(main, ["run", str(manifest), "--model", str(workspace.model), "--out", str(out),
                                        "--config", str(workspace.config), "--scheduler", shared_cluster])
     assert result.exit_code == 3, result.output
-    assert "4 done" not in result.output and "2 done, 4 failed" in result.output
-    expected = {"corrupt": ("tile", "SlideError"), "sample_002": ("stitch", "AnnotationError"),
+    assert "2 current, 0 recomputed, 4 failed" in result.output
+    expected = {"corrupt": ("preflight", "SlideError"), "sample_002": ("preflight", "AnnotationError"),
                 "sample_001": ("validate", "ValidationFailed")}
     for sid, (stage, error) in expected.items():
         failure = json.loads((out / "slides" / sid / "failure.json").read_text())

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from conftest import manifest_rows
@@ -21,7 +22,9 @@ def hidden(folder: Path) -> list[Path]:
     return sorted(folder.glob(".patches.zarr.*")) if folder.is_dir() else []
 
 
-def test_sigterm_during_tile_leaves_no_temporary_store(sample_archive: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, EXIT_TERMINATED), (signal.SIGINT, 1)])
+def test_a_signal_during_tile_leaves_no_temporary_store(sample_archive: Path, tmp_path: Path, signum: int,
+                                                       code: int) -> None:
     slide = manifest_rows(sample_archive)[0]["path"]
     folder = tmp_path / "out" / "slides" / "s"
     # 16-px patches at level-0 resolution on glass too: thousands of blocks, a long write
@@ -32,9 +35,9 @@ def test_sigterm_during_tile_leaves_no_temporary_store(sample_archive: Path, tmp
     while not any(p.glob("patches/c/*") for p in hidden(folder)):  # a first chunk written
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == EXIT_TERMINATED, output
+    assert proc.returncode == code, output
     assert hidden(folder) == [] and not (folder / "patches.zarr").exists()
 
 

@@ -192,11 +192,12 @@ def _run(tasks: list[Any], label: str) -> None:
 
 
 def tile_slide(slide_path: Path, out: Path, config: TileConfig, slide_id: str | None = None,
-               slide_mpp: float | None = None) -> Path:
+               slide_mpp: float | None = None, source_sha256: str | None = None) -> Path:
     """Write <out>/slides/<slide_id>/patches.zarr for the slide (slide_id: the file's stem).
 
     slide_mpp: the slide's level-0 µm/px from the manifest; it overrides config.slide_mpp (the
     flag), which overrides the file's tags (`tiling.resolution`). attrs record which was used.
+    source_sha256: the file's sha256 when the caller has it (e.g. cached); None hashes the file.
 
     Skips when the store is current (same config hash and slide sha256). A slide without tissue
     gives an empty store (N = 0) and a warning. Raises SlideError naming the file when it cannot
@@ -211,7 +212,8 @@ def tile_slide(slide_path: Path, out: Path, config: TileConfig, slide_id: str | 
     mpp, patch = config.target
     source = "manifest" if slide_mpp is not None else "flag"
     with open_slide(slide_path, config.slide_mpp, source) as slide, ThreadPoolExecutor(1) as hasher:
-        sha256 = hasher.submit(file_sha256, slide_path)  # hashlib frees the GIL: hashed while planning
+        # hashlib frees the GIL: hashed while planning (unless the caller knows the sha256)
+        sha256 = hasher.submit(lambda: source_sha256 or file_sha256(slide_path))
         if target.exists() and is_current(target, config_hash(config), sha256.result()):
             log.info("%s: up to date", target)
             return target

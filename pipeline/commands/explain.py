@@ -26,7 +26,10 @@ def explain(slide_dir: Path, model_dir: Path, methods: tuple[str, ...], target: 
     import zarr
 
     from explainers.explain import ExplainConfig, explain_store
+    from tiling.store import EXPLAIN, remove_leftovers
 
+    if slide_dir.is_dir():
+        remove_leftovers(slide_dir, EXPLAIN)  # of a killed earlier run
     out = explain_store(slide_dir, model_dir, ExplainConfig(methods, target, target_class, device, batch))
     group = zarr.open_group(out, mode="r")
     classes, cls = group.attrs["classes"], group.attrs["target_class"]

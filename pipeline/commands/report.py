@@ -18,7 +18,7 @@ def report(out: Path, slides: bool) -> None:
     if slides:
         folders = sorted(p.parent for p in (out / "slides").glob(f"*/{AUDIT}"))
         for folder in folders:
-            render_slide_report(folder)
+            render_slide_report(folder, force=True)
         click.echo(f"re-rendered {len(folders)} slide report(s)")
     index, table = render_index(out)
     click.echo(f"wrote {index} and {table}")

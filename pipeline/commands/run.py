@@ -1,6 +1,7 @@
 """`slideaudit run`: audit an archive of slides on Dask."""
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,21 +54,12 @@ def build_config(config_file: Path | None, assignments: tuple[str, ...], flags: 
     return load_config(config_file, overrides, defaults)
 
 
-def echo_result(result: RunResult) -> None:
-    """A short summary of a run: counts, each failure, each slide that meets --fail-on, where the
-    index is; then exit with its code."""
-    done = len(result.states) - len(result.failed)
-    click.echo(f"audited {len(result.states)} slide(s): {done} done, {len(result.failed)} failed, "
-               f"{len(result.skipped)} skipped (already audited)")
-    for state in result.failed:
-        failure = state.failure or {}
-        click.echo(f"  FAILED {state.record.slide_id} at {failure['stage']}: {failure['message']}")
-    if result.gated:
-        click.echo(f"{len(result.gated)} slide(s) meet --fail-on (exit 4):")
-    for gated in result.gated:
-        click.echo(f"  {gated['verdict']} {gated['slide_id']} ({', '.join(gated['met'])}): "
-                   f"{gated['verdict_reason']}")
-    click.echo(f"table: {result.audit_csv}\nrun manifest: {result.manifest}\nindex: {result.index}")
+def echo_result(result: RunResult, as_json: bool = False) -> None:
+    """The run's summary (`pipeline.summary`) on stdout, as lines or as JSON; then exit with its code."""
+    from pipeline.summary import summarize, summary_lines
+
+    summary = summarize(result)
+    click.echo(json.dumps(summary, indent=2) if as_json else "\n".join(summary_lines(summary)))
     click.get_current_context().exit(result.exit_code)
 
 
@@ -96,17 +88,26 @@ def echo_result(result: RunResult) -> None:
                    "model top-down, compare each method's maps by Spearman rho (default: audit.sanity.enabled).")
 @click.option("--sanity-slides", default=None, type=click.IntRange(min=1), metavar="N",
               help="How many slides --sanity checks (default: audit.sanity.slides, 2).")
+@click.option("--wait", is_flag=True, help="When another run holds OUT, wait for it (default: exit 2).")
+@click.option("--progress", default="auto", show_default=True, type=click.Choice(["auto", "bar", "plain", "none"]),
+              help="On stderr: a bar counted in slides, one plain line per stage (for logs), or nothing; "
+                   "auto: a bar on a terminal, else plain.")
+@click.option("--json", "as_json", is_flag=True, help="Print the end-of-run summary as JSON on stdout.")
 @config_options
 def run(archive: Path, model_dir: Path, out: Path, scheduler: str | None, slide_mpp: float | None,
         keep_artefacts: bool | None, lesion_classes: str | None, exclude_classes: str | None, only_new: bool,
         fail_on: str | None, group_by: str | None, sanity: bool | None, sanity_slides: int | None,
-        config_file: Path | None, assignments: tuple[str, ...], workers: int | None,
-        methods: tuple[str, ...] | None, device: str | None) -> None:
+        wait: bool, progress: str, as_json: bool, config_file: Path | None, assignments: tuple[str, ...],
+        workers: int | None, methods: tuple[str, ...] | None, device: str | None) -> None:
     """Audit every slide of ARCHIVE (a manifest CSV, or a folder of slides with annotations
     beside them): tile -> explain -> stitch -> audit -> report per slide on Dask, then
     OUT/index.html, OUT/audit.csv and the run manifest OUT/run.json. Settings: defaults, then
     --config, then --set, then the other flags. Outputs that are current are kept (resume).
     """
+    from pipeline.progress import say
+
+    if progress != "none":  # before the imports below, which take seconds
+        say(f"auditing {archive} into {out}")
     from pipeline.runner import run_archive
 
     config = build_config(config_file, assignments, {
@@ -115,4 +116,4 @@ def run(archive: Path, model_dir: Path, out: Path, scheduler: str | None, slide_
         "tile.keep_artefacts": keep_artefacts, "run.fail_on": fail_on,
         "run.group_by": group_by, "audit.sanity.enabled": sanity, "audit.sanity.slides": sanity_slides,
         "stitch.lesion_classes": lesion_classes, "stitch.exclude_classes": exclude_classes})
-    echo_result(run_archive(archive, model_dir, out, config, only_new))
+    echo_result(run_archive(archive, model_dir, out, config, only_new, wait, progress), as_json)

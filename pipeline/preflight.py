@@ -1,0 +1,63 @@
+"""Checks before Dask starts, so that every problem is listed at once, within seconds.
+
+The model must load and fit the settings (`--target-class` among its classes; `--methods` and
+`--target` are checked when the config is built): otherwise ConfigError, nothing runs. Each
+slide must open with OpenSlide at a plausible resolution and each of its annotation files must
+parse: a slide that does not is that slide's failure (stage "preflight"), the others go on.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from explainers.model_io import load_model
+from pipeline.config import PipelineConfig
+from tiling.annotations import read_classified
+from tiling.archive import SlideRecord
+from tiling.errors import AuditError, ConfigError
+from tiling.slide import open_slide
+from tiling.stitch import lesion_rules
+
+log = logging.getLogger(__name__)
+PREFLIGHT = "preflight"  # the stage name of its failures
+
+
+def check_model(model_dir: Path, config: PipelineConfig) -> None:
+    """ConfigError naming the model folder when it does not load or lacks the target class."""
+    try:
+        _, model = load_model(model_dir)
+    except AuditError as exc:
+        raise ConfigError(f"the model does not load: {exc}") from exc
+    target = config.explain.target_class
+    if target is not None and target >= len(model.classes):
+        raise ConfigError(f"explain.target_class = {target}: model {model_dir} has classes {model.classes} "
+                          f"(indices 0-{len(model.classes) - 1})")
+
+
+def slide_problem(record: SlideRecord, config: PipelineConfig) -> AuditError | None:
+    """Why the slide cannot be audited (it does not open, or an annotation does not parse), or None."""
+    try:
+        mpp = record.mpp if record.mpp is not None else config.tile.slide_mpp
+        with open_slide(record.path, mpp, "manifest" if record.mpp is not None else "flag"):
+            pass
+        for annotation in record.annotations:
+            read_classified(annotation, lesion_rules(config.stitch))
+    except AuditError as exc:
+        return exc
+    return None
+
+
+def preflight(records: Sequence[SlideRecord], model_dir: Path, config: PipelineConfig,
+              threads: int = 8) -> dict[str, AuditError]:
+    """{slide_id: problem} over `records` (checked on `threads` threads), each logged; raises
+    ConfigError first when the model cannot run (`check_model`)."""
+    check_model(model_dir, config)
+    with ThreadPoolExecutor(threads) as pool:
+        problems = dict(zip([r.slide_id for r in records], pool.map(lambda r: slide_problem(r, config), records),
+                            strict=True))
+    found = {sid: exc for sid, exc in problems.items() if exc is not None}
+    for sid, exc in found.items():
+        log.error("%s: %s", sid, exc)
+    return found

@@ -88,14 +88,14 @@ def run_audit(slideaudit: str, archive: Path, model: Path, out: Path, slide_ids:
     [--config FILE] [--fail-on CRITERIA]`, logging its output line by line. Exit 0, 3 or 4
     returns the result (3: some slides failed, 4: some met --fail-on; the index is written
     either way); any other exit code raises `AuditRunError`."""
-    cmd = [executable(slideaudit), "run", str(archive), "--model", str(model), "--out", str(out), "--only-new"]
+    cmd = [executable(slideaudit), "run", str(archive), "--model", str(model), "--out", str(out), "--only-new",
+           "--progress", "plain"]  # one line per slide and stage in the task log
     for option, value in (("--workers", workers), ("--config", config), ("--fail-on", fail_on)):
         if value:
             cmd += [option, str(value)]
     log.info("running %s", shlex.join(cmd))
-    env = {"TQDM_MININTERVAL": "10", **os.environ}  # a progress line per 10 s, not per update
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          stdin=subprocess.DEVNULL, env=env) as proc:
+                          stdin=subprocess.DEVNULL) as proc:
         for line in proc.stdout:
             log.info("slideaudit: %s", line.rstrip())
     if proc.returncode not in (EXIT_OK, EXIT_WITH_FAILURES, EXIT_THRESHOLDS):

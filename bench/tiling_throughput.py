@@ -1,13 +1,14 @@
 """Benchmark: `tile_slide` against raw OpenSlide `read_region` of the same tiles.
 
-Generates one large sample slide, tiles it with `tile_slide` (thumbnail, tissue mask, grid,
+Generates one large sample slide (or takes --slide, e.g. the 40x-size one `slideaudit sample
+OUT --large` writes), tiles it with `tile_slide` (thumbnail, tissue mask, grid,
 Dask-parallel reads, zarr writes, sha256 stamp: everything) and reads exactly the same tiles
 with `openslide.OpenSlide.read_region` (same level and size, then the same resize) on a thread
 pool of the same size. Prints tiles/s of each and their ratio (goal >= 0.8), the CPU time per
 tile of each and their ratio (less sensitive to other load on the machine than wall time), and
 the cores tile_slide kept busy (process CPU time / wall time). Best of --repeats runs, alternated.
 
-    .venv/bin/python bench/tiling_throughput.py [--size 16384] [--repeats 5]
+    .venv/bin/python bench/tiling_throughput.py [--size 16384 | --slide PATH] [--repeats 5]
 """
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ from tiling.slide import read_size, resize_rgb
 from tiling.store import open_patch_store
 from tiling.tile import TileConfig, tile_slide
 
-CONFIGS = {"mpp 1.0, patch 224 (level 1, no resize)": TileConfig(mpp=1.0, patch=224),
-           "mpp 0.75, patch 224 (level 0, resized)": TileConfig(mpp=0.75, patch=224)}
+CONFIGS = {"mpp 1.0, patch 224": TileConfig(mpp=1.0, patch=224),  # a pyramid level: no resize
+           "mpp 0.75, patch 224": TileConfig(mpp=0.75, patch=224)}  # between levels: resized
 
 
 def run_tile_slide(slide: Path, out: Path, config: TileConfig) -> tuple[float, float, Path]:
@@ -57,14 +58,15 @@ def run_raw(slide: Path, coords: np.ndarray, level: int, read_wh: tuple[int, int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=16384, help="level-0 width of the slide, px")
+    parser.add_argument("--slide", type=Path, default=None, help="an existing slide to bench instead")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-tiling-"))
     start = time.perf_counter()
-    manifest = write_sample_archive(work / "archive", slides=1, seed=0, size=args.size)
-    slide = manifest.parent / "sample_000.tiff"
+    slide = args.slide or write_sample_archive(work / "archive", slides=1, seed=0, size=args.size).parent / \
+        "sample_000.tiff"
     with openslide.OpenSlide(slide) as osr:
         print(f"slide {osr.dimensions[0]} x {osr.dimensions[1]} px, {osr.level_count} levels, "
               f"{slide.stat().st_size / 2 ** 20:.0f} MiB, generated in {time.perf_counter() - start:.1f} s; "
@@ -83,7 +85,8 @@ def main() -> None:
             raw.append(run_raw(slide, store.coords, level, read_size((config.patch,) * 2, scale), config.patch))
         n = len(store)
         (t_wall, t_cpu), (r_wall, r_cpu) = (tuple(map(min, zip(*runs, strict=True))) for runs in (tiled, raw))
-        print(f"{name:40s} {n:5d} | {n / t_wall:19.0f} {n / r_wall:5.0f} {r_wall / t_wall:5.2f} | "
+        label = f"{name} (level {level}, {'resized' if abs(scale - 1) > 1e-3 else 'no resize'})"
+        print(f"{label:40s} {n:5d} | {n / t_wall:19.0f} {n / r_wall:5.0f} {r_wall / t_wall:5.2f} | "
               f"{1e3 * t_cpu / n:23.2f} {1e3 * r_cpu / n:5.2f} {r_cpu / t_cpu:5.2f} | "
               f"{max(c / w for w, c in tiled):10.1f}")
     if args.workdir is None:

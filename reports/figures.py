@@ -84,6 +84,15 @@ def percentile_scale(reference: np.ndarray) -> Callable[[np.ndarray], np.ndarray
     return scale
 
 
+def scaled_nearest(values: np.ndarray, scale: Callable[[np.ndarray], np.ndarray],
+                   shape: tuple[int, int]) -> np.ndarray:
+    """scale(nearest(values, shape)), computed at the smaller of the two sizes: a per-pixel scale
+    commutes with nearest-neighbour resampling, so the result is the same."""
+    if values.size <= shape[0] * shape[1]:
+        return nearest(scale(values), shape)
+    return scale(nearest(values, shape))
+
+
 def colourise(v01: np.ndarray) -> np.ndarray:
     """(h, w) values in [0, 1] (NaN allowed) -> (h, w, 3) float RGB in [0, 1] of CMAP."""
     return matplotlib.colormaps[CMAP](np.nan_to_num(v01, nan=0.0))[..., :3]

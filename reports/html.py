@@ -104,7 +104,7 @@ def _overlays(audit: dict[str, Any], maps: Maps) -> tuple[dict[str, Any], list[d
         peaks = [((p["row"] + 0.5) * ratio[0], (p["col"] + 0.5) * ratio[1])
                  for p in audit["peaks"].get(name, [])]
         evidence = bool((on_tissue > 0).any())
-        heat = F.heat_layer(F.nearest(scales[name](values), shown)) if evidence else None
+        heat = F.heat_layer(F.scaled_nearest(values, scales[name], shown)) if evidence else None
         panels.append({"name": name, "heat": heat and F.png_data_uri(heat),
                        "marks": F.marks_data_uri(F.draw_rings(outline.copy(), np.array(peaks))),
                        "ticks": np.quantile(on_tissue, F.TICKS).tolist() if on_tissue.size else []})

@@ -40,10 +40,11 @@ def test_marks_palette_png_is_lossless_and_refuses_other_colours(lesion) -> None
         F.marks_data_uri(layer)
 
 
-def test_percentile_scale_then_nearest_equals_nearest_then_scale() -> None:
+def test_scaled_nearest_equals_nearest_then_scale() -> None:
     rng = np.random.default_rng(0)
     values = np.where(rng.random((37, 51)) > 0.3, rng.gamma(1.0, size=(37, 51)), np.nan)
     values[:5] = 0.0  # ties at the bottom, as in a ReLU'd CAM
     scale = F.percentile_scale(values)
-    shown = F.display_shape(values.shape, 1024, enlarge=True)
-    assert np.array_equal(F.nearest(scale(values), shown), scale(F.nearest(values, shown)), equal_nan=True)
+    for shape in (F.display_shape(values.shape, 1024, enlarge=True), (20, 9)):  # up and down
+        assert np.array_equal(F.scaled_nearest(values, scale, shape), scale(F.nearest(values, shape)),
+                              equal_nan=True)

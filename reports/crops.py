@@ -108,5 +108,5 @@ def slide_crops(slide_dir: Path, audit: dict[str, Any], maps: Maps,
             crops.append({**view, "uri": F.jpeg_data_uri(rgb, quality=80), "width": shape[1],
                           "height": shape[0], "um": (x1 - x0) * mpp,
                           "heat": F.png_data_uri(F.heat_layer(scales[view["method"]](shown))) if evidence else None,
-                          "marks": F.png_data_uri(F.marks_layer(lesion_view(maps, view["box"], shape)))})
+                          "marks": F.marks_data_uri(F.marks_layer(lesion_view(maps, view["box"], shape)))})
     return crops, None

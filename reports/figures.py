@@ -29,6 +29,7 @@ CMAP = COLOUR_MAP
 OUTLINE_OUTER, OUTLINE_INNER = (255, 255, 255), (0, 0, 0)  # lesion: white over black, any palette
 PEAK_RGB = (255, 255, 255)
 PEAK_EDGE = (20, 20, 20)
+MARK_COLOURS = (OUTLINE_OUTER, OUTLINE_INNER, PEAK_RGB, PEAK_EDGE)
 ALPHA = 0.7
 OFF_TISSUE_ALPHA = 0.45  # white veil over the slide where a map has no value
 TICKS = (0.0, 0.5, 0.9, 1.0)  # legend ticks: percentiles of the colour scale
@@ -83,6 +84,15 @@ def percentile_scale(reference: np.ndarray) -> Callable[[np.ndarray], np.ndarray
     return scale
 
 
+def scaled_nearest(values: np.ndarray, scale: Callable[[np.ndarray], np.ndarray],
+                   shape: tuple[int, int]) -> np.ndarray:
+    """scale(nearest(values, shape)), computed at the smaller of the two sizes: a per-pixel scale
+    commutes with nearest-neighbour resampling, so the result is the same."""
+    if values.size <= shape[0] * shape[1]:
+        return nearest(scale(values), shape)
+    return scale(nearest(values, shape))
+
+
 def colourise(v01: np.ndarray) -> np.ndarray:
     """(h, w) values in [0, 1] (NaN allowed) -> (h, w, 3) float RGB in [0, 1] of CMAP."""
     return matplotlib.colormaps[CMAP](np.nan_to_num(v01, nan=0.0))[..., :3]
@@ -101,17 +111,29 @@ def blend(rgb: np.ndarray, v01: np.ndarray, alpha: float) -> np.ndarray:
     return (1 - opacity) * rgb + opacity * colourise(v01)
 
 
+def line_width(shape: tuple[int, ...]) -> int:
+    """Outline and ring width in px for an image of `shape`: 1 px per 400 px of its longer side."""
+    return max(1, round(max(shape[:2]) / 400))
+
+
 def draw_marks(out: np.ndarray, lesion: np.ndarray, peaks: np.ndarray | None = None) -> np.ndarray:
     """Draw on (h, w, 3|4) uint8 `out` in place: the lesion outline as a white line outside a
-    black one (seen on any background and by colour-blind readers), each peak (row, col) ringed.
-    With 4 channels the marks are opaque and the rest is left as it is."""
-    width = max(1, round(max(lesion.shape) / 400))
+    black one (seen on any background and by colour-blind readers), each peak (row, col) ringed
+    (`draw_rings`). With 4 channels the marks are opaque and the rest is left as it is."""
+    width = line_width(lesion.shape)
     opaque = (255,) if out.shape[-1] == 4 else ()
     inner = contour(lesion, width)
     outer = ndimage.binary_dilation(lesion, iterations=width) & ~lesion
     out[outer] = OUTLINE_OUTER + opaque
     out[inner] = OUTLINE_INNER + opaque
-    radius = max(5, width * 5)
+    return draw_rings(out, peaks)
+
+
+def draw_rings(out: np.ndarray, peaks: np.ndarray | None) -> np.ndarray:
+    """Ring each peak (row, col) on (h, w, 3|4) uint8 `out` in place: white between dark edges,
+    radius max(5, 5·`line_width`) px."""
+    radius = max(5, line_width(out.shape) * 5)
+    opaque = (255,) if out.shape[-1] == 4 else ()
     for row, col in [] if peaks is None else peaks:
         for r, colour in ((radius - 1, PEAK_EDGE), (radius, PEAK_RGB), (radius + 1, PEAK_RGB),
                           (radius + 2, PEAK_EDGE)):
@@ -148,6 +170,21 @@ def heat_layer(v01: np.ndarray, alpha: float = ALPHA) -> Image.Image:
 def marks_layer(lesion: np.ndarray, peaks: np.ndarray | None = None) -> np.ndarray:
     """(h, w, 4) uint8: `draw_marks` on a transparent layer of `lesion`'s shape."""
     return draw_marks(np.zeros((*lesion.shape, 4), np.uint8), lesion, peaks)
+
+
+def marks_data_uri(layer: np.ndarray) -> str:
+    """A `marks_layer` as a palette PNG data URI: the same pixels (transparent or a mark colour)
+    at one byte per pixel to compress instead of four."""
+    colours = np.unique(np.array([(0, 0, 0, 0), *((*c, 255) for c in MARK_COLOURS)], np.uint8).view(np.uint32))
+    packed = np.ascontiguousarray(layer).view(np.uint32)[..., 0]
+    index = np.minimum(np.searchsorted(colours, packed), colours.size - 1)
+    if not np.array_equal(colours[index], packed):
+        raise ValueError("a marks layer holds a colour that is not in MARK_COLOURS")
+    rgba = colours.view(np.uint8).reshape(-1, 4)
+    image = Image.fromarray(index.astype(np.uint8), mode="P")
+    image.putpalette(rgba[:, :3].ravel().tolist())
+    image.info["transparency"] = bytes(rgba[:, 3].tolist())
+    return png_data_uri(image)
 
 
 def patch_overlay(patch: np.ndarray, cam: np.ndarray, scale: Callable[[np.ndarray], np.ndarray],

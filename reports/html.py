@@ -109,6 +109,7 @@ def _overlays(audit: dict[str, Any], maps: Maps) -> tuple[dict[str, Any], list[d
     thumb = resize(maps.thumbnail, shown, order=1, preserve_range=True, anti_aliasing=True)
     lesion = F.nearest(maps.lesion > 0, shown)
     ratio = np.array(shown) / np.array(shape)
+    outline = F.marks_layer(lesion)  # drawn once; each map's layer adds its peaks
     panels, scales = [], {}
     for name in audit["methods"]:
         values = maps[name]
@@ -117,12 +118,12 @@ def _overlays(audit: dict[str, Any], maps: Maps) -> tuple[dict[str, Any], list[d
         peaks = [((p["row"] + 0.5) * ratio[0], (p["col"] + 0.5) * ratio[1])
                  for p in audit["peaks"].get(name, [])]
         evidence = bool((on_tissue > 0).any())
-        heat = F.heat_layer(scales[name](F.nearest(values, shown))) if evidence else None
+        heat = F.heat_layer(F.scaled_nearest(values, scales[name], shown)) if evidence else None
         panels.append({"name": name, "heat": heat and F.png_data_uri(heat),
-                       "marks": F.png_data_uri(F.marks_layer(lesion, np.array(peaks))),
+                       "marks": F.marks_data_uri(F.draw_rings(outline.copy(), np.array(peaks))),
                        "ticks": np.quantile(on_tissue, F.TICKS).tolist() if on_tissue.size else []})
     photo = {"uri": F.jpeg_data_uri(np.clip(np.rint(thumb), 0, 255).astype(np.uint8), quality=85),
-             "marks": F.png_data_uri(F.marks_layer(lesion)), "width": shown[1], "height": shown[0]}
+             "marks": F.marks_data_uri(outline), "width": shown[1], "height": shown[0]}
     return photo, panels, scales
 
 

@@ -3,6 +3,7 @@ a manifest CSV or a folder of slides with annotations beside them."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -32,11 +33,13 @@ def test_manifest_paths_labels_and_annotations(tmp_path: Path) -> None:
                       "c,/abs/c.svs,,,\n")
     root = manifest.parent
     records = read_archive(manifest, CLASSES)
-    assert records == [
+    assert [replace(r, columns=()) for r in records] == [
         SlideRecord("a", root / "slides/a.tif", (1,), (root / "notes/a.geojson", root / "notes/a.xml")),
         SlideRecord("b", root / "slides/b.tif", (0,), ()),
         SlideRecord("c", Path("/abs/c.svs"), None, ()),
     ]
+    assert dict(records[1].columns) == {"slide_id": "", "path": "slides/b.tif", "label": "normal",
+                                        "annotation": "", "annotation_xml": ""}   # every cell, as written
     assert [r.label for r in records] == [1, 0, None]
     assert [r.labels for r in read_archive(manifest)] == [None, None, None]  # no classes: labels unread
 

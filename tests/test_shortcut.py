@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -38,6 +39,7 @@ def negatives(manifest: Path) -> Path:
 def audit(heldout: Path, model: Path, out: Path) -> tuple[int, dict[str, dict]]:
     result = CliRunner().invoke(main, [
         "run", str(heldout), "--model", str(model), "--out", str(out), "--keep-artefacts", "--fail-on", "fail",
+        "--group-by", "ink",
         "--workers", "1", "--methods", "gradcam", "--set", "stitch.max_side=512", "--set", "impressions.steps=0"])
     assert result.exit_code in (0, EXIT_THRESHOLDS), result.output
     return result.exit_code, {d.name: load_audit(d) for d in sorted((out / "slides").iterdir())}
@@ -62,6 +64,10 @@ def test_the_audit_catches_an_ink_shortcut_and_passes_a_clean_model(tmp_path: Pa
         flags = {f["flag"] for f in audits[slide]["flags"]}
         assert audits[slide]["verdict"] == "FAIL" and "depends_on_artefact" in flags, audits[slide]["verdict_reason"]
         assert audits[slide]["without_artefacts"]["dropped"].get("pen ink", 0) >= 1
+
+    rates = pd.read_csv(tmp_path / "audit-shortcut" / "subgroups.csv").set_index("value")
+    fpr = rates["false_positive_rate"]
+    assert rates.loc[1, "false_positives"] == 2 and fpr[1] > fpr[0]   # the inked negatives are called positive
 
     code, audits = audit(heldout, models["clean"], tmp_path / "audit-clean")
     assert code == 0

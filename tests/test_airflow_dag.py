@@ -235,7 +235,7 @@ def test_dag_audits_new_slides_and_publishes(airflow_env: dict[str, str], tmp_pa
     assert run["xcom"][("find_new_slides", "return_value")] == [r.slide_id for r in read_archive(with_broken)]
     assert run["xcom"][("audit", "exit_code")] == 3
     failures = run["xcom"][("audit", "failures")]
-    assert [(f["slide_id"], f["stage"]) for f in failures] == [("broken", "tile")]
+    assert [(f["slide_id"], f["stage"]) for f in failures] == [("broken", "preflight")]  # before Dask
     assert sorted(_mtimes(out)) == good
     snapshot = Path(run["xcom"][("publish", "return_value")])
     assert (pub / "latest").resolve() == snapshot

@@ -31,13 +31,13 @@ def test_report_without_the_slide_says_why_there_are_no_close_ups(report_archive
     slide_dir = tmp_path / "slides" / "positive"
     shutil.copytree(report_archive["positive"], slide_dir)
     zarr.open_group(slide_dir / PATCHES, mode="r+").attrs["source_path"] = str(tmp_path / "moved.svs")
-    html = render_slide_report(slide_dir).read_text()
+    html = render_slide_report(slide_dir, force=True).read_text()
     assert "No close-ups" in html and "moved.svs" in html
     assert 'class="stack crop-' not in html
     other = tmp_path / "other.tiff"  # another slide now at the recorded path: refused by its size
     write_pyramid_tiff(other, np.full((768, 1024, 3), 230, np.uint8), mpp=0.5)
     zarr.open_group(slide_dir / PATCHES, mode="r+").attrs["source_path"] = str(other)
-    html = render_slide_report(slide_dir).read_text()
+    html = render_slide_report(slide_dir, force=True).read_text()
     assert "is 1024 x 768 px, the audited slide" in html and 'class="stack crop-' not in html
 
 
@@ -48,7 +48,7 @@ def test_all_zero_map_reads_no_positive_evidence_and_glossary_comes_from_the_reg
     level0 = zarr.open_group(slide_dir / MAPS, mode="r+")["hirescam/0"]
     values = level0[...]
     level0[...] = np.where(np.isfinite(values), 0.0, np.nan)  # ReLU'd CAM with no evidence
-    html = render_slide_report(slide_dir).read_text()
+    html = render_slide_report(slide_dir, force=True).read_text()
     zero, attention = (html.split(f'data-method="{m}"')[1].split("</figure>")[0] for m in ("hirescam", "attention"))
     assert "no positive evidence" in zero and zero.count("<img") == 1  # the outline layer, no tint
     assert "no positive evidence" not in attention and attention.count("<img") == 2

@@ -30,15 +30,16 @@ from pathlib import Path
 import openslide
 from tiling_throughput import run_raw, run_tile_slide
 
-from explainers.model_io import ModelConfig, build_model, save_model
+from explainers.model_config import ModelConfig
+from explainers.model_io import build_model, save_model
 from pipeline.config import PipelineConfig
 from pipeline.runner import at_model_footprint
 from pipeline.stages import STAGES, Context
 from tiling.archive import SlideRecord, read_archive
+from tiling.config import TileConfig
 from tiling.sample import DEFAULT_SIZE, write_large_archive, write_sample_archive
 from tiling.slide import read_size
 from tiling.store import open_patch_store, slide_dir
-from tiling.tile import TileConfig
 
 MiB = 1 << 20
 

@@ -30,13 +30,16 @@ import torch
 from captum.attr import LayerGradCam
 from torch import nn
 
+from explainers.config import ExplainConfig
 from explainers.engine import BagExplainer, frozen, instance_target, slide_target
-from explainers.explain import ExplainConfig, explain_store, resolve_device
-from explainers.model_io import ModelConfig, build_model, load_model, save_model
+from explainers.explain import explain_store, resolve_device
+from explainers.model_config import ModelConfig
+from explainers.model_io import build_model, load_model, save_model
 from explainers.patches import PatchReader
+from tiling.config import TileConfig
 from tiling.sample import write_sample_archive
 from tiling.store import EXPLAIN, open_patch_store
-from tiling.tile import TileConfig, tile_slide
+from tiling.tile import tile_slide
 
 Batches = list[tuple[int, int, torch.Tensor]]
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from explainers.model_io import ModelConfig, build_model
+from explainers.model_config import ModelConfig
+from explainers.model_io import build_model
 from explainers.single_image import RegionConfig, explain_region
 from tiling.slide import open_slide
 

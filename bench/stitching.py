@@ -15,7 +15,8 @@ import time
 import numpy as np
 from skimage.transform import resize
 
-from tiling.stitch import PatchGrid, StitchConfig, map_downsample, map_shape
+from tiling.config import StitchConfig
+from tiling.stitch import PatchGrid, map_downsample, map_shape
 
 
 def baseline(grid: PatchGrid, cams: np.ndarray) -> np.ndarray:

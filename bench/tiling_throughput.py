@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import openslide
 
+from tiling.config import TileConfig
 from tiling.sample import write_sample_archive
 from tiling.slide import read_size, resize_rgb
 from tiling.store import open_patch_store
-from tiling.tile import TileConfig, tile_slide
+from tiling.tile import tile_slide
 
 CONFIGS = {"mpp 1.0, patch 224": TileConfig(mpp=1.0, patch=224),  # a pyramid level: no resize
            "mpp 0.75, patch 224": TileConfig(mpp=0.75, patch=224)}  # between levels: resized

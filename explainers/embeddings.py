@@ -24,7 +24,7 @@ import torch
 
 from explainers.engine import bf16_autocast, frozen
 from explainers.mil import MILModel
-from explainers.model_io import ModelConfig
+from explainers.model_config import ModelConfig
 from explainers.patches import PatchReader
 from tiling.store import EXPLAIN, PATCHES, config_hash, read_stamp
 from tiling.store.explain import EMBEDDINGS, read_embeddings, write_embeddings

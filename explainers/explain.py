@@ -6,58 +6,28 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from explainers.config import ExplainConfig
 from explainers.embeddings import encoder_stamp, kept_embeddings
 from explainers.engine import BagExplainer, frozen, instance_target, slide_target
 from explainers.errors import ModelError
 from explainers.methods import parse_methods
 from explainers.mil import MILModel
-from explainers.model_io import load_model, read_config
+from explainers.model_config import read_config
+from explainers.model_io import load_model
 from explainers.model_io import model_sha256 as weights_sha256
 from explainers.patches import PatchReader
-from tiling.errors import StoreError, require
-from tiling.store import EXPLAIN, PATCHES, atomic_path, chained_stamp, is_current, open_patch_store, runtime
+from tiling.errors import StoreError
+from tiling.store import EXPLAIN, PATCHES, atomic_path, chained_stamp, is_current, open_patch_store
 from tiling.store.explain import ExplainWriter
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("slide", "instance")
 CPU_BATCH, MAX_BATCH = 64, 4096  # patches per forward on the CPU; most on a GPU
-DEVICES = ("auto", "cpu", "cuda")
-
-
-@dataclass
-class ExplainConfig:
-    """methods: registered method names (`explainers.methods`), none for attention and logits
-    only (then from kept embeddings, without the encoder, when current: `explainers.embeddings`);
-    target: "slide" (the slide logit, through the attention pooling) or "instance" (each patch's
-    own logit); target_class: None = the slide's predicted class; device: "auto" (CUDA when
-    present), "cpu" or "cuda"; batch: patches per forward (bounds memory, changes no value; None:
-    CPU_BATCH on the CPU, on CUDA as many as fit in half the free memory, `batch_size`);
-    autocast: the encoder forward in bfloat16 (bf16 autocast; A and h kept in float32). It
-    changes values slightly, so it is part of the stamp (not a runtime field): on the test's
-    small CNN maps stay within 3 % of their largest |value| and attention within 1e-3 of fp32."""
-
-    methods: tuple[str, ...] = ("gradcam",)
-    target: str = "slide"
-    target_class: int | None = None
-    device: str = runtime("auto")
-    batch: int | None = runtime(None)
-    autocast: bool = False
-
-    def __post_init__(self) -> None:
-        self.methods = parse_methods(self.methods, "methods", allow_empty=True)
-        require(self.target in TARGETS, "target", self.target, f"one of {', '.join(TARGETS)}")
-        require(self.target_class is None or self.target_class >= 0, "target_class", self.target_class,
-                "a class index >= 0 or null (the predicted class)")
-        require(self.device in DEVICES, "device", self.device, f"one of {', '.join(DEVICES)}")
-        require(self.batch is None or self.batch >= 1, "batch", self.batch,
-                "a whole number of patches >= 1, or null (sized to the device)")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,8 +74,10 @@ def explain_store(slide_dir: Path, model_dir: Path, config: ExplainConfig,
     """Write `slide_dir/explain.zarr` (skipped when current); returns its path.
 
     model_sha256: the sha256 of the model's weights file when the caller has it (a run hashes
-    the model once for all its slides); None hashes the file here.
+    the model once for all its slides); None hashes the file here. ConfigError first when a
+    method is not registered.
     """
+    parse_methods(config.methods, "explain.methods", allow_empty=True)
     slide_dir, out = Path(slide_dir), Path(slide_dir) / EXPLAIN
     store = open_patch_store(slide_dir)
     model_config = read_config(model_dir)

@@ -19,28 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from explainers.config import FaithfulnessConfig
 from explainers.mil import MILModel
-from tiling.errors import require
-
-FRACTIONS = (0.01, 0.02, 0.05, 0.10, 0.20, 0.50)
-
-
-@dataclass(frozen=True)
-class FaithfulnessConfig:
-    """fractions: deleted shares k; n_random: seeded random rankings; margin: a method is
-    unfaithful unless its area < random area - margin; seed: for the random rankings."""
-
-    fractions: tuple[float, ...] = FRACTIONS
-    n_random: int = 5
-    margin: float = 0.05
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        steps = zip((0.0, *self.fractions), self.fractions, strict=False)
-        require(len(self.fractions) > 0 and all(a < b <= 1 for a, b in steps), "fractions", self.fractions,
-                "increasing shares in (0, 1]")
-        require(self.n_random >= 1, "n_random", self.n_random, "a whole number of random rankings >= 1")
-        require(self.margin >= 0, "margin", self.margin, "a number >= 0")
 
 
 def patch_scores(maps: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ import json
 import logging
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,49 +36,18 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from explainers.config import ImpressionConfig, Transform
 from explainers.engine import frozen
 from explainers.errors import ModelError
 from explainers.mil import MILModel
-from explainers.model_io import ModelConfig, load_model
+from explainers.model_config import ModelConfig
+from explainers.model_io import load_model
 from explainers.model_io import model_sha256 as weights_sha256
-from tiling.errors import require
 from tiling.store import atomic_path, config_hash, is_current
 
 log = logging.getLogger(__name__)
 
 INDEX = "impressions.json"
-
-
-@dataclass(frozen=True)
-class Transform:
-    """The ranges of the random transform T: shift (px), rotation (degrees), zoom, colour."""
-
-    jitter: int = 4
-    rotate: float = 10.0
-    scale: float = 0.1
-    colour: float = 0.1
-
-    def __post_init__(self) -> None:
-        require(min(self.jitter, self.rotate, self.scale, self.colour) >= 0 and self.scale < 1,
-                "transform", self, "ranges >= 0 with scale < 1")
-
-
-@dataclass(frozen=True)
-class ImpressionConfig:
-    """Settings of the ascent; see the module docstring for the formulas."""
-
-    steps: int = 150
-    lr: float = 0.1
-    transform: Transform = field(default_factory=Transform)
-    tv_weight: float = 5.0
-    colour_range: float = 2.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        require(self.steps >= 0, "steps", self.steps, "a whole number >= 0 (0: no impressions)")
-        require(self.lr > 0, "lr", self.lr, "a positive step size")
-        require(self.tv_weight >= 0, "tv_weight", self.tv_weight, "a number >= 0")
-        require(self.colour_range > 0, "colour_range", self.colour_range, "a positive number of std")
 
 
 @dataclass

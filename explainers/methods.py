@@ -117,11 +117,17 @@ def title(name: str) -> str:
     return method(name).title
 
 
-def parse_methods(value: str | Iterable[str], key: str = "methods", allow_empty: bool = False) -> tuple[str, ...]:
-    """Method names from "a,b" or a sequence: stripped, duplicates dropped, each one known, at least
-    one unless `allow_empty`; ConfigError naming `key` and the allowed values otherwise."""
+def split_methods(value: str | Iterable[str]) -> tuple[str, ...]:
+    """Method names from "a,b" or a sequence: stripped, empty ones and duplicates dropped, not
+    checked against the registry (that imports the methods: `parse_methods`)."""
     names = value.split(",") if isinstance(value, str) else list(value)
-    chosen = tuple(dict.fromkeys(str(n).strip() for n in names if str(n).strip()))
+    return tuple(dict.fromkeys(str(n).strip() for n in names if str(n).strip()))
+
+
+def parse_methods(value: str | Iterable[str], key: str = "methods", allow_empty: bool = False) -> tuple[str, ...]:
+    """`split_methods`, each one known, at least one unless `allow_empty`; ConfigError naming
+    `key` and the allowed values otherwise."""
+    chosen = split_methods(value)
     unknown = [n for n in chosen if n not in method_names()]
     if unknown or not (chosen or allow_empty):
         raise ConfigError(f"{key}: unknown or no methods {unknown}; choose one or more of "

@@ -19,7 +19,8 @@ import torch
 from explainers.encoders import SPECS, encoder_spec
 from explainers.errors import ModelError
 from explainers.heads import HEADS, n_classes_of
-from explainers.model_io import ModelConfig, build_model, save_model
+from explainers.model_config import ModelConfig
+from explainers.model_io import build_model, save_model
 from explainers.vit import timm_kwargs
 from explainers.weights import check_keys, load_encoder_weights, read_state_dict, strip_prefixes
 

@@ -19,39 +19,20 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy.stats import spearmanr
 from torch import nn
 
+from explainers.config import SanityConfig
 from explainers.engine import BagExplainer, frozen, slide_target
 from explainers.mil import MILModel
-from explainers.model_io import ModelConfig
+from explainers.model_config import ModelConfig
 from explainers.patches import check_fits, normalise, resize
-from tiling.errors import require
 from tiling.store import PatchStore
 
 ATTENTION = "attention"
-
-
-@dataclass(frozen=True)
-class SanityConfig:
-    """enabled: run the check (on `slides` slides of a run, a seeded sample); max_patches: patches
-    per slide (a seeded sample) in the re-computed bags; max_rho: a method whose ρ is above this
-    once the top encoder stage is random is insensitive; seed: for both samples and the new weights."""
-
-    enabled: bool = False
-    slides: int = 2
-    max_patches: int = 256
-    max_rho: float = 0.5
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for key in ("slides", "max_patches"):
-            require(getattr(self, key) >= 1, key, getattr(self, key), "a whole number >= 1")
-        require(-1 <= self.max_rho <= 1, "max_rho", self.max_rho, "a correlation in [-1, 1]")
 
 
 def layers(model: MILModel) -> list[tuple[str, list[nn.Module]]]:

@@ -31,7 +31,7 @@ from explainers.explain import resolve_device
 from explainers.feature_views import activation_views
 from explainers.methods import parse_methods
 from explainers.mil import MILModel
-from explainers.model_io import ModelConfig
+from explainers.model_config import ModelConfig
 from explainers.patches import normalise, resize
 from tiling.slide import resize_rgb, rgba_on_white
 from tiling.stitch import PatchGrid

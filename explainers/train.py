@@ -19,14 +19,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from explainers.explain import DEVICES, resolve_device
+from explainers.config import DEVICES
+from explainers.explain import resolve_device
 from explainers.mil import MILModel
-from explainers.model_io import ModelConfig, build_model, save_model
+from explainers.model_config import ModelConfig
+from explainers.model_io import build_model, save_model
 from explainers.patches import check_fits, normalise, resize
 from tiling.archive import SlideRecord, read_archive
+from tiling.config import TileConfig
 from tiling.errors import ArchiveError, require
 from tiling.store import open_patch_store, runtime
-from tiling.tile import TileConfig, tile_slide
+from tiling.tile import tile_slide
 
 log = logging.getLogger(__name__)
 

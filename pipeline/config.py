@@ -24,14 +24,12 @@ from typing import Any
 
 import yaml
 
-from explainers.explain import ExplainConfig
-from explainers.impressions import ImpressionConfig
-from reports.audit import AuditConfig
+from explainers.config import ExplainConfig, ImpressionConfig
+from reports.config import AuditConfig
 from reports.gate import check_fail_on
+from tiling.config import StitchConfig, TileConfig
 from tiling.errors import ConfigError, require
-from tiling.stitch import StitchConfig
 from tiling.store import config_hash, runtime
-from tiling.tile import TileConfig
 
 
 @dataclass

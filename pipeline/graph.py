@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,23 @@ import dask
 from dask.delayed import Delayed, delayed
 from distributed import Client, as_completed
 
+from explainers.impressions import render_impressions
+from pipeline.cache import model_cache
+from pipeline.cluster import open_client
 from pipeline.errors import DiskFull
 from pipeline.progress import Progress
 from pipeline.stages import STAGES, Context, SlideState, run_stage
 from reports.html import render_index
 from tiling.archive import SlideRecord
+
+
+def uses_gpu(device: str) -> bool:
+    """True when explain runs on CUDA: device "cuda", or "auto" with CUDA available here."""
+    if device != "auto":
+        return device == "cuda"
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def build_index(out: Path, states: Sequence[SlideState], group_by: tuple[str, ...] = (),
@@ -76,3 +89,25 @@ def compute(client: Client, tasks: list[Delayed], index: Delayed, progress: Prog
     except BaseException:
         client.cancel(futures)
         raise
+
+
+def audit_slides(todo: list[SlideRecord], ctx: Context, progress: str, info: dict[str, Any],
+                 groups: dict[str, dict[str, str]]) -> list[SlideState]:
+    """Audit `todo` on Dask (the class impressions first, once per model) and render the index
+    (with the subgroups of `groups`): the final states; with no `todo`, the index only. `info`
+    (the run manifest) gets the scheduler and whether explain runs on a GPU."""
+    if not todo:
+        render_index(ctx.out, ctx.config.run.group_by, groups)
+        return []
+    gpu = uses_gpu(ctx.config.explain.device)
+    with open_client(ctx.config.run, gpu) as client:
+        info.update(gpu=gpu, scheduler=client.scheduler.address)
+        impressions = (render_impressions(ctx.model_dir, model_cache(ctx.out, ctx.model_sha256),
+                                          ctx.config.impressions, model_sha256=ctx.model_sha256)
+                       if ctx.config.impressions.steps else {})
+        tasks, index = build_graph(todo, replace(ctx, impressions=impressions), gpu, groups)
+        bar = Progress(progress, [r.slide_id for r in todo], list(STAGES))
+        try:
+            return compute(client, tasks, index, bar)
+        finally:
+            bar.close()

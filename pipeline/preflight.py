@@ -1,7 +1,8 @@
 """Checks before Dask starts, so that every problem is listed at once, within seconds.
 
-The model must load and fit the settings (`--target-class` among its classes; `--methods` and
-`--target` are checked when the config is built): otherwise ConfigError, nothing runs. Each
+The methods must be registered (`explain.methods`, which imports them and torch: reading a config
+does not) and the model must load and fit the settings (`--target-class` among its classes;
+`--target` is checked when the config is built): otherwise ConfigError, nothing runs. Each
 slide must open with OpenSlide at a plausible resolution and each of its annotation files must
 parse: a slide that does not is that slide's failure (stage "preflight"), the others go on.
 """
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from explainers.methods import parse_methods
 from explainers.model_io import load_model
 from pipeline.config import PipelineConfig
 from tiling.annotations import read_classified
@@ -21,11 +23,12 @@ from tiling.slide import open_slide
 from tiling.stitch import lesion_rules
 
 log = logging.getLogger(__name__)
-PREFLIGHT = "preflight"  # the stage name of its failures
 
 
 def check_model(model_dir: Path, config: PipelineConfig) -> None:
-    """ConfigError naming the model folder when it does not load or lacks the target class."""
+    """ConfigError naming the unknown methods, or the model folder when it does not load or lacks
+    the target class."""
+    parse_methods(config.explain.methods, "explain.methods", allow_empty=True)
     try:
         _, model = load_model(model_dir)
     except AuditError as exc:

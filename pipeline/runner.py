@@ -24,22 +24,16 @@ from typing import Any
 import numpy as np
 from filelock import FileLock, Timeout
 
-from explainers.impressions import render_impressions
-from explainers.model_io import ModelConfig, read_config, weights_path
-from explainers.sanity import SanityConfig
-from pipeline.cache import Ledger, cached_sha256, model_cache
-from pipeline.cluster import open_client
+from explainers.config import SanityConfig
+from explainers.model_config import ModelConfig, read_config, weights_path
+from pipeline.cache import Ledger, cached_sha256
 from pipeline.config import PipelineConfig
 from pipeline.errors import EXIT_OK, EXIT_SLIDES_FAILED, EXIT_THRESHOLDS, OutLocked
-from pipeline.graph import build_graph, compute
-from pipeline.preflight import PREFLIGHT, preflight
-from pipeline.progress import Progress
-from pipeline.stages import STAGES, Context, SlideState, write_failure
+from pipeline.stages import PREFLIGHT, STAGES, Context, SlideState, write_failure
 from reports.gate import gate_reasons
-from reports.html import INDEX, render_index
 from tiling.archive import SlideRecord, group_values, read_archive
-from tiling.errors import ConfigError
-from tiling.store import AUDIT, RUN_MANIFEST, slide_dir
+from tiling.errors import AuditError, ConfigError
+from tiling.store import AUDIT, INDEX, RUN_MANIFEST, slide_dir
 from tiling.store.records import load_audit, write_manifest
 
 log = logging.getLogger(__name__)
@@ -92,15 +86,6 @@ def select(records: list[SlideRecord], out: Path, only_new: bool) -> tuple[list[
         return records, []
     done = {r.slide_id for r in records if (slide_dir(out, r.slide_id) / AUDIT).is_file()}
     return [r for r in records if r.slide_id not in done], sorted(done)
-
-
-def uses_gpu(device: str) -> bool:
-    """True when explain runs on CUDA: device "cuda", or "auto" with CUDA available here."""
-    if device != "auto":
-        return device == "cuda"
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _model_files(model_dir: Path, out: Path) -> dict[str, str]:
@@ -172,8 +157,9 @@ def run_archive(archive: Path, model_dir: Path, out: Path, config: PipelineConfi
     writing OUT/slides/<id>/..., OUT/index.html, OUT/audit.csv and OUT/run.json.
 
     Slides whose inputs and outputs are as the ledger recorded (`pipeline.cache`) are current
-    without Dask; the others are checked (`pipeline.preflight`), then audited on Dask, with
-    `progress` ("auto", "bar", "plain", "none": `pipeline.progress`). Per-slide failures are
+    without Dask, torch or great-expectations being imported; the others are checked and audited
+    on Dask (`pipeline.graph.audit_slides`), with `progress` ("auto", "bar", "plain", "none":
+    `pipeline.progress`). Per-slide failures are
     recorded (failure.json) and do not raise; a bad archive, model, config or scheduler raises
     ConfigError/ArchiveError before any slide runs, OutLocked when another run holds OUT's lock
     (unless `wait`), DiskFull when OUT's disk is full.
@@ -192,7 +178,11 @@ def run_archive(archive: Path, model_dir: Path, out: Path, config: PipelineConfi
         current_ids = {r.slide_id for r in candidates if ledger.is_current(r, run_key)}
         current = [r for r in candidates if r.slide_id in current_ids]
         todo = [r for r in candidates if r.slide_id not in current_ids]
-        problems = preflight(todo, model_dir, config) if todo else {}
+        problems: dict[str, AuditError] = {}
+        if todo:
+            from pipeline.preflight import preflight  # torch and OpenSlide: only when a slide needs work
+
+            problems = preflight(todo, model_dir, config)
         info = {"slideaudit": version("slideaudit"), "archive": str(archive), "model": str(model_dir),
                 "model_files": model_files, "out": str(out), "config": config.to_dict(),
                 "config_hash": run_key["config_hash"], "only_new": only_new, "started": _now()}
@@ -200,40 +190,21 @@ def run_archive(archive: Path, model_dir: Path, out: Path, config: PipelineConfi
                            for s in skipped]
         pending = [{"slide_id": r.slide_id, "state": "pending", "source_path": str(r.path)} for r in todo]
         write_manifest(out, info, pending + skipped_entries)
-        failed = [write_failure(SlideState(r), out, PREFLIGHT, problems[r.slide_id])
+        states = [write_failure(SlideState(r), out, PREFLIGHT, problems[r.slide_id])
                   for r in todo if r.slide_id in problems]
         todo = [r for r in todo if r.slide_id not in problems]
         log.info("%d slide(s): %d current, %d to audit, %d failed preflight, %d skipped; config %s",
-                 len(records), len(current), len(todo), len(failed), len(skipped), run_key["config_hash"])
-        ctx = Context(out, model_dir, config, model_sha256=model_files[weights_path(model_dir).name],
-                      sanity_slides=sanity_sample(records, config.audit.sanity))
-        states = _audit(todo, ctx, progress, info, groups)
-        if not todo and (failed or not (out / INDEX).is_file()):
-            render_index(out, config.run.group_by, groups)
-        states = [*(SlideState(r, dict.fromkeys(STAGES, "current")) for r in current), *failed, *states]
+                 len(records), len(current), len(todo), len(states), len(skipped), run_key["config_hash"])
+        if todo or states or not (out / INDEX).is_file():
+            from pipeline.graph import audit_slides  # torch, Dask, great-expectations: only when there is work
+
+            ctx = Context(out, model_dir, config, model_sha256=model_files[weights_path(model_dir).name],
+                          sanity_slides=sanity_sample(records, config.audit.sanity))
+            states += audit_slides(todo, ctx, progress, info, groups)
+        states = [*(SlideState(r, dict.fromkeys(STAGES, "current")) for r in current), *states]
         ledger.update([s.record for s in states if not s.failure], [s.record.slide_id for s in states if s.failure],
                       run_key)
         gated = gated_slides(out, states, config.run.fail_on)
         info.update(finished=_now(), fail_on=list(config.run.fail_on), thresholds_met=gated)
         write_manifest(out, info, [s.summary() for s in states] + skipped_entries)
     return RunResult(out, states, skipped, gated, round(time.perf_counter() - started, 3))
-
-
-def _audit(todo: list[SlideRecord], ctx: Context, progress: str, info: dict[str, Any],
-           groups: dict[str, dict[str, str]]) -> list[SlideState]:
-    """Audit `todo` on Dask (the class impressions first, once per model) and render the index
-    (with the subgroups of `groups`); their final states. Nothing starts when `todo` is empty."""
-    if not todo:
-        return []
-    gpu = uses_gpu(ctx.config.explain.device)
-    with open_client(ctx.config.run, gpu) as client:
-        info.update(gpu=gpu, scheduler=client.scheduler.address)
-        impressions = (render_impressions(ctx.model_dir, model_cache(ctx.out, ctx.model_sha256),
-                                          ctx.config.impressions, model_sha256=ctx.model_sha256)
-                       if ctx.config.impressions.steps else {})
-        tasks, index = build_graph(todo, replace(ctx, impressions=impressions), gpu, groups)
-        bar = Progress(progress, [r.slide_id for r in todo], list(STAGES))
-        try:
-            return compute(client, tasks, index, bar)
-        finally:
-            bar.close()

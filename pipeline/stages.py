@@ -7,7 +7,8 @@ that output is current. `run_stage` wraps a stage for the Dask graph: it takes t
 pass the state through untouched; the slide's other outputs stay as they were. The
 last stage, "validate", fails the slide when a great-expectations suite of its audit failed
 (after the report that shows it is written). A slide whose chain completes loses its old
-failure.json.
+failure.json. Each stage imports its package when it first runs: a run whose slides are all
+current imports none of them (no torch, OpenSlide or great-expectations), and starts in about a second.
 """
 from __future__ import annotations
 
@@ -20,21 +21,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from explainers.explain import explain_store
 from pipeline.cache import cached_sha256
 from pipeline.config import PipelineConfig
 from pipeline.errors import DiskFull, ValidationFailed, disk_full
-from reports.audit import audit_slide
-from reports.html import render_slide_report
-from reports.table import VALIDATE
-from tiling.annotations import check_annotation_files
 from tiling.archive import SlideRecord
 from tiling.errors import AuditError
-from tiling.slide import check_readable
-from tiling.stitch import AnnotationScale, stitch_slide
 from tiling.store import AUDIT, EXPLAIN, FAILURE, MAPS, PATCHES, REPORT, remove_leftovers, slide_dir
-from tiling.store.records import load_audit, write_failure_record
-from tiling.tile import tile_slide
+from tiling.store.records import VALIDATE, load_audit, write_failure_record
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +70,10 @@ class SlideState:
 
 
 def _tile(rec: SlideRecord, ctx: Context) -> None:
+    from tiling.annotations import check_annotation_files
+    from tiling.slide import check_readable
+    from tiling.tile import tile_slide
+
     check_annotation_files(rec.annotations)  # before the slide's work, not at the stitch stage
     check_readable(rec.path)  # a SlideError naming the file, before hashing it
     tile_slide(rec.path, ctx.out, ctx.config.tile, slide_id=rec.slide_id, slide_mpp=rec.mpp,
@@ -84,21 +81,29 @@ def _tile(rec: SlideRecord, ctx: Context) -> None:
 
 
 def _explain(rec: SlideRecord, ctx: Context) -> None:
+    from explainers.explain import explain_store
+
     explain_store(slide_dir(ctx.out, rec.slide_id), ctx.model_dir, ctx.config.explain,
                   model_sha256=ctx.model_sha256)
 
 
 def _stitch(rec: SlideRecord, ctx: Context) -> None:
+    from tiling.stitch import AnnotationScale, stitch_slide
+
     stitch_slide(slide_dir(ctx.out, rec.slide_id), list(rec.annotations), ctx.config.stitch,
                  AnnotationScale(rec.annotation_downsample, rec.annotation_mpp))
 
 
 def _audit(rec: SlideRecord, ctx: Context) -> None:
+    from reports.audit import audit_slide
+
     audit_slide(slide_dir(ctx.out, rec.slide_id), rec.label, ctx.config.audit, ctx.model_dir,
                 sanity=rec.slide_id in ctx.sanity_slides)
 
 
 def _report(rec: SlideRecord, ctx: Context) -> None:
+    from reports.html import render_slide_report
+
     render_slide_report(slide_dir(ctx.out, rec.slide_id), ctx.impressions)
 
 
@@ -111,6 +116,7 @@ def _validate(rec: SlideRecord, ctx: Context) -> None:
         raise ValidationFailed(f"{path}: validation failed ({details}); see the slide's report")
 
 
+PREFLIGHT = "preflight"  # the stage of a failure found before the chain starts (`pipeline.preflight`)
 # stage name -> (function, the output it writes in the slide's folder or None), in chain order
 STAGES: dict[str, tuple[Callable[[SlideRecord, Context], None], str | None]] = {
     "tile": (_tile, PATCHES),

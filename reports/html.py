@@ -32,7 +32,7 @@ from reports.subgroups import SUBGROUPS_CSV, subgroup_table
 from reports.table import audit_table, method_flags, metric_columns, missing_metrics, scan
 from reports.validation import validate_audit_table
 from tiling.errors import StoreError
-from tiling.store import AUDIT, EXPLAIN, REPORT, atomic_path, chained_stamp, file_sha256, open_patch_store
+from tiling.store import AUDIT, EXPLAIN, INDEX, REPORT, atomic_path, chained_stamp, file_sha256, open_patch_store
 from tiling.store.explain import open_explain_store
 from tiling.store.maps import THUMBNAIL, Maps, open_maps
 from tiling.store.records import load_audit
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 DISPLAY_SIDE = 1024  # px of the slide and map views (enlarged when the maps are smaller)
 ROW_THUMB = 96  # px of a slide's thumbnail in the index
-INDEX, AUDIT_CSV = "index.html", "audit.csv"
+AUDIT_CSV = "audit.csv"
 KEY_METRICS = tuple(m.name for m in BASE_METRICS if m.key)
 PLOTTED = tuple(m.name for m in (*BASE_METRICS, LESION_HIT_RATE) if m.plotted)
 TONES = {"fail": "bad", "review": "warn", "info": "na", "pass": "ok"}  # verdict -> badge class

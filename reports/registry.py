@@ -22,7 +22,7 @@ from reports.errors import RegistryError
 from tiling.artefacts import PATCH_SHARE
 
 if TYPE_CHECKING:
-    from reports.audit import AuditConfig
+    from reports.config import AuditConfig
 
 VERDICTS = ("fail", "review", "info")  # a raised flag's verdict, worst first
 SEVERITIES = {"fail": "error", "review": "warning", "info": "info"}

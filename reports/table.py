@@ -12,10 +12,9 @@ import pandas as pd
 from reports.registry import flag, metric
 from tiling.errors import StoreError
 from tiling.store import AUDIT, FAILURE
-from tiling.store.records import load_audit, load_failure
+from tiling.store.records import VALIDATE, load_audit, load_failure
 
 log = logging.getLogger(__name__)
-VALIDATE = "validate"  # the pipeline's last stage: it fails a slide whose audit failed a check
 
 DELETION = "deletion_area"
 ID_COLUMNS = ["slide_id", "label", "prediction", "verdict", "method"]

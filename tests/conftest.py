@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from explainers.model_io import ModelConfig, build_model, save_model
+from explainers.model_config import ModelConfig
+from explainers.model_io import build_model, save_model
+from tiling.config import TileConfig
 from tiling.store import config_hash
-from tiling.tile import TileConfig, tile_slide
+from tiling.tile import tile_slide
 
 SAMPLE_SIZE = 3072
 SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"

@@ -13,11 +13,12 @@ import numpy as np
 import zarr
 
 from conftest import shared_file
+from tiling.config import TileConfig
 from tiling.slide import open_slide
 from tiling.store import EXPLAIN, FAILURE, PATCHES, config_hash
 from tiling.store.explain import ExplainWriter
 from tiling.store.records import write_failure_record
-from tiling.tile import TileConfig, tile_slide
+from tiling.tile import tile_slide
 
 PATCH = 32          # px at the patch mpp
 ZOOM = 8            # level-0 px per patch px: footprint 256 level-0 px
@@ -119,9 +120,11 @@ def build_archive(out: Path) -> dict[str, Path]:
     """An archive of three slides run through stitch, audit and report, then the index:
     "positive" (label tumor, one lesion), "evil" (slide id EVIL, negative, label normal) and
     "broken" (a failure.json from the tile stage)."""
-    from reports.audit import AuditConfig, audit_slide
+    from reports.audit import audit_slide
+    from reports.config import AuditConfig
     from reports.html import render_index, render_slide_report
-    from tiling.stitch import StitchConfig, stitch_slide
+    from tiling.config import StitchConfig
+    from tiling.stitch import stitch_slide
 
     folders = {}
     for folder, slide_id, lesion, label, logits in (

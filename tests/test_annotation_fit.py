@@ -14,15 +14,10 @@ from conftest import manifest_rows, shared_file
 from fake_stores import lesion_geojson, make_slide_case
 from tiling.annotation_fit import check_fit
 from tiling.annotations import Lesion, read_annotations
+from tiling.config import StitchConfig
 from tiling.errors import AnnotationError
 from tiling.slide import open_slide
-from tiling.stitch import (
-    AnnotationScale,
-    StitchConfig,
-    geometry_key,
-    slide_lesions,
-    stitch_slide,
-)
+from tiling.stitch import AnnotationScale, geometry_key, slide_lesions, stitch_slide
 from tiling.store import MAPS
 from tiling.store.maps import open_maps
 

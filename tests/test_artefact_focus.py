@@ -11,7 +11,8 @@ from explainers.encoders import embedding_dim
 from explainers.model_io import load_model
 from reports import metrics as M
 from reports.artefact_focus import focus_record, top_patches
-from reports.audit import AuditConfig, score_map, without_artefacts
+from reports.audit import score_map, without_artefacts
+from reports.config import AuditConfig
 from reports.registry import FlagInputs, MapView, raise_flags, slide_verdict
 from tiling.artefacts import PEN_INK, TISSUE_FOLD
 

@@ -22,11 +22,12 @@ from tiling.artefacts import (
     artefact_mask,
     dominant_kind,
 )
+from tiling.config import TileConfig
 from tiling.sample_draw import draw_slide
 from tiling.sample_tiff import write_pyramid_tiff
 from tiling.slide import open_slide
 from tiling.store import open_patch_store
-from tiling.tile import TileConfig, plan_patches, tile_slide
+from tiling.tile import plan_patches, tile_slide
 from tiling.tissue import tissue_mask
 
 SHAPE, PX_UM = (768, 1024), 8.0  # a thumbnail's scale: 8 µm/px, 16 px per 224 µm patch

@@ -9,7 +9,7 @@ import numpy as np
 import zarr
 from markupsafe import escape  # as the report's templates escape
 
-from reports.audit import AuditConfig
+from reports.config import AuditConfig
 from reports.crops import window
 from reports.html import render_slide_report
 from reports.registry import metric

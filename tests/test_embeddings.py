@@ -13,7 +13,8 @@ import zarr
 from torch import nn
 
 from conftest import SMALL
-from explainers.explain import ExplainConfig, explain_store
+from explainers.config import ExplainConfig
+from explainers.explain import explain_store
 from explainers.model_io import build_model, load_model, save_model
 from tiling.store.explain import FORMAT_VERSION
 

@@ -16,7 +16,8 @@ from explainers.encoders import (
 )
 from explainers.errors import ModelError
 from explainers.mil import split_encoder
-from explainers.model_io import ModelConfig, build_model
+from explainers.model_config import ModelConfig
+from explainers.model_io import build_model
 from explainers.vit import from_timm, timm_kwargs, to_timm
 from explainers.weights import load_encoder_weights, read_state_dict
 

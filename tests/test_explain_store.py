@@ -15,10 +15,12 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from conftest import SMALL, manifest_rows
+from explainers.config import ExplainConfig
 from explainers.errors import ModelError
-from explainers.explain import ExplainConfig, explain_store, resolve_device
+from explainers.explain import explain_store, resolve_device
 from explainers.methods import method_names
-from explainers.model_io import ModelConfig, build_model, load_model, model_sha256, save_model
+from explainers.model_config import ModelConfig
+from explainers.model_io import build_model, load_model, model_sha256, save_model
 from explainers.patches import normalise, resize
 from explainers.train import TrainConfig, class_target, train
 from pipeline.cli import main
@@ -177,8 +179,8 @@ def test_bad_models_are_model_errors_and_nothing_is_written(slide_dir, model_dir
 
 
 def test_bad_explain_settings_are_refused(slide_dir, model_dir):
-    with pytest.raises(ConfigError, match=r"methods: .*lime"):
-        ExplainConfig(methods=("lime",))
+    with pytest.raises(ConfigError, match=r"explain.methods: unknown or no methods \['lime'\]"):
+        explain_store(slide_dir, model_dir, ExplainConfig(methods=(" lime", "gradcam", "lime")))
     with pytest.raises(ConfigError, match="target = 'pixel': must be one of slide, instance"):
         ExplainConfig(target="pixel")
     with pytest.raises(ModelError, match="target class 5"):

@@ -9,13 +9,16 @@ import torch
 from torch import nn
 
 from conftest import manifest_rows
-from explainers.explain import ExplainConfig, explain_store
-from explainers.faithfulness import Faithfulness, FaithfulnessConfig, area, faithfulness, patch_scores
+from explainers.config import ExplainConfig, FaithfulnessConfig
+from explainers.explain import explain_store
+from explainers.faithfulness import Faithfulness, area, faithfulness, patch_scores
 from explainers.mil import AttentionMIL
-from reports.audit import AuditConfig, audit_slide
+from reports.audit import audit_slide
+from reports.config import AuditConfig
 from reports.html import render_slide_report
+from tiling.config import StitchConfig
 from tiling.errors import ConfigError
-from tiling.stitch import StitchConfig, stitch_slide
+from tiling.stitch import stitch_slide
 from tiling.store.records import load_audit
 
 

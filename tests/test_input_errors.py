@@ -11,11 +11,12 @@ import tifffile
 from pipeline.config import PipelineConfig
 from pipeline.stages import Context, SlideState, run_stage
 from tiling.archive import SlideRecord
+from tiling.config import TileConfig
 from tiling.errors import SlideError
 from tiling.sample_tiff import write_pyramid_tiff
 from tiling.slide import open_slide
 from tiling.store import PATCHES
-from tiling.tile import TileConfig, tile_slide
+from tiling.tile import tile_slide
 
 IMAGE = np.full((512, 512, 3), 200, np.uint8)
 

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 from fake_stores import make_slide_case
-from reports.audit import AuditConfig, audit_slide, flags
+from reports.audit import audit_slide, flags
+from reports.config import AuditConfig
 from reports.html import render_slide_report
 from reports.registry import FLAGS
-from tiling.stitch import StitchConfig, stitch_slide
+from tiling.config import StitchConfig
+from tiling.stitch import stitch_slide
 from tiling.store.records import load_audit
 
 GOOD = {"attention": {"pointing_game": {"value": 1.0}, "auroc": {"value": 0.9}}}

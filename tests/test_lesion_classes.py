@@ -12,8 +12,9 @@ from fake_stores import make_slide_case
 from pipeline.cli import main
 from pipeline.commands.run import build_config
 from tiling.annotations import LesionRules, read_classified
+from tiling.config import StitchConfig
 from tiling.errors import ConfigError
-from tiling.stitch import StitchConfig, stitch_slide
+from tiling.stitch import stitch_slide
 from tiling.store import read_stamp
 from tiling.store.maps import open_maps
 

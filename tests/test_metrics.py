@@ -6,7 +6,8 @@ import pytest
 
 from reports import metrics as M
 from reports.agreement import agreement, rank_correlations, sample_mask
-from reports.audit import AuditConfig, flags, metric_names, score_map, slide_prediction
+from reports.audit import flags, metric_names, score_map, slide_prediction
+from reports.config import AuditConfig
 from reports.errors import MetricError
 from reports.registry import MapView
 

@@ -10,7 +10,8 @@ from torch import nn
 from explainers.encoders import ENCODERS, register_encoder
 from explainers.engine import BagExplainer, frozen, slide_target
 from explainers.errors import ModelError
-from explainers.model_io import ModelConfig, build_model, load_model, model_sha256, save_model
+from explainers.model_config import ModelConfig
+from explainers.model_io import build_model, load_model, model_sha256, save_model
 
 CONFIG = ModelConfig(name="tiny", encoder_kwargs={"width": 4}, patch=32, seed=5, metrics={"train_loss": 0.1})
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from fake_stores import make_slide_case
-from tiling.stitch import StitchConfig, stitch_slide
+from tiling.config import StitchConfig
+from tiling.stitch import stitch_slide
 from tiling.store.maps import open_maps
 from tiling.store.ome import halve, pyramid
 

@@ -145,7 +145,7 @@ def test_a_rerun_hashes_nothing_starts_no_cluster_and_a_changed_slide_is_recompu
 
     with monkeypatch.context() as patched:
         for module, name in ((pipeline.cache, "file_sha256"), (tiling.tile, "file_sha256"),
-                             (pipeline.runner, "open_client")):
+                             (pipeline.graph, "open_client")):
             patched.setattr(module, name, refuse)
         again = run_archive(first_run.manifest, model_dir, out, config)
     assert [s.record.slide_id for s in again.current] == list(GOOD)

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import PipelineConfig
-from pipeline.graph import build_graph
-from pipeline.runner import select, uses_gpu
+from pipeline.graph import build_graph, uses_gpu
+from pipeline.runner import select
 from pipeline.stages import STAGES, Context, SlideState, remove_leftovers, run_stage
 from tiling.archive import SlideRecord
 from tiling.store.records import load_failure
@@ -62,7 +62,7 @@ def test_a_failed_stage_is_recorded_and_the_rest_pass_through(tmp_path: Path) ->
 
 def test_the_explain_stage_gets_the_run_s_model_sha256(tmp_path: Path, monkeypatch) -> None:
     calls = []
-    monkeypatch.setattr("pipeline.stages.explain_store", lambda *args, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr("explainers.explain.explain_store", lambda *args, **kwargs: calls.append(kwargs))
     ctx = Context(tmp_path, tmp_path / "model", PipelineConfig(), model_sha256="ab" * 32)
     state = run_stage("explain", SlideState(RECORDS[0]), ctx)
     assert state.failure is None and calls == [{"model_sha256": "ab" * 32}]

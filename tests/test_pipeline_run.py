@@ -25,7 +25,8 @@ import zarr
 from click.testing import CliRunner
 
 from conftest import manifest_rows
-from explainers.model_io import ModelConfig, build_model, read_config, save_model
+from explainers.model_config import ModelConfig, read_config
+from explainers.model_io import build_model, save_model
 from pipeline.cli import main
 from pipeline.config import PipelineConfig, load_config
 from pipeline.runner import RunResult, at_model_footprint, run_archive
@@ -212,6 +213,15 @@ def test_external_scheduler(workspace: Workspace, reference: RunResult, dask_clu
     assert (out / "audit.csv").read_bytes() == (reference.out / "audit.csv").read_bytes()
     assert workspace.archive_unchanged()
 
+    # a rerun with every slide current: `-X importtime` lists every module the process imports
+    rerun = subprocess.run([sys.executable, "-X", "importtime", "-m", "pipeline.cli", *map(str, command[1:])],
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert "4 current, 0 recomputed" in rerun.stdout + rerun.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in rerun.stderr.splitlines() if line.startswith("import time:")}
+    assert "pipeline.runner" in imported
+    assert not imported & {"torch", "great_expectations", "distributed", "openslide", "scipy.stats"}
+
 
 @pytest.mark.slow
 def test_sigkill_then_rerun_gives_the_same_audit(workspace: Workspace, reference: RunResult,
@@ -320,3 +330,8 @@ def test_bad_usage_and_config_exit_2(sample_archive: Path, tmp_path: Path) -> No
     no_model = runner.invoke(main, [*base[:3], str(tmp_path), *base[4:]])
     assert no_model.exit_code == 2 and "config.json missing" in no_model.output
     assert not (tmp_path / "o").exists()
+    (tmp_path / "lime.yaml").write_text("explain: {methods: [gradcam, lime]}\n")  # checked by the preflight
+    unknown_method = runner.invoke(main, [*base, "--config", str(tmp_path / "lime.yaml")])
+    assert unknown_method.exit_code == 2
+    assert "explain.methods: unknown or no methods ['lime']" in unknown_method.output
+    assert not (tmp_path / "o" / "run.json").exists() and not (tmp_path / "o" / "slides").exists()

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from reports.audit import AuditConfig, flags, resolution
+from reports.audit import flags, resolution
+from reports.config import AuditConfig
 from reports.registry import FLAGS
 from tiling.store.records import load_audit
 

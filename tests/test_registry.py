@@ -15,14 +15,17 @@ from explainers.cams import CAM
 from explainers.engine import BagExplainer
 from explainers.errors import ModelError
 from explainers.methods import METHODS, method, method_names, parse_methods, register_method
-from explainers.model_io import ModelConfig, build_model, save_model
+from explainers.model_config import ModelConfig
+from explainers.model_io import build_model, save_model
 from pipeline.cli import main
-from reports.audit import AuditConfig, audit_slide
+from reports.audit import audit_slide
+from reports.config import AuditConfig
 from reports.errors import RegistryError
 from reports.html import render_index, render_slide_report
 from reports.registry import FLAGS, flag, metric, metrics_for
+from tiling.config import StitchConfig
 from tiling.errors import ConfigError
-from tiling.stitch import StitchConfig, stitch_slide
+from tiling.stitch import stitch_slide
 from tiling.store.records import load_audit, write_audit
 
 

@@ -17,12 +17,14 @@ from click.testing import CliRunner
 
 from fake_stores import EVIL, make_slide_case, real_slide
 from pipeline.cli import main
-from reports.audit import AuditConfig, audit_slide
+from reports.audit import audit_slide
+from reports.config import AuditConfig
 from reports.html import percent, render_index, render_slide_report
 from reports.registry import ARTEFACT_METRICS
 from reports.table import scan
+from tiling.config import StitchConfig
 from tiling.errors import StoreError
-from tiling.stitch import StitchConfig, stitch_slide
+from tiling.stitch import stitch_slide
 from tiling.store import AUDIT, file_sha256, is_current, read_stamp
 from tiling.store.records import AUDIT_VERSION, load_audit
 

@@ -6,9 +6,11 @@ from pathlib import Path
 import pytest
 
 from fake_stores import make_slide_case
-from reports.audit import AuditConfig, audit_slide
+from reports.audit import audit_slide
+from reports.config import AuditConfig
 from reports.html import render_slide_report
-from tiling.stitch import StitchConfig, stitch_slide
+from tiling.config import StitchConfig
+from tiling.stitch import stitch_slide
 
 LIMIT = 2 * 2 ** 20
 

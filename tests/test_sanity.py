@@ -8,13 +8,16 @@ import pytest
 import torch
 
 from conftest import SMALL, manifest_rows
-from explainers.explain import ExplainConfig, explain_store
+from explainers.config import ExplainConfig, SanityConfig
+from explainers.explain import explain_store
 from explainers.model_io import build_model
-from explainers.sanity import SanityConfig, layers, rank_correlation, reinitialise
-from reports.audit import AuditConfig, audit_slide
+from explainers.sanity import layers, rank_correlation, reinitialise
+from reports.audit import audit_slide
+from reports.config import AuditConfig
 from reports.html import render_slide_report
+from tiling.config import StitchConfig
 from tiling.errors import ConfigError
-from tiling.stitch import StitchConfig, stitch_slide
+from tiling.stitch import stitch_slide
 from tiling.store.records import load_audit
 
 

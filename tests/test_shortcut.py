@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from explainers.train import TrainConfig, train
 from pipeline.cli import main
 from pipeline.errors import EXIT_THRESHOLDS
+from tiling.config import TileConfig
 from tiling.sample import write_sample_archive
 from tiling.store.records import load_audit
-from tiling.tile import TileConfig
 
 SIZE, CONTRAST, TRAIN_SLIDES, EPOCHS = 3072, 0.3, 12, 12
 

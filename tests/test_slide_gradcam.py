@@ -12,7 +12,8 @@ from explainers.explain import CPU_BATCH, MAX_BATCH, batch_size, fit_batch
 from explainers.guided import guided_relus, saliency
 from explainers.methods import method, method_names
 from explainers.mil import split_encoder
-from explainers.model_io import ModelConfig, build_model
+from explainers.model_config import ModelConfig
+from explainers.model_io import build_model
 from oracles import ImageExplainer, capture
 from tiling.errors import ConfigError
 

@@ -8,8 +8,9 @@ import pytest
 import zarr
 
 from fake_stores import make_slide_case
+from tiling.config import StitchConfig
 from tiling.errors import StoreError
-from tiling.stitch import PatchGrid, StitchConfig, map_downsample, map_shape, spans, stitch_slide
+from tiling.stitch import PatchGrid, map_downsample, map_shape, spans, stitch_slide
 from tiling.store import EXPLAIN, MAPS, PATCHES, is_current, open_patch_store, read_stamp
 from tiling.store.explain import open_explain_store
 from tiling.store.maps import open_maps

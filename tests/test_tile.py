@@ -17,13 +17,14 @@ from conftest import SAMPLE_SIZE, manifest_rows, shared_file
 from pipeline.cli import main
 from tiling.annotations import read_annotations
 from tiling.artefacts import artefact_shares, dominant_kind
+from tiling.config import TileConfig
 from tiling.errors import SlideError
 from tiling.grid import patch_grid
 from tiling.sample_tiff import write_pyramid_tiff
 from tiling.slide import open_slide
 from tiling.store import PATCHES, file_sha256, open_patch_store, read_stamp
 from tiling.store.patches import FORMAT_VERSION
-from tiling.tile import MASK_SIDES, TileConfig, plan_patches, tile_slide
+from tiling.tile import MASK_SIDES, plan_patches, tile_slide
 from tiling.tissue import saturation, tissue_mask
 
 SMALL = TileConfig(mpp=1.5, patch=96, chunk=8)        # level 1 (1.0 µm/px) read at 144 px, resized

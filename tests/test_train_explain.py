@@ -11,14 +11,16 @@ import pytest
 import zarr
 
 from conftest import manifest_rows
-from explainers.explain import ExplainConfig, explain_store
+from explainers.config import ExplainConfig
+from explainers.explain import explain_store
 from explainers.model_io import load_model
 from explainers.train import TrainConfig, train
 from reports.metrics import pixel_auroc
 from tiling.annotations import rasterize_lesions, read_annotations
+from tiling.config import TileConfig
 from tiling.sample import write_sample_archive
 from tiling.store import PatchStore, open_patch_store
-from tiling.tile import TileConfig, tile_slide
+from tiling.tile import tile_slide
 
 pytestmark = pytest.mark.slow   # trains a model and tiles + explains a whole held-out archive
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reports.audit import AuditConfig
+from reports.config import AuditConfig
 from reports.errors import RegistryError
 from reports.registry import FLAGS, Flag, FlagInputs, raise_flags, slide_verdict
 from tiling.store.records import load_audit

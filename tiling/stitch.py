@@ -25,47 +25,15 @@ from scipy.stats import rankdata
 from tqdm import tqdm
 
 from tiling.annotation_fit import annotation_downsample, check_fit, scaled
-from tiling.annotations import EXCLUSION, ROLES, Lesion, LesionRules, rasterize_lesions, read_classified
+from tiling.annotations import ROLES, Lesion, LesionRules, rasterize_lesions, read_classified
 from tiling.artefacts import ARTEFACT_KINDS
-from tiling.errors import StoreError, require
-from tiling.store import EXPLAIN, MAPS, atomic_path, chained_stamp, file_sha256, is_current, open_patch_store, runtime
+from tiling.config import StitchConfig
+from tiling.errors import StoreError
+from tiling.store import EXPLAIN, MAPS, atomic_path, chained_stamp, file_sha256, is_current, open_patch_store
 from tiling.store.explain import open_explain_store
 from tiling.store.maps import ARTEFACTS, ATTENTION, ATTENTION_RANK, LESION, THUMBNAIL, TISSUE, MapsWriter
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StitchConfig:
-    """max_side: longest side of the maps in px and patch_px: most map px per patch side (both set
-    D unless `downsample` is given; patch_px keeps the maps of a small slide, and the time spent on
-    them, in proportion to its patches); downsample: level-0 px per map px; lesion_classes: the
-    annotation classes that are lesions (empty = the format's rules, `tiling.annotations`);
-    exclude_classes: the classes subtracted from lesions; chunk: zarr chunk side; block_pixels:
-    most resampled values held in memory at once while stitching."""
-
-    max_side: int = 4096
-    patch_px: int = 64
-    downsample: float | None = None
-    lesion_classes: tuple[str, ...] = ()
-    exclude_classes: tuple[str, ...] = tuple(sorted(EXCLUSION))
-    chunk: int = runtime(1024)  # the zarr layout only
-    block_pixels: int = runtime(1 << 24)  # memory only
-
-    def __post_init__(self) -> None:
-        require(self.max_side >= 1, "max_side", self.max_side, "a whole number of px >= 1")
-        require(self.patch_px >= 1, "patch_px", self.patch_px, "a whole number of px >= 1")
-        require(self.downsample is None or self.downsample > 0, "downsample", self.downsample,
-                "a positive number of level-0 px per map px or null")
-        for key in ("lesion_classes", "exclude_classes"):
-            names = getattr(self, key)
-            require(isinstance(names, tuple) and all(isinstance(n, str) and n.strip() for n in names),
-                    key, names, "a list of annotation class names (QuPath classifications, ASAP groups)")
-        overlap = {n.lower() for n in self.lesion_classes} & {n.lower() for n in self.exclude_classes}
-        require(not overlap, "lesion_classes", self.lesion_classes,
-                f"disjoint from exclude_classes (both name {', '.join(sorted(overlap))})")
-        require(self.chunk >= 1, "chunk", self.chunk, "a whole number of px >= 1")
-        require(self.block_pixels >= 1, "block_pixels", self.block_pixels, "a whole number >= 1")
 
 
 def lesion_rules(config: StitchConfig) -> LesionRules:

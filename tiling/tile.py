@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,8 @@ from tqdm import tqdm
 from tqdm.dask import TqdmCallback
 
 from tiling.artefacts import ARTEFACT_KINDS, PATCH_SHARE, artefact_mask, artefact_shares, dominant_kind
-from tiling.errors import SlideError, require
+from tiling.config import TileConfig
+from tiling.errors import SlideError
 from tiling.grid import footprint, grid_starts, patch_grid
 from tiling.slide import BaseSlide, open_slide
 from tiling.store import (
@@ -34,7 +35,6 @@ from tiling.store import (
     create_patch_store,
     file_sha256,
     is_current,
-    runtime,
     slide_dir,
 )
 from tiling.tissue import tissue_mask
@@ -43,52 +43,6 @@ log = logging.getLogger(__name__)
 
 MASK_CELLS = 16  # tissue-mask pixels per patch side, within MASK_SIDES (thumbnail longer side, px)
 MASK_SIDES = (512, 4096)
-DEFAULT_MPP, DEFAULT_PATCH = 1.0, 224  # what an unset tile.mpp / tile.patch means outside `run`
-
-
-@dataclass(frozen=True)
-class TileConfig:
-    """mpp: patch resolution, µm/px; patch: side, px (None = unset: `slideaudit run` takes the
-    model's config.json `mpp` / `patch`, see `resolved`; elsewhere DEFAULT_MPP / DEFAULT_PATCH);
-    stride: step between patches, px at `mpp` (None = patch); min_tissue: least tissue fraction
-    kept; slide_mpp: level-0 µm/px for slides that record none; max_patches: most patch positions
-    on a slide's grid (glass included), checked before any read; keep_artefacts: count pen ink,
-    folds and blank or blurred regions (`tiling.artefacts`) as tissue instead of leaving them out;
-    chunk: patches per zarr chunk and per Dask block."""
-
-    mpp: float | None = None
-    patch: int | None = None
-    stride: int | None = None
-    min_tissue: float = 0.5
-    slide_mpp: float | None = None
-    max_patches: int = 500_000
-    keep_artefacts: bool = False
-    chunk: int = runtime(64)  # the zarr layout only: the patches' values do not change
-
-    def __post_init__(self) -> None:
-        require(self.mpp is None or self.mpp > 0, "mpp", self.mpp, "a positive number of µm/px or null")
-        require(self.patch is None or self.patch >= 1, "patch", self.patch, "a whole number of px >= 1 or null")
-        require(self.stride is None or self.stride >= 1, "stride", self.stride, "a whole number of px >= 1 or null")
-        require(0 <= self.min_tissue <= 1, "min_tissue", self.min_tissue, "a fraction in [0, 1]")
-        require(self.slide_mpp is None or self.slide_mpp > 0, "slide_mpp", self.slide_mpp,
-                "a positive number of µm/px or null")
-        require(self.max_patches >= 1, "max_patches", self.max_patches, "a whole number of patches >= 1")
-        require(self.chunk >= 1, "chunk", self.chunk, "a whole number of patches >= 1")
-
-    def resolved(self, mpp: float = DEFAULT_MPP, patch: int = DEFAULT_PATCH) -> TileConfig:
-        """This config with an unset mpp (µm/px) and patch (px) set to the given ones."""
-        return replace(self, mpp=mpp if self.mpp is None else self.mpp,
-                       patch=patch if self.patch is None else self.patch)
-
-    @property
-    def target(self) -> tuple[float, int]:
-        """(mpp, patch) the patches are read at: unset ones are DEFAULT_MPP / DEFAULT_PATCH."""
-        resolved = self.resolved()
-        return float(resolved.mpp or DEFAULT_MPP), int(resolved.patch or DEFAULT_PATCH)
-
-    @property
-    def step(self) -> int:
-        return self.stride if self.stride is not None else self.target[1]
 
 
 def plan_patches(slide: BaseSlide, config: TileConfig

@@ -25,7 +25,8 @@ def explain(slide_dir: Path, model_dir: Path, methods: tuple[str, ...], target: 
     """Explain the tiled slide in SLIDE_DIR (OUT/slides/<slide_id>) with the model in --model."""
     import zarr
 
-    from explainers.explain import ExplainConfig, explain_store
+    from explainers.config import ExplainConfig
+    from explainers.explain import explain_store
     from tiling.store import EXPLAIN, remove_leftovers
 
     if slide_dir.is_dir():

@@ -24,8 +24,9 @@ def tile(slide: Path, out: Path, mpp: float, patch: int, stride: int | None, min
          slide_mpp: float | None, keep_artefacts: bool | None, chunk: int, slide_id: str | None) -> None:
     """Tile SLIDE into patches at --mpp, keeping those with enough tissue."""
     from tiling.archive import check_slide_id
+    from tiling.config import TileConfig
     from tiling.store import PATCHES, open_patch_store, remove_leftovers, slide_dir
-    from tiling.tile import TileConfig, tile_slide
+    from tiling.tile import tile_slide
 
     config = TileConfig(mpp=mpp, patch=patch, stride=stride, min_tissue=min_tissue, slide_mpp=slide_mpp,
                         keep_artefacts=bool(keep_artefacts), chunk=chunk)

@@ -1,6 +1,7 @@
 """The on-disk store that stages share: its contract here, one module per format.
 
     <out>/run.json                         the run manifest               (tiling.store.records)
+    <out>/index.html, <out>/audit.csv      the archive's index and table  (written by reports)
     <out>/slides/<slide_id>/patches.zarr   written by tiling              (tiling.store.patches)
     <out>/slides/<slide_id>/explain.zarr   written by explainers          (tiling.store.explain)
     <out>/slides/<slide_id>/maps.zarr      written by stitching           (tiling.store.maps)
@@ -38,7 +39,7 @@ from tiling.errors import StoreError
 log = logging.getLogger(__name__)
 
 PATCHES, EXPLAIN, MAPS, AUDIT, REPORT = "patches.zarr", "explain.zarr", "maps.zarr", "audit.json", "report.html"
-FAILURE, RUN_MANIFEST = "failure.json", "run.json"
+FAILURE, RUN_MANIFEST, INDEX = "failure.json", "run.json", "index.html"
 STAMP_KEYS = ("config_hash", "source_sha256")
 VERSION_KEY = "format_version"
 

@@ -30,6 +30,7 @@ from tiling.store import AUDIT, FAILURE, RUN_MANIFEST, VERSION_KEY, atomic_path,
 AUDIT_VERSION = 3
 FAILURE_VERSION = 1
 RUN_VERSION = 1
+VALIDATE = "validate"  # the failure stage of a slide whose audit failed a check (the run's last stage)
 
 
 def _write(path: Path, doc: dict[str, Any], version: int, **dump: Any) -> Path:

@@ -1,0 +1,91 @@
+"""The tiling and stitching stages' settings, as the run config composes them (`pipeline.config`).
+
+Kept apart from the stages so that reading a config imports neither OpenSlide, Dask nor SciPy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from tiling.annotations import EXCLUSION
+from tiling.errors import require
+from tiling.store import runtime
+
+DEFAULT_MPP, DEFAULT_PATCH = 1.0, 224  # what an unset tile.mpp / tile.patch means outside `run`
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """mpp: patch resolution, µm/px; patch: side, px (None = unset: `slideaudit run` takes the
+    model's config.json `mpp` / `patch`, see `resolved`; elsewhere DEFAULT_MPP / DEFAULT_PATCH);
+    stride: step between patches, px at `mpp` (None = patch); min_tissue: least tissue fraction
+    kept; slide_mpp: level-0 µm/px for slides that record none; max_patches: most patch positions
+    on a slide's grid (glass included), checked before any read; keep_artefacts: count pen ink,
+    folds and blank or blurred regions (`tiling.artefacts`) as tissue instead of leaving them out;
+    chunk: patches per zarr chunk and per Dask block."""
+
+    mpp: float | None = None
+    patch: int | None = None
+    stride: int | None = None
+    min_tissue: float = 0.5
+    slide_mpp: float | None = None
+    max_patches: int = 500_000
+    keep_artefacts: bool = False
+    chunk: int = runtime(64)  # the zarr layout only: the patches' values do not change
+
+    def __post_init__(self) -> None:
+        require(self.mpp is None or self.mpp > 0, "mpp", self.mpp, "a positive number of µm/px or null")
+        require(self.patch is None or self.patch >= 1, "patch", self.patch, "a whole number of px >= 1 or null")
+        require(self.stride is None or self.stride >= 1, "stride", self.stride, "a whole number of px >= 1 or null")
+        require(0 <= self.min_tissue <= 1, "min_tissue", self.min_tissue, "a fraction in [0, 1]")
+        require(self.slide_mpp is None or self.slide_mpp > 0, "slide_mpp", self.slide_mpp,
+                "a positive number of µm/px or null")
+        require(self.max_patches >= 1, "max_patches", self.max_patches, "a whole number of patches >= 1")
+        require(self.chunk >= 1, "chunk", self.chunk, "a whole number of patches >= 1")
+
+    def resolved(self, mpp: float = DEFAULT_MPP, patch: int = DEFAULT_PATCH) -> TileConfig:
+        """This config with an unset mpp (µm/px) and patch (px) set to the given ones."""
+        return replace(self, mpp=mpp if self.mpp is None else self.mpp,
+                       patch=patch if self.patch is None else self.patch)
+
+    @property
+    def target(self) -> tuple[float, int]:
+        """(mpp, patch) the patches are read at: unset ones are DEFAULT_MPP / DEFAULT_PATCH."""
+        resolved = self.resolved()
+        return float(resolved.mpp or DEFAULT_MPP), int(resolved.patch or DEFAULT_PATCH)
+
+    @property
+    def step(self) -> int:
+        return self.stride if self.stride is not None else self.target[1]
+
+
+@dataclass(frozen=True)
+class StitchConfig:
+    """max_side: longest side of the maps in px and patch_px: most map px per patch side (both set
+    D unless `downsample` is given; patch_px keeps the maps of a small slide, and the time spent on
+    them, in proportion to its patches); downsample: level-0 px per map px; lesion_classes: the
+    annotation classes that are lesions (empty = the format's rules, `tiling.annotations`);
+    exclude_classes: the classes subtracted from lesions; chunk: zarr chunk side; block_pixels:
+    most resampled values held in memory at once while stitching."""
+
+    max_side: int = 4096
+    patch_px: int = 64
+    downsample: float | None = None
+    lesion_classes: tuple[str, ...] = ()
+    exclude_classes: tuple[str, ...] = tuple(sorted(EXCLUSION))
+    chunk: int = runtime(1024)  # the zarr layout only
+    block_pixels: int = runtime(1 << 24)  # memory only
+
+    def __post_init__(self) -> None:
+        require(self.max_side >= 1, "max_side", self.max_side, "a whole number of px >= 1")
+        require(self.patch_px >= 1, "patch_px", self.patch_px, "a whole number of px >= 1")
+        require(self.downsample is None or self.downsample > 0, "downsample", self.downsample,
+                "a positive number of level-0 px per map px or null")
+        for key in ("lesion_classes", "exclude_classes"):
+            names = getattr(self, key)
+            require(isinstance(names, tuple) and all(isinstance(n, str) and n.strip() for n in names),
+                    key, names, "a list of annotation class names (QuPath classifications, ASAP groups)")
+        overlap = {n.lower() for n in self.lesion_classes} & {n.lower() for n in self.exclude_classes}
+        require(not overlap, "lesion_classes", self.lesion_classes,
+                f"disjoint from exclude_classes (both name {', '.join(sorted(overlap))})")
+        require(self.chunk >= 1, "chunk", self.chunk, "a whole number of px >= 1")
+        require(self.block_pixels >= 1, "block_pixels", self.block_pixels, "a whole number >= 1")

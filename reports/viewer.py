@@ -23,12 +23,12 @@ from reports.html import environment
 from tiling.deepzoom import DeepZoomGrid, SlideTiles, map_tile
 from tiling.errors import StoreError
 from tiling.store import AUDIT, PATCHES
-from tiling.store.maps import ARTEFACTS, ATTENTION, ATTENTION_RANK, LESION, Maps, open_maps
+from tiling.store.maps import ARTEFACTS, ATTENTION, ATTENTION_RANK, LABEL_RGBA, LESION, Maps, open_maps
 from tiling.store.ome import Level
 from tiling.store.patches import open_patch_store
 from tiling.store.records import load_audit
 
-ARTEFACT_RGBA = (255, 0, 255, 110)
+ARTEFACT_RGBA = (*LABEL_RGBA[ARTEFACTS][:3], 110)  # the stored label colour, translucent over the slide
 LEGEND_PERCENTS = (0, 50, 90, 100)
 TITLES = {ATTENTION_RANK: "Attention rank", LESION: "Lesion outline", ARTEFACTS: "Artefact mask"}  # not methods
 

@@ -218,7 +218,8 @@ def test_external_scheduler(workspace: Workspace, reference: RunResult, dask_clu
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     assert "4 current, 0 recomputed" in rerun.stdout + rerun.stderr
-    imported = {line.rsplit("|", 1)[-1].strip() for line in rerun.stderr.splitlines() if line.startswith("import time:")}
+    imported = {line.rsplit("|", 1)[-1].strip() for line in rerun.stderr.splitlines()
+                if line.startswith("import time:")}
     assert "pipeline.runner" in imported
     assert not imported & {"torch", "great_expectations", "distributed", "openslide", "scipy.stats"}
 

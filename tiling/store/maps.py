@@ -35,8 +35,6 @@ from tiling.store.ome import (
     Display,
     Level,
     declare_labels,
-    n_levels,
-    read_level,
     read_levels,
     write_collection,
     write_image,
@@ -140,11 +138,14 @@ class Maps:
     def level(self, name: str, k: int) -> np.ndarray:
         """Pyramid level k of image `name`: ceil(H / 2^k) x ceil(W / 2^k) px of
         pixel_um · 2^k µm (0 = full resolution; IndexError past the last)."""
-        return read_level(self.group, self._path(name), k)[...]
+        levels = self.pyramid(name)
+        if not 0 <= k < len(levels):
+            raise IndexError(f"{self.path}: {name} level {k} asked, levels 0..{len(levels) - 1} stored")
+        return levels[k].array[...]
 
     def levels(self, name: str) -> int:
         """How many pyramid levels image `name` has."""
-        return n_levels(self.group, self._path(name))
+        return len(self.pyramid(name))
 
     def pyramid(self, name: str) -> list[Level]:
         """Every level of image `name` (lazy), finest first, with its level-0 px per map px."""

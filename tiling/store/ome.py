@@ -140,20 +140,6 @@ def write_collection(root: zarr.Group, images: list[str]) -> None:
     root.create_group("OME", attributes={"ome": {"version": NGFF_VERSION, "series": list(images)}})
 
 
-def read_level(parent: zarr.Group, path: str, k: int = 0) -> zarr.Array:
-    """Level k (0 = full resolution) of the image group ``parent/path`` (lazy zarr array);
-    IndexError names the levels there are."""
-    datasets = parent[path].attrs["ome"]["multiscales"][0]["datasets"]
-    if not 0 <= k < len(datasets):
-        raise IndexError(f"{path}: level {k} asked, levels 0..{len(datasets) - 1} stored")
-    return parent[path][datasets[k]["path"]]
-
-
-def n_levels(parent: zarr.Group, path: str) -> int:
-    """How many pyramid levels the image group ``parent/path`` holds."""
-    return len(parent[path].attrs["ome"]["multiscales"][0]["datasets"])
-
-
 @dataclass(frozen=True)
 class Level:
     """One resolution level of an image: its (lazy) array and level-0 slide px per array px."""

@@ -8,6 +8,7 @@ pixel (that / D - 1/2) in map-pixel-centre units (`window`).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from reports import figures as F
 from tiling.errors import SlideError
 from tiling.slide import open_slide
 from tiling.store import open_patch_store
-from tiling.store.maps import ATTENTION, Maps
+from tiling.store.maps import ATTENTION, LESION, Maps
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +30,25 @@ PEAK_FIELD = 3  # a peak's close-up spans this many patch footprints
 Box = tuple[float, float, float, float]
 
 
-def window(values: np.ndarray, downsample: float, box: Box, shape: tuple[int, int],
-           order: int = 0) -> np.ndarray:
-    """`values` (H, W, a map of D = `downsample` level-0 px per px) resampled onto the (h, w)
-    view of the level-0 `box` (module docstring): nearest (order 0) or bilinear (order 1)."""
+def window(values: Any, downsample: float, box: Box, shape: tuple[int, int], order: int = 0,
+           mask: bool = False) -> np.ndarray:
+    """`values` (H, W, a map of D = `downsample` level-0 px per px; a NumPy or a lazy zarr array,
+    of which only the part under `box` is read) resampled onto the (h, w) view of the level-0
+    `box` (module docstring): nearest (order 0) or bilinear (order 1); with `mask`, `values > 0`
+    is resampled (a label image as one mask)."""
     x0, y0, x1, y1 = box
     cols = (x0 + (np.arange(shape[1]) + 0.5) * (x1 - x0) / shape[1]) / downsample - 0.5
     rows = (y0 + (np.arange(shape[0]) + 0.5) * (y1 - y0) / shape[0]) / downsample - 0.5
-    grid = np.meshgrid(rows, cols, indexing="ij")
-    return ndimage.map_coordinates(np.asarray(values, np.float64), grid, order=order, mode="nearest")
+    r0, c0 = max(0, math.floor(rows.min())), max(0, math.floor(cols.min()))
+    part = np.asarray(values[r0:max(r0 + 1, math.floor(rows.max()) + 2), c0:max(c0 + 1, math.floor(cols.max()) + 2)])
+    part = (part > 0 if mask else part).astype(np.float64)
+    grid = np.meshgrid(rows - r0, cols - c0, indexing="ij")
+    return ndimage.map_coordinates(part, grid, order=order, mode="nearest")
 
 
 def lesion_view(maps: Maps, box: Box, shape: tuple[int, int]) -> np.ndarray:
     """The lesion mask on the view of `box`: bilinear, cut at 1/2 (smooth at any zoom)."""
-    return window(maps.lesion > 0, maps.downsample, box, shape, order=1) > 0.5
+    return window(maps.pyramid(LESION)[0].array, maps.downsample, box, shape, order=1, mask=True) > 0.5
 
 
 def _clip(box: Box, dimensions: tuple[int, int]) -> Box:
@@ -78,7 +84,8 @@ def windows(audit: dict[str, Any], maps: Maps, footprint: float) -> list[dict[st
 def slide_crops(slide_dir: Path, audit: dict[str, Any], maps: Maps,
                 scales: dict[str, Callable[[np.ndarray], np.ndarray]]) -> tuple[list[dict[str, Any]], str | None]:
     """The close-ups (`windows`) read from the slide recorded in patches.zarr, each as a JPEG
-    with its map layer (None for a map with no positive evidence) and outline layer; and a note
+    with its map layer (coloured by `scales`; None for a map without one: no positive evidence)
+    and outline layer; and a note
     when the slide cannot be read or is not the audited one by its size (then no close-ups: the
     report says so)."""
     store = open_patch_store(slide_dir)
@@ -102,11 +109,11 @@ def slide_crops(slide_dir: Path, audit: dict[str, Any], maps: Maps,
             scale = min(1.0, CROP_SIDE / max(x1 - x0, y1 - y0))
             shape = (max(1, round((y1 - y0) * scale)), max(1, round((x1 - x0) * scale)))
             rgb = slide.read_at_mpp((round(x0), round(y0)), (shape[1], shape[0]), mpp / scale)
-            values = maps[view["method"]]
-            shown = window(values, maps.downsample, view["box"], shape)
-            evidence = bool((values[np.isfinite(values)] > 0).any())
+            colour = scales.get(view["method"])
+            heat = None if colour is None else F.heat_layer(colour(window(
+                maps.pyramid(view["method"])[0].array, maps.downsample, view["box"], shape)))
             crops.append({**view, "uri": F.jpeg_data_uri(rgb, quality=80), "width": shape[1],
                           "height": shape[0], "um": (x1 - x0) * mpp,
-                          "heat": F.png_data_uri(F.heat_layer(scales[view["method"]](shown))) if evidence else None,
+                          "heat": None if heat is None else F.png_data_uri(heat),
                           "marks": F.marks_data_uri(F.marks_layer(lesion_view(maps, view["box"], shape)))})
     return crops, None

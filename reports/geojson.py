@@ -50,12 +50,21 @@ def _signed_area(ring: np.ndarray) -> float:
     return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
 
 
+def corners(ring: np.ndarray) -> np.ndarray:
+    """A closed (K, 2) ring without the vertices that lie on a straight line between their
+    neighbours (the same polygon; marching squares puts one on every pixel edge), still closed."""
+    points = ring[:-1]
+    before, after = points - np.roll(points, 1, axis=0), np.roll(points, -1, axis=0) - points
+    kept = points[before[:, 0] * after[:, 1] != before[:, 1] * after[:, 0]]
+    return np.vstack([kept, kept[:1]])
+
+
 def mask_polygons(mask: np.ndarray, downsample: float) -> list[list[np.ndarray]]:
     """The regions of a bool (H, W) map mask as polygons ([exterior, *holes], closed (K, 2) x, y
     rings in level-0 px; map pixel (r, c) has its centre at ((c + 1/2)·D, (r + 1/2)·D)), traced
-    by marching squares at level 1/2 around the 1-pixels (8-connected)."""
+    by marching squares at level 1/2 around the 1-pixels (8-connected), corners only."""
     padded = np.pad(np.asarray(mask, np.float32), 1)
-    rings = [(ring[:, ::-1] - 0.5) * downsample  # (row, col) of the padded grid -> x, y
+    rings = [corners((ring[:, ::-1] - 0.5) * downsample)  # (row, col) of the padded grid -> x, y
              for ring in find_contours(padded, 0.5, fully_connected="high")]
     if not rings:
         return []

@@ -102,11 +102,13 @@ def _class_name(index: int | None, classes: list[str]) -> str | None:
 def _overlays(audit: dict[str, Any], maps: Maps) -> tuple[dict[str, Any], list[dict[str, Any]], dict]:
     """The slide at DISPLAY_SIDE px (a JPEG, with its lesion outline layer), one lossless layer
     per scored map (None when nothing on tissue is > 0: "no positive evidence") with its peaks,
-    the map's raw values at the legend ticks, and each map's colour scale."""
+    the map's raw values at the legend ticks, and the colour scale of each map with positive evidence."""
     tissue = maps.tissue
     shape = tissue.shape
     shown = F.display_shape(shape, DISPLAY_SIDE, enlarge=True)
-    thumb = resize(maps.thumbnail, shown, order=1, preserve_range=True, anti_aliasing=True)
+    levels = maps.pyramid(THUMBNAIL)  # the coarsest level still as large as the display is resized
+    level = next((lv for lv in reversed(levels) if min(lv.array.shape[1:]) >= min(shown)), levels[0])
+    thumb = resize(np.moveaxis(level.array[...], 0, -1), shown, order=1, preserve_range=True, anti_aliasing=True)
     lesion = F.nearest(maps.lesion > 0, shown)
     ratio = np.array(shown) / np.array(shape)
     outline = F.marks_layer(lesion)  # drawn once; each map's layer adds its peaks
@@ -117,8 +119,9 @@ def _overlays(audit: dict[str, Any], maps: Maps) -> tuple[dict[str, Any], list[d
         scales[name] = F.percentile_scale(on_tissue)
         peaks = [((p["row"] + 0.5) * ratio[0], (p["col"] + 0.5) * ratio[1])
                  for p in audit["peaks"].get(name, [])]
-        evidence = bool((on_tissue > 0).any())
-        heat = F.heat_layer(F.scaled_nearest(values, scales[name], shown)) if evidence else None
+        heat = F.heat_layer(F.scaled_nearest(values, scales[name], shown)) if (on_tissue > 0).any() else None
+        if heat is None:
+            del scales[name]  # no positive evidence: nothing to colour in the close-ups and patches
         panels.append({"name": name, "heat": heat and F.png_data_uri(heat),
                        "marks": F.marks_data_uri(F.draw_rings(outline.copy(), np.array(peaks))),
                        "ticks": np.quantile(on_tissue, F.TICKS).tolist() if on_tissue.size else []})
@@ -141,8 +144,8 @@ def _top_patches(audit: dict[str, Any], slide_dir: Path, maps: Maps, scales: dic
         image = np.asarray(store.patches[patch["index"]])
         box = (patch["x"], patch["y"], patch["x"] + footprint, patch["y"] + footprint)
         lesion = lesion_view(maps, box, image.shape[:2])
-        cam = None if method is None else F.patch_overlay(image, explain[method][patch["index"]],
-                                                          scales[method])
+        cam = None if method not in scales else F.patch_overlay(image, explain[method][patch["index"]],
+                                                                scales[method])
         tiles.append({**patch, "rank": rank, "uri": F.jpeg_data_uri(F.draw_marks(image.copy(), lesion)),
                       "cam_uri": None if cam is None else F.jpeg_data_uri(F.draw_marks(cam, lesion)),
                       "size": int(image.shape[0]),

@@ -32,6 +32,16 @@ def test_mask_polygons_trace_regions_with_holes_exactly() -> None:
     assert mask_polygons(np.zeros((3, 3), bool), 1.0) == []
 
 
+def test_rings_keep_only_their_corners() -> None:
+    mask = np.zeros((8, 10), bool)
+    mask[2:5, 3:8] = True  # 3 x 5 px: marching squares cuts each corner pixel diagonally
+    [[ring]] = mask_polygons(mask, 1.0)
+    assert len(ring) == 9 and (ring[0] == ring[-1]).all()  # 8 corners, closed
+    assert sorted(map(tuple, ring[:-1].tolist())) == [
+        (3.0, 2.5), (3.0, 4.5), (3.5, 2.0), (3.5, 5.0), (7.5, 2.0), (7.5, 5.0), (8.0, 2.5), (8.0, 4.5)]
+    np.testing.assert_array_equal(rasterize_lesions([Lesion(ring)], mask.shape, 1.0), mask)
+
+
 def test_focus_geojson_reads_back_onto_the_right_patches(report_archive: dict[str, Path]) -> None:
     slide_dir = report_archive["positive"]
     path = slide_dir / FOCUS_GEOJSON

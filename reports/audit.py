@@ -27,7 +27,8 @@ from reports import metrics as M
 from reports.agreement import agreement
 from reports.artefact_focus import focus_record, top_patches
 from reports.config import AuditConfig
-from reports.registry import FlagInputs, MapView, metrics_for, raise_flags, slide_verdict
+from reports.flags import FlagInputs, raise_flags, slide_verdict
+from reports.registry import MapView, metrics_for
 from reports.validation import map_stats, validate_attention, validate_coords, validate_maps
 from tiling.artefacts import artefact_name
 from tiling.grid import footprint_fraction
@@ -105,7 +106,7 @@ def flags(label: int | None, prediction: int, scores: dict[str, dict], pairs: li
           suites: list[dict], config: AuditConfig, lesions_on_tissue: int = 0,
           unfaithful: list[str] | None = None, resolution: dict[str, Any] | None = None,
           artefact: dict[str, Any] | None = None, insensitive: list[str] | None = None) -> list[dict[str, Any]]:
-    """The slide's flags by the rules of `reports.registry.FLAGS`; each {"flag", "verdict",
+    """The slide's flags by the rules of `reports.flags.FLAGS`; each {"flag", "verdict",
     "severity", "methods", "message"}."""
     return raise_flags(FlagInputs(label, prediction, scores, pairs, suites, config, lesions_on_tissue,
                                   unfaithful or [], resolution or {}, artefact, insensitive or []))

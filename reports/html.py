@@ -26,8 +26,9 @@ from explainers.methods import title as method_title
 from reports import figures as F
 from reports.audit import is_negative
 from reports.crops import lesion_view, slide_crops
+from reports.flags import SLIDE_VERDICTS, flag
 from reports.geojson import FOCUS_GEOJSON, write_focus_geojson
-from reports.registry import BASE_METRICS, LESION_HIT_RATE, SLIDE_VERDICTS, flag, metric
+from reports.registry import BASE_METRICS, LESION_HIT_RATE, metric
 from reports.subgroups import SUBGROUPS_CSV, subgroup_table
 from reports.table import audit_table, method_flags, metric_columns, missing_metrics, scan
 from reports.validation import validate_audit_table

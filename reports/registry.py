@@ -1,8 +1,9 @@
-"""The registries of metrics and flags: one record each, everything else derived from them.
+"""The registry of metrics: one record each, everything else derived from them (the flags'
+registry is `reports.flags`).
 
-`audit.py` scores and flags through them, `html.py` and the index take titles, glossary and the
-key and plotted columns from them, `table.py` takes audit.csv's columns and `validation.py` the
-ranges of its suite. An unknown or missing key is an error, never a silent drop.
+`audit.py` scores through it, `html.py` and the index take titles, glossary and the key and
+plotted columns from it, `table.py` takes audit.csv's columns and `validation.py` the ranges of
+its suite. An unknown or missing key is an error, never a silent drop.
 
 A metric is scored on a `MapView` (one stitched map against the lesion labels); its note says
 how the map was prepared, with `{…}` filled from the audit config (e.g. `{tolerance_um:g}`).
@@ -12,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,10 +25,6 @@ from tiling.artefacts import PATCH_SHARE
 if TYPE_CHECKING:
     from reports.config import AuditConfig
 
-VERDICTS = ("fail", "review", "info")  # a raised flag's verdict, worst first
-SEVERITIES = {"fail": "error", "review": "warning", "info": "info"}
-SLIDE_VERDICTS = ("FAIL", "REVIEW", "PASS")  # a slide's verdict, worst first
-UPSAMPLE_LIMIT = 1.5  # model input px per slide px beyond which the model reads invented detail
 SCOPES = ("method", "slide")
 
 
@@ -191,219 +188,3 @@ def metric(name: str) -> Metric:
     if kind in ("iou", "dice") and pct.isdigit() and 0 < int(pct) <= 100:
         return top_k_metrics(int(pct) / 100)[kind == "dice"]
     raise RegistryError(f"unknown metric {name!r}; known: {', '.join(fixed)}, iou_topN, dice_topN")
-
-
-@dataclass(frozen=True)
-class FlagInputs:
-    """What the flag rules read: the slide's label and prediction, each method's scores
-    ({method: {metric: {"value", ...}}}), method agreement pairs, validation suites, config,
-    the number of annotated lesions lying on tissue, the methods no better than random at
-    deletion (`explainers.faithfulness`), the slide's resolution record (`reports.audit.resolution`),
-    its prediction without the patches on artefacts (`reports.audit.without_artefacts`; None
-    without the model) and the methods whose maps survive the model's randomisation
-    (`explainers.sanity`)."""
-
-    label: int | None
-    prediction: int
-    scores: dict[str, dict[str, dict[str, Any]]]
-    pairs: list[dict[str, Any]]
-    suites: list[dict[str, Any]]
-    config: AuditConfig
-    lesions_on_tissue: int = 0
-    unfaithful: list[str] = field(default_factory=list)
-    resolution: dict[str, Any] = field(default_factory=dict)
-    artefact: dict[str, Any] | None = None
-    insensitive: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Flag:
-    """name: key in audit.json; title; meaning (for the report glossary); verdict: what the flag
-    makes of the slide: "fail" (the result cannot be trusted), "review" (a person should look) or
-    "info" (said, never a warning); verdict_without_lesion: the verdict instead on a slide without
-    a lesion on tissue (None = the same); scope: "method" (names the methods concerned) or
-    "slide"; rule: FlagInputs -> (methods, message) when raised, else None (None for flags the
-    index raises itself)."""
-
-    name: str
-    title: str
-    meaning: str
-    verdict: str
-    scope: str
-    rule: Callable[[FlagInputs], tuple[list[str], str] | None] | None = None
-    verdict_without_lesion: str | None = None
-
-    def __post_init__(self) -> None:
-        for value in (self.verdict, self.verdict_without_lesion or self.verdict):
-            if value not in VERDICTS:
-                raise RegistryError(f"flag {self.name!r}: verdict {value!r} is not one of {VERDICTS}")
-
-    @property
-    def severity(self) -> str:
-        """"error" for a fail, "warning" for a review, "info" for information."""
-        return SEVERITIES[self.verdict]
-
-    def verdict_on(self, lesions_on_tissue: int) -> str:
-        """The verdict on a slide with that many lesions on its tissue."""
-        return self.verdict if lesions_on_tissue or self.verdict_without_lesion is None else self.verdict_without_lesion
-
-
-def _focus_outside(f: FlagInputs) -> tuple[list[str], str] | None:
-    outside = [name for name, s in f.scores.items() if s["pointing_game"]["value"] == 0.0
-               or (s["auroc"]["value"] is not None and s["auroc"]["value"] < f.config.min_auroc)]
-    return (outside, f"maximum off the lesion or AUROC < {f.config.min_auroc:g}: {', '.join(outside)}"
-            ) if outside else None
-
-
-def _focus_on_artefact(f: FlagInputs) -> tuple[list[str], str] | None:
-    if f.prediction == 0:
-        return None
-    on = [name for name, s in f.scores.items() if s.get("artefact_peak", {}).get("value") == 1.0
-          or (s.get("artefact_top_patches", {}).get("value") or 0) >= 0.5]
-    return (on, f"predicted positive with the top peak or half the top patches on an artefact: {', '.join(on)}"
-            ) if on else None
-
-
-def _depends_on_artefact(f: FlagInputs) -> tuple[list[str], str] | None:
-    a = f.artefact
-    if not a or not a["depends"]:
-        return None
-    name = a["before"]["prediction_name"]
-    dropped = ", ".join(f"{n} on {kind}" for kind, n in a["dropped"].items())
-    return [], (f"without its {dropped} patch(es), p({name}) goes from {a['before']['probabilities'][name]:.3f} "
-                f"to {a['after']['probabilities'][name]:.3f}"
-                + (f": predicted {a['after']['prediction_name']} instead" if a["flipped"] else
-                   f", more than {a['max_change']:g}"))
-
-
-def _disagree(f: FlagInputs) -> tuple[list[str], str] | None:
-    pairs = [f"{p['a']}~{p['b']}" for p in f.pairs
-             if p["spearman"] is not None and p["spearman"] < f.config.min_spearman]
-    return (pairs, f"Spearman ρ < {f.config.min_spearman:g}: {', '.join(pairs)}") if pairs else None
-
-
-def _prediction_wrong(f: FlagInputs) -> tuple[list[str], str] | None:
-    if f.label is None or f.prediction == f.label:
-        return None
-    return [], f"predicted class {f.prediction}, label {f.label}"
-
-
-def _unfaithful(f: FlagInputs) -> tuple[list[str], str] | None:
-    if not f.unfaithful:
-        return None
-    margin = f.config.faithfulness.margin
-    return f.unfaithful, (f"deleting their top patches lowers the prediction no more than random deletion "
-                          f"(area not {margin:g} below random): {', '.join(f.unfaithful)}")
-
-
-def _insensitive(f: FlagInputs) -> tuple[list[str], str] | None:
-    if not f.insensitive:
-        return None
-    return f.insensitive, (f"maps barely change when the model's top layers are re-initialised "
-                           f"(Spearman ρ > {f.config.sanity.max_rho:g}): {', '.join(f.insensitive)}")
-
-
-def _label_mismatch(f: FlagInputs) -> tuple[list[str], str] | None:
-    if f.label is None or (f.label > 0) == (f.lesions_on_tissue > 0):
-        return None
-    if f.label > 0:
-        return [], f"labelled positive (class {f.label}), no lesion annotated on tissue"
-    return [], f"labelled negative, {f.lesions_on_tissue} lesion(s) annotated on tissue"
-
-
-UPSAMPLE_LIMIT = 1.5  # model input px per slide px beyond which the model reads invented detail
-
-
-def _upsampled(f: FlagInputs) -> tuple[list[str], str] | None:
-    r = f.resolution
-    if (r.get("upsample") or 0) <= UPSAMPLE_LIMIT:
-        return None
-    return [], (f"the model reads {r['model_mpp']:g} µm/px, the slide's pixels are {r['level_mpp']:.3g} µm/px "
-                f"(level {r['level']}): its input is upsampled {r['upsample']:.1f}x")
-
-
-def _validation_failed(f: FlagInputs) -> tuple[list[str], str] | None:
-    failed = [s["suite"] for s in f.suites if not s["success"]]
-    return (failed, f"failed checks: {', '.join(failed)}") if failed else None
-
-
-FLAGS: dict[str, Flag] = {flag.name: flag for flag in (
-    Flag("focus_outside_lesion", "Focus outside lesion",
-         "On a slide with lesions, the method's maximum misses them or its pixel AUROC is below audit.min_auroc.",
-         "review", "method", _focus_outside),
-    Flag("focus_on_artefact", "Focus on an artefact",
-         "The slide is predicted positive and the method's highest peak, or half its top patches, lie on pen "
-         "ink, a fold or a blank or blurred region: the positive call may rest on the artefact.",
-         "review", "method", _focus_on_artefact),
-    Flag("methods_disagree", "Methods disagree",
-         "Two methods' maps rank the tissue differently (Spearman ρ below audit.min_spearman): a "
-         "reason to review a slide with lesions; on a slide without any, where no method has a "
-         "lesion to find, information only.",
-         "review", "method", _disagree, verdict_without_lesion="info"),
-    Flag("prediction_wrong", "Prediction wrong", "The slide's predicted class differs from its label.",
-         "fail", "slide", _prediction_wrong),
-    Flag("depends_on_artefact", "Depends on an artefact",
-         "Pooling the slide without the patches that lie on an artefact (only the MIL head runs again) flips "
-         "the predicted class or moves its probability by more than audit.max_artefact_change: the prediction "
-         "rests on pen ink, a fold or a blank or blurred region, not on the tissue.",
-         "fail", "slide", _depends_on_artefact),
-    Flag("unfaithful", "No better than random",
-         "Deleting the patches the method ranks highest lowers the explained class's probability no more "
-         "than deleting random patches: its ranking does not find what the prediction rests on.",
-         "review", "method", _unfaithful),
-    Flag("insensitive_to_model", "Insensitive to the model",
-         "The method's maps stay nearly the same when the MIL head and the top encoder stage are "
-         "re-initialised with random weights (model-randomisation check, Adebayo et al. 2018): they "
-         "show the input, not what the model learnt. Information: it judges the method on this "
-         "model (checked on a sample of slides), not the slide's prediction.",
-         "info", "method", _insensitive),
-    Flag("label_annotation_mismatch", "Label and annotations disagree",
-         "The slide is labelled positive but no annotated lesion lies on its tissue, or labelled "
-         "negative with a lesion annotated on its tissue: the label, the annotation file or its scale "
-         "is wrong, and the lesion metrics cannot be read as they stand.",
-         "review", "slide", _label_mismatch),
-    Flag("upsampled", "Upsampled input",
-         f"The model reads finer pixels than the slide has (more than {UPSAMPLE_LIMIT:g}x upsampled): "
-         "its input holds interpolated detail, so its predictions and maps may not be its usual ones.",
-         "review", "slide", _upsampled),
-    Flag("validation_failed", "Validation failed",
-         "A great-expectations check of the slide's stores failed; its numbers cannot be trusted.",
-         "fail", "slide", _validation_failed),
-    Flag("table_check_failed", "Table check failed",
-         "The archive's audit.csv check found a problem in this slide's rows.", "fail", "slide"),
-    Flag("failed", "Failed", "A stage of the slide failed; the message says which and what to do.",
-         "fail", "slide"),
-)}
-
-
-def flag(name: str) -> Flag:
-    """The record of flag `name`; RegistryError when unknown."""
-    if name not in FLAGS:
-        raise RegistryError(f"unknown flag {name!r}; known: {', '.join(FLAGS)}")
-    return FLAGS[name]
-
-
-def raise_flags(inputs: FlagInputs) -> list[dict[str, Any]]:
-    """Every flag whose rule fires: [{"flag", "verdict", "severity", "methods", "message"}],
-    registry order; the verdict is the flag's on this slide (`Flag.verdict_on`)."""
-    raised = []
-    for record in FLAGS.values():
-        found = record.rule(inputs) if record.rule is not None else None
-        if found is not None:
-            methods, message = found
-            verdict = record.verdict_on(inputs.lesions_on_tissue)
-            raised.append({"flag": record.name, "verdict": verdict, "severity": SEVERITIES[verdict],
-                           "methods": methods, "message": message})
-    return raised
-
-
-def slide_verdict(raised: list[dict[str, Any]]) -> tuple[str, str]:
-    """(verdict, reason) of a slide from its raised flags: "FAIL" when a flag's verdict is "fail",
-    else "REVIEW" when one is "review", else "PASS" ("info" flags never count). The reason names
-    the first flag of that verdict, "Title: message", and how many more there are."""
-    for level in VERDICTS[:2]:
-        hits = [f for f in raised if f["verdict"] == level]
-        if hits:
-            more = f" (+{len(hits) - 1} more)" if len(hits) > 1 else ""
-            return SLIDE_VERDICTS[VERDICTS.index(level)], f"{flag(hits[0]['flag']).title}: {hits[0]['message']}{more}"
-    return SLIDE_VERDICTS[-1], "no flag calls for review"

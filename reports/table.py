@@ -9,7 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from reports.registry import flag, metric
+from reports.flags import flag
+from reports.registry import metric
 from tiling.errors import StoreError
 from tiling.store import AUDIT, FAILURE
 from tiling.store.records import VALIDATE, load_audit, load_failure

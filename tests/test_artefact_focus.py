@@ -13,7 +13,8 @@ from reports import metrics as M
 from reports.artefact_focus import focus_record, top_patches
 from reports.audit import score_map, without_artefacts
 from reports.config import AuditConfig
-from reports.registry import FlagInputs, MapView, raise_flags, slide_verdict
+from reports.flags import FlagInputs, raise_flags, slide_verdict
+from reports.registry import MapView
 from tiling.artefacts import PEN_INK, TISSUE_FOLD
 
 

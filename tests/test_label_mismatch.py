@@ -10,8 +10,8 @@ import pytest
 from fake_stores import make_slide_case
 from reports.audit import audit_slide, flags
 from reports.config import AuditConfig
+from reports.flags import FLAGS
 from reports.html import render_slide_report
-from reports.registry import FLAGS
 from tiling.config import StitchConfig
 from tiling.stitch import stitch_slide
 from tiling.store.records import load_audit

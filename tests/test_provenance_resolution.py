@@ -7,7 +7,7 @@ import pytest
 
 from reports.audit import flags, resolution
 from reports.config import AuditConfig
-from reports.registry import FLAGS
+from reports.flags import FLAGS
 from tiling.store.records import load_audit
 
 SLIDE = {"slide_mpp": 4.0, "mpp_source": "manifest", "level": 0, "level_mpp": 4.0, "mpp": 4.0, "patch_size": 56}

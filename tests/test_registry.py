@@ -21,8 +21,9 @@ from pipeline.cli import main
 from reports.audit import audit_slide
 from reports.config import AuditConfig
 from reports.errors import RegistryError
+from reports.flags import FLAGS, flag
 from reports.html import render_index, render_slide_report
-from reports.registry import FLAGS, flag, metric, metrics_for
+from reports.registry import metric, metrics_for
 from tiling.config import StitchConfig
 from tiling.errors import ConfigError
 from tiling.stitch import stitch_slide

@@ -9,7 +9,7 @@ import pytest
 
 from reports.config import AuditConfig
 from reports.errors import RegistryError
-from reports.registry import FLAGS, Flag, FlagInputs, raise_flags, slide_verdict
+from reports.flags import FLAGS, Flag, FlagInputs, raise_flags, slide_verdict
 from tiling.store.records import load_audit
 
 

@@ -34,7 +34,7 @@ from reports.gate import gate_reasons
 from tiling.archive import SlideRecord, group_values, read_archive
 from tiling.errors import AuditError, ConfigError
 from tiling.store import AUDIT, INDEX, RUN_MANIFEST, slide_dir
-from tiling.store.records import load_audit, write_manifest
+from tiling.store.records import load_audit, load_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 LOCK = ".lock"  # OUT/.lock, held by the run writing OUT
@@ -123,6 +123,20 @@ def sanity_sample(records: list[SlideRecord], sanity: SanityConfig) -> frozenset
     ids = sorted(r.slide_id for r in records)
     rng = np.random.default_rng(sanity.seed)
     return frozenset(ids[i] for i in rng.choice(len(ids), min(sanity.slides, len(ids)), replace=False))
+
+
+def last_run_groups(out: Path, group_by: tuple[str, ...] | None = None
+                    ) -> tuple[tuple[str, ...], dict[str, dict[str, str]]]:
+    """The subgroup columns (`group_by`, else the last run's run.group_by from OUT/run.json) and
+    each slide's values of them, read from the archive that run read; ((), {}) for none.
+    StoreError without a run.json to name the archive; ArchiveError for an unknown column."""
+    if group_by == ():
+        return (), {}
+    manifest = load_manifest(out) if group_by or (Path(out) / RUN_MANIFEST).is_file() else {}
+    columns = tuple(group_by or manifest.get("config", {}).get("run", {}).get("group_by", ()))
+    if not columns:
+        return (), {}
+    return columns, group_values(read_archive(Path(manifest["archive"])), columns)
 
 
 def at_model_footprint(config: PipelineConfig, mpp: float, patch: int) -> PipelineConfig:

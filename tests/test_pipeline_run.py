@@ -171,6 +171,12 @@ def test_only_new_audits_missing_slides_and_indexes_all(
     assert "sample_000" in (out / "index.html").read_text()
     groups = pd.read_csv(out / "subgroups.csv")  # skipped slides keep their manifest values
     assert groups[["column", "value", "slides", "labelled"]].values.tolist() == [["ink", 0, 2, 2], ["ink", 1, 2, 2]]
+    (out / "subgroups.csv").unlink()
+    rebuilt = CliRunner().invoke(main, ["report", str(out)])  # the index rebuilt keeps the run's subgroups
+    assert rebuilt.exit_code == 0 and "(subgroups by ink)" in rebuilt.output, rebuilt.output
+    assert pd.read_csv(out / "subgroups.csv").equals(groups)
+    unknown = CliRunner().invoke(main, ["report", str(out), "--group-by", "scanner"])
+    assert unknown.exit_code == 2 and "--group-by scanner: no such manifest column" in unknown.output
 
 
 @pytest.fixture

@@ -81,6 +81,8 @@ def test_the_page_lists_every_map_and_the_audits_markers(client, report_archive)
     assert f"A-MIL attention peak {len(peaks)}" in text and "Top patch 1" in text
     assert client.get("/static/openseadragon/LICENSE.txt").text.startswith("Copyright")
     assert 'href="viewer/"' in (report_archive["positive"] / "report.html").read_text()
+    [href] = re.findall(r'href="(slides/positive/viewer/)"', report_archive["index"].read_text())
+    assert client.get(f"/reports/{href}").status_code == 200  # the index's link, relative to /reports/index.html
 
 
 def test_tiles_show_the_slide_and_colour_the_attention_peak(client, report_archive) -> None:

@@ -113,6 +113,11 @@ def instance_target(model: MILModel, h: torch.Tensor, cls: int) -> BagTarget:
     return BagTarget(cls, grad, linear, drop)
 
 
+# the explain stage's targets (`explainers.config.TARGETS`) -> how to build each
+BAG_TARGETS: dict[str, Callable[[MILModel, torch.Tensor, int], BagTarget]] = {
+    "slide": slide_target, "instance": instance_target}
+
+
 def _is_global_pool(tail: nn.Sequential) -> bool:
     """True when the tail is global average pooling (plus flattening) and nothing else."""
     pools = [m for m in tail if isinstance(m, nn.AdaptiveAvgPool2d)]

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from explainers.config import ExplainConfig
 from explainers.embeddings import encoder_stamp, kept_embeddings
-from explainers.engine import BagExplainer, frozen, instance_target, slide_target
+from explainers.engine import BAG_TARGETS, BagExplainer, frozen
 from explainers.errors import ModelError
 from explainers.methods import parse_methods
 from explainers.mil import MILModel
@@ -112,8 +112,7 @@ def explain_store(slide_dir: Path, model_dir: Path, config: ExplainConfig,
             for what, values in (("the attention", attention), ("the slide logits", slide_logits),
                                  ("the patch logits", bag.instance_logits)):  # the likely cause first
                 require_finite(what, values, slide_dir, model_dir)
-            target = (slide_target(model, bag.h, cls) if config.target == "slide"
-                      else instance_target(model, bag.h, cls))
+            target = BAG_TARGETS[config.target](model, bag.h, cls)
             with atomic_path(out) as tmp:
                 writer = ExplainWriter(tmp, n, batch)
                 for name, values in (("attention", attention), ("slide_logits", slide_logits),

@@ -5,7 +5,8 @@ re-initialised top-down and cumulatively: the MIL head first (every module besid
 then the encoder's stages from the top (its children with parameters, last first). After each
 step the maps of every method and the attention are computed again (`BagExplainer`, the same
 engine as the explain stage) on a seeded sample of at most `max_patches` patches, for the class
-the original maps explain, and compared with the original maps by Spearman's rank correlation
+and target (the slide logit or each patch's own) the original maps explain, and compared with
+the original maps by Spearman's rank correlation
 
     ρ = Pearson correlation of the ranks of all map values (all patches' (h, w) maps flattened;
         the attention's N values), scipy.stats.spearmanr; None when either map is constant.
@@ -26,7 +27,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from explainers.config import SanityConfig
-from explainers.engine import BagExplainer, frozen, slide_target
+from explainers.engine import BAG_TARGETS, BagExplainer, frozen
 from explainers.mil import MILModel
 from explainers.model_config import ModelConfig
 from explainers.patches import check_fits, normalise, resize
@@ -70,8 +71,9 @@ def sample_reader(store: PatchStore, config: ModelConfig, device: torch.device,
 
 
 def bag_maps(model: MILModel, target_layer: str, methods: tuple[str, ...], read: Callable[[int, int], torch.Tensor],
-             n: int, cls: int, batch: int) -> dict[str, np.ndarray]:
-    """{"attention": (n,), method: (n, h, w)} of the bag read by `read` for the slide logit `cls`."""
+             n: int, cls: int, batch: int, target: str = "slide") -> dict[str, np.ndarray]:
+    """{"attention": (n,), method: (n, h, w)} of the bag read by `read` for class `cls` of the
+    explain stage's `target` ("slide": the slide logit; "instance": each patch's own logit)."""
     explainer = BagExplainer(model, target_layer, methods)
 
     def batches() -> Iterator[tuple[int, int, torch.Tensor]]:
@@ -82,8 +84,7 @@ def bag_maps(model: MILModel, target_layer: str, methods: tuple[str, ...], read:
         bag = explainer.forward(batches(), n)
         with torch.no_grad():
             found = {ATTENTION: model.pool(bag.h, cls)[1].double().cpu().numpy()}
-        target = slide_target(model, bag.h, cls)
-        chunks = list(explainer.maps(bag, target, batch, read))
+        chunks = list(explainer.maps(bag, BAG_TARGETS[target](model, bag.h, cls), batch, read))
     return found | {m: np.concatenate([c[m] for _, _, c in chunks]) for m in methods}
 
 
@@ -97,17 +98,18 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
 
 def randomisation(model: MILModel, target_layer: str, methods: tuple[str, ...],
                   read: Callable[[int, int], torch.Tensor], n: int, cls: int, batch: int,
-                  config: SanityConfig) -> dict[str, object]:
-    """The module docstring's test: {"layers": names in order, "rho": {method: [ρ per layer]},
-    "insensitive": methods with ρ > max_rho once the top encoder stage is random, "max_rho",
-    "patches": n}. `model` is left untouched (a copy is randomised)."""
-    original = bag_maps(model, target_layer, methods, read, n, cls, batch)
+                  config: SanityConfig, target: str = "slide") -> dict[str, object]:
+    """The module docstring's test, on the maps of `target` (`bag_maps`): {"layers": names in
+    order, "rho": {method: [ρ per layer]}, "insensitive": methods with ρ > max_rho once the top
+    encoder stage is random, "max_rho", "patches": n}. `model` is left untouched (a copy is
+    randomised)."""
+    original = bag_maps(model, target_layer, methods, read, n, cls, batch, target)
     copy_ = copy.deepcopy(model)
     steps = layers(copy_)
     rho: dict[str, list[float | None]] = {name: [] for name in original}
     for i, (_, modules) in enumerate(steps):
         reinitialise(modules, config.seed + i)
-        random = bag_maps(copy_, target_layer, methods, read, n, cls, batch)
+        random = bag_maps(copy_, target_layer, methods, read, n, cls, batch, target)
         for name in original:
             rho[name].append(rank_correlation(original[name], random[name]))
     top = min(1, len(steps) - 1)  # the step that randomised the top encoder stage

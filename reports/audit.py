@@ -153,8 +153,9 @@ def deletion_record(model: MILModel, h: torch.Tensor, explain: Any, config: Fait
 
 
 def sanity_record(slide_dir: Path, explain: Any, model_dir: Path, config: SanityConfig) -> dict[str, Any]:
-    """The model-randomisation check (`explainers.sanity`) of the slide's explained class, on a
-    seeded sample of its patches: Spearman ρ per method and re-initialised layer."""
+    """The model-randomisation check (`explainers.sanity`) of the slide's explained class and
+    target (slide or instance logit), on a seeded sample of its patches: Spearman ρ per method
+    and re-initialised layer."""
     model, model_config = load_model(model_dir)
     store = open_patch_store(slide_dir)
     attrs = dict(explain.attrs)
@@ -163,7 +164,7 @@ def sanity_record(slide_dir: Path, explain: Any, model_dir: Path, config: Sanity
     device = resolve_device("auto")
     read = sample_reader(store, model_config, device, index)
     result = randomisation(model.to(device), model_config.target_layer, tuple(attrs["methods"]), read,
-                           index.size, int(attrs["target_class"]), CPU_BATCH, config)
+                           index.size, int(attrs["target_class"]), CPU_BATCH, config, str(attrs["target"]))
     log.debug("%s: sanity ρ %s", slide_dir.name, result["rho"])
     return result
 

@@ -10,14 +10,16 @@ import torch
 from conftest import SMALL, manifest_rows
 from explainers.config import ExplainConfig, SanityConfig
 from explainers.explain import explain_store
-from explainers.model_io import build_model
-from explainers.sanity import layers, rank_correlation, reinitialise
+from explainers.model_io import build_model, load_model
+from explainers.sanity import bag_maps, layers, rank_correlation, reinitialise, sample_reader
 from reports.audit import audit_slide
 from reports.config import AuditConfig
 from reports.html import render_slide_report
 from tiling.config import StitchConfig
 from tiling.errors import ConfigError
 from tiling.stitch import stitch_slide
+from tiling.store import open_patch_store
+from tiling.store.explain import open_explain_store
 from tiling.store.records import load_audit
 
 
@@ -69,6 +71,19 @@ def test_gradcam_follows_the_model_and_guided_backprop_is_flagged(
     html = render_slide_report(slide_dir).read_text()
     section = html[html.index('id="sanity"'):html.index('id="agreement"')]
     assert "insensitive to the model" in section and "+ encoder.block4" in section and "<img" in section
+
+
+@pytest.mark.parametrize("target", ["slide", "instance"])
+def test_the_check_starts_from_the_maps_the_explain_stage_wrote(slide_dir: Path, model_dir: Path,
+                                                                 target: str) -> None:
+    store = open_patch_store(slide_dir)
+    explain = open_explain_store(explain_store(slide_dir, model_dir, ExplainConfig(target=target)), store)
+    model, config = load_model(model_dir)
+    read = sample_reader(store, config, torch.device("cpu"), np.arange(len(store)))
+    maps = bag_maps(model, config.target_layer, ("gradcam",), read, len(store),
+                    int(explain.attrs["target_class"]), 8, target)
+    np.testing.assert_allclose(maps["gradcam"], explain["gradcam"][:], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(maps["attention"], explain["attention"][:], rtol=1e-5, atol=1e-7)
 
 
 def test_a_run_checks_a_seeded_sample_of_the_archives_slides() -> None:

@@ -27,9 +27,9 @@ import pipeline.runner
 import tiling.tile
 from conftest import manifest_rows
 from pipeline.config import load_config
-from pipeline.errors import EXIT_SLIDES_FAILED, EXIT_USAGE, DiskFull
+from pipeline.errors import EXIT_SLIDES_FAILED, EXIT_USAGE, DiskFull, OutLocked
 from pipeline.progress import Progress
-from pipeline.runner import LOCK, run_archive
+from pipeline.runner import LOCK, locked, run_archive
 from pipeline.stages import STAGES, Context, SlideState, run_stage
 from tiling.archive import SlideRecord
 from tiling.store import FAILURE
@@ -224,3 +224,18 @@ def test_a_full_tmpfs_stops_the_run_with_one_message_and_a_rerun_resumes(
     assert (tmp_path / "resume.rc").read_text().strip() == "0", (tmp_path / "resume.log").read_text()
     assert (tmp_path / "leftovers.txt").read_text() == ""
     assert len((tmp_path / "audit.csv").read_text().splitlines()) == 1 + 2 * 2  # header + slide x (attention, gradcam)
+
+
+def test_with_wait_a_run_waits_for_the_lock_another_process_holds(tmp_path: Path) -> None:
+    hold = (f"import time; from filelock import FileLock\nwith FileLock({str(tmp_path / LOCK)!r}):\n"
+            " print('held', flush=True); time.sleep(1.5)")
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    with pytest.raises(OutLocked, match="--wait"), locked(tmp_path, wait=False):
+        pass
+    start = time.monotonic()
+    with locked(tmp_path, wait=True):
+        assert time.monotonic() - start > 0.5 and holder.wait(timeout=10) == 0  # it waited for the holder
+        assert lock_held(tmp_path)
+    assert not lock_held(tmp_path)
+

@@ -1,5 +1,5 @@
-"""A SIGTERM during `slideaudit tile` removes the temporary store; a rerun removes what a
-SIGKILL left."""
+"""A SIGTERM during `slideaudit tile` or `slideaudit explain` removes the temporary store; a
+rerun removes what a SIGKILL left."""
 from __future__ import annotations
 
 import signal
@@ -50,3 +50,18 @@ def test_a_rerun_removes_what_a_killed_tile_left(sample_archive: Path, tmp_path:
                                        "--mpp", "4", "--patch", "32"])
     assert result.exit_code == 0, result.output
     assert hidden(folder) == [] and (folder / "patches.zarr").is_dir()
+
+
+def test_a_sigterm_during_explain_leaves_no_temporary_store(slide_dir: Path, model_dir: Path) -> None:
+    # occlusion one patch at a time: one forward per occluded window, the maps written as they come
+    proc = subprocess.Popen([str(SLIDEAUDIT), "explain", str(slide_dir), "--model", str(model_dir),
+                             "--methods", "occlusion", "--batch", "1", "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not any(slide_dir.glob(".explain.zarr.tmp-*/occlusion/c/*")):  # a first map written
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == EXIT_TERMINATED, output
+    assert sorted(slide_dir.glob(".explain.zarr.*")) == [] and not (slide_dir / "explain.zarr").exists()

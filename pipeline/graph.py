@@ -29,6 +29,7 @@ from pipeline.progress import Progress
 from pipeline.stages import STAGES, Context, SlideState, run_stage
 from reports.html import render_index
 from tiling.archive import SlideRecord
+from tiling.store import remove_leftovers, slide_dir
 
 
 def uses_gpu(device: str) -> bool:
@@ -95,19 +96,27 @@ def audit_slides(todo: list[SlideRecord], ctx: Context, progress: str, info: dic
                  groups: dict[str, dict[str, str]]) -> list[SlideState]:
     """Audit `todo` on Dask (the class impressions first, once per model) and render the index
     (with the subgroups of `groups`): the final states; with no `todo`, the index only. `info`
-    (the run manifest) gets the scheduler and whether explain runs on a GPU."""
+    (the run manifest) gets the scheduler and whether explain runs on a GPU. A run stopped on a
+    local cluster removes the temporary outputs its killed workers left (on a shared scheduler
+    a cancelled task may still be writing: the next run removes them, `pipeline.stages`)."""
     if not todo:
         render_index(ctx.out, ctx.config.run.group_by, groups)
         return []
     gpu = uses_gpu(ctx.config.explain.device)
-    with open_client(ctx.config.run, gpu) as client:
-        info.update(gpu=gpu, scheduler=client.scheduler.address)
-        impressions = (render_impressions(ctx.model_dir, model_cache(ctx.out, ctx.model_sha256),
-                                          ctx.config.impressions, model_sha256=ctx.model_sha256)
-                       if ctx.config.impressions.steps else {})
-        tasks, index = build_graph(todo, replace(ctx, impressions=impressions), gpu, groups)
-        bar = Progress(progress, [r.slide_id for r in todo], list(STAGES))
-        try:
-            return compute(client, tasks, index, bar)
-        finally:
-            bar.close()
+    try:
+        with open_client(ctx.config.run, gpu) as client:
+            info.update(gpu=gpu, scheduler=client.scheduler.address)
+            impressions = (render_impressions(ctx.model_dir, model_cache(ctx.out, ctx.model_sha256),
+                                              ctx.config.impressions, model_sha256=ctx.model_sha256)
+                           if ctx.config.impressions.steps else {})
+            tasks, index = build_graph(todo, replace(ctx, impressions=impressions), gpu, groups)
+            bar = Progress(progress, [r.slide_id for r in todo], list(STAGES))
+            try:
+                return compute(client, tasks, index, bar)
+            finally:
+                bar.close()
+    except BaseException:  # stopped (SIGTERM, Ctrl-C, a full disk): the workers were killed mid-write
+        if ctx.config.run.scheduler is None:  # the run's own workers are gone, nothing writes there now
+            for rec in todo:
+                remove_leftovers(slide_dir(ctx.out, rec.slide_id))
+        raise

@@ -1,5 +1,5 @@
-"""A SIGTERM during `slideaudit tile` or `slideaudit explain` removes the temporary store; a
-rerun removes what a SIGKILL left."""
+"""A SIGTERM during `slideaudit tile`, `explain` or `run` removes the temporary stores; a rerun
+removes what a SIGKILL left."""
 from __future__ import annotations
 
 import signal
@@ -65,3 +65,21 @@ def test_a_sigterm_during_explain_leaves_no_temporary_store(slide_dir: Path, mod
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == EXIT_TERMINATED, output
     assert sorted(slide_dir.glob(".explain.zarr.*")) == [] and not (slide_dir / "explain.zarr").exists()
+
+
+@pytest.mark.slow
+def test_a_sigterm_during_a_run_leaves_no_temporary_store(sample_archive: Path, model_dir: Path,
+                                                           tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("impressions: {steps: 0}\n")  # 2 workers: one may be cut mid-write
+    out = tmp_path / "out"
+    proc = subprocess.Popen([str(SLIDEAUDIT), "run", str(sample_archive), "--model", str(model_dir), "--out", str(out),
+                             "--config", str(tmp_path / "config.yaml"), "--progress", "plain"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not any(out.glob("slides/*/.maps.zarr.tmp-*")):  # a worker is writing a slide's maps
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == EXIT_TERMINATED, output
+    assert sorted(out.glob("slides/*/.*")) == []

@@ -107,9 +107,9 @@ def _remove_settled(path: Path) -> None:
     log.warning("%s: could not be removed; the next run removes it", path)
 
 
-def remove_leftovers(folder: Path, output: str) -> None:
-    """Remove what a killed run left of `output` in `folder`: atomic_path's temporary and replaced
-    copies (.<output>.tmp-*, .<output>.old-*)."""
+def remove_leftovers(folder: Path, output: str = "*") -> None:
+    """Remove what a killed run left of `output` ("*": of every output) in `folder`: atomic_path's
+    temporary and replaced copies (.<output>.tmp-*, .<output>.old-*)."""
     for path in [*Path(folder).glob(f".{output}.tmp-*"), *Path(folder).glob(f".{output}.old-*")]:
         log.info("removing %s, left by an interrupted run", path)
         _remove(path)

@@ -18,6 +18,7 @@ from PIL import Image
 
 from tiling.errors import SlideError
 from tiling.resolution import resolve_mpp
+from tiling.tiff_tiles import TiffTiles
 
 log = logging.getLogger(__name__)
 
@@ -165,16 +166,28 @@ class Slide(BaseSlide):
             self._osr.close()
             raise
         self.mpp, self.mpp_source = resolution.mpp, resolution.source
+        self._tiles = TiffTiles(self.path, self.level_dimensions, self.level_downsamples)
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """OpenSlide's pixels; copied from the decoded TIFF tiles (`tiling.tiff_tiles`) where they
+        can be, once the level's first such read equalled OpenSlide's."""
+        tiles = self._tiles.read(location, level, size) if self._tiles.agrees.get(level, True) else None
+        if tiles is not None and level in self._tiles.agrees:
+            return tiles
         try:
-            region = self._osr.read_region((int(location[0]), int(location[1])), level,
-                                           (int(size[0]), int(size[1])))
+            region = on_white(self._osr.read_region((int(location[0]), int(location[1])), level,
+                                                    (int(size[0]), int(size[1]))))
         except openslide.OpenSlideError as exc:
             raise _read_error(self.path, f"reading level {level} at {tuple(location)}", exc) from exc
-        return on_white(region)
+        if tiles is not None:
+            self._tiles.agrees[level] = np.array_equal(tiles, region)
+            if not self._tiles.agrees[level]:
+                log.info("%s: level %d decoded from the TIFF differs from OpenSlide's; reading it through "
+                         "OpenSlide", self.path, level)
+        return region
 
     def close(self) -> None:
+        self._tiles.close()
         self._osr.close()
 
     def __reduce__(self) -> tuple[type, tuple[Path | None, float | None, str]]:

@@ -82,12 +82,12 @@ def artefact_mask(thumbnail: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     labels = np.zeros(tissue.shape, np.uint8)
     if tissue.any():
         box = tissue_box(tissue, MARGIN)
-        labels[box] = _labels(thumbnail[box], tissue[box])
+        labels[box] = whole_image_labels(thumbnail[box], tissue[box])
     return labels
 
 
-def _labels(thumbnail: np.ndarray, tissue: np.ndarray) -> np.ndarray:
-    """`artefact_mask` of a thumbnail with some tissue."""
+def whole_image_labels(thumbnail: np.ndarray, tissue: np.ndarray) -> np.ndarray:
+    """`artefact_mask` computed on the whole thumbnail (which holds some tissue)."""
     labels = np.zeros(tissue.shape, np.uint8)
     rgb = np.asarray(thumbnail, np.float64)
     lab = color.rgb2lab(np.asarray(thumbnail, np.float32) / 255)  # float32: 3-4x faster than uint8 input

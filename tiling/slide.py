@@ -87,17 +87,15 @@ class BaseSlide:
         fine = [i for i, d in enumerate(self.level_downsamples) if self.mpp * d <= mpp * (1 + MPP_RTOL)]
         return max(fine, key=lambda i: self.level_downsamples[i]) if fine else 0
 
-    def level_read(self, size: tuple[int, int], mpp: float) -> tuple[int, tuple[int, int]]:
-        """(level, (w, h) level px) that `read_at_mpp` reads for `size` (w, h) px at `mpp` µm/px:
-        the best level (`best_level`) and size * mpp / (slide mpp * downsample), rounded."""
-        level = self.best_level(mpp)
-        return level, read_size(size, mpp / (self.mpp * self.level_downsamples[level]))
-
     def read_at_mpp(self, location: tuple[int, int], size: tuple[int, int], mpp: float) -> np.ndarray:
-        """(h, w, 3) uint8 of `size` (w, h) pixels at `mpp` µm/px, top-left at level-0 `location`:
-        the region `level_read` names, resized to `size`."""
-        level, read_wh = self.level_read(size, mpp)
-        return resize_rgb(self.read_region(location, level, read_wh), size)
+        """(h, w, 3) uint8 of `size` (w, h) pixels at `mpp` µm/px, top-left at level-0 `location`.
+
+        Reads the best level (`best_level`) then resizes: the level region is size * mpp / (slide
+        mpp * downsample) pixels, rounded.
+        """
+        level = self.best_level(mpp)
+        w, h = read_size(size, mpp / (self.mpp * self.level_downsamples[level]))
+        return resize_rgb(self.read_region(location, level, (w, h)), size)
 
     def thumbnail(self, max_side: int) -> np.ndarray:
         """The whole slide as (h, w, 3) uint8, its longer side `max_side` pixels (never upscaled)."""

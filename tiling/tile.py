@@ -8,7 +8,6 @@ task that reads it: on the current dask.distributed Client if there is one (work
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -146,37 +145,11 @@ def check_plan(slide: BaseSlide, config: TileConfig, side: float, step: float) -
                          "tile.max_patches or tile.mpp")
 
 
-def strips(coords: np.ndarray, reach: float, downsample: float) -> list[tuple[int, int]]:
-    """[start, stop) ranges of `coords` (N, 2) level-0 (x, y), in order, that one read of a level
-    of `downsample` serves exactly: consecutive patches on one row, each at most `reach` level-0
-    px right of the previous, all starting on whole level pixels (x and y multiples of
-    `downsample`; OpenSlide paints other starts with sub-pixel offsets). Others: one each."""
-    whole = (coords % downsample == 0).all(axis=1)
-    step, rise = np.diff(coords[:, 0]), np.diff(coords[:, 1])
-    joined = (rise == 0) & (step > 0) & (step <= reach) & whole[1:] & whole[:-1]
-    bounds = [0, *(np.flatnonzero(~joined) + 1).tolist(), len(coords)] if len(coords) else []
-    return list(itertools.pairwise(bounds))
-
-
 def read_patches(slide: BaseSlide, coords: np.ndarray, patch: int, mpp: float) -> np.ndarray:
-    """(N, patch, patch, 3) uint8: `slide.read_at_mpp` at each level-0 (x, y) of `coords`.
-
-    A plain level read (no resize) of a row of touching or overlapping patches is one region,
-    cut into patches (`strips`): the same pixels in fewer, wider reads (OpenSlide's cost per
-    read is about a quarter of a 224-px patch's decode)."""
+    """(N, patch, patch, 3) uint8: `slide.read_at_mpp` at each level-0 (x, y) of `coords`."""
     out = np.empty((len(coords), patch, patch, 3), dtype=np.uint8)
-    level, read_wh = slide.level_read((patch, patch), mpp)
-    if read_wh != (patch, patch):
-        for i, (x, y) in enumerate(coords.tolist()):
-            out[i] = slide.read_at_mpp((x, y), (patch, patch), mpp)
-        return out
-    downsample = slide.level_downsamples[level]
-    for start, stop in strips(coords, patch * downsample, downsample):
-        offsets = ((coords[start:stop, 0] - coords[start, 0]) // downsample).astype(int).tolist()
-        x, y = coords[start].tolist()
-        strip = slide.read_region((x, y), level, (offsets[-1] + patch, patch))
-        for i, offset in enumerate(offsets, start):
-            out[i] = strip[:, offset:offset + patch]
+    for i, (x, y) in enumerate(coords.tolist()):
+        out[i] = slide.read_at_mpp((x, y), (patch, patch), mpp)
     return out
 
 

@@ -47,17 +47,3 @@ def footprint_fraction(mask: np.ndarray, dimensions: tuple[int, int], coords: np
     y0, y1, ny = cells(coords[:, 1], mask_h / height, mask_h)
     inside = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
     return (inside / (ny * nx)).astype(np.float32)
-
-
-def patch_grid(mask: np.ndarray, dimensions: tuple[int, int], size: float, step: float,
-               min_tissue: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Patches of `size` level-0 px every `step` level-0 px, kept where tissue >= `min_tissue`.
-
-    `mask` is a boolean tissue mask of the whole slide (level-0 `dimensions` (W, H) scaled
-    down); a patch's tissue fraction is `footprint_fraction`. Returns coords (N, 2) int64
-    level-0 (x, y), row-major, and tissue (N,) float32 in [0, 1].
-    """
-    coords = grid_coords(dimensions, size, step)
-    tissue = footprint_fraction(mask, dimensions, coords, size)
-    keep = tissue >= min_tissue
-    return coords[keep], tissue[keep]

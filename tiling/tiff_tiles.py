@@ -1,7 +1,7 @@
 """OpenSlide's pixels of whole-pixel level reads, copied from the slide's decoded TIFF tiles.
 
 OpenSlide composites every pixel of a `read_region` onto its output (20-35 ns/px here, even
-from its tile cache: 5-7x a JPEG tile's decode), so tiling at its speed is bound by that, not
+from its tile cache: 4-7x a JPEG tile's decode), so tiling at its speed is bound by that, not
 by decoding. A tiled, JPEG-compressed, 8-bit RGB TIFF level that OpenSlide shows as one of its
 levels (same width and height: generic tiled TIFF, Aperio SVS) can instead be decoded by
 tifffile + imagecodecs (the same libjpeg-turbo decode) and copied. `TiffTiles.read` does that

@@ -5,8 +5,9 @@ from its tile cache: 4-7x a JPEG tile's decode), so tiling at its speed is bound
 by decoding. A tiled, JPEG-compressed, 8-bit RGB TIFF level that OpenSlide shows as one of its
 levels (same width and height: generic tiled TIFF, Aperio SVS) can instead be decoded by
 tifffile + imagecodecs (the same libjpeg-turbo decode) and copied. `TiffTiles.read` does that
-for regions starting on whole level pixels; the caller compares its first read of each level
-with OpenSlide's and keeps reading through OpenSlide where they differ (`Slide.read_region`).
+for regions starting on whole level pixels; the caller compares the top-left CHECK_SIDE px of
+its first read of each level with OpenSlide's and keeps reading through OpenSlide where they
+differ (`Slide.read_region`).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+CHECK_SIDE = 512  # px: the top-left corner of a level's first read that is compared with OpenSlide
 CACHE_TILES = 256  # decoded tiles kept (256-px RGB: 48 MiB); a row of patches reuses the last row's
 
 

@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from explainers.model_config import ModelConfig
@@ -34,6 +35,13 @@ def shared_file(name: str) -> Path:
     if not path.is_file():
         pytest.fail(f"{path} is missing: the shared test data must be in ../shared/data (see its README)")
     return path
+
+
+def on_white(region: object) -> np.ndarray:
+    """An OpenSlide RGBA region composited on white (outside the slide it is transparent)."""
+    rgba = np.asarray(region).astype(float)
+    alpha = rgba[..., 3:] / 255
+    return rgba[..., :3] * alpha + 255 * (1 - alpha)
 
 
 def manifest_rows(manifest: Path) -> list[dict[str, str]]:

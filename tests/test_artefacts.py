@@ -21,6 +21,7 @@ from tiling.artefacts import (
     TISSUE_FOLD,
     artefact_mask,
     dominant_kind,
+    whole_image_labels,
 )
 from tiling.config import TileConfig
 from tiling.sample_draw import draw_slide
@@ -121,3 +122,26 @@ def test_cli_tile_counts_what_it_leaves_out_and_keeps_it_on_request(tmp_path: Pa
     assert result.exit_code == 0 and "left out" not in result.output
     kept = open_patch_store(tmp_path / "kept" / "slides" / "inked")
     assert kept.attrs["keep_artefacts"] is True and (kept.artefacts.kind == PEN_INK).sum() >= dropped["pen ink"] >= 10
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_artefacts_found_on_the_tissue_box_equal_those_of_the_whole_thumbnail(seed: int) -> None:
+    image = draw_slide(np.random.default_rng([1, seed]), (384, 512), 8.0, 16.0, positive=True, ink=True).image
+    with open_slide(shared_file("CMU-1-Small-Region.svs")) as slide:
+        real = slide.thumbnail(512)
+    for thumbnail in (image, real, np.pad(image, ((100, 60), (40, 120), (0, 0)), constant_values=235)):
+        tissue = tissue_mask(thumbnail)
+        labels = artefact_mask(thumbnail, tissue)
+        np.testing.assert_array_equal(labels, whole_image_labels(thumbnail, tissue))
+        assert (labels > 0).any()
+
+
+def test_ink_just_outside_the_tissue_box_is_labelled_as_on_the_whole_thumbnail() -> None:
+    image = np.full((200, 300, 3), 235, np.uint8)
+    image[50:150, 100:200] = np.random.default_rng(0).normal((200, 120, 170), 12, (100, 100, 3)).clip(0, 255)
+    image[40:160, 95:100] = (30, 60, 200)                           # a blue pen stroke on the glass beside it
+    tissue = np.zeros(image.shape[:2], bool)
+    tissue[50:150, 100:200] = True
+    labels = artefact_mask(image, tissue)
+    assert (labels[:, 95:100] == PEN_INK).sum() > 50
+    np.testing.assert_array_equal(labels, whole_image_labels(image, tissue))

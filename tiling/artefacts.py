@@ -33,6 +33,7 @@ from scipy import ndimage
 from skimage import color, morphology
 
 from tiling.grid import footprint_fraction
+from tiling.tissue import tissue_box
 
 ARTEFACT_KINDS: dict[int, str] = {1: "pen ink", 2: "tissue fold", 3: "blank or blurred"}
 PEN_INK, TISSUE_FOLD, BLANK_OR_BLURRED = 1, 2, 3
@@ -43,6 +44,7 @@ FOLD_RATIO, FOLD_SIGMA = 1.5, 2.0
 BLUR_RATIO, BLUR_WINDOW = 0.2, 9
 MIN_PIXELS = 16
 PATCH_SHARE = 0.05  # a patch lies on an artefact when one kind covers at least this share of it
+MARGIN = 16  # px around tissue the detectors see: more than any reaches (Gaussian 4 σ = 8, ink 4)
 
 
 def artefact_name(kind: int) -> str:
@@ -73,10 +75,20 @@ def _blank_or_blurred(lightness: np.ndarray, tissue: np.ndarray) -> np.ndarray:
 
 def artefact_mask(thumbnail: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     """(h, w) uint8 labels (ARTEFACT_KINDS, 0 = none) of an (h, w, 3) uint8 RGB thumbnail and
-    its boolean tissue mask (`tiling.tissue.tissue_mask`); the module docstring says how."""
+    its boolean tissue mask (`tiling.tissue.tissue_mask`); the module docstring says how.
+
+    Labels lie on or next to tissue and no detector looks further than MARGIN px, so they are
+    computed on `tissue_box` only: the same labels at a fraction of the cost on sparse slides."""
     labels = np.zeros(tissue.shape, np.uint8)
-    if not tissue.any():
-        return labels
+    if tissue.any():
+        box = tissue_box(tissue, MARGIN)
+        labels[box] = whole_image_labels(thumbnail[box], tissue[box])
+    return labels
+
+
+def whole_image_labels(thumbnail: np.ndarray, tissue: np.ndarray) -> np.ndarray:
+    """`artefact_mask` computed on the whole thumbnail (which holds some tissue)."""
+    labels = np.zeros(tissue.shape, np.uint8)
     rgb = np.asarray(thumbnail, np.float64)
     lab = color.rgb2lab(np.asarray(thumbnail, np.float32) / 255)  # float32: 3-4x faster than uint8 input
     near_tissue = morphology.dilation(tissue, morphology.disk(2))

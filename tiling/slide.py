@@ -18,6 +18,7 @@ from PIL import Image
 
 from tiling.errors import SlideError
 from tiling.resolution import resolve_mpp
+from tiling.tiff_tiles import CHECK_SIDE, TiffTiles
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,23 @@ class Slide(BaseSlide):
             self._osr.close()
             raise
         self.mpp, self.mpp_source = resolution.mpp, resolution.source
+        self._tiles = TiffTiles(self.path, self.level_dimensions, self.level_downsamples)
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """OpenSlide's pixels; copied from the decoded TIFF tiles (`tiling.tiff_tiles`) where they
+        can be, once the top-left CHECK_SIDE px of the level's first such read equalled OpenSlide's."""
+        agrees = self._tiles.agrees.get(level)
+        tiles = self._tiles.read(location, level, size) if agrees is not False else None
+        if tiles is not None and agrees is None:
+            corner = (min(size[0], CHECK_SIDE), min(size[1], CHECK_SIDE))
+            agrees = np.array_equal(tiles[:corner[1], :corner[0]], self._openslide_read(location, level, corner))
+            self._tiles.agrees[level] = agrees
+            if not agrees:
+                log.info("%s: level %d decoded from the TIFF differs from OpenSlide's; reading it through "
+                         "OpenSlide", self.path, level)
+        return tiles if tiles is not None and agrees is not False else self._openslide_read(location, level, size)
+
+    def _openslide_read(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         try:
             region = self._osr.read_region((int(location[0]), int(location[1])), level,
                                            (int(size[0]), int(size[1])))
@@ -173,6 +189,7 @@ class Slide(BaseSlide):
         return on_white(region)
 
     def close(self) -> None:
+        self._tiles.close()
         self._osr.close()
 
     def __reduce__(self) -> tuple[type, tuple[Path | None, float | None, str]]:

@@ -25,7 +25,7 @@ from tqdm.dask import TqdmCallback
 from tiling.artefacts import ARTEFACT_KINDS, PATCH_SHARE, artefact_mask, artefact_shares, dominant_kind
 from tiling.config import TileConfig
 from tiling.errors import SlideError
-from tiling.grid import footprint, grid_starts, patch_grid
+from tiling.grid import footprint, footprint_fraction, grid_coords, grid_starts
 from tiling.slide import BaseSlide, open_slide
 from tiling.store import (
     PATCHES,
@@ -62,14 +62,14 @@ def plan_patches(slide: BaseSlide, config: TileConfig
     thumbnail = slide.thumbnail(min(max(mask_side, MASK_SIDES[0]), MASK_SIDES[1]))
     mask = tissue_mask(thumbnail)
     labels = artefact_mask(thumbnail, mask)
-    every, every_tissue = patch_grid(mask, slide.dimensions, side, step, config.min_tissue)
-    coords, tissue = (every, every_tissue) if config.keep_artefacts else patch_grid(
-        mask & (labels == 0), slide.dimensions, side, step, config.min_tissue)
-    kept = {(int(x), int(y)) for x, y in coords}
-    lost = np.array([c for c in every.tolist() if tuple(c) not in kept], np.int64).reshape(-1, 2)
-    lost_kind = dominant_kind(artefact_shares(labels, slide.dimensions, lost, side))
+    grid = grid_coords(slide.dimensions, side, step)
+    every = footprint_fraction(mask, slide.dimensions, grid, side)
+    free = every if config.keep_artefacts else footprint_fraction(mask & (labels == 0), slide.dimensions, grid, side)
+    keep = free >= config.min_tissue
+    all_shares = artefact_shares(labels, slide.dimensions, grid, side)
+    lost_kind = dominant_kind(all_shares[(every >= config.min_tissue) & ~keep])
     dropped = {name: int((lost_kind == k).sum()) for k, name in ARTEFACT_KINDS.items()}
-    shares = artefact_shares(labels, slide.dimensions, coords, side)
+    coords, tissue, shares = grid[keep], free[keep], all_shares[keep]
     artefacts = Artefacts(labels, dominant_kind(shares), shares.sum(axis=1).astype(np.float32))
     level = slide.best_level(mpp)
     attrs = {"mpp": mpp, "slide_mpp": slide.mpp, "mpp_source": slide.mpp_source, "level": level,

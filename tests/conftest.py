@@ -7,13 +7,15 @@ different configs never overwrite each other; a repeated call is skipped by the 
 `sample_stores`: the OUT folder holding all 4 sample slides tiled with TileConfig()
 (slides/<id>/patches.zarr), e.g. as `train(..., stores=)` so training tiles nothing.
 `report_archive`: fake_stores.build_archive, stitched, audited and reported once per session.
+`shared_cluster`: the address of one LocalCluster kept for the session; a run whose subject is not
+the local cluster passes it as `run.scheduler` (`--scheduler`), so its workers start only once.
 Session fixtures are shared: tests copy them before writing into them.
 """
 from __future__ import annotations
 
 import csv
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +91,18 @@ def report_archive(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from fake_stores import build_archive
 
     return build_archive(tmp_path_factory.mktemp("archive"))
+
+
+@pytest.fixture(scope="session")
+def shared_cluster() -> Iterator[str]:
+    """The scheduler address of a LocalCluster of 2 worker processes (1 thread each), kept for the session."""
+    from distributed import LocalCluster
+
+    from pipeline.cluster import THREAD_VARS
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                      env={**dict.fromkeys(THREAD_VARS, "1"), "TQDM_DISABLE": "1"}) as cluster:
+        yield cluster.scheduler_address
 
 
 SMALL = ModelConfig(name="small", encoder_kwargs={"width": 4}, seed=1)   # 64 px at 3.5 µm/px

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tiling.archive import read_archive
+from tiling.sample import write_sample_archive
 
 REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "dags"
@@ -184,11 +185,6 @@ def _dags_test(env: dict[str, str], **conf: object) -> dict:
     return {"state": state, "tasks": tasks, "xcom": xcom, "schedule": schedule}
 
 
-def _slideaudit(*args: str) -> None:
-    proc = subprocess.run([str(SLIDEAUDIT), *args], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"slideaudit {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
-
-
 def _broken_links(page: Path) -> list[str]:
     """Relative links of an HTML page that point at no file."""
     links = re.findall(r'(?:href|src)="([^"#:]+)"', page.read_text(encoding="utf-8"))
@@ -214,16 +210,16 @@ def _add_broken_slide(manifest: Path) -> Path:
 
 @pytest.mark.airflow
 @pytest.mark.slow
-def test_dag_audits_new_slides_and_publishes(airflow_env: dict[str, str], tmp_path: Path) -> None:
-    archive, model, out, pub = (tmp_path / n for n in ("archive", "model", "out", "pub"))
-    _slideaudit("sample", str(archive), "--slides", "2", "--seed", "3", "--size", "2048")
-    manifest = archive / "manifest.csv"
-    _slideaudit("train", str(manifest), "--out", str(model), "--epochs", "1", "--seed", "0")
+def test_dag_audits_new_slides_and_publishes(airflow_env: dict[str, str], model_dir: Path, tmp_path: Path) -> None:
+    archive, out, pub = (tmp_path / n for n in ("archive", "out", "pub"))
+    manifest = write_sample_archive(archive, slides=2, seed=3, size=2048)
     good = sorted(r.slide_id for r in read_archive(manifest))
     with_broken = _add_broken_slide(manifest)
     before = _sha256_tree(archive)
-    conf = {"archive": str(with_broken), "model": str(model), "out": str(out),
-            "publish_dir": str(pub), "workers": 1}
+    config = tmp_path / "config.yaml"  # what the DAG test needs of a run: no class impressions, small maps
+    config.write_text("impressions: {steps: 0}\nstitch: {max_side: 256}\nexplain: {methods: [gradcam]}\n")
+    conf = {"archive": str(with_broken), "model": str(model_dir), "out": str(out),
+            "publish_dir": str(pub), "workers": 1, "config": str(config)}
 
     # 1. all new, one slide corrupt: the run completes with failures (exit 3); the DAG
     # succeeds, reports the failure and publishes the index

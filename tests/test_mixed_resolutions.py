@@ -42,9 +42,10 @@ def mixed_archive(root: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_one_run_audits_slides_of_mixed_resolutions_at_the_model_footprint(model_dir: Path, tmp_path: Path) -> None:
+def test_one_run_audits_slides_of_mixed_resolutions_at_the_model_footprint(model_dir: Path, shared_cluster: str,
+                                                                           tmp_path: Path) -> None:
     manifest = mixed_archive(tmp_path / "archive")
-    config = load_config(overrides={"stitch.max_side": 256, "run.workers": 1, "impressions.steps": 0,
+    config = load_config(overrides={"stitch.max_side": 256, "run.scheduler": shared_cluster, "impressions.steps": 0,
                                     "explain.methods": ["gradcam"]})
     result = run_archive(manifest, model_dir, tmp_path / "out", config)
     assert result.exit_code == 0 and not result.failed

@@ -78,16 +78,16 @@ def test_a_wrong_key_or_class_count_is_named(resnet_weights, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-def test_run_audits_sample_slides_with_an_imported_clam_model(resnet_weights, tmp_path):
+def test_run_audits_sample_slides_with_an_imported_clam_model(resnet_weights, shared_cluster, tmp_path):
     state = clam_checkpoint(False, "small", True, classes=2, dim=1024, seed=3)
     assert import_cli(str(checkpoint(tmp_path, state)), "--format", "clam_sb", "--encoder", "resnet50_trunc",
                       "--encoder-weights", str(resnet_weights), "--classes", "normal,lesion",
                       "--out", str(tmp_path / "clam")).exit_code == 0
-    manifest = write_sample_archive(tmp_path / "slides", slides=2, seed=4, size=1536)   # ~30 patches of 112 µm
+    manifest = write_sample_archive(tmp_path / "slides", slides=2, seed=4, size=1024)   # 6 and 9 patches of 112 µm
     rows = manifest_rows(manifest)
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["run", str(manifest), "--model", str(tmp_path / "clam"), "--out", str(out),
-                                       "--workers", "1", "--methods", "gradcam,hirescam",
+                                       "--scheduler", shared_cluster, "--methods", "gradcam,hirescam",
                                        "--set", "stitch.max_side=1024",  # tiles at the model's 224 px at 0.5 µm/px
                                        "--set", "impressions.steps=0"])
     assert result.exit_code == 0, result.output

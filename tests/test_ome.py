@@ -88,14 +88,25 @@ def test_maps_have_pyramids_windows_and_labels(maps_path: Path) -> None:
     assert [t["type"] for t in lesion["multiscales"][0]["datasets"][1]["coordinateTransformations"]] == ["scale"]
 
 
+INFO_END = "-- end of ome_zarr info --"
+
+
+def ome_zarr_info(paths: list[Path]) -> list[str]:
+    """What `ome_zarr info PATH` (ome-zarr-py, a dev extra) prints for each path, from one
+    process that calls the tool's entry point once per path (one launch, not one per path)."""
+    script = ("import sys\nfrom ome_zarr.cli import main\nfor path in sys.argv[1:]:\n"
+              f"    main(['info', path])\n    print({INFO_END!r}, flush=True)\n")
+    shown = subprocess.run([sys.executable, "-c", script, *map(str, paths)], capture_output=True,
+                           text=True, check=True).stdout
+    return shown.split(INFO_END + "\n")[:-1]
+
+
 def test_ome_zarr_info_reads_every_image_and_its_levels(maps_path: Path) -> None:
-    tool = str(Path(sys.executable).parent / "ome_zarr")  # ome-zarr-py, a dev extra
-    for image in spec_images(maps_path):
-        shown = subprocess.run([tool, "info", str(maps_path / image)], capture_output=True,
-                               text=True, check=True).stdout
+    images = spec_images(maps_path)
+    *shown_images, labels = ome_zarr_info([*(maps_path / image for image in images), maps_path / "thumbnail"])
+    assert len(shown_images) == len(images)
+    for image, shown in zip(images, shown_images, strict=True):
         assert f"{maps_path / image} [zgroup]" in shown and "Multiscales" in shown, shown
         levels = open_maps(maps_path).levels(image.rsplit("/", 1)[-1])
         assert shown.count("   - (") >= levels, shown  # one shape line per level
-    labels = subprocess.run([tool, "info", str(maps_path / "thumbnail")], capture_output=True,
-                            text=True, check=True).stdout
     assert "labels/lesion [zgroup]" in labels and "labels/tissue [zgroup]" in labels, labels

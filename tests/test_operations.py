@@ -134,9 +134,9 @@ def tree_stats(folder: Path) -> dict[str, tuple[int, int]]:
 
 @pytest.mark.slow
 def test_a_rerun_hashes_nothing_starts_no_cluster_and_a_changed_slide_is_recomputed(
-        first_run: FirstRun, model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        first_run: FirstRun, model_dir: Path, shared_cluster: str, monkeypatch: pytest.MonkeyPatch) -> None:
     out = first_run.out
-    config = load_config(first_run.manifest.parent / "config.yaml")
+    config = load_config(first_run.manifest.parent / "config.yaml", {"run.scheduler": shared_cluster})
     before = {sid: tree_stats(out / "slides" / sid) for sid in GOOD}
     index = (out / "index.html").stat().st_mtime_ns
 

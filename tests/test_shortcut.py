@@ -36,17 +36,17 @@ def negatives(manifest: Path) -> Path:
     return out
 
 
-def audit(heldout: Path, model: Path, out: Path) -> tuple[int, dict[str, dict]]:
+def audit(heldout: Path, model: Path, out: Path, scheduler: str) -> tuple[int, dict[str, dict]]:
     result = CliRunner().invoke(main, [
         "run", str(heldout), "--model", str(model), "--out", str(out), "--keep-artefacts", "--fail-on", "fail",
-        "--group-by", "ink",
-        "--workers", "1", "--methods", "gradcam", "--set", "stitch.max_side=512", "--set", "impressions.steps=0"])
+        "--group-by", "ink", "--scheduler", scheduler,
+        "--methods", "gradcam", "--set", "stitch.max_side=512", "--set", "impressions.steps=0"])
     assert result.exit_code in (0, EXIT_THRESHOLDS), result.output
     return result.exit_code, {d.name: load_audit(d) for d in sorted((out / "slides").iterdir())}
 
 
 @pytest.mark.slow
-def test_the_audit_catches_an_ink_shortcut_and_passes_a_clean_model(tmp_path: Path) -> None:
+def test_the_audit_catches_an_ink_shortcut_and_passes_a_clean_model(shared_cluster: str, tmp_path: Path) -> None:
     config = TrainConfig(epochs=EPOCHS, tile=TileConfig(keep_artefacts=True))  # the shortcut needs the ink
     models = {}
     for name, correlated in (("shortcut", True), ("clean", False)):
@@ -58,7 +58,7 @@ def test_the_audit_catches_an_ink_shortcut_and_passes_a_clean_model(tmp_path: Pa
         inked = {r["slide_id"] for r in csv.DictReader(f) if r["ink"] == "1"}
     assert len(inked) == 2
 
-    code, audits = audit(heldout, models["shortcut"], tmp_path / "audit-shortcut")
+    code, audits = audit(heldout, models["shortcut"], tmp_path / "audit-shortcut", shared_cluster)
     assert code == EXIT_THRESHOLDS
     for slide in inked:
         flags = {f["flag"] for f in audits[slide]["flags"]}
@@ -69,7 +69,7 @@ def test_the_audit_catches_an_ink_shortcut_and_passes_a_clean_model(tmp_path: Pa
     fpr = rates["false_positive_rate"]
     assert rates.loc[1, "false_positives"] == 2 and fpr[1] > fpr[0]   # the inked negatives are called positive
 
-    code, audits = audit(heldout, models["clean"], tmp_path / "audit-clean")
+    code, audits = audit(heldout, models["clean"], tmp_path / "audit-clean", shared_cluster)
     assert code == 0
     assert all(a["verdict"] != "FAIL" for a in audits.values())
     assert not any(a["without_artefacts"]["depends"] for a in audits.values())

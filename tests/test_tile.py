@@ -130,12 +130,11 @@ def test_rerun_skips_and_a_changed_config_recomputes(sample_archive: Path, tmp_p
 
 @pytest.mark.slow
 def test_distributed_client_writes_the_same_store_and_cleans_up_failures(
-        tile_sample: Callable[..., Path], sample_archive: Path, tmp_path: Path) -> None:
-    from distributed import Client, LocalCluster
+        tile_sample: Callable[..., Path], sample_archive: Path, shared_cluster: str, tmp_path: Path) -> None:
+    from distributed import Client
 
     damaged = damaged_copy(slide_path(sample_archive), tmp_path / "damaged.tiff")
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster):
+    with Client(shared_cluster):
         remote = open_patch_store(tile_slide(slide_path(sample_archive), tmp_path, SMALL))
         with pytest.raises(SlideError, match=r"damaged\.tiff: reading level 1"):
             tile_slide(damaged, tmp_path / "failed", TileConfig(chunk=4))

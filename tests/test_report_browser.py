@@ -149,3 +149,5 @@ def test_index_rows_show_a_thumbnail_the_model_and_the_run_date(page, archive) -
     assert sizes == [96, 96]
     first = rows.first.locator("td[data-col=slide] .hint").inner_text()
     assert first.startswith("model ") and "unknown" not in first and " 20" in first  # name · date
+    assert rows.first.locator(".viewer-link").count() == 1
+    assert rows.first.locator(".viewer-link").is_hidden()  # opened from disk: the viewer needs `serve`

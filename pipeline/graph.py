@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import dask
+import torch
 from dask.delayed import Delayed, delayed
 from distributed import Client, as_completed
 
@@ -34,11 +35,7 @@ from tiling.store import remove_leftovers, slide_dir
 
 def uses_gpu(device: str) -> bool:
     """True when explain runs on CUDA: device "cuda", or "auto" with CUDA available here."""
-    if device != "auto":
-        return device == "cuda"
-    import torch
-
-    return torch.cuda.is_available()
+    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
 
 
 def build_index(out: Path, states: Sequence[SlideState], group_by: tuple[str, ...] = (),

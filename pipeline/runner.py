@@ -171,10 +171,10 @@ def run_archive(archive: Path, model_dir: Path, out: Path, config: PipelineConfi
     writing OUT/slides/<id>/..., OUT/index.html, OUT/audit.csv and OUT/run.json.
 
     Slides whose inputs and outputs are as the ledger recorded (`pipeline.cache`) are current
-    without Dask, torch or great-expectations being imported; the others are checked and audited
-    on Dask (`pipeline.graph.audit_slides`), with `progress` ("auto", "bar", "plain", "none":
-    `pipeline.progress`). Per-slide failures are
-    recorded (failure.json) and do not raise; a bad archive, model, config or scheduler raises
+    without Dask, torch or great-expectations being imported; the others are checked
+    (`pipeline.preflight`) and audited on Dask (`pipeline.graph.audit_slides`), with `progress`
+    ("auto", "bar", "plain", "none": `pipeline.progress`). Per-slide failures are recorded
+    (failure.json) and do not raise; a bad archive, model, config or scheduler raises
     ConfigError/ArchiveError before any slide runs, OutLocked when another run holds OUT's lock
     (unless `wait`), DiskFull when OUT's disk is full.
     """

@@ -30,6 +30,13 @@ from pathlib import Path
 import openslide
 from tiling_throughput import run_raw, run_tile_slide
 
+# `pipeline.stages` imports a stage's package when the stage first runs: imported here, so that a
+# stage timed in a fresh process leaves the imports out, as on a worker after its first slide
+import explainers.explain  # noqa: F401
+import reports.audit
+import reports.html  # noqa: F401
+import tiling.stitch
+import tiling.tile  # noqa: F401
 from explainers.model_config import ModelConfig
 from explainers.model_io import build_model, save_model
 from pipeline.config import PipelineConfig

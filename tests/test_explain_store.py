@@ -25,7 +25,7 @@ from explainers.patches import normalise, resize
 from explainers.train import TrainConfig, class_target, train
 from pipeline.cli import main
 from tiling.errors import ArchiveError, ConfigError, StoreError
-from tiling.store import Artefacts, create_patch_store, open_patch_store
+from tiling.store import Artefacts, create_patch_store, open_patch_store, write_patch_records
 from tiling.store.explain import FORMAT_VERSION
 
 
@@ -130,9 +130,10 @@ def nothing_written(slide_dir: Path) -> bool:
 def test_a_store_with_no_patches_is_a_store_error(tmp_path, model_dir):
     slide_dir = tmp_path / "slides" / "empty"
     attrs = {"slide_id": "empty", "mpp": 1.0, "patch_size": 224, "config_hash": "c0", "source_sha256": "s0"}
-    create_patch_store(slide_dir / "patches.zarr", 224, 64, np.zeros((0, 2)), np.zeros(0), attrs,
-                       np.full((4, 4, 3), 255, np.uint8),
-                       Artefacts(np.zeros((4, 4), np.uint8), np.zeros(0, np.uint8), np.zeros(0, np.float32)))
+    create_patch_store(slide_dir / "patches.zarr", 224, 64, 0)
+    write_patch_records(slide_dir / "patches.zarr", np.zeros((0, 2)), np.zeros(0), attrs,
+                        np.full((4, 4, 3), 255, np.uint8),
+                        Artefacts(np.zeros((4, 4), np.uint8), np.zeros(0, np.uint8), np.zeros(0, np.float32)))
     with pytest.raises(StoreError, match="0 patches"):
         explain_store(slide_dir, model_dir, ExplainConfig())
     assert nothing_written(slide_dir)

@@ -2,8 +2,10 @@
 blurred regions, one uint8 label per kind (ARTEFACT_KINDS; 0 = none).
 
 Colours are read in CIE Lab (L* lightness 0-100, chroma C* = hypot(a*, b*), hue angle
-h = atan2(b*, a*) in degrees) and stains by colour deconvolution (`skimage.color.rgb2hed`,
-Ruifrok & Johnston 2001), never by hand-rolled maths. Thresholds and why:
+h = atan2(b*, a*) in degrees; OpenCV's sRGB -> Lab, D65, within 0.25 of scikit-image's) and
+stains by colour deconvolution (Ruifrok & Johnston 2001, scikit-image's `color.hed_from_rgb`).
+Image filters and morphology run through OpenCV (10-50x scipy's and scikit-image's on a 40x
+slide's thumbnail). Thresholds and why:
 
 - pen ink (1): H&E colours lie in a narrow hue band, pink eosin at h ~ 0..40° and purple
   hematoxylin at h ~ -60..0° (measured: the real Aperio CMU-1 H&E and the sample slides keep 98 %
@@ -28,12 +30,12 @@ nuclei: CMU-1 at 1.4 µm/px keeps < 0.01 % false ink), and specks under MIN_PIXE
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
-from scipy import ndimage
 from skimage import color, morphology
 
 from tiling.grid import footprint_fraction
-from tiling.tissue import tissue_box
+from tiling.tissue import binary_morphology, tissue_box
 
 ARTEFACT_KINDS: dict[int, str] = {1: "pen ink", 2: "tissue fold", 3: "blank or blurred"}
 PEN_INK, TISSUE_FOLD, BLANK_OR_BLURRED = 1, 2, 3
@@ -60,16 +62,27 @@ def _pen_ink(lab: np.ndarray) -> np.ndarray:
             | ((lightness < BLACK_L) & (chroma < BLACK_CHROMA)))
 
 
+def _smooth(image: np.ndarray, sigma: float) -> np.ndarray:
+    """A Gaussian of `sigma` px, 4 sigma wide, edges mirrored (scipy.ndimage.gaussian_filter's)."""
+    return cv2.GaussianBlur(image, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+
+
 def _fold(rgb: np.ndarray, tissue: np.ndarray) -> np.ndarray:
-    eosin = ndimage.gaussian_filter(color.rgb2hed(rgb.astype(np.uint8))[..., 1], FOLD_SIGMA)
-    density = ndimage.gaussian_filter(-np.log(np.maximum(rgb, 1) / 255.0).mean(-1), FOLD_SIGMA)
+    """Per channel optical density OD = -log(max(rgb, 1) / 255); eosin = max(0, OD . hed_from_rgb[:, E]
+    / -log(1e-6)) (scikit-image's rgb2hed, one stain) and density = mean OD, both smoothed."""
+    optical_density = -np.log(np.maximum(rgb, np.float32(1)) / np.float32(255))
+    projections = np.stack([color.hed_from_rgb[:, 1] / -np.log(1e-6), np.full(3, 1 / 3)]).astype(np.float32)
+    eosin, density = np.moveaxis(_smooth(cv2.transform(optical_density, projections), FOLD_SIGMA), -1, 0)
+    eosin = np.maximum(eosin, 0)
     return ((eosin > FOLD_RATIO * np.median(eosin[tissue]))
             & (density > FOLD_RATIO * np.median(density[tissue])))
 
 
 def _blank_or_blurred(lightness: np.ndarray, tissue: np.ndarray) -> np.ndarray:
-    mean = ndimage.uniform_filter(lightness, BLUR_WINDOW)
-    spread = np.sqrt(np.maximum(ndimage.uniform_filter(lightness ** 2, BLUR_WINDOW) - mean ** 2, 0))
+    """Standard deviation of L* over BLUR_WINDOW px (edges mirrored) against its tissue median."""
+    mean = cv2.boxFilter(lightness, -1, (BLUR_WINDOW, BLUR_WINDOW), borderType=cv2.BORDER_REFLECT)
+    square = cv2.sqrBoxFilter(lightness, -1, (BLUR_WINDOW, BLUR_WINDOW), borderType=cv2.BORDER_REFLECT)
+    spread = np.sqrt(np.maximum(square - mean ** 2, 0))
     return spread < BLUR_RATIO * np.median(spread[tissue])
 
 
@@ -89,12 +102,12 @@ def artefact_mask(thumbnail: np.ndarray, tissue: np.ndarray) -> np.ndarray:
 def whole_image_labels(thumbnail: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     """`artefact_mask` computed on the whole thumbnail (which holds some tissue)."""
     labels = np.zeros(tissue.shape, np.uint8)
-    rgb = np.asarray(thumbnail, np.float64)
-    lab = color.rgb2lab(np.asarray(thumbnail, np.float32) / 255)  # float32: 3-4x faster than uint8 input
-    near_tissue = morphology.dilation(tissue, morphology.disk(2))
-    ink = morphology.opening(_pen_ink(lab), morphology.disk(1))  # strokes, not stray pixels
+    rgb = np.ascontiguousarray(thumbnail, np.float32)
+    lab = cv2.cvtColor(rgb / 255, cv2.COLOR_RGB2Lab)
+    near_tissue = binary_morphology(tissue, cv2.MORPH_DILATE, 2)
+    ink = binary_morphology(_pen_ink(lab), cv2.MORPH_OPEN, 1)  # strokes, not stray pixels
     found = [(PEN_INK, ink & near_tissue), (TISSUE_FOLD, _fold(rgb, tissue) & tissue),
-             (BLANK_OR_BLURRED, _blank_or_blurred(lab[..., 0], tissue) & tissue)]
+             (BLANK_OR_BLURRED, _blank_or_blurred(lab[..., 0].astype(np.float64), tissue) & tissue)]
     for kind, mask in reversed(found):  # the first kind is written last: it wins overlaps
         labels[morphology.remove_small_objects(mask, max_size=MIN_PIXELS)] = kind
     return labels

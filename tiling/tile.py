@@ -3,8 +3,9 @@
 `tile_slide` writes <out>/slides/<slide_id>/patches.zarr (layout: `tiling.store.patches`)
 atomically, stamped with the config hash and the slide's sha256 so a rerun skips it. Patches are
 read with Dask in blocks of `chunk` patches, one block per zarr chunk, each block written by the
-task that reads it: on the current dask.distributed Client if there is one (workers must see
-`out`), else on the threaded scheduler with one thread per core (OpenSlide releases the GIL).
+task that reads it, the store's other records by one more task beside them: on the current
+dask.distributed Client if there is one (workers must see `out`), else on the threaded scheduler
+with one thread per core (OpenSlide and the JPEG decode release the GIL).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from tiling.store import (
     file_sha256,
     is_current,
     slide_dir,
+    write_patch_records,
 )
 from tiling.tissue import tissue_mask
 
@@ -178,11 +180,12 @@ def tile_slide(slide_path: Path, out: Path, config: TileConfig, slide_id: str | 
                         slide_path, config.min_tissue)
         attrs = {"source_path": str(slide_path.resolve()), "slide_id": slide_id, **geometry, **stamp}
         with atomic_path(target) as tmp:
-            patches = create_patch_store(tmp, patch, config.chunk, coords, tissue, attrs, thumbnail, artefacts)
+            patches = create_patch_store(tmp, patch, config.chunk, len(coords))
+            records = dask.delayed(partial(write_patch_records, tmp, coords, tissue, attrs, thumbnail, artefacts))
             blocks = range(0, len(coords), config.chunk)
             # bound in a partial: dask would walk the slide and the zarr array looking for its own objects
             fill = dask.delayed(partial(_fill_block, slide, patch=patch, mpp=mpp, patches=patches))
-            _run([fill(coords[i:i + config.chunk], start=i) for i in blocks], slide_id)
+            _run([records(), *(fill(coords[i:i + config.chunk], start=i) for i in blocks)], slide_id)
     dropped = ", ".join(f"{n} on {name}" for name, n in geometry["artefacts_dropped"].items() if n)
     log.info("%s: %d patches at level %d -> %s%s", slide_path.name, len(coords), geometry["level"], target,
              f" ({dropped} left out: artefacts)" if dropped else "")

@@ -202,7 +202,13 @@ def stage_path(path: Path, name: str) -> Path:
 
 # the format modules use the contract above; FORMAT_VERSIONS is what is_current checks
 from tiling.store import explain, maps, patches, records  # noqa: E402
-from tiling.store.patches import Artefacts, PatchStore, create_patch_store, open_patch_store  # noqa: E402,F401
+from tiling.store.patches import (  # noqa: E402,F401
+    Artefacts,
+    PatchStore,
+    create_patch_store,
+    open_patch_store,
+    write_patch_records,
+)
 
 FORMAT_VERSIONS: dict[str, int] = {
     PATCHES: patches.FORMAT_VERSION, EXPLAIN: explain.FORMAT_VERSION, MAPS: maps.FORMAT_VERSION,

@@ -21,7 +21,8 @@ import os
 import shutil
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,36 @@ def run_raw(slide: Path, coords: np.ndarray, level: int, read_wh: tuple[int, int
         for _ in pool.map(read, coords.tolist()):
             pass
     return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _tile_copy(slide: Path, out: Path, config: TileConfig, copy: int) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    tile_slide(slide, out, config, slide_id=f"copy{copy}")
+
+
+def run_archive(slide: Path, out: Path, config: TileConfig, coords: np.ndarray, level: int,
+                read_wh: tuple[int, int], copies: int, repeats: int) -> tuple[float, float]:
+    """(tile s, raw s), best of `repeats`: wall time to tile `copies` copies of `slide` (fresh
+    stores) on one worker process per core, as `slideaudit run` tiles an archive (its LocalCluster
+    workers each tile a slide with a read thread per core), and to read the same tiles of every
+    copy with `run_raw` on the same workers. The workers are warmed by one untimed copy each."""
+    cores = os.cpu_count() or 1
+    tiled, raw = [], []
+    with ProcessPoolExecutor(cores, mp_context=get_context("spawn")) as pool:
+        for _ in pool.map(_tile_copy, *zip(*[(slide, out / "warm", config, i) for i in range(cores)], strict=True)):
+            pass
+        for _ in range(repeats):
+            shutil.rmtree(out, ignore_errors=True)
+            start = time.perf_counter()
+            for _ in pool.map(_tile_copy, *zip(*[(slide, out, config, i) for i in range(copies)], strict=True)):
+                pass
+            tiled.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for _ in pool.map(run_raw, *zip(*[(slide, coords, level, read_wh, config.patch)] * copies, strict=True)):
+                pass
+            raw.append(time.perf_counter() - start)
+    shutil.rmtree(out, ignore_errors=True)
+    return min(tiled), min(raw)
 
 
 def equal_patches(slide: Path, store: PatchStore, level: int) -> int:

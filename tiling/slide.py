@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import openslide
 from PIL import Image
@@ -32,6 +34,14 @@ def resize_rgb(image: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
     if image.shape[1] == w and image.shape[0] == h:
         return image
     return np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+
+
+def shrink_rgb(image: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """Shrink an (h, w, 3) uint8 image to `size_wh` by area averaging (cv2.INTER_AREA: each output
+    pixel the mean of the input pixels it covers)."""
+    if image.shape[1] == size_wh[0] and image.shape[0] == size_wh[1]:
+        return image
+    return cv2.resize(image, size_wh, interpolation=cv2.INTER_AREA)
 
 
 def _band_bytes(image: Image.Image, rawmode: str) -> np.ndarray:
@@ -87,22 +97,24 @@ class BaseSlide:
         fine = [i for i, d in enumerate(self.level_downsamples) if self.mpp * d <= mpp * (1 + MPP_RTOL)]
         return max(fine, key=lambda i: self.level_downsamples[i]) if fine else 0
 
-    def read_at_mpp(self, location: tuple[int, int], size: tuple[int, int], mpp: float) -> np.ndarray:
+    def read_at_mpp(self, location: tuple[int, int], size: tuple[int, int], mpp: float,
+                    resize: Callable[[np.ndarray, tuple[int, int]], np.ndarray] = resize_rgb) -> np.ndarray:
         """(h, w, 3) uint8 of `size` (w, h) pixels at `mpp` µm/px, top-left at level-0 `location`.
 
-        Reads the best level (`best_level`) then resizes: the level region is size * mpp / (slide
-        mpp * downsample) pixels, rounded.
+        Reads the best level (`best_level`) then resizes with `resize`: the level region is size *
+        mpp / (slide mpp * downsample) pixels, rounded.
         """
         level = self.best_level(mpp)
         w, h = read_size(size, mpp / (self.mpp * self.level_downsamples[level]))
-        return resize_rgb(self.read_region(location, level, (w, h)), size)
+        return resize(self.read_region(location, level, (w, h)), size)
 
     def thumbnail(self, max_side: int) -> np.ndarray:
-        """The whole slide as (h, w, 3) uint8, its longer side `max_side` pixels (never upscaled)."""
+        """The whole slide as (h, w, 3) uint8, its longer side `max_side` pixels (never upscaled),
+        area-averaged from the best level (`shrink_rgb`)."""
         width, height = self.dimensions
         scale = min(1.0, max_side / max(width, height))
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        return self.read_at_mpp((0, 0), size, self.mpp * width / size[0])
+        return self.read_at_mpp((0, 0), size, self.mpp * width / size[0], shrink_rgb)
 
     def close(self) -> None:
         """Release the file; the slide cannot be read afterwards."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-CHECK_SIDE = 512  # px: the top-left corner of a level's first read that is compared with OpenSlide
+CHECK_SIDE = 256  # px: the top-left corner of a level's first read that is compared with OpenSlide
 CACHE_TILES = 256  # decoded tiles kept (256-px RGB: 48 MiB); a row of patches reuses the last row's
 
 

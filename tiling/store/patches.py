@@ -93,11 +93,13 @@ def write_patch_records(path: Path, coords: np.ndarray, tissue: np.ndarray, attr
     """Write the coords, tissue, thumbnail, artefacts and attrs (one metadata write) of the
     patches.zarr `create_patch_store` made at `path` (the module docstring's layout)."""
     group = zarr.open_group(path, mode="r+")
-    n = len(coords)
-    group.create_array("coords", data=np.asarray(coords, dtype=np.int64).reshape(n, 2))
-    group.create_array("tissue", data=np.asarray(tissue, dtype=np.float32).reshape(n))
-    group.create_array("thumbnail", data=np.ascontiguousarray(thumbnail, dtype=np.uint8))
-    group.create_array("artefacts", data=np.ascontiguousarray(artefacts.labels, dtype=np.uint8))
-    group.create_array("artefact_kind", data=np.asarray(artefacts.kind, dtype=np.uint8).reshape(n))
-    group.create_array("artefact_fraction", data=np.asarray(artefacts.fraction, dtype=np.float32).reshape(n))
+    n, whole = len(coords), {"write_empty_chunks": True}  # no check of each chunk against the fill value
+    records = {"coords": np.asarray(coords, dtype=np.int64).reshape(n, 2),
+               "tissue": np.asarray(tissue, dtype=np.float32).reshape(n),
+               "thumbnail": np.ascontiguousarray(thumbnail, dtype=np.uint8),
+               "artefacts": np.ascontiguousarray(artefacts.labels, dtype=np.uint8),
+               "artefact_kind": np.asarray(artefacts.kind, dtype=np.uint8).reshape(n),
+               "artefact_fraction": np.asarray(artefacts.fraction, dtype=np.float32).reshape(n)}
+    for name, data in records.items():
+        group.create_array(name, data=data, config=whole)
     group.update_attributes({**attrs, VERSION_KEY: FORMAT_VERSION})

@@ -103,12 +103,11 @@ def tiling_ratio(slide: Path, work: Path, config: TileConfig, repeats: int, copi
         with openslide.OpenSlide(slide) as osr:
             level = store.attrs["level"]
             scale = store.attrs["mpp"] / (store.attrs["slide_mpp"] * osr.level_downsamples[level])
+        read_wh = read_size((store.attrs["patch_size"],) * 2, scale)
         tiled.append((wall, cpu))
-        raw.append(run_raw(slide, store.coords, level, read_size((store.attrs["patch_size"],) * 2, scale),
-                           store.attrs["patch_size"]))
+        raw.append(run_raw(slide, store.coords, level, read_wh, store.attrs["patch_size"]))
     (t_wall, t_cpu), (r_wall, r_cpu) = (tuple(map(min, zip(*runs, strict=True))) for runs in (tiled, raw))
-    a_tile, a_raw = run_archive(slide, work / "archive", config, store.coords, level,
-                                read_size((config.patch,) * 2, scale), copies, repeats)
+    a_tile, a_raw = run_archive(slide, work / "archive", config, store.coords, level, read_wh, copies, repeats)
     n = len(store)
     resized = "resized" if abs(scale - 1) > 1e-6 else "no resize"
     return (f"{slide.name[:24]:24s} {config.patch:3d} px at {config.mpp:4.2f} µm/px, level {level} "

@@ -24,15 +24,17 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import openslide
 
+from pipeline.cluster import THREAD_VARS
 from tiling.config import TileConfig
 from tiling.sample import write_sample_archive
 from tiling.slide import on_white, read_size, resize_rgb
 from tiling.store import PatchStore, open_patch_store
-from tiling.tile import tile_slide
+from tiling.tile import read_threads, tile_slide
 
 CHECKED = 50  # stored patches compared with OpenSlide per config without resize
 CONFIGS = {"mpp 1.0, patch 224": TileConfig(mpp=1.0, patch=224),  # a pyramid level: no resize
@@ -49,13 +51,14 @@ def run_tile_slide(slide: Path, out: Path, config: TileConfig) -> tuple[float, f
 
 def run_raw(slide: Path, coords: np.ndarray, level: int, read_wh: tuple[int, int],
             patch: int) -> tuple[float, float]:
-    """(wall s, CPU s) to read every tile with OpenSlide on one thread per core, then resize."""
+    """(wall s, CPU s) to read every tile with OpenSlide on `tiling.tile.read_threads` threads (one
+    per core unless a launcher shares the cores out), then resize."""
     def read(xy: list[int]) -> np.ndarray:
         region = np.asarray(osr.read_region((xy[0], xy[1]), level, read_wh))[..., :3]
         return resize_rgb(region, (patch, patch))
 
     wall, cpu = time.perf_counter(), time.process_time()
-    with openslide.OpenSlide(slide) as osr, ThreadPoolExecutor(os.cpu_count()) as pool:
+    with openslide.OpenSlide(slide) as osr, ThreadPoolExecutor(read_threads()) as pool:
         for _ in pool.map(read, coords.tolist()):
             pass
     return time.perf_counter() - wall, time.process_time() - cpu
@@ -70,11 +73,14 @@ def run_archive(slide: Path, out: Path, config: TileConfig, coords: np.ndarray, 
                 read_wh: tuple[int, int], copies: int, repeats: int) -> tuple[float, float]:
     """(tile s, raw s), best of `repeats`: wall time to tile `copies` copies of `slide` (fresh
     stores) on one worker process per core, as `slideaudit run` tiles an archive (its LocalCluster
-    workers each tile a slide with a read thread per core), and to read the same tiles of every
-    copy with `run_raw` on the same workers. The workers are warmed by one untimed copy each."""
+    workers share the cores out through THREAD_VARS: here one read thread each), and to read the
+    same tiles of every copy with `run_raw` on the same workers. Each worker first tiles one
+    untimed copy (imports, first calls)."""
     cores = os.cpu_count() or 1
     tiled, raw = [], []
-    with ProcessPoolExecutor(cores, mp_context=get_context("spawn")) as pool:
+    # the workers inherit the environment they start with
+    with mock.patch.dict(os.environ, dict.fromkeys(THREAD_VARS, "1")), \
+            ProcessPoolExecutor(cores, mp_context=get_context("spawn")) as pool:
         for _ in pool.map(_tile_copy, *zip(*[(slide, out / "warm", config, i) for i in range(cores)], strict=True)):
             pass
         for _ in range(repeats):

@@ -11,11 +11,13 @@ from distributed import Client, LocalCluster
 from pipeline.config import ConfigError, RunSettings
 
 log = logging.getLogger(__name__)
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+# threads per worker process: torch/OpenMP, BLAS, OpenCV, and the tile stage's reads (tiling.tile.read_threads)
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENCV_FOR_THREADS_NUM")
 
 
 def torch_threads(settings: RunSettings) -> int:
-    """Threads for torch/OpenMP per worker: `settings.torch_threads`, or cores // workers (>= 1)."""
+    """Threads for torch/OpenMP (and OpenCV, and tile reads) per worker: `settings.torch_threads`,
+    or cores // workers (>= 1)."""
     return settings.torch_threads or max(1, (os.cpu_count() or 1) // max(1, settings.workers))
 
 
@@ -41,7 +43,7 @@ def _quiet(logger: str, level: int) -> Iterator[None]:
 @contextlib.contextmanager
 def open_client(settings: RunSettings, gpu: bool = False) -> Iterator[Client]:
     """A Client on `settings.scheduler`, or on a new LocalCluster of `settings.workers` processes
-    (one task thread each, `torch_threads` OpenMP threads, resources {"GPU": 1} when `gpu`, no
+    (one task thread each, `torch_threads` OpenMP, OpenCV and read threads, resources {"GPU": 1} when `gpu`, no
     per-stage progress bars: the client shows the run's).
 
     Logs the dashboard link. With `gpu`, fails when no worker offers a GPU (explain would wait

@@ -69,6 +69,15 @@ def test_array_slide_poses_as_a_one_level_slide() -> None:
         ArraySlide(image.astype(np.float32), mpp=0.5)
 
 
+def test_thumbnail_averages_the_pixels_each_of_its_pixels_covers() -> None:
+    blocks = np.random.default_rng(1).integers(1, 255, (15, 20, 3))
+    image = np.repeat(np.repeat(blocks, 4, axis=0), 4, axis=1)  # each 4 x 4 block: its value +- 1
+    image[0::2] += 1
+    image[1::2] -= 1
+    with ArraySlide(image.astype(np.uint8), mpp=0.5) as slide:
+        np.testing.assert_array_equal(slide.thumbnail(20), blocks)
+
+
 def test_real_aperio_slide_opens_with_its_mpp() -> None:
     path = shared_file("CMU-1-Small-Region.svs")
     with open_slide(path) as slide:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from tiling.sample_tiff import write_pyramid_tiff
 from tiling.slide import open_slide
 from tiling.store import PATCHES, file_sha256, open_patch_store, read_stamp
 from tiling.store.patches import FORMAT_VERSION
-from tiling.tile import MASK_SIDES, plan_patches, tile_slide
+from tiling.tile import MASK_SIDES, plan_patches, read_threads, tile_slide
 from tiling.tissue import saturation
 
 SMALL = TileConfig(mpp=1.5, patch=96, chunk=8)        # level 1 (1.0 µm/px) read at 144 px, resized
@@ -200,6 +201,17 @@ def test_failure_while_reading_patches_removes_the_partial_store(sample_archive:
     with pytest.raises(SlideError, match=r"damaged\.tiff: reading level 1"):
         tile_slide(damaged, tmp_path / "out", TileConfig(chunk=4))
     assert files_under(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize(("value", "threads"), [("3", 3), ("4,2", 4), ("0", 1), ("many", None), (None, None)])
+def test_reads_take_the_threads_a_launcher_shares_out(monkeypatch: pytest.MonkeyPatch, value: str | None,
+                                                      threads: int | None) -> None:
+    """The pipeline's LocalCluster sets OMP_NUM_THREADS = cores // workers on each worker."""
+    if value is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+    assert read_threads() == (threads or os.cpu_count())
 
 
 def test_cli_tile(sample_archive: Path, tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ BLUR_RATIO, BLUR_WINDOW = 0.2, 9
 MIN_PIXELS = 16
 PATCH_SHARE = 0.05  # a patch lies on an artefact when one kind covers at least this share of it
 MARGIN = 16  # px around tissue the detectors see: more than any reaches (Gaussian 4 σ = 8, ink 4)
+OPTICAL_DENSITY = -np.log(np.maximum(np.arange(256, dtype=np.float32), 1) / 255)  # of each uint8 value
 
 
 def artefact_name(kind: int) -> str:
@@ -67,10 +68,10 @@ def _smooth(image: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(image, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
 
 
-def _fold(rgb: np.ndarray, tissue: np.ndarray) -> np.ndarray:
+def _fold(thumbnail: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     """Per channel optical density OD = -log(max(rgb, 1) / 255); eosin = max(0, OD . hed_from_rgb[:, E]
     / -log(1e-6)) (scikit-image's rgb2hed, one stain) and density = mean OD, both smoothed."""
-    optical_density = -np.log(np.maximum(rgb, np.float32(1)) / np.float32(255))
+    optical_density = OPTICAL_DENSITY[thumbnail]
     projections = np.stack([color.hed_from_rgb[:, 1] / -np.log(1e-6), np.full(3, 1 / 3)]).astype(np.float32)
     eosin, density = np.moveaxis(_smooth(cv2.transform(optical_density, projections), FOLD_SIGMA), -1, 0)
     eosin = np.maximum(eosin, 0)
@@ -102,14 +103,15 @@ def artefact_mask(thumbnail: np.ndarray, tissue: np.ndarray) -> np.ndarray:
 def whole_image_labels(thumbnail: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     """`artefact_mask` computed on the whole thumbnail (which holds some tissue)."""
     labels = np.zeros(tissue.shape, np.uint8)
-    rgb = np.ascontiguousarray(thumbnail, np.float32)
-    lab = cv2.cvtColor(rgb / 255, cv2.COLOR_RGB2Lab)
+    thumbnail = np.ascontiguousarray(thumbnail, np.uint8)
+    lab = cv2.cvtColor(thumbnail.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)
     near_tissue = binary_morphology(tissue, cv2.MORPH_DILATE, 2)
     ink = binary_morphology(_pen_ink(lab), cv2.MORPH_OPEN, 1)  # strokes, not stray pixels
-    found = [(PEN_INK, ink & near_tissue), (TISSUE_FOLD, _fold(rgb, tissue) & tissue),
+    found = [(PEN_INK, ink & near_tissue), (TISSUE_FOLD, _fold(thumbnail, tissue) & tissue),
              (BLANK_OR_BLURRED, _blank_or_blurred(lab[..., 0].astype(np.float64), tissue) & tissue)]
     for kind, mask in reversed(found):  # the first kind is written last: it wins overlaps
-        labels[morphology.remove_small_objects(mask, max_size=MIN_PIXELS)] = kind
+        if mask.any():
+            labels[morphology.remove_small_objects(mask, max_size=MIN_PIXELS)] = kind
     return labels
 
 

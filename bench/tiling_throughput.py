@@ -73,13 +73,13 @@ def run_archive(slide: Path, out: Path, config: TileConfig, coords: np.ndarray, 
                 read_wh: tuple[int, int], copies: int, repeats: int) -> tuple[float, float]:
     """(tile s, raw s), best of `repeats`: wall time to tile `copies` copies of `slide` (fresh
     stores) on one worker process per core, as `slideaudit run` tiles an archive (its LocalCluster
-    workers share the cores out through THREAD_VARS: here one read thread each), and to read the
-    same tiles of every copy with `run_raw` on the same workers. Each worker first tiles one
-    untimed copy (imports, first calls)."""
+    workers share the cores out through THREAD_VARS, here one thread each, and show no progress
+    bars), and to read the same tiles of every copy with `run_raw` on the same workers. Each
+    worker first tiles one untimed copy (imports, first calls)."""
     cores = os.cpu_count() or 1
     tiled, raw = [], []
-    # the workers inherit the environment they start with
-    with mock.patch.dict(os.environ, dict.fromkeys(THREAD_VARS, "1")), \
+    # the workers inherit the environment they start with: the LocalCluster's, at one thread each
+    with mock.patch.dict(os.environ, {**dict.fromkeys(THREAD_VARS, "1"), "TQDM_DISABLE": "1"}), \
             ProcessPoolExecutor(cores, mp_context=get_context("spawn")) as pool:
         for _ in pool.map(_tile_copy, *zip(*[(slide, out / "warm", config, i) for i in range(cores)], strict=True)):
             pass

@@ -48,6 +48,8 @@ MIN_PIXELS = 16
 PATCH_SHARE = 0.05  # a patch lies on an artefact when one kind covers at least this share of it
 MARGIN = 16  # px around tissue the detectors see: more than any reaches (Gaussian 4 σ = 8, ink 4)
 OPTICAL_DENSITY = -np.log(np.maximum(np.arange(256, dtype=np.float32), 1) / 255)  # of each uint8 value
+# optical density (R, G, B) -> (eosin as rgb2hed scales it, mean density)
+EOSIN_AND_DENSITY = np.stack([color.hed_from_rgb[:, 1] / -np.log(1e-6), np.full(3, 1 / 3)]).astype(np.float32)
 
 
 def artefact_name(kind: int) -> str:
@@ -71,9 +73,8 @@ def _smooth(image: np.ndarray, sigma: float) -> np.ndarray:
 def _fold(thumbnail: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     """Per channel optical density OD = -log(max(rgb, 1) / 255); eosin = max(0, OD . hed_from_rgb[:, E]
     / -log(1e-6)) (scikit-image's rgb2hed, one stain) and density = mean OD, both smoothed."""
-    optical_density = OPTICAL_DENSITY[thumbnail]
-    projections = np.stack([color.hed_from_rgb[:, 1] / -np.log(1e-6), np.full(3, 1 / 3)]).astype(np.float32)
-    eosin, density = np.moveaxis(_smooth(cv2.transform(optical_density, projections), FOLD_SIGMA), -1, 0)
+    projected = cv2.transform(OPTICAL_DENSITY[thumbnail], EOSIN_AND_DENSITY)
+    eosin, density = np.moveaxis(_smooth(projected, FOLD_SIGMA), -1, 0)
     eosin = np.maximum(eosin, 0)
     return ((eosin > FOLD_RATIO * np.median(eosin[tissue]))
             & (density > FOLD_RATIO * np.median(density[tissue])))

@@ -129,7 +129,8 @@ def nothing_written(slide_dir: Path) -> bool:
 
 def test_a_store_with_no_patches_is_a_store_error(tmp_path, model_dir):
     slide_dir = tmp_path / "slides" / "empty"
-    attrs = {"slide_id": "empty", "mpp": 1.0, "patch_size": 224, "config_hash": "c0", "source_sha256": "s0"}
+    attrs = {"slide_id": "empty", "mpp": 1.0, "patch_size": 224, "footprint": 224.0, "dimensions": [896, 896],
+             "config_hash": "c0", "source_sha256": "s0"}
     create_patch_store(slide_dir / "patches.zarr", 224, 64, 0)
     write_patch_records(slide_dir / "patches.zarr", np.zeros((0, 2)), np.zeros(0), attrs,
                         np.full((4, 4, 3), 255, np.uint8),

@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from skimage import color, morphology
+from skimage import color
 
 from tiling.grid import footprint_fraction
-from tiling.tissue import binary_morphology, tissue_box
+from tiling.tissue import binary_morphology, tissue_box, without_small_objects
 
 ARTEFACT_KINDS: dict[int, str] = {1: "pen ink", 2: "tissue fold", 3: "blank or blurred"}
 PEN_INK, TISSUE_FOLD, BLANK_OR_BLURRED = 1, 2, 3
@@ -48,8 +48,10 @@ MIN_PIXELS = 16
 PATCH_SHARE = 0.05  # a patch lies on an artefact when one kind covers at least this share of it
 MARGIN = 16  # px around tissue the detectors see: more than any reaches (Gaussian 4 σ = 8, ink 4)
 OPTICAL_DENSITY = -np.log(np.maximum(np.arange(256, dtype=np.float32), 1) / 255)  # of each uint8 value
-# optical density (R, G, B) -> (eosin as rgb2hed scales it, mean density)
-EOSIN_AND_DENSITY = np.stack([color.hed_from_rgb[:, 1] / -np.log(1e-6), np.full(3, 1 / 3)]).astype(np.float32)
+# optical density (R, G, B) -> (eosin as rgb2hed scales it, mean density, 0): square, since
+# cv2.transform's 3 x 3 path is 9x its 2 x 3 one
+EOSIN_AND_DENSITY = np.stack([color.hed_from_rgb[:, 1] / -np.log(1e-6), np.full(3, 1 / 3),
+                              np.zeros(3)]).astype(np.float32)
 
 
 def artefact_name(kind: int) -> str:
@@ -57,10 +59,11 @@ def artefact_name(kind: int) -> str:
     return ARTEFACT_KINDS.get(int(kind), "none")
 
 
-def _pen_ink(lab: np.ndarray) -> np.ndarray:
-    lightness, chroma = lab[..., 0], np.hypot(lab[..., 1], lab[..., 2])
-    hue = np.degrees(np.arctan2(lab[..., 2], lab[..., 1]))
-    off_band = (hue < HE_HUES[0]) | (hue > HE_HUES[1])
+def _pen_ink(lightness: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Chroma and hue from `cv2.cartToPolar` (within 0.01° of atan2; hue in 0..360°, so HE_HUES'
+    negative end is taken + 360)."""
+    chroma, hue = cv2.cartToPolar(a, b, angleInDegrees=True)
+    off_band = (hue > HE_HUES[1]) & (hue < HE_HUES[0] + 360)
     return ((off_band & (chroma > INK_CHROMA)) | (chroma > RED_CHROMA)
             | ((lightness < BLACK_L) & (chroma < BLACK_CHROMA)))
 
@@ -73,9 +76,8 @@ def _smooth(image: np.ndarray, sigma: float) -> np.ndarray:
 def _fold(thumbnail: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     """Per channel optical density OD = -log(max(rgb, 1) / 255); eosin = max(0, OD . hed_from_rgb[:, E]
     / -log(1e-6)) (scikit-image's rgb2hed, one stain) and density = mean OD, both smoothed."""
-    projected = cv2.transform(OPTICAL_DENSITY[thumbnail], EOSIN_AND_DENSITY)
-    eosin, density = np.moveaxis(_smooth(projected, FOLD_SIGMA), -1, 0)
-    eosin = np.maximum(eosin, 0)
+    eosin, density, _ = cv2.split(cv2.transform(cv2.LUT(thumbnail, OPTICAL_DENSITY), EOSIN_AND_DENSITY))
+    eosin, density = np.maximum(_smooth(eosin, FOLD_SIGMA), 0), _smooth(density, FOLD_SIGMA)
     return ((eosin > FOLD_RATIO * np.median(eosin[tissue]))
             & (density > FOLD_RATIO * np.median(density[tissue])))
 
@@ -105,14 +107,16 @@ def whole_image_labels(thumbnail: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     """`artefact_mask` computed on the whole thumbnail (which holds some tissue)."""
     labels = np.zeros(tissue.shape, np.uint8)
     thumbnail = np.ascontiguousarray(thumbnail, np.uint8)
-    lab = cv2.cvtColor(thumbnail.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)
+    rgb = thumbnail.astype(np.float32)
+    rgb /= 255
+    lightness, a, b = cv2.split(cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab))
     near_tissue = binary_morphology(tissue, cv2.MORPH_DILATE, 2)
-    ink = binary_morphology(_pen_ink(lab), cv2.MORPH_OPEN, 1)  # strokes, not stray pixels
+    ink = binary_morphology(_pen_ink(lightness, a, b), cv2.MORPH_OPEN, 1)  # strokes, not stray pixels
     found = [(PEN_INK, ink & near_tissue), (TISSUE_FOLD, _fold(thumbnail, tissue) & tissue),
-             (BLANK_OR_BLURRED, _blank_or_blurred(lab[..., 0].astype(np.float64), tissue) & tissue)]
+             (BLANK_OR_BLURRED, _blank_or_blurred(lightness, tissue) & tissue)]
     for kind, mask in reversed(found):  # the first kind is written last: it wins overlaps
         if mask.any():
-            labels[morphology.remove_small_objects(mask, max_size=MIN_PIXELS)] = kind
+            labels[without_small_objects(mask, MIN_PIXELS)] = kind
     return labels
 
 

@@ -72,7 +72,7 @@ def plan_patches(slide: BaseSlide, config: TileConfig
     lost_kind = dominant_kind(all_shares[(every >= config.min_tissue) & ~keep])
     dropped = {name: int((lost_kind == k).sum()) for k, name in ARTEFACT_KINDS.items()}
     coords, tissue, shares = grid[keep], free[keep], all_shares[keep]
-    artefacts = Artefacts(labels, dominant_kind(shares), shares.sum(axis=1).astype(np.float32))
+    artefacts = Artefacts.of(labels, shares)
     level = slide.best_level(mpp)
     attrs = {"mpp": mpp, "slide_mpp": slide.mpp, "mpp_source": slide.mpp_source, "level": level,
              "level_mpp": slide.mpp * slide.level_downsamples[level], "patch_size": patch, "stride": config.step,

@@ -28,6 +28,9 @@ from tiling.errors import StoreError
 from tiling.store import PATCHES, VERSION_KEY, check_version, stage_path
 
 FORMAT_VERSION = 2
+# chunk files side by side in each array's folder (c.0.0.0.0), not one folder per chunk index
+# (c/0/0/0/0): a third of the file-system calls a chunk write makes; readers take either
+FLAT_CHUNKS = {"name": "default", "separator": "."}
 
 
 @dataclass
@@ -89,7 +92,7 @@ def create_patch_store(path: Path, patch_size: int, chunk: int, count: int) -> z
     # small ones, 26 % on CMU-1; zstd level 1 saves 30-37 % for 0.8-1.1 ms. Readers take any codec.
     return zarr.create_array(Path(path) / "patches", shape=(count, patch_size, patch_size, 3), zarr_format=3,
                              chunks=(chunk, patch_size, patch_size, 3), dtype=np.uint8, compressors=None,
-                             fill_value=0, config={"write_empty_chunks": True})
+                             fill_value=0, config={"write_empty_chunks": True}, chunk_key_encoding=FLAT_CHUNKS)
 
 
 def write_patch_records(path: Path, coords: np.ndarray, tissue: np.ndarray, attrs: dict[str, Any],
@@ -111,7 +114,8 @@ def write_patch_records(path: Path, coords: np.ndarray, tissue: np.ndarray, attr
                "artefacts": np.ascontiguousarray(artefacts.labels, dtype=np.uint8)}
     for name, data in records.items():
         # zstd level 1: the thumbnail 3x faster than the default level 3, within 4 % of its size
-        group.create_array(name, data=data, config=whole, compressors=zarr.codecs.ZstdCodec(level=1))
+        group.create_array(name, data=data, config=whole, compressors=zarr.codecs.ZstdCodec(level=1),
+                           chunk_key_encoding=FLAT_CHUNKS)
     for key, buffer in files.items():
         (path / key).parent.mkdir(parents=True, exist_ok=True)
         (path / key).write_bytes(buffer.to_bytes())

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from scipy import ndimage
+from skimage import morphology
 
 from conftest import shared_file
 from pipeline.cli import main
@@ -29,7 +30,7 @@ from tiling.sample_tiff import write_pyramid_tiff
 from tiling.slide import open_slide
 from tiling.store import open_patch_store
 from tiling.tile import plan_patches, tile_slide
-from tiling.tissue import tissue_mask
+from tiling.tissue import tissue_mask, without_small_objects
 
 SHAPE, PX_UM = (768, 1024), 8.0  # a thumbnail's scale: 8 µm/px, 16 px per 224 µm patch
 
@@ -109,6 +110,29 @@ def test_artefact_pixels_are_not_tissue_by_default_and_kept_on_request(tmp_path:
     assert (kept.kind == PEN_INK).sum() >= 10 + (default.kind == PEN_INK).sum()
     assert (kept.fraction[kept.kind > 0] >= PATCH_SHARE).all()
     assert default.labels.shape == kept.labels.shape
+
+
+def test_the_store_gives_each_patch_the_artefacts_planned(tmp_path: Path) -> None:
+    path = inked_slide(tmp_path)
+    config = TileConfig(mpp=2.0, patch=64, keep_artefacts=True)
+    with open_slide(path) as slide:
+        coords, _, _, _, planned = plan_patches(slide, config)
+    store = open_patch_store(tile_slide(path, tmp_path / "out", config))   # kinds and shares derived again
+    assert (planned.kind == PEN_INK).sum() >= 10
+    np.testing.assert_array_equal(store.coords, coords)
+    for name in ("labels", "kind", "fraction"):
+        np.testing.assert_array_equal(getattr(store.artefacts, name), getattr(planned, name))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_small_objects_go_as_scikit_image_removes_them(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((120, 160), bool)
+    mask[20:100, 30:140] = rng.random((80, 110)) < 0.55                  # objects of every size, off the edges
+    for max_size in (0, 3, 16):
+        np.testing.assert_array_equal(without_small_objects(mask, max_size),
+                                      morphology.remove_small_objects(mask, max_size=max_size))
+    assert not without_small_objects(np.zeros((5, 5), bool), 3).any()
 
 
 def test_cli_tile_counts_what_it_leaves_out_and_keeps_it_on_request(tmp_path: Path) -> None:

@@ -103,7 +103,7 @@ def write_patch_records(path: Path, coords: np.ndarray, tissue: np.ndarray, attr
     zarr encodes them into a MemoryStore over a dict of ours, whose keys are paths under the group
     as LocalStore maps them; the files are then written in one pass: about half the CPU of creating
     them on the LocalStore, which takes a thread hop and a file check per zarr operation (on a small
-    slide the records cost as much as reading its patches)."""
+    slide about 25 ms, a seventh of tiling it)."""
     files: dict[str, Buffer] = {}
     group = zarr.open_group(zarr.storage.MemoryStore(files), mode="w", zarr_format=3,
                             attributes={**attrs, VERSION_KEY: FORMAT_VERSION})

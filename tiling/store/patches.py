@@ -28,8 +28,8 @@ from tiling.errors import StoreError
 from tiling.store import PATCHES, VERSION_KEY, check_version, stage_path
 
 FORMAT_VERSION = 2
-# chunk files side by side in each array's folder (c.0.0.0.0), not one folder per chunk index
-# (c/0/0/0/0): a third of the file-system calls a chunk write makes; readers take either
+# chunk files side by side in each array's folder (c.0.0.0.0), not in a folder per chunk index
+# (c/0/0/0/0) that each chunk write first makes; readers take either
 FLAT_CHUNKS = {"name": "default", "separator": "."}
 
 

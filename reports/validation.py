@@ -24,6 +24,9 @@ logging.getLogger("great_expectations").setLevel(logging.WARNING)  # it logs eve
 import great_expectations as gx  # noqa: E402 - reads the setting above at import
 from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
 
+# one module sets its own logger to INFO at import, to announce each ephemeral context's temporary folder
+logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
+
 E = gx.expectations
 ATTENTION_SUM_TOLERANCE = 1e-3
 MAX_LISTED = 10

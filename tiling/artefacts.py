@@ -115,8 +115,7 @@ def whole_image_labels(thumbnail: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     found = [(PEN_INK, ink & near_tissue), (TISSUE_FOLD, _fold(thumbnail, tissue) & tissue),
              (BLANK_OR_BLURRED, _blank_or_blurred(lightness, tissue) & tissue)]
     for kind, mask in reversed(found):  # the first kind is written last: it wins overlaps
-        if mask.any():
-            labels[without_small_objects(mask, MIN_PIXELS)] = kind
+        labels[without_small_objects(mask, MIN_PIXELS)] = kind
     return labels
 
 

@@ -17,7 +17,7 @@ RUN case "$TORCH" in \
       cuda) index="" ;; \
       *)    echo "TORCH must be cpu or cuda, not $TORCH" >&2; exit 2 ;; \
     esac \
- && pip install --no-cache-dir $index -c constraints.txt torch \
+ && pip install --no-cache-dir $index -c constraints.txt torch torchvision \
  && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
       > /tmp/requirements.txt \
  && pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt

@@ -1,6 +1,6 @@
 """Benchmark: one 40x-size slide (80,000 x 60,000 px at 0.25 µm/px) audited end to end.
 
-Writes the slide with `write_large_archive` (a tile mosaic, see tiling/sample_large.py) and a
+Writes the slide with `write_large_archive` (a tile mosaic, see tiling/samples/large.py) and a
 fresh A-MIL model with random weights (`ModelConfig()`: small CNN, 64 px at 3.5 µm/px; an
 untrained model costs the same as a trained one), then runs each stage of the pipeline's chain
 (pipeline.stages.STAGES: tile, explain, stitch, audit, report, validate) on it, each in a fresh
@@ -47,7 +47,7 @@ from pipeline.runner import at_model_footprint
 from pipeline.stages import STAGES, Context
 from tiling.archive import SlideRecord, read_archive
 from tiling.config import TileConfig
-from tiling.sample import DEFAULT_SIZE, write_large_archive, write_sample_archive
+from tiling.samples.archives import DEFAULT_SIZE, write_large_archive, write_sample_archive
 from tiling.slide import read_size
 from tiling.store import open_patch_store, slide_dir
 

@@ -37,7 +37,7 @@ from explainers.model_config import ModelConfig
 from explainers.model_io import build_model, load_model, save_model
 from explainers.patches import PatchReader
 from tiling.config import TileConfig
-from tiling.sample import write_sample_archive
+from tiling.samples.archives import write_sample_archive
 from tiling.store import EXPLAIN, open_patch_store
 from tiling.tile import tile_slide
 

@@ -27,7 +27,7 @@ import psutil
 from explainers.train import TrainConfig, train
 from pipeline.config import load_config
 from pipeline.runner import run_archive
-from tiling.sample import DEFAULT_SIZE, write_sample_archive
+from tiling.samples.archives import DEFAULT_SIZE, write_sample_archive
 from tiling.store import open_patch_store, slide_dir
 
 MiB = 1 << 20

@@ -1,7 +1,7 @@
 """Benchmark: CPU time of the audit and report stages per slide, in one process.
 
 Writes a small sample slide (8192 x 6144 px at 0.5 µm/px) and a 40x-style slide `--size` px wide
-(tiling/sample_large.py), runs tile, explain and stitch once with a fresh random A-MIL model,
+(tiling/samples/large.py), runs tile, explain and stitch once with a fresh random A-MIL model,
 then runs audit and report `--repeats` times on each. Prints the first call (one-off set-up of
 the process included) and the mean of the others (what each further slide costs), with patches,
 so a fixed cost per slide shows as time that does not grow with patches.
@@ -23,7 +23,7 @@ from pipeline.config import PipelineConfig
 from pipeline.runner import at_model_footprint
 from pipeline.stages import STAGES, Context
 from tiling.archive import read_archive
-from tiling.sample import DEFAULT_SIZE, write_large_archive, write_sample_archive
+from tiling.samples.archives import DEFAULT_SIZE, write_large_archive, write_sample_archive
 from tiling.store import AUDIT, open_patch_store, slide_dir
 
 

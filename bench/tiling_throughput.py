@@ -31,7 +31,7 @@ import openslide
 
 from pipeline.cluster import THREAD_VARS
 from tiling.config import TileConfig
-from tiling.sample import write_sample_archive
+from tiling.samples.archives import write_sample_archive
 from tiling.slide import on_white, read_size, resize_rgb
 from tiling.store import PatchStore, open_patch_store
 from tiling.tile import read_threads, tile_slide

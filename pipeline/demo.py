@@ -15,7 +15,7 @@ from pathlib import Path
 from explainers.train import TrainConfig, train
 from pipeline.config import PipelineConfig
 from pipeline.runner import RunResult, run_archive
-from tiling.sample import write_sample_archive
+from tiling.samples.archives import write_sample_archive
 
 log = logging.getLogger(__name__)
 TRAIN_SLIDES, TRAIN_SEED = 16, 1

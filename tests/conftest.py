@@ -59,7 +59,7 @@ def manifest_rows(manifest: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="session")
 def sample_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """manifest.csv of 4 small sample slides (seed 0)."""
-    from tiling.sample import write_sample_archive
+    from tiling.samples.archives import write_sample_archive
 
     return write_sample_archive(tmp_path_factory.mktemp("sample"), slides=4, seed=0, size=SAMPLE_SIZE)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tiling.archive import read_archive
-from tiling.sample import write_sample_archive
+from tiling.samples.archives import write_sample_archive
 
 REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "dags"

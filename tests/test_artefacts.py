@@ -25,8 +25,8 @@ from tiling.artefacts import (
     whole_image_labels,
 )
 from tiling.config import TileConfig
-from tiling.sample_draw import draw_slide
-from tiling.sample_tiff import write_pyramid_tiff
+from tiling.samples.draw import draw_slide
+from tiling.samples.tiff import write_pyramid_tiff
 from tiling.slide import open_slide
 from tiling.store import open_patch_store
 from tiling.tile import plan_patches, tile_slide

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import tiling.sample
+import tiling.samples.archives
 from pipeline.cli import COMMANDS, main
 from pipeline.errors import EXIT_CRASH, EXIT_SLIDES_FAILED, EXIT_USAGE
 from tiling.errors import ArchiveError, ConfigError, SlideError
@@ -25,7 +25,7 @@ def test_errors_map_to_exit_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     def fail(*args: object, **kwargs: object) -> None:
         raise exc
 
-    monkeypatch.setattr(tiling.sample, "write_sample_archive", fail)
+    monkeypatch.setattr(tiling.samples.archives, "write_sample_archive", fail)
     result = CliRunner().invoke(main, ["sample", str(tmp_path)])
     assert result.exit_code == code and str(exc) in result.output
     assert "Traceback" not in result.output

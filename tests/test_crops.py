@@ -14,7 +14,7 @@ from reports.crops import window
 from reports.html import render_slide_report
 from reports.registry import metric
 from reports.table import metric_columns
-from tiling.sample_tiff import write_pyramid_tiff
+from tiling.samples.tiff import write_pyramid_tiff
 from tiling.store import MAPS, PATCHES
 from tiling.store.records import load_audit
 

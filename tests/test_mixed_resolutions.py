@@ -13,8 +13,8 @@ from conftest import manifest_rows
 from explainers.model_config import read_config
 from pipeline.config import load_config
 from pipeline.runner import run_archive
-from tiling.sample import write_sample_archive
-from tiling.sample_tiff import write_pyramid_tiff
+from tiling.samples.archives import write_sample_archive
+from tiling.samples.tiff import write_pyramid_tiff
 from tiling.store import PATCHES
 from tiling.store.records import load_audit
 

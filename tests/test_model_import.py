@@ -15,7 +15,7 @@ from explainers.encoders import build_encoder
 from explainers.model_io import load_model
 from mil_checkpoints import abmil_checkpoint, clam_checkpoint, clam_reference
 from pipeline.cli import main
-from tiling.sample import write_sample_archive
+from tiling.samples.archives import write_sample_archive
 
 pytestmark = pytest.mark.slow
 

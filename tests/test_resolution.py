@@ -16,7 +16,7 @@ from pipeline.stages import Context, SlideState, run_stage
 from tiling.archive import SlideRecord, read_archive
 from tiling.config import TileConfig
 from tiling.errors import ArchiveError, SlideError
-from tiling.sample_tiff import write_pyramid_tiff
+from tiling.samples.tiff import write_pyramid_tiff
 from tiling.slide import open_slide
 from tiling.store import PATCHES
 from tiling.tile import tile_slide

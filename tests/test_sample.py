@@ -15,9 +15,9 @@ from conftest import manifest_rows
 from pipeline.cli import main
 from tiling.annotations import rasterize_lesions, read_annotations
 from tiling.config import TileConfig
-from tiling.sample import write_sample_archive
-from tiling.sample_draw import STROMA, draw_slide, swatches
-from tiling.sample_tiff import TILE
+from tiling.samples.archives import write_sample_archive
+from tiling.samples.draw import STROMA, draw_slide, swatches
+from tiling.samples.tiff import TILE
 from tiling.slide import open_slide
 from tiling.store import file_sha256, open_patch_store
 from tiling.tile import tile_slide

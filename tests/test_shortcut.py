@@ -17,7 +17,7 @@ from explainers.train import TrainConfig, train
 from pipeline.cli import main
 from pipeline.errors import EXIT_THRESHOLDS
 from tiling.config import TileConfig
-from tiling.sample import write_sample_archive
+from tiling.samples.archives import write_sample_archive
 from tiling.store.records import load_audit
 
 SIZE, CONTRAST, TRAIN_SLIDES, EPOCHS = 3072, 0.3, 12, 12

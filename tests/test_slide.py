@@ -12,7 +12,7 @@ from skimage.transform import resize
 
 from conftest import SAMPLE_SIZE, manifest_rows, shared_file
 from tiling.errors import SlideError
-from tiling.sample_tiff import write_pyramid_tiff
+from tiling.samples.tiff import write_pyramid_tiff
 from tiling.slide import ArraySlide, open_slide
 
 

@@ -21,7 +21,7 @@ from tiling.artefacts import artefact_shares, dominant_kind
 from tiling.config import TileConfig
 from tiling.errors import SlideError
 from tiling.grid import grid_coords
-from tiling.sample_tiff import write_pyramid_tiff
+from tiling.samples.tiff import write_pyramid_tiff
 from tiling.slide import open_slide
 from tiling.store import PATCHES, file_sha256, open_patch_store, read_stamp
 from tiling.store.patches import FORMAT_VERSION

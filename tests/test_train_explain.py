@@ -18,7 +18,7 @@ from explainers.train import TrainConfig, train
 from reports.metrics import pixel_auroc
 from tiling.annotations import rasterize_lesions, read_annotations
 from tiling.config import TileConfig
-from tiling.sample import write_sample_archive
+from tiling.samples.archives import write_sample_archive
 from tiling.store import PatchStore, open_patch_store
 from tiling.tile import tile_slide
 

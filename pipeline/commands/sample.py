@@ -29,7 +29,7 @@ from pipeline import options
 def sample(outdir: Path, slides: int | None, seed: int, size: int | None, ink_correlated: bool,
            large: bool, lesion_contrast: float) -> None:
     """Write OUTDIR/manifest.csv, pyramidal TIFF slides and their GeoJSON + ASAP XML annotations."""
-    from tiling.sample import DEFAULT_SIZE, LARGE_SIZE, write_large_archive, write_sample_archive
+    from tiling.samples.archives import DEFAULT_SIZE, LARGE_SIZE, write_large_archive, write_sample_archive
 
     if large and (ink_correlated or lesion_contrast != 1.0):
         raise click.UsageError("--large slides carry no pen ink and conspicuous lesions; drop "

@@ -7,11 +7,11 @@ columns slide_id, path, label, annotation, annotation_xml, ink (paths relative t
 manifest's folder). Even indices are positive (label 1, 1-3 lesions), odd ones negative.
 Pen ink marks slides 0, 1, 4, 5, 8, 9, ... (both labels alike), or with `ink_correlated` the
 positive slides only. Every slide has a tissue fold. `lesion_contrast` in (0, 1] makes lesions
-subtle (`tiling.sample_draw.draw_slide`; 1 = today's conspicuous lesions), so that a model
+subtle (`tiling.samples.draw.draw_slide`; 1 = today's conspicuous lesions), so that a model
 trained on ink-correlated slides prefers the ink. Slide i depends only on (seed, i, size,
 ink_correlated, mpp, lesion_contrast): the same arguments write the same bytes.
 `write_large_archive` writes the same files for 40x-size slides (80,000 px wide at 0.25 µm/px by
-default, `tiling.sample_large`).
+default, `tiling.samples.large`).
 """
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tiling.sample_annotations import lesions_asap_xml, lesions_geojson
-from tiling.sample_draw import draw_slide
-from tiling.sample_large import write_large_slide
-from tiling.sample_tiff import write_pyramid_tiff
+from tiling.samples.annotations import lesions_asap_xml, lesions_geojson
+from tiling.samples.draw import draw_slide
+from tiling.samples.large import write_large_slide
+from tiling.samples.tiff import write_pyramid_tiff
 from tiling.store import atomic_path, config_hash, is_current
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class LargeSampleConfig:
-    """What an archive of 40x-size slides (`tiling.sample_large`) depends on. size: level-0
+    """What an archive of 40x-size slides (`tiling.samples.large`) depends on. size: level-0
     width in px (height 3/4 of it), both rounded up to a multiple of 64; mpp: level-0 µm/px."""
 
     slides: int
@@ -83,7 +83,7 @@ def slide_shape(size: int) -> tuple[int, int]:
 def _write_slide(outdir: Path, index: int, config: SampleConfig | LargeSampleConfig) -> dict[str, str | int]:
     """Draw slide `index` and write its TIFF and annotations: a SampleConfig slide is drawn at
     level 1 (2 x level-0 mpp) and stored with its 2x upsample as level 0; a LargeSampleConfig
-    one is a tile mosaic (`tiling.sample_large`)."""
+    one is a tile mosaic (`tiling.samples.large`)."""
     slide_id = f"sample_{index:03d}"
     label = 1 if index % 2 == 0 else 0
     ink = isinstance(config, SampleConfig) and (bool(label) if config.ink_correlated else (index // 2) % 2 == 0)
@@ -130,7 +130,7 @@ def write_sample_archive(outdir: Path, slides: int, seed: int, size: int = DEFAU
 
 def write_large_archive(outdir: Path, slides: int, seed: int, size: int = LARGE_SIZE,
                         mpp: float = LARGE_MPP) -> Path:
-    """Like `write_sample_archive`, with 40x-size slides (`tiling.sample_large`): `size` px wide
+    """Like `write_sample_archive`, with 40x-size slides (`tiling.samples.large`): `size` px wide
     at `mpp` µm/px, about a third tissue, no pen ink; each slide in seconds, not minutes."""
     return _write_archive(outdir, LargeSampleConfig(slides, seed, size, mpp))
 

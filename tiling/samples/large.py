@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from tiling.annotations import Lesion, rasterize_lesions
-from tiling.sample_draw import GLASS, LESION, STROMA, draw_slide, swatches
-from tiling.sample_tiff import TILE, encode_tile, pyramid_shapes, write_levels
+from tiling.samples.draw import GLASS, LESION, STROMA, draw_slide, swatches
+from tiling.samples.tiff import TILE, encode_tile, pyramid_shapes, write_levels
 from tiling.tissue import tissue_mask
 
 DRAWING = 64  # level-0 px per drawing px (16 µm at 0.25 µm/px)

@@ -2,14 +2,14 @@
 
 Kept apart from the code that runs them so that reading a config imports no torch: a rerun
 with nothing to do never needs it. Method names are split here and checked against the
-registry (`explainers.methods.parse_methods`, which imports the methods and torch) when a run's
+registry (`explainers.methods.registry.parse_methods`, which imports the methods and torch) when a run's
 preflight or the explain stage starts.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from explainers.methods import split_methods
+from explainers.methods.registry import split_methods
 from tiling.errors import require
 from tiling.store import runtime
 
@@ -20,7 +20,7 @@ FRACTIONS = (0.01, 0.02, 0.05, 0.10, 0.20, 0.50)
 
 @dataclass
 class ExplainConfig:
-    """methods: registered method names (`explainers.methods`), none for attention and logits
+    """methods: registered method names (`explainers.methods.registry`), none for attention and logits
     only (then from kept embeddings, without the encoder, when current: `explainers.embeddings`);
     target: "slide" (the slide logit, through the attention pooling) or "instance" (each patch's
     own logit); target_class: None = the slide's predicted class; device: "auto" (CUDA when

@@ -16,7 +16,7 @@ tokens[:, L:] as (B, C, h, w) after the L class and register tokens (the encoder
 guided backprop and occlusion re-read the chunk's patches and re-run the encoder on them.
 `autocast`: pass 1's forward runs under bf16 autocast (`bf16_autocast`); A and h are kept as
 float32 and everything after pass 1 (MIL head, pass 2's tail and gradients) runs in float32.
-The methods come from the registry (`explainers.methods`); in each chunk every method is
+The methods come from the registry (`explainers.methods.registry`); in each chunk every method is
 computed once, after the methods it requires.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from explainers.errors import ModelError
-from explainers.methods import METHODS, MapMethod, parse_methods
+from explainers.methods.registry import METHODS, MapMethod, parse_methods
 from explainers.mil import MILModel, split_encoder
 
 RAM_LIMIT = 1 << 30  # bytes of kept activations held in RAM; a larger bag spills to a mapped file
@@ -171,7 +171,7 @@ class Chunk:
 
 class BagExplainer:
     """Runs pass 1 (`forward`) and pass 2 (`maps`) of a model on one bag of patches, for the
-    registered methods `methods` (see `explainers.methods`; none: pass 1 only, for attention and
+    registered methods `methods` (see `explainers.methods.registry`; none: pass 1 only, for attention and
     logits); `autocast`: pass 1 under bf16 autocast (module docstring)."""
 
     def __init__(self, model: MILModel, target_layer: str, methods: Sequence[str], autocast: bool = False) -> None:

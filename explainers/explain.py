@@ -15,7 +15,7 @@ from explainers.config import ExplainConfig
 from explainers.embeddings import encoder_stamp, kept_embeddings
 from explainers.engine import BAG_TARGETS, BagExplainer, frozen
 from explainers.errors import ModelError
-from explainers.methods import parse_methods
+from explainers.methods.registry import parse_methods
 from explainers.mil import MILModel
 from explainers.model_config import read_config
 from explainers.model_io import load_model

@@ -29,7 +29,7 @@ from explainers.engine import BagExplainer, frozen, slide_target
 from explainers.errors import ImageError, ImageTooLarge
 from explainers.explain import resolve_device
 from explainers.feature_views import activation_views
-from explainers.methods import parse_methods
+from explainers.methods.registry import parse_methods
 from explainers.mil import MILModel
 from explainers.model_config import ModelConfig
 from explainers.patches import normalise, resize
@@ -48,7 +48,7 @@ MICROSCOPE_MPP = 20.0  # a recorded resolution coarser than this (µm/px) is a s
 @dataclass(frozen=True)
 class RegionConfig:
     """targets: class names, or "top5" for the five most probable; () = the predicted class.
-    methods: registered method names (`explainers.methods`). max_tiles bounds the work per image;
+    methods: registered method names (`explainers.methods.registry`). max_tiles bounds the work per image;
     channels: how many activation views; device: "auto" | "cpu" | "cuda"."""
 
     targets: tuple[str, ...] = ()

@@ -48,12 +48,12 @@ model_dir = click.option("--model", "model_dir", required=True,
 
 class MethodsType(click.ParamType):
     """Comma-separated explanation methods -> their names, checked by
-    `explainers.methods.parse_methods` (imported on first use, so --help stays fast)."""
+    `explainers.methods.registry.parse_methods` (imported on first use, so --help stays fast)."""
 
     name = "methods"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
-        from explainers.methods import parse_methods
+        from explainers.methods.registry import parse_methods
         from tiling.errors import ConfigError
 
         try:
@@ -66,7 +66,7 @@ class MethodsOption(click.Option):
     """`--methods`, whose help ends with the registered methods (read when help is shown)."""
 
     def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
-        from explainers.methods import help_text
+        from explainers.methods.registry import help_text
 
         record = super().get_help_record(ctx)
         return None if record is None else (record[0], f"{record[1]} Choices: {help_text()}.")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from explainers.methods import parse_methods
+from explainers.methods.registry import parse_methods
 from explainers.model_io import load_model
 from pipeline.config import PipelineConfig
 from tiling.annotations import read_classified

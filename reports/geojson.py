@@ -20,7 +20,7 @@ import matplotlib
 import numpy as np
 from skimage.measure import find_contours, points_in_poly
 
-from explainers.methods import title as method_title
+from explainers.methods.registry import title as method_title
 from reports.metrics import top_k_mask
 from tiling.store import atomic_path, open_patch_store
 from tiling.store.maps import Maps

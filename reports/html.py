@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 from skimage.transform import resize
 
-from explainers.methods import title as method_title
+from explainers.methods.registry import title as method_title
 from reports import figures as F
 from reports.audit import is_negative
 from reports.crops import lesion_view, slide_crops

@@ -20,7 +20,7 @@ from PIL import Image
 from skimage.transform import resize
 
 from explainers.feature_views import filter_grid
-from explainers.methods import method
+from explainers.methods.registry import method
 from explainers.model_io import load_model, model_sha256
 from explainers.single_image import RegionConfig, RegionExplanation, explain_region, read_image
 from reports.figures import colourise, display_shape, overlay, png_data_uri

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from explainers.methods import title as method_title
+from explainers.methods.registry import title as method_title
 from reports import figures as F
 from reports.html import environment
 from tiling.deepzoom import DeepZoomGrid, SlideTiles, map_tile

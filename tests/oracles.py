@@ -18,12 +18,12 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from explainers.cams import CAM, upsample
 from explainers.engine import frozen
 from explainers.errors import ModelError
-from explainers.guided import guided_relus, saliency
-from explainers.methods import method
-from explainers.occlusion import occlusions
+from explainers.methods.cams import CAM, upsample
+from explainers.methods.guided import guided_relus, saliency
+from explainers.methods.occlusion import occlusions
+from explainers.methods.registry import method
 
 
 class TopK(NamedTuple):

@@ -18,7 +18,7 @@ from conftest import SMALL, manifest_rows
 from explainers.config import ExplainConfig
 from explainers.errors import ModelError
 from explainers.explain import explain_store, resolve_device
-from explainers.methods import method_names
+from explainers.methods.registry import method_names
 from explainers.model_config import ModelConfig
 from explainers.model_io import build_model, load_model, model_sha256, save_model
 from explainers.patches import normalise, resize

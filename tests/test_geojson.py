@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from explainers.methods import title as method_title
+from explainers.methods.registry import title as method_title
 from reports.geojson import FOCUS_GEOJSON, TOP_FRACTION, mask_polygons
 from reports.metrics import top_k_mask
 from tiling.annotations import Lesion, LesionRules, rasterize_lesions, read_classified

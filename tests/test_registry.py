@@ -11,10 +11,10 @@ import zarr
 from click.testing import CliRunner
 
 from conftest import manifest_rows
-from explainers.cams import CAM
 from explainers.engine import BagExplainer
 from explainers.errors import ModelError
-from explainers.methods import METHODS, method, method_names, parse_methods, register_method
+from explainers.methods.cams import CAM
+from explainers.methods.registry import METHODS, method, method_names, parse_methods, register_method
 from explainers.model_config import ModelConfig
 from explainers.model_io import build_model, save_model
 from pipeline.cli import main

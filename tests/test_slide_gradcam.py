@@ -9,8 +9,8 @@ from explainers import engine
 from explainers.engine import BagExplainer, frozen, instance_target, slide_target
 from explainers.errors import ModelError
 from explainers.explain import CPU_BATCH, MAX_BATCH, batch_size, fit_batch
-from explainers.guided import guided_relus, saliency
-from explainers.methods import method, method_names
+from explainers.methods.guided import guided_relus, saliency
+from explainers.methods.registry import method, method_names
 from explainers.mil import split_encoder
 from explainers.model_config import ModelConfig
 from explainers.model_io import build_model

@@ -142,6 +142,6 @@ def help_text() -> str:
 
 def _load() -> Any:
     """Import the modules that register the built-in methods (they import this one)."""
-    from explainers import cams, guided, occlusion
+    from explainers.methods import cams, guided, occlusion
 
     return cams, guided, occlusion

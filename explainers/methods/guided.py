@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from explainers.cams import upsample
-from explainers.methods import MapMethod, register_method
+from explainers.methods.cams import upsample
+from explainers.methods.registry import MapMethod, register_method
 
 if TYPE_CHECKING:
     from explainers.engine import Chunk

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from explainers.methods import MapMethod, register_method
+from explainers.methods.registry import MapMethod, register_method
 
 if TYPE_CHECKING:
     from explainers.engine import Chunk

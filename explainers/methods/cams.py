@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from explainers.errors import ModelError
-from explainers.methods import MapMethod, register_method
+from explainers.methods.registry import MapMethod, register_method
 
 if TYPE_CHECKING:
     from explainers.engine import BagExplainer, Chunk

@@ -40,8 +40,8 @@ import reports.audit
 import reports.html  # noqa: F401
 import tiling.stitch
 import tiling.tile  # noqa: F401
-from explainers.model_config import ModelConfig
-from explainers.model_io import build_model, save_model
+from explainers.models.config import ModelConfig
+from explainers.models.io import build_model, save_model
 from pipeline.config import PipelineConfig
 from pipeline.runner import at_model_footprint
 from pipeline.stages import STAGES, Context

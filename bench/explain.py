@@ -33,9 +33,9 @@ from torch import nn
 from explainers.config import ExplainConfig
 from explainers.engine import BagExplainer, frozen, instance_target, slide_target
 from explainers.explain import explain_store, resolve_device
-from explainers.model_config import ModelConfig
-from explainers.model_io import build_model, load_model, save_model
-from explainers.patches import PatchReader
+from explainers.models.config import ModelConfig
+from explainers.models.inputs import PatchReader
+from explainers.models.io import build_model, load_model, save_model
 from tiling.config import TileConfig
 from tiling.samples.archives import write_sample_archive
 from tiling.store import EXPLAIN, open_patch_store

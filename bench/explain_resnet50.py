@@ -20,8 +20,8 @@ import torch
 from explain import best_times, captum, explain, floor  # bench/explain.py, beside this script
 
 from explainers.explain import resolve_device
-from explainers.model_import import encoder_config
-from explainers.model_io import build_model
+from explainers.models.checkpoints import encoder_config
+from explainers.models.io import build_model
 
 
 def main() -> None:

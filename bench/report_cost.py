@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from explainers.model_config import ModelConfig
-from explainers.model_io import build_model, save_model
+from explainers.models.config import ModelConfig
+from explainers.models.io import build_model, save_model
 from pipeline.config import PipelineConfig
 from pipeline.runner import at_model_footprint
 from pipeline.stages import STAGES, Context

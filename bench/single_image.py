@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from explainers.model_config import ModelConfig
-from explainers.model_io import build_model
+from explainers.models.config import ModelConfig
+from explainers.models.io import build_model
 from explainers.single_image import RegionConfig, explain_region
 from tiling.slide import open_slide
 

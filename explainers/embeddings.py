@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from explainers.engine import bf16_autocast, frozen
-from explainers.mil import MILModel
-from explainers.model_config import ModelConfig
-from explainers.patches import PatchReader
+from explainers.models.config import ModelConfig
+from explainers.models.inputs import PatchReader
+from explainers.models.mil import MILModel
 from tiling.store import EXPLAIN, PATCHES, config_hash, read_stamp
 from tiling.store.explain import EMBEDDINGS, read_embeddings, write_embeddings
 

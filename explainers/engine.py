@@ -34,7 +34,7 @@ from torch import nn
 
 from explainers.errors import ModelError
 from explainers.methods.registry import METHODS, MapMethod, parse_methods
-from explainers.mil import MILModel, split_encoder
+from explainers.models.mil import MILModel, split_encoder
 
 RAM_LIMIT = 1 << 30  # bytes of kept activations held in RAM; a larger bag spills to a mapped file
 

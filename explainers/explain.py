@@ -16,11 +16,11 @@ from explainers.embeddings import encoder_stamp, kept_embeddings
 from explainers.engine import BAG_TARGETS, BagExplainer, frozen
 from explainers.errors import ModelError
 from explainers.methods.registry import parse_methods
-from explainers.mil import MILModel
-from explainers.model_config import read_config
-from explainers.model_io import load_model
-from explainers.model_io import model_sha256 as weights_sha256
-from explainers.patches import PatchReader
+from explainers.models.config import read_config
+from explainers.models.inputs import PatchReader
+from explainers.models.io import load_model
+from explainers.models.io import model_sha256 as weights_sha256
+from explainers.models.mil import MILModel
 from tiling.errors import StoreError
 from tiling.store import EXPLAIN, PATCHES, atomic_path, chained_stamp, is_current, open_patch_store
 from tiling.store.explain import ExplainWriter

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from explainers.config import FaithfulnessConfig
-from explainers.mil import MILModel
+from explainers.models.mil import MILModel
 
 
 def patch_scores(maps: np.ndarray) -> np.ndarray:

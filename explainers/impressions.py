@@ -39,10 +39,10 @@ from tqdm import tqdm
 from explainers.config import ImpressionConfig, Transform
 from explainers.engine import frozen
 from explainers.errors import ModelError
-from explainers.mil import MILModel
-from explainers.model_config import ModelConfig
-from explainers.model_io import load_model
-from explainers.model_io import model_sha256 as weights_sha256
+from explainers.models.config import ModelConfig
+from explainers.models.io import load_model
+from explainers.models.io import model_sha256 as weights_sha256
+from explainers.models.mil import MILModel
 from tiling.store import atomic_path, config_hash, is_current
 
 log = logging.getLogger(__name__)

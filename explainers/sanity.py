@@ -28,9 +28,9 @@ from torch import nn
 
 from explainers.config import SanityConfig
 from explainers.engine import BAG_TARGETS, BagExplainer, frozen
-from explainers.mil import MILModel
-from explainers.model_config import ModelConfig
-from explainers.patches import check_fits, normalise, resize
+from explainers.models.config import ModelConfig
+from explainers.models.inputs import check_fits, normalise, resize
+from explainers.models.mil import MILModel
 from tiling.store import PatchStore
 
 ATTENTION = "attention"

@@ -30,9 +30,9 @@ from explainers.errors import ImageError, ImageTooLarge
 from explainers.explain import resolve_device
 from explainers.feature_views import activation_views
 from explainers.methods.registry import parse_methods
-from explainers.mil import MILModel
-from explainers.model_config import ModelConfig
-from explainers.patches import normalise, resize
+from explainers.models.config import ModelConfig
+from explainers.models.inputs import normalise, resize
+from explainers.models.mil import MILModel
 from tiling.slide import resize_rgb, rgba_on_white
 from tiling.stitch import PatchGrid
 

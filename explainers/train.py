@@ -21,10 +21,10 @@ from tqdm import tqdm
 
 from explainers.config import DEVICES
 from explainers.explain import resolve_device
-from explainers.mil import MILModel
-from explainers.model_config import ModelConfig
-from explainers.model_io import build_model, save_model
-from explainers.patches import check_fits, normalise, resize
+from explainers.models.config import ModelConfig
+from explainers.models.inputs import check_fits, normalise, resize
+from explainers.models.io import build_model, save_model
+from explainers.models.mil import MILModel
 from tiling.archive import SlideRecord, read_archive
 from tiling.config import TileConfig
 from tiling.errors import ArchiveError, require

@@ -19,14 +19,14 @@ import torch
 from tqdm import tqdm
 
 from explainers.embeddings import slide_embeddings
-from explainers.encoders import encoder_spec
 from explainers.explain import resolve_device
-from explainers.mil import MILModel
-from explainers.model_import import encoder_config
-from explainers.model_io import build_model, save_model
-from explainers.patches import FOOTPRINT_TOLERANCE, PatchReader
+from explainers.models.checkpoints import encoder_config
+from explainers.models.encoders import encoder_spec
+from explainers.models.inputs import FOOTPRINT_TOLERANCE, PatchReader
+from explainers.models.io import build_model, save_model
+from explainers.models.mil import MILModel
+from explainers.models.weights import load_encoder_weights
 from explainers.train import TrainConfig, bag_loss, class_target, labelled_records, mean_scores, slide_score
-from explainers.weights import load_encoder_weights
 from tiling.errors import ArchiveError
 from tiling.store import open_patch_store
 from tiling.tile import tile_slide

@@ -79,12 +79,12 @@ def methods(default: str | None, help: str) -> Callable[[F], F]:
 
 
 def encoder(required: bool, help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """--encoder NAME, a registered encoder (`explainers.encoders`)."""
+    """--encoder NAME, a registered encoder (`explainers.models.encoders`)."""
     return click.option("--encoder", required=required, default=None, metavar="NAME", help=help)
 
 
 def encoder_weights(required: bool, note: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """--encoder-weights FILE, read by `explainers.weights` (never unpickled)."""
+    """--encoder-weights FILE, read by `explainers.models.weights` (never unpickled)."""
     return click.option("--encoder-weights", required=required, default=None,
                         type=click.Path(exists=True, dir_okay=False, path_type=Path),
                         help="The frozen encoder's weights: torchvision layout (ResNet) or timm layout (ViT), "

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from explainers.methods.registry import parse_methods
-from explainers.model_io import load_model
+from explainers.models.io import load_model
 from pipeline.config import PipelineConfig
 from tiling.annotations import read_classified
 from tiling.archive import SlideRecord

@@ -25,7 +25,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from explainers.config import SanityConfig
-from explainers.model_config import ModelConfig, read_config, weights_path
+from explainers.models.config import ModelConfig, read_config, weights_path
 from pipeline.cache import Ledger, cached_sha256
 from pipeline.config import PipelineConfig
 from pipeline.errors import EXIT_OK, EXIT_SLIDES_FAILED, EXIT_THRESHOLDS, OutLocked

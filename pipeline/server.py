@@ -38,8 +38,8 @@ from explainers.engine import BagExplainer
 from explainers.errors import ImageError, ImageTooLarge, ModelError
 from explainers.feature_views import filter_grid
 from explainers.methods.registry import method, method_names
-from explainers.mil import MILModel
-from explainers.model_io import load_model, model_sha256
+from explainers.models.io import load_model, model_sha256
+from explainers.models.mil import MILModel
 from explainers.single_image import TOP5, RegionConfig, RegionExplanation, explain_region, read_image
 from pipeline.errors import FormProblem, UploadTooLarge
 from pipeline.viewer import viewer_routes

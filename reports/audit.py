@@ -20,8 +20,8 @@ import torch
 from explainers.config import FaithfulnessConfig, SanityConfig
 from explainers.explain import CPU_BATCH, resolve_device
 from explainers.faithfulness import faithfulness, patch_scores
-from explainers.mil import MILModel
-from explainers.model_io import load_model
+from explainers.models.io import load_model
+from explainers.models.mil import MILModel
 from explainers.sanity import randomisation, sample_reader
 from reports import metrics as M
 from reports.agreement import agreement

@@ -21,7 +21,7 @@ from skimage.transform import resize
 
 from explainers.feature_views import filter_grid
 from explainers.methods.registry import method
-from explainers.model_io import load_model, model_sha256
+from explainers.models.io import load_model, model_sha256
 from explainers.single_image import RegionConfig, RegionExplanation, explain_region, read_image
 from reports.figures import colourise, display_shape, overlay, png_data_uri
 from reports.html import environment

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from explainers.model_config import ModelConfig
-from explainers.model_io import build_model, save_model
+from explainers.models.config import ModelConfig
+from explainers.models.io import build_model, save_model
 from tiling.config import TileConfig
 from tiling.store import config_hash
 from tiling.tile import tile_slide

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from explainers.encoders import embedding_dim
-from explainers.model_io import load_model
+from explainers.models.encoders import embedding_dim
+from explainers.models.io import load_model
 from reports import metrics as M
 from reports.artefact_focus import focus_record, top_patches
 from reports.audit import score_map, without_artefacts

@@ -15,7 +15,7 @@ from torch import nn
 from conftest import SMALL
 from explainers.config import ExplainConfig
 from explainers.explain import explain_store
-from explainers.model_io import build_model, load_model, save_model
+from explainers.models.io import build_model, load_model, save_model
 from tiling.store.explain import FORMAT_VERSION
 
 ATTENTION_ONLY = ExplainConfig(methods=(), batch=16, device="cpu")

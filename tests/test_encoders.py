@@ -7,19 +7,19 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from explainers.encoders import (
+from explainers.errors import ModelError
+from explainers.models.config import ModelConfig
+from explainers.models.encoders import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     build_encoder,
     embedding_dim,
     encoder_spec,
 )
-from explainers.errors import ModelError
-from explainers.mil import split_encoder
-from explainers.model_config import ModelConfig
-from explainers.model_io import build_model
-from explainers.vit import from_timm, timm_kwargs, to_timm
-from explainers.weights import load_encoder_weights, read_state_dict
+from explainers.models.io import build_model
+from explainers.models.mil import split_encoder
+from explainers.models.vit import from_timm, timm_kwargs, to_timm
+from explainers.models.weights import load_encoder_weights, read_state_dict
 
 RESNET50_BLOCKS = (3, 4, 6, 3)
 TINY = {"dim": 32, "depth": 2, "heads": 2, "img_size": 32}

@@ -19,9 +19,9 @@ from explainers.config import ExplainConfig
 from explainers.errors import ModelError
 from explainers.explain import explain_store, resolve_device
 from explainers.methods.registry import method_names
-from explainers.model_config import ModelConfig
-from explainers.model_io import build_model, load_model, model_sha256, save_model
-from explainers.patches import normalise, resize
+from explainers.models.config import ModelConfig
+from explainers.models.inputs import normalise, resize
+from explainers.models.io import build_model, load_model, model_sha256, save_model
 from explainers.train import TrainConfig, class_target, train
 from pipeline.cli import main
 from tiling.errors import ArchiveError, ConfigError, StoreError
@@ -85,7 +85,7 @@ def test_a_given_model_sha256_is_used_and_the_weights_are_not_hashed(slide_dir, 
     def no_hashing(path, *args, **kwargs):
         raise AssertionError(f"{path} hashed again")
 
-    monkeypatch.setattr("explainers.model_io.file_sha256", no_hashing)
+    monkeypatch.setattr("explainers.models.io.file_sha256", no_hashing)
     out = explain_store(slide_dir, model_dir, ExplainConfig(), model_sha256=sha)
     assert zarr.open_group(out, mode="r").attrs["model"]["sha256"] == sha
     first = mtime(slide_dir)

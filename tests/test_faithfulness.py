@@ -12,7 +12,7 @@ from conftest import manifest_rows
 from explainers.config import ExplainConfig, FaithfulnessConfig
 from explainers.explain import explain_store
 from explainers.faithfulness import Faithfulness, area, faithfulness, patch_scores
-from explainers.mil import AttentionMIL
+from explainers.models.mil import AttentionMIL
 from reports.audit import audit_slide
 from reports.config import AuditConfig
 from reports.html import render_slide_report

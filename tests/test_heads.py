@@ -8,7 +8,7 @@ from torch import nn
 
 from explainers.engine import BagExplainer, slide_target
 from explainers.errors import ModelError
-from explainers.heads import HEADS, n_classes_of
+from explainers.models.heads import HEADS, n_classes_of
 from mil_checkpoints import D, abmil_checkpoint, abmil_reference, clam_checkpoint, clam_reference
 
 N = 9

@@ -12,8 +12,8 @@ from explainers.config import ImpressionConfig
 from explainers.errors import ModelError
 from explainers.feature_views import activation_views, filter_grid, first_conv
 from explainers.impressions import INDEX, class_impression, patch_logits, render_impressions, total_variation
-from explainers.model_config import ModelConfig
-from explainers.model_io import build_model, save_model
+from explainers.models.config import ModelConfig
+from explainers.models.io import build_model, save_model
 
 CLASSES = ["eosin", "haematoxylin", "ink"]
 COLOURS = np.array([[0.93, 0.55, 0.75], [0.45, 0.25, 0.60], [0.20, 0.35, 0.85]], np.float32)

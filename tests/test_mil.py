@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from explainers.encoders import build_encoder
 from explainers.errors import ModelError
-from explainers.mil import AttentionMIL, GatedAttention, split_encoder
+from explainers.models.encoders import build_encoder
+from explainers.models.mil import AttentionMIL, GatedAttention, split_encoder
 
 
 @pytest.fixture

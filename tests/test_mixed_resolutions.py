@@ -10,7 +10,7 @@ import tifffile
 import zarr
 
 from conftest import manifest_rows
-from explainers.model_config import read_config
+from explainers.models.config import read_config
 from pipeline.config import load_config
 from pipeline.runner import run_archive
 from tiling.samples.archives import write_sample_archive

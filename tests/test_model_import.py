@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 from conftest import manifest_rows
-from explainers.encoders import build_encoder
-from explainers.model_io import load_model
+from explainers.models.encoders import build_encoder
+from explainers.models.io import load_model
 from mil_checkpoints import abmil_checkpoint, clam_checkpoint, clam_reference
 from pipeline.cli import main
 from tiling.samples.archives import write_sample_archive

@@ -7,11 +7,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from explainers.encoders import ENCODERS, register_encoder
 from explainers.engine import BagExplainer, frozen, slide_target
 from explainers.errors import ModelError
-from explainers.model_config import ModelConfig
-from explainers.model_io import build_model, load_model, model_sha256, save_model
+from explainers.models.config import ModelConfig
+from explainers.models.encoders import ENCODERS, register_encoder
+from explainers.models.io import build_model, load_model, model_sha256, save_model
 
 CONFIG = ModelConfig(name="tiny", encoder_kwargs={"width": 4}, patch=32, seed=5, metrics={"train_loss": 0.1})
 

@@ -26,8 +26,8 @@ import zarr
 from click.testing import CliRunner
 
 from conftest import manifest_rows
-from explainers.model_config import ModelConfig, read_config
-from explainers.model_io import build_model, save_model
+from explainers.models.config import ModelConfig, read_config
+from explainers.models.io import build_model, save_model
 from pipeline.cli import main
 from pipeline.config import PipelineConfig, load_config
 from pipeline.runner import RunResult, at_model_footprint, run_archive

@@ -15,8 +15,8 @@ from explainers.engine import BagExplainer
 from explainers.errors import ModelError
 from explainers.methods.cams import CAM
 from explainers.methods.registry import METHODS, method, method_names, parse_methods, register_method
-from explainers.model_config import ModelConfig
-from explainers.model_io import build_model, save_model
+from explainers.models.config import ModelConfig
+from explainers.models.io import build_model, save_model
 from pipeline.cli import main
 from reports.audit import audit_slide
 from reports.config import AuditConfig

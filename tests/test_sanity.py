@@ -10,7 +10,7 @@ import torch
 from conftest import SMALL, manifest_rows
 from explainers.config import ExplainConfig, SanityConfig
 from explainers.explain import explain_store
-from explainers.model_io import build_model, load_model
+from explainers.models.io import build_model, load_model
 from explainers.sanity import bag_maps, layers, rank_correlation, reinitialise, sample_reader
 from reports.audit import audit_slide
 from reports.config import AuditConfig

@@ -11,8 +11,8 @@ from playwright.sync_api import Page, sync_playwright
 from serve_process import CHROMIUM_ARGS, chromium, serving
 
 from conftest import shared_file
-from explainers.model_config import ModelConfig
-from explainers.model_io import build_model, save_model
+from explainers.models.config import ModelConfig
+from explainers.models.io import build_model, save_model
 from tiling.slide import open_slide
 
 pytestmark = pytest.mark.browser

@@ -17,8 +17,8 @@ from torch import nn
 from conftest import shared_file
 from explainers.errors import ImageError, ImageTooLarge
 from explainers.methods.cams import upsample
-from explainers.model_config import ModelConfig
-from explainers.model_io import build_model, save_model
+from explainers.models.config import ModelConfig
+from explainers.models.io import build_model, save_model
 from explainers.single_image import RegionConfig, explain_region, read_image, tile_starts
 from oracles import ImageExplainer
 from pipeline.cli import main

@@ -11,9 +11,9 @@ from explainers.errors import ModelError
 from explainers.explain import CPU_BATCH, MAX_BATCH, batch_size, fit_batch
 from explainers.methods.guided import guided_relus, saliency
 from explainers.methods.registry import method, method_names
-from explainers.mil import split_encoder
-from explainers.model_config import ModelConfig
-from explainers.model_io import build_model
+from explainers.models.config import ModelConfig
+from explainers.models.io import build_model
+from explainers.models.mil import split_encoder
 from oracles import ImageExplainer, capture
 from tiling.errors import ConfigError
 

@@ -13,7 +13,7 @@ import zarr
 from conftest import manifest_rows
 from explainers.config import ExplainConfig
 from explainers.explain import explain_store
-from explainers.model_io import load_model
+from explainers.models.io import load_model
 from explainers.train import TrainConfig, train
 from reports.metrics import pixel_auroc
 from tiling.annotations import rasterize_lesions, read_annotations

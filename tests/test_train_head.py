@@ -10,8 +10,8 @@ from test_embeddings import conv_calls
 from test_explain_store import SMALL, write_rows
 
 from conftest import manifest_rows
-from explainers.model_config import ModelConfig
-from explainers.model_io import build_model, load_model
+from explainers.models.config import ModelConfig
+from explainers.models.io import build_model, load_model
 from explainers.train import TrainConfig
 from explainers.train_head import train_head
 from pipeline.cli import main

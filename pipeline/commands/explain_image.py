@@ -29,7 +29,7 @@ def explain_image(image: Path, model_dir: Path, targets: tuple[str, ...], method
     import json
 
     from explainers.errors import ImageError
-    from explainers.model_config import read_config
+    from explainers.models.config import read_config
     from explainers.single_image import DEFAULT_METHODS, RegionConfig, check_targets
     from reports.html import percent
     from reports.image_page import RESULT, write_image_report

@@ -24,8 +24,8 @@ def import_model(checkpoint: Path, mil: str, encoder: str, encoder_weights: Path
                  model_dir: Path, name: str | None) -> None:
     """Import CHECKPOINT (a CLAM or ABMIL head's state dict) on its encoder into a model folder
     that every command then uses (`--model`). Nothing is downloaded or unpickled."""
-    from explainers.model_config import read_config
-    from explainers.model_import import import_model as write_model
+    from explainers.models.checkpoints import import_model as write_model
+    from explainers.models.config import read_config
 
     names = [c.strip() for c in classes.split(",") if c.strip()]
     path = write_model(mil, checkpoint, encoder, encoder_weights, names, model_dir, name)

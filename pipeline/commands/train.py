@@ -30,7 +30,7 @@ def train(manifest: Path, model_dir: Path, epochs: int | None, seed: int, stores
           encoder: str | None, encoder_weights: Path | None, head: str, classes: str | None, device: str) -> None:
     """Train on the labelled slides of MANIFEST (CSV: slide_id, path, label: a class name or index of
     the model; slides with an empty label are left out) from slide-level labels."""
-    from explainers.model_config import ModelConfig, read_config
+    from explainers.models.config import ModelConfig, read_config
     from explainers.train import TrainConfig
     from explainers.train import train as train_model
     from explainers.train_head import train_head

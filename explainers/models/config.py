@@ -1,7 +1,7 @@
 """A model folder's `config.json` (the architecture and what the model expects) and its weights file.
 
 Read without torch (a rerun with nothing to do needs the model's resolution and classes, not the
-model); `explainers.model_io` builds, saves and loads the model itself.
+model); `explainers.models.io` builds, saves and loads the model itself.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ class ModelConfig:
     """What a model is and what it expects.
 
     mil names the head: "amil" (ours, `attention_hidden` units) or one read from a checkpoint
-    (`explainers.heads.HEADS`: clam_sb, clam_mb, abmil) with its `mil_kwargs`, checked when the
-    model is built (`explainers.model_io.build_model`).
+    (`explainers.models.heads.HEADS`: clam_sb, clam_mb, abmil) with its `mil_kwargs`, checked when the
+    model is built (`explainers.models.io.build_model`).
     The model reads `patch` x `patch` RGB patches at `mpp` µm/px (footprint patch*mpp µm),
     scaled to [0, 1] then normalised per channel as (x - mean) / std. The default reads the
     pipeline's 224-px patches at 1 µm/px reduced to 64 px (3.5 µm/px, the same 224 µm

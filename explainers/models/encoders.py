@@ -10,7 +10,7 @@ explain stage keeps the target layer's activations and re-runs only the stages a
 Encoders for published weights (`resnet50`, `resnet50_trunc`, `vit_small_patch16`,
 `vit_base_patch16`, `vit_large_patch16`) also declare what they expect (`encoder_spec`): the
 input's µm/px and size, its normalisation, the embedding width, the default target layer and the
-layout of their weight files (`explainers.weights.load_encoder_weights`).
+layout of their weight files (`explainers.models.weights.load_encoder_weights`).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from explainers.errors import ModelError
-from explainers.vit import vision_transformer
+from explainers.models.vit import vision_transformer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -73,7 +73,7 @@ def build_encoder(name: str, **kwargs) -> nn.Sequential:
     """Build the registered encoder `name` with `kwargs`; ModelError when unknown or malformed."""
     if name not in ENCODERS:
         raise ModelError(f"unknown encoder {name!r}; registered: {sorted(ENCODERS)} "
-                         "(register your own with explainers.encoders.register_encoder)")
+                         "(register your own with explainers.models.encoders.register_encoder)")
     try:
         encoder = ENCODERS[name](**kwargs)
     except (TypeError, ValueError) as exc:
@@ -164,7 +164,7 @@ def _vit_spec(variant: str, **kwargs) -> EncoderSpec:
 def _register_vit(variant: str) -> None:
     def factory(**kwargs) -> nn.Sequential:
         return vision_transformer(**{**VIT_VARIANTS[variant], **kwargs})
-    factory.__doc__ = (f"{variant}: explainers.vit.vision_transformer with {VIT_VARIANTS[variant]}; "
+    factory.__doc__ = (f"{variant}: explainers.models.vit.vision_transformer with {VIT_VARIANTS[variant]}; "
                        "kwargs override them (registers, layer_scale, no_embed_class, img_size, ...).")
     register_encoder(variant, factory, spec=lambda **kwargs: _vit_spec(variant, **kwargs))
 

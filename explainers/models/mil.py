@@ -10,7 +10,7 @@ Every head here is four maps (`MILModel`), so the explain engine treats them all
     instance logits = classify(z_k) alone   (N, C)    what one patch says on its own
 
 s_k and z_k depend on h_k only. `AttentionMIL` (ours): z = h, one gated branch, a linear
-classifier. CLAM and ABMIL heads read from their checkpoints are in `explainers.heads`.
+classifier. CLAM and ABMIL heads read from their checkpoints are in `explainers.models.heads`.
 """
 from __future__ import annotations
 

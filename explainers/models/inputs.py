@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from explainers.errors import ModelError
-from explainers.model_config import ModelConfig
+from explainers.models.config import ModelConfig
 from tiling.store import PatchStore
 
 FOOTPRINT_TOLERANCE = 0.02  # relative

@@ -1,7 +1,7 @@
 """MIL heads as their authors' training code builds and saves them, read from their checkpoints.
 
 Module names equal the checkpoints' keys, so a state dict loads one to one (under `encoder.` for
-the encoder). Each head is the four maps of `explainers.mil.MILModel`:
+the encoder). Each head is the four maps of `explainers.models.mil.MILModel`:
 
 CLAM (Lu et al. 2021), sizes small [D, 512, 256] and big [D, 512, 384]:
     z = ReLU(W_fc h + b)                                 attention_net.0 (+ ReLU, Dropout)
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from explainers.errors import ModelError
-from explainers.mil import MILModel
+from explainers.models.mil import MILModel
 
 CLAM_SIZES = {"small": (512, 256), "big": (512, 384)}
 

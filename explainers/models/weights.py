@@ -9,7 +9,7 @@ and drops the classifier:
     "torchvision"  ResNet keys are already ours (conv1, bn1, layer1.0.conv1, layerN.0.downsample.0/1,
                    ...); `fc.*` is dropped, and so are the stages a truncated encoder lacks (`layer4.*`)
     "timm"         ViT keys: `cls_token`, `reg_token`, `pos_embed`, `patch_embed.*` gain `embed.`
-                   (explainers.vit.from_timm); `head.*` is dropped
+                   (explainers.models.vit.from_timm); `head.*` is dropped
 
 Any key left missing, unexpected or of another shape is a ModelError naming the file.
 """
@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from explainers.errors import ModelError
-from explainers.vit import from_timm
+from explainers.models.vit import from_timm
 
 log = logging.getLogger(__name__)
 

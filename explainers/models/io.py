@@ -1,4 +1,4 @@
-"""A model on disk, built, saved and loaded: `config.json` (`explainers.model_config`) plus its weights.
+"""A model on disk, built, saved and loaded: `config.json` (`explainers.models.config`) plus its weights.
 
 Weights are read from the first of `model.safetensors` or `model.pt` (a state dict of tensors,
 read with `torch.load(weights_only=True)`). TorchScript archives are not read: loading one runs
@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from explainers.encoders import build_encoder, embedding_dim
 from explainers.errors import ModelError
-from explainers.heads import HEADS as MIL_HEADS
-from explainers.mil import AttentionMIL, MILModel, split_encoder
-from explainers.model_config import CONFIG, WEIGHT_FILES, ModelConfig, read_config, weights_path
-from explainers.weights import read_state_dict
+from explainers.models.config import CONFIG, WEIGHT_FILES, ModelConfig, read_config, weights_path
+from explainers.models.encoders import build_encoder, embedding_dim
+from explainers.models.heads import HEADS as MIL_HEADS
+from explainers.models.mil import AttentionMIL, MILModel, split_encoder
+from explainers.models.weights import read_state_dict
 from tiling.store import atomic_path, file_sha256
 
 log = logging.getLogger(__name__)

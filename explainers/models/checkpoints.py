@@ -5,9 +5,9 @@
 
 The head checkpoint is read as its training code saved it (a state dict; `module.` from
 DataParallel and CLAM's `instance_loss_fn.*` entries dropped), the architecture read off its keys
-and shapes (`explainers.heads`), the encoder built from its spec (µm/px, patch size,
-normalisation, target layer: `explainers.encoders.encoder_spec`) and its weights file
-(`explainers.weights`). The folder then holds model.safetensors + config.json like a trained one.
+and shapes (`explainers.models.heads`), the encoder built from its spec (µm/px, patch size,
+normalisation, target layer: `explainers.models.encoders.encoder_spec`) and its weights file
+(`explainers.models.weights`). The folder then holds model.safetensors + config.json like a trained one.
 """
 from __future__ import annotations
 
@@ -16,19 +16,19 @@ from typing import Any
 
 import torch
 
-from explainers.encoders import SPECS, encoder_spec
 from explainers.errors import ModelError
-from explainers.heads import HEADS, n_classes_of
-from explainers.model_config import ModelConfig
-from explainers.model_io import build_model, save_model
-from explainers.vit import timm_kwargs
-from explainers.weights import check_keys, load_encoder_weights, read_state_dict, strip_prefixes
+from explainers.models.config import ModelConfig
+from explainers.models.encoders import SPECS, encoder_spec
+from explainers.models.heads import HEADS, n_classes_of
+from explainers.models.io import build_model, save_model
+from explainers.models.vit import timm_kwargs
+from explainers.models.weights import check_keys, load_encoder_weights, read_state_dict, strip_prefixes
 
 FORMATS = tuple(HEADS)
 
 
 def read_head(path: Path, mil: str) -> dict[str, torch.Tensor]:
-    """The head's state dict from its checkpoint, in the keys of `explainers.heads`."""
+    """The head's state dict from its checkpoint, in the keys of `explainers.models.heads`."""
     state = strip_prefixes(read_state_dict(path))
     return {k: v for k, v in state.items() if not k.startswith("instance_loss_fn")}
 

@@ -36,7 +36,7 @@ from tiling_throughput import run_archive, run_raw, run_tile_slide
 # `pipeline.stages` imports a stage's package when the stage first runs: imported here, so that a
 # stage timed in a fresh process leaves the imports out, as on a worker after its first slide
 import explainers.explain  # noqa: F401
-import reports.audit
+import reports.audit.stage
 import reports.html  # noqa: F401
 import tiling.stitch
 import tiling.tile  # noqa: F401

@@ -14,8 +14,8 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from reports import metrics as M
-from reports.agreement import agreement
+from reports.audit import metrics as M
+from reports.audit.agreement import agreement
 
 
 def best(fn, repeats: int) -> float:

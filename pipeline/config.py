@@ -25,8 +25,8 @@ from typing import Any
 import yaml
 
 from explainers.config import ExplainConfig, ImpressionConfig
-from reports.config import AuditConfig
-from reports.gate import check_fail_on
+from reports.audit.config import AuditConfig
+from reports.audit.gate import check_fail_on
 from tiling.config import StitchConfig, TileConfig
 from tiling.errors import ConfigError, require
 from tiling.store import config_hash, runtime
@@ -39,9 +39,9 @@ class RunSettings:
     workers: local Dask worker processes (ignored with `scheduler`);
     torch_threads: torch/OpenMP threads per worker (0 = cores // workers, at least 1);
     scheduler: address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (None = local);
-    fail_on: the CI gate (`reports.gate`): "review", "fail" or flag names; a slide of the run that
+    fail_on: the CI gate (`reports.audit.gate`): "review", "fail" or flag names; a slide of the run that
     meets one makes `run` exit 4 (empty = never);
-    group_by: manifest columns whose values split the index's subgroup rates (`reports.subgroups`).
+    group_by: manifest columns whose values split the index's subgroup rates (`reports.audit.subgroups`).
     dashboard: HOST:PORT of the local cluster's Dask dashboard (default: this machine only, any free port).
     """
 

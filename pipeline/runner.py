@@ -4,7 +4,7 @@ OUT/run.json (layout: tiling.store.records) records the run: archive, model (sha
 files), config and its hash, when it started and finished, and each slide's state ("pending"
 until the run ends, then "done", "failed" or "skipped"), per-stage "computed"/"current" and
 seconds, and the CI gate: fail_on and thresholds_met [{slide_id, verdict, verdict_reason, met}],
-the slides of this run that meet it (`reports.gate`). It is written when the run starts and again
+the slides of this run that meet it (`reports.audit.gate`). It is written when the run starts and again
 when it ends, so an interrupted run leaves "pending" slides and no "finished".
 The model's files are hashed once, here, for every stage. A run holds OUT/.lock (filelock)
 from start to end: a second run on the same OUT exits 2 (OutLocked) or, with `wait`, waits.
@@ -30,7 +30,7 @@ from pipeline.cache import Ledger, cached_sha256
 from pipeline.config import PipelineConfig
 from pipeline.errors import EXIT_OK, EXIT_SLIDES_FAILED, EXIT_THRESHOLDS, OutLocked
 from pipeline.stages import PREFLIGHT, STAGES, Context, SlideState, write_failure
-from reports.gate import gate_reasons
+from reports.audit.gate import gate_reasons
 from tiling.archive import SlideRecord, group_values, read_archive
 from tiling.errors import AuditError, ConfigError
 from tiling.store import AUDIT, INDEX, RUN_MANIFEST, slide_dir
@@ -102,7 +102,7 @@ def _read_model(model_dir: Path) -> ModelConfig:
 
 
 def gated_slides(out: Path, states: list[SlideState], criteria: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The slides of the run, audited without failure, that meet `criteria` (`reports.gate`):
+    """The slides of the run, audited without failure, that meet `criteria` (`reports.audit.gate`):
     [{slide_id, verdict, verdict_reason, met}]."""
     gated = []
     for state in states:

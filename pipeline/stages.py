@@ -95,7 +95,7 @@ def _stitch(rec: SlideRecord, ctx: Context) -> None:
 
 
 def _audit(rec: SlideRecord, ctx: Context) -> None:
-    from reports.audit import audit_slide
+    from reports.audit.stage import audit_slide
 
     audit_slide(slide_dir(ctx.out, rec.slide_id), rec.label, ctx.config.audit, ctx.model_dir,
                 sanity=rec.slide_id in ctx.sanity_slides)

@@ -1,6 +1,6 @@
 """Routes of the deep-zoom viewer that `slideaudit serve --reports OUT` adds.
 
-    GET /reports/slides/<id>/viewer/                                     the page (reports.viewer)
+    GET /reports/slides/<id>/viewer/                                     the page (reports.overlays)
     GET /reports/slides/<id>/viewer/slide_files/<level>/<col>_<row>.jpeg slide tiles (OpenSlide)
     GET /reports/slides/<id>/viewer/layers/<map>_files/<level>/<c>_<r>.png overlay tiles of maps.zarr
     GET /static/...                                                      OpenSeadragon, the viewer's JS/CSS
@@ -27,7 +27,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from reports.viewer import SlideView
+from reports.overlays import SlideView
 from tiling.archive import check_slide_id
 from tiling.errors import ArchiveError, AuditError
 from tiling.store import PATCHES, slide_dir

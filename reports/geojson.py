@@ -6,7 +6,7 @@ annotations use), one annotation per object, its class and colour in ``classific
     Peak: <method>       Point at each peak of the map (audit.json "peaks")
     Top patch            Polygon: the footprint square of each most attended patch
     Top 10%: <method>    MultiPolygon: the map's top TOP_FRACTION of tissue pixels (ties included,
-                         `reports.metrics.top_k_mask`); its outline passes half-way between the
+                         `reports.audit.metrics.top_k_mask`); its outline passes half-way between the
                          centres of pixels inside and outside, so a pixel-centre rasterisation
                          (tiling.annotations.rasterize_lesions) gives the region back exactly.
 """
@@ -21,7 +21,7 @@ import numpy as np
 from skimage.measure import find_contours, points_in_poly
 
 from explainers.methods.registry import title as method_title
-from reports.metrics import top_k_mask
+from reports.audit.metrics import top_k_mask
 from tiling.store import atomic_path, open_patch_store
 from tiling.store.maps import Maps
 

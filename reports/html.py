@@ -24,14 +24,14 @@ from skimage.transform import resize
 
 from explainers.methods.registry import title as method_title
 from reports import figures as F
-from reports.audit import is_negative
+from reports.audit.flags import SLIDE_VERDICTS, flag
+from reports.audit.registry import BASE_METRICS, LESION_HIT_RATE, metric
+from reports.audit.stage import is_negative
+from reports.audit.subgroups import SUBGROUPS_CSV, subgroup_table
+from reports.audit.validation import validate_audit_table
 from reports.crops import lesion_view, slide_crops
-from reports.flags import SLIDE_VERDICTS, flag
 from reports.geojson import FOCUS_GEOJSON, write_focus_geojson
-from reports.registry import BASE_METRICS, LESION_HIT_RATE, metric
-from reports.subgroups import SUBGROUPS_CSV, subgroup_table
 from reports.table import audit_table, method_flags, metric_columns, missing_metrics, scan
-from reports.validation import validate_audit_table
 from tiling.errors import StoreError
 from tiling.store import AUDIT, EXPLAIN, INDEX, REPORT, atomic_path, chained_stamp, file_sha256, open_patch_store
 from tiling.store.explain import open_explain_store
@@ -303,7 +303,7 @@ def render_index(out: Path, group_by: tuple[str, ...] = (),
     """Write ``out/index.html`` and ``out/audit.csv`` (atomic) from every slide's audit.json and
     failure.json; the table is checked by the ``audit.csv`` suite and failing slides marked. With
     `group_by` columns and each slide's `groups` values ({slide_id: {column: value}}), also the
-    subgroup rates (`reports.subgroups`) in the index and ``out/subgroups.csv``."""
+    subgroup rates (`reports.audit.subgroups`) in the index and ``out/subgroups.csv``."""
     out = Path(out)
     archive = scan(out)
     subgroups = None

@@ -9,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from reports.flags import flag
-from reports.registry import metric
+from reports.audit.flags import flag
+from reports.audit.registry import metric
 from tiling.errors import StoreError
 from tiling.store import AUDIT, FAILURE
 from tiling.store.records import VALIDATE, load_audit, load_failure
@@ -58,7 +58,7 @@ def scan(out: Path) -> Archive:
 
 def metric_columns(audits: list[dict[str, Any]]) -> list[str]:
     """Every metric name found in the audits, first-seen order; each must be registered
-    (`reports.registry.metric` raises RegistryError naming an unknown one)."""
+    (`reports.audit.registry.metric` raises RegistryError naming an unknown one)."""
     names: dict[str, None] = {}
     for audit in audits:
         for scores in audit.get("metrics", {}).values():

@@ -120,8 +120,8 @@ def build_archive(out: Path) -> dict[str, Path]:
     """An archive of three slides run through stitch, audit and report, then the index:
     "positive" (label tumor, one lesion), "evil" (slide id EVIL, negative, label normal) and
     "broken" (a failure.json from the tile stage)."""
-    from reports.audit import audit_slide
-    from reports.config import AuditConfig
+    from reports.audit.config import AuditConfig
+    from reports.audit.stage import audit_slide
     from reports.html import render_index, render_slide_report
     from tiling.config import StitchConfig
     from tiling.stitch import stitch_slide

@@ -9,12 +9,12 @@ import torch
 
 from explainers.models.encoders import embedding_dim
 from explainers.models.io import load_model
-from reports import metrics as M
-from reports.artefact_focus import focus_record, top_patches
-from reports.audit import score_map, without_artefacts
-from reports.config import AuditConfig
-from reports.flags import FlagInputs, raise_flags, slide_verdict
-from reports.registry import MapView
+from reports.audit import metrics as M
+from reports.audit.artefact_focus import focus_record, top_patches
+from reports.audit.config import AuditConfig
+from reports.audit.flags import FlagInputs, raise_flags, slide_verdict
+from reports.audit.registry import MapView
+from reports.audit.stage import score_map, without_artefacts
 from tiling.artefacts import PEN_INK, TISSUE_FOLD
 
 

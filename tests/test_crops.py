@@ -9,10 +9,10 @@ import numpy as np
 import zarr
 from markupsafe import escape  # as the report's templates escape
 
-from reports.config import AuditConfig
+from reports.audit.config import AuditConfig
+from reports.audit.registry import metric
 from reports.crops import window
 from reports.html import render_slide_report
-from reports.registry import metric
 from reports.table import metric_columns
 from tiling.samples.tiff import write_pyramid_tiff
 from tiling.store import MAPS, PATCHES

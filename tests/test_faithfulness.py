@@ -13,8 +13,8 @@ from explainers.config import ExplainConfig, FaithfulnessConfig
 from explainers.explain import explain_store
 from explainers.faithfulness import Faithfulness, area, faithfulness, patch_scores
 from explainers.models.mil import AttentionMIL
-from reports.audit import audit_slide
-from reports.config import AuditConfig
+from reports.audit.config import AuditConfig
+from reports.audit.stage import audit_slide
 from reports.html import render_slide_report
 from tiling.config import StitchConfig
 from tiling.errors import ConfigError

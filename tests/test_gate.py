@@ -12,7 +12,7 @@ from pipeline.config import load_config
 from pipeline.errors import EXIT_SLIDES_FAILED, EXIT_THRESHOLDS
 from pipeline.runner import RunResult, gated_slides
 from pipeline.stages import SlideState
-from reports.gate import check_fail_on, gate_reasons
+from reports.audit.gate import check_fail_on, gate_reasons
 from tiling.archive import SlideRecord
 from tiling.errors import ConfigError
 from tiling.store import slide_dir

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from explainers.methods.registry import title as method_title
+from reports.audit.metrics import top_k_mask
 from reports.geojson import FOCUS_GEOJSON, TOP_FRACTION, mask_polygons
-from reports.metrics import top_k_mask
 from tiling.annotations import Lesion, LesionRules, rasterize_lesions, read_classified
 from tiling.store import open_patch_store
 from tiling.store.maps import open_maps

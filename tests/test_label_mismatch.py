@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from fake_stores import make_slide_case
-from reports.audit import audit_slide, flags
-from reports.config import AuditConfig
-from reports.flags import FLAGS
+from reports.audit.config import AuditConfig
+from reports.audit.flags import FLAGS
+from reports.audit.stage import audit_slide, flags
 from reports.html import render_slide_report
 from tiling.config import StitchConfig
 from tiling.stitch import stitch_slide

@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reports import metrics as M
-from reports.agreement import agreement, rank_correlations, sample_mask
-from reports.audit import flags, metric_names, score_map, slide_prediction
-from reports.config import AuditConfig
+from reports.audit import metrics as M
+from reports.audit.agreement import agreement, rank_correlations, sample_mask
+from reports.audit.config import AuditConfig
+from reports.audit.registry import MapView
+from reports.audit.stage import flags, metric_names, score_map, slide_prediction
 from reports.errors import MetricError
-from reports.registry import MapView
 
 
 def row(*values: float) -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 
 from explainers.config import ExplainConfig
 from pipeline.config import ConfigError, PipelineConfig, RunSettings, load_config, parse_assignment
-from reports.config import AuditConfig
+from reports.audit.config import AuditConfig
 from tiling.config import StitchConfig, TileConfig
 from tiling.store import config_hash
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from reports.audit import flags, resolution
-from reports.config import AuditConfig
-from reports.flags import FLAGS
+from reports.audit.config import AuditConfig
+from reports.audit.flags import FLAGS
+from reports.audit.stage import flags, resolution
 from tiling.store.records import load_audit
 
 SLIDE = {"slide_mpp": 4.0, "mpp_source": "manifest", "level": 0, "level_mpp": 4.0, "mpp": 4.0, "patch_size": 56}

@@ -18,12 +18,12 @@ from explainers.methods.registry import METHODS, method, method_names, parse_met
 from explainers.models.config import ModelConfig
 from explainers.models.io import build_model, save_model
 from pipeline.cli import main
-from reports.audit import audit_slide
-from reports.config import AuditConfig
+from reports.audit.config import AuditConfig
+from reports.audit.flags import FLAGS, flag
+from reports.audit.registry import metric, metrics_for
+from reports.audit.stage import audit_slide
 from reports.errors import RegistryError
-from reports.flags import FLAGS, flag
 from reports.html import render_index, render_slide_report
-from reports.registry import metric, metrics_for
 from tiling.config import StitchConfig
 from tiling.errors import ConfigError
 from tiling.stitch import stitch_slide

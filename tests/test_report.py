@@ -17,10 +17,10 @@ from click.testing import CliRunner
 
 from fake_stores import EVIL, make_slide_case, real_slide
 from pipeline.cli import main
-from reports.audit import audit_slide
-from reports.config import AuditConfig
+from reports.audit.config import AuditConfig
+from reports.audit.registry import ARTEFACT_METRICS
+from reports.audit.stage import audit_slide
 from reports.html import percent, render_index, render_slide_report
-from reports.registry import ARTEFACT_METRICS
 from reports.table import scan
 from tiling.config import StitchConfig
 from tiling.errors import StoreError

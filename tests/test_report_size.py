@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from fake_stores import make_slide_case
-from reports.audit import audit_slide
-from reports.config import AuditConfig
+from reports.audit.config import AuditConfig
+from reports.audit.stage import audit_slide
 from reports.html import render_slide_report
 from tiling.config import StitchConfig
 from tiling.stitch import stitch_slide

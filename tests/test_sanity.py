@@ -12,8 +12,8 @@ from explainers.config import ExplainConfig, SanityConfig
 from explainers.explain import explain_store
 from explainers.models.io import build_model, load_model
 from explainers.sanity import bag_maps, layers, rank_correlation, reinitialise, sample_reader
-from reports.audit import audit_slide
-from reports.config import AuditConfig
+from reports.audit.config import AuditConfig
+from reports.audit.stage import audit_slide
 from reports.html import render_slide_report
 from tiling.config import StitchConfig
 from tiling.errors import ConfigError

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from reports.audit.subgroups import SUBGROUPS_CSV, subgroup_table
 from reports.html import render_index
-from reports.subgroups import SUBGROUPS_CSV, subgroup_table
 from tiling.archive import group_values, read_archive
 from tiling.errors import ArchiveError
 

@@ -15,7 +15,7 @@ from explainers.config import ExplainConfig
 from explainers.explain import explain_store
 from explainers.models.io import load_model
 from explainers.train import TrainConfig, train
-from reports.metrics import pixel_auroc
+from reports.audit.metrics import pixel_auroc
 from tiling.annotations import rasterize_lesions, read_annotations
 from tiling.config import TileConfig
 from tiling.samples.archives import write_sample_archive

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from reports.validation import map_stats, validate_attention, validate_audit_table, validate_coords, validate_maps
+from reports.audit.validation import map_stats, validate_attention, validate_audit_table, validate_coords, validate_maps
 
 
 def failed(result) -> dict[str, dict]:

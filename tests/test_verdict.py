@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reports.config import AuditConfig
+from reports.audit.config import AuditConfig
+from reports.audit.flags import FLAGS, Flag, FlagInputs, raise_flags, slide_verdict
 from reports.errors import RegistryError
-from reports.flags import FLAGS, Flag, FlagInputs, raise_flags, slide_verdict
 from tiling.store.records import load_audit
 
 

@@ -150,7 +150,7 @@ def test_a_moved_slide_file_is_named_in_the_answer(report_archive, tmp_path) -> 
 def test_an_artefact_label_in_the_maps_becomes_a_mask_layer(report_archive, tmp_path) -> None:
     import shutil
 
-    from reports.viewer import ARTEFACT_RGBA
+    from reports.overlays import ARTEFACT_RGBA
     from tiling.store.maps import ARTEFACTS, LABEL_RGBA, open_maps
     from tiling.store.ome import write_image
 

@@ -5,7 +5,7 @@ classes, prediction, head, target, target_class, map {downsample, pixel_um, shap
 metrics {method: {metric: {value, ...}}}, artefact_focus {method: {peaks, top_patches, summary,
 ...}}, agreement, top_patches, flags [{flag, verdict, severity, methods, message}], verdict (PASS,
 REVIEW or FAIL), verdict_reason, artefacts {keep_artefacts, left_out}, without_artefacts (the
-counterfactual, `reports.audit.without_artefacts`; null without the model), validation,
+counterfactual, `reports.audit.stage.without_artefacts`; null without the model), validation,
 provenance, stamp {config_hash, source_sha256}. Non-finite numbers are written as null.
 Version 2 added verdict, verdict_reason and each flag's verdict; version 3 the artefacts.
 

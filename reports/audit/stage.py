@@ -23,13 +23,13 @@ from explainers.faithfulness import faithfulness, patch_scores
 from explainers.models.io import load_model
 from explainers.models.mil import MILModel
 from explainers.sanity import randomisation, sample_reader
-from reports import metrics as M
-from reports.agreement import agreement
-from reports.artefact_focus import focus_record, top_patches
-from reports.config import AuditConfig
-from reports.flags import FlagInputs, raise_flags, slide_verdict
-from reports.registry import MapView, metrics_for
-from reports.validation import map_stats, validate_attention, validate_coords, validate_maps
+from reports.audit import metrics as M
+from reports.audit.agreement import agreement
+from reports.audit.artefact_focus import focus_record, top_patches
+from reports.audit.config import AuditConfig
+from reports.audit.flags import FlagInputs, raise_flags, slide_verdict
+from reports.audit.registry import MapView, metrics_for
+from reports.audit.validation import map_stats, validate_attention, validate_coords, validate_maps
 from tiling.artefacts import artefact_name
 from tiling.grid import footprint_fraction
 from tiling.store import AUDIT, EXPLAIN, MAPS, PatchStore, chained_stamp, is_current, open_patch_store
@@ -44,7 +44,7 @@ VERSIONED = ("slideaudit", "torch", "monai", "openslide-python", "openslide-bin"
 
 
 def metric_names(config: AuditConfig) -> list[str]:
-    """The per-method metric keys, in report order (`reports.registry.metrics_for`)."""
+    """The per-method metric keys, in report order (`reports.audit.registry.metrics_for`)."""
     return list(metrics_for(config))
 
 
@@ -106,7 +106,7 @@ def flags(label: int | None, prediction: int, scores: dict[str, dict], pairs: li
           suites: list[dict], config: AuditConfig, lesions_on_tissue: int = 0,
           unfaithful: list[str] | None = None, resolution: dict[str, Any] | None = None,
           artefact: dict[str, Any] | None = None, insensitive: list[str] | None = None) -> list[dict[str, Any]]:
-    """The slide's flags by the rules of `reports.flags.FLAGS`; each {"flag", "verdict",
+    """The slide's flags by the rules of `reports.audit.flags.FLAGS`; each {"flag", "verdict",
     "severity", "methods", "message"}."""
     return raise_flags(FlagInputs(label, prediction, scores, pairs, suites, config, lesions_on_tissue,
                                   unfaithful or [], resolution or {}, artefact, insensitive or []))

@@ -1,4 +1,4 @@
-"""The audit stage's settings (`reports.audit`), as the run config composes them (`pipeline.config`).
+"""The audit stage's settings (`reports.audit.stage`), as the run config composes them (`pipeline.config`).
 
 Kept apart from the stage so that reading a config imports neither torch nor great-expectations.
 """

@@ -2,7 +2,7 @@
 
 Artefact kinds are `tiling.artefacts.ARTEFACT_KINDS`: the map's `artefacts` labels for peaks,
 patches.zarr's per-patch `artefact_kind` for patches. The numbers themselves are metrics of the
-registry (`reports.registry`: artefact_mass, artefact_peak, artefact_peaks,
+registry (`reports.audit.registry`: artefact_mass, artefact_peak, artefact_peaks,
 artefact_top_patches); this module names the kinds for the report ("4 of 6 top patches on pen ink").
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reports.flags import FLAGS, SLIDE_VERDICTS
+from reports.audit.flags import FLAGS, SLIDE_VERDICTS
 from tiling.errors import ConfigError
 
 AT_LEAST = {"fail": SLIDE_VERDICTS[:1], "review": SLIDE_VERDICTS[:2]}  # verdicts that meet it

@@ -1,5 +1,5 @@
 """The registry of flags: one record each, with the rule that raises it and the verdict it makes
-of the slide; `audit.py` raises them, the reports, the index and the CI gate (`reports.gate`)
+of the slide; `audit.py` raises them, the reports, the index and the CI gate (`reports.audit.gate`)
 read their titles, meanings and verdicts from here. An unknown flag is an error.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from reports.errors import RegistryError
 
 if TYPE_CHECKING:
-    from reports.config import AuditConfig
+    from reports.audit.config import AuditConfig
 
 VERDICTS = ("fail", "review", "info")  # a raised flag's verdict, worst first
 SEVERITIES = {"fail": "error", "review": "warning", "info": "info"}
@@ -24,8 +24,8 @@ class FlagInputs:
     """What the flag rules read: the slide's label and prediction, each method's scores
     ({method: {metric: {"value", ...}}}), method agreement pairs, validation suites, config,
     the number of annotated lesions lying on tissue, the methods no better than random at
-    deletion (`explainers.faithfulness`), the slide's resolution record (`reports.audit.resolution`),
-    its prediction without the patches on artefacts (`reports.audit.without_artefacts`; None
+    deletion (`explainers.faithfulness`), the slide's resolution record (`reports.audit.stage.resolution`),
+    its prediction without the patches on artefacts (`reports.audit.stage.without_artefacts`; None
     without the model) and the methods whose maps survive the model's randomisation
     (`explainers.sanity`)."""
 

@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 from scipy.stats import rankdata
 
-from reports.metrics import iou, top_k_mask
+from reports.audit.metrics import iou, top_k_mask
 
 
 def rank_correlations(maps: dict[str, np.ndarray], valid: np.ndarray) -> np.ndarray:

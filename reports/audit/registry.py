@@ -1,5 +1,5 @@
 """The registry of metrics: one record each, everything else derived from them (the flags'
-registry is `reports.flags`).
+registry is `reports.audit.flags`).
 
 `audit.py` scores through it, `html.py` and the index take titles, glossary and the key and
 plotted columns from it, `table.py` takes audit.csv's columns and `validation.py` the ranges of
@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from reports import metrics as M
+from reports.audit import metrics as M
 from reports.errors import RegistryError
 from tiling.artefacts import PATCH_SHARE
 
 if TYPE_CHECKING:
-    from reports.config import AuditConfig
+    from reports.audit.config import AuditConfig
 
 SCOPES = ("method", "slide")
 

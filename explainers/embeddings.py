@@ -26,8 +26,8 @@ from explainers.engine import bf16_autocast, frozen
 from explainers.models.config import ModelConfig
 from explainers.models.inputs import PatchReader
 from explainers.models.mil import MILModel
-from tiling.store import EXPLAIN, PATCHES, config_hash, read_stamp
-from tiling.store.explain import EMBEDDINGS, read_embeddings, write_embeddings
+from tiling.store import EMBEDDINGS, EXPLAIN, PATCHES, config_hash, read_stamp
+from tiling.store.explain import read_embeddings, write_embeddings
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from explainers.models.config import ModelConfig
 from explainers.models.io import load_model
 from explainers.models.io import model_sha256 as weights_sha256
 from explainers.models.mil import MILModel
-from tiling.store import atomic_path, config_hash, is_current
+from tiling.store import IMPRESSIONS, atomic_path, config_hash, is_current
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def render_impressions(model_dir: Path, cache_dir: Path, cfg: ImpressionConfig =
     A rerun with the same model and settings reads it back instead of recomputing.
     model_sha256: the weights' sha256 when the caller has it; None hashes the file here.
     """
-    folder = Path(cache_dir) / "impressions"
+    folder = Path(cache_dir) / IMPRESSIONS
     sha = model_sha256 if model_sha256 is not None else weights_sha256(model_dir)
     stamp = {"config_hash": config_hash(cfg), "source_sha256": sha}
     if not is_current(folder / INDEX, **stamp):

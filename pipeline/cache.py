@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from tiling.archive import SlideRecord
-from tiling.store import AUDIT, EXPLAIN, MAPS, PATCHES, REPORT, atomic_path, file_sha256, slide_dir
+from tiling.store import AUDIT, CACHE, EXPLAIN, MAPS, PATCHES, REPORT, atomic_path, file_sha256, slide_dir
 
-CACHE = "cache"  # OUT/cache/
 LEDGER = "slides.json"
 OUTPUTS = (PATCHES, EXPLAIN, MAPS, AUDIT, REPORT)
 

@@ -33,11 +33,10 @@ from pipeline.stages import PREFLIGHT, STAGES, Context, SlideState, write_failur
 from reports.audit.gate import gate_reasons
 from tiling.archive import SlideRecord, group_values, read_archive
 from tiling.errors import AuditError, ConfigError
-from tiling.store import AUDIT, INDEX, RUN_MANIFEST, slide_dir
+from tiling.store import AUDIT, INDEX, LOCK, RUN_MANIFEST, slide_dir
 from tiling.store.records import load_audit, load_manifest, write_manifest
 
 log = logging.getLogger(__name__)
-LOCK = ".lock"  # OUT/.lock, held by the run writing OUT
 
 
 @dataclass

@@ -22,10 +22,9 @@ from skimage.measure import find_contours, points_in_poly
 
 from explainers.methods.registry import title as method_title
 from reports.audit.metrics import top_k_mask
-from tiling.store import atomic_path, open_patch_store
+from tiling.store import FOCUS_GEOJSON, atomic_path, open_patch_store
 from tiling.store.maps import Maps
 
-FOCUS_GEOJSON = "focus.geojson"
 TOP_FRACTION = 0.10
 TOP_PATCH, PEAK, TOP_REGION = "Top patch", "Peak: {}", "Top {:.0%}: {}"
 TOP_PATCH_RGB = [255, 255, 255]

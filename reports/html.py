@@ -27,13 +27,24 @@ from reports import figures as F
 from reports.audit.flags import SLIDE_VERDICTS, flag
 from reports.audit.registry import BASE_METRICS, LESION_HIT_RATE, metric
 from reports.audit.stage import is_negative
-from reports.audit.subgroups import SUBGROUPS_CSV, subgroup_table
+from reports.audit.subgroups import subgroup_table
 from reports.audit.validation import validate_audit_table
 from reports.crops import lesion_view, slide_crops
 from reports.geojson import FOCUS_GEOJSON, write_focus_geojson
 from reports.table import audit_table, method_flags, metric_columns, missing_metrics, scan
 from tiling.errors import StoreError
-from tiling.store import AUDIT, EXPLAIN, INDEX, REPORT, atomic_path, chained_stamp, file_sha256, open_patch_store
+from tiling.store import (
+    AUDIT,
+    AUDIT_CSV,
+    EXPLAIN,
+    INDEX,
+    REPORT,
+    SUBGROUPS_CSV,
+    atomic_path,
+    chained_stamp,
+    file_sha256,
+    open_patch_store,
+)
 from tiling.store.explain import open_explain_store
 from tiling.store.maps import THUMBNAIL, Maps, open_maps
 from tiling.store.records import load_audit
@@ -42,7 +53,6 @@ log = logging.getLogger(__name__)
 
 DISPLAY_SIDE = 1024  # px of the slide and map views (enlarged when the maps are smaller)
 ROW_THUMB = 96  # px of a slide's thumbnail in the index
-AUDIT_CSV = "audit.csv"
 KEY_METRICS = tuple(m.name for m in BASE_METRICS if m.key)
 PLOTTED = tuple(m.name for m in (*BASE_METRICS, LESION_HIT_RATE) if m.plotted)
 TONES = {"fail": "bad", "review": "warn", "info": "na", "pass": "ok"}  # verdict -> badge class

@@ -9,9 +9,9 @@ import numpy as np
 
 from explainers.methods.registry import title as method_title
 from reports.audit.metrics import top_k_mask
-from reports.geojson import FOCUS_GEOJSON, TOP_FRACTION, mask_polygons
+from reports.geojson import TOP_FRACTION, mask_polygons
 from tiling.annotations import Lesion, LesionRules, rasterize_lesions, read_classified
-from tiling.store import open_patch_store
+from tiling.store import FOCUS_GEOJSON, open_patch_store
 from tiling.store.maps import open_maps
 from tiling.store.records import load_audit
 

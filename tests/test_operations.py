@@ -29,10 +29,10 @@ from conftest import manifest_rows
 from pipeline.config import load_config
 from pipeline.errors import EXIT_SLIDES_FAILED, EXIT_USAGE, DiskFull, OutLocked
 from pipeline.progress import Progress
-from pipeline.runner import LOCK, locked, run_archive
+from pipeline.runner import locked, run_archive
 from pipeline.stages import STAGES, Context, SlideState, run_stage
 from tiling.archive import SlideRecord
-from tiling.store import FAILURE
+from tiling.store import FAILURE, LOCK
 
 SLIDEAUDIT = Path(sys.executable).parent / "slideaudit"
 CONFIG = "stitch: {max_side: 256}\nrun: {workers: 1}\nimpressions: {steps: 2}\nexplain: {methods: [gradcam]}\n"

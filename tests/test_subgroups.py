@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reports.audit.subgroups import SUBGROUPS_CSV, subgroup_table
+from reports.audit.subgroups import subgroup_table
 from reports.html import render_index
 from tiling.archive import group_values, read_archive
 from tiling.errors import ArchiveError
+from tiling.store import SUBGROUPS_CSV
 
 # (slide_id, label, prediction, ink, site)
 SLIDES = [("a", 0, 0, "1", "x"), ("b", 0, 1, "1", "x"), ("c", 0, 1, "1", "y"), ("d", 1, 1, "1", "y"),

@@ -15,7 +15,7 @@ from explainers.models.io import build_model, load_model
 from explainers.train import TrainConfig
 from explainers.train_head import train_head
 from pipeline.cli import main
-from tiling.store.explain import EMBEDDINGS
+from tiling.store import EMBEDDINGS
 
 
 def test_a_head_trains_on_cached_embeddings_of_a_frozen_encoder(sample_archive, tmp_path):

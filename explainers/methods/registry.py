@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from tiling.errors import ConfigError
 
@@ -99,14 +99,12 @@ def register_method(name: str, title: str, kind: str, needs: Iterable[str], form
 
 def method_names() -> tuple[str, ...]:
     """Every method a user can choose, by kind (KINDS order), then in registration order."""
-    _load()
     chosen = [m for m in METHODS.values() if m.choosable]
     return tuple(m.name for m in sorted(chosen, key=lambda m: KINDS.index(m.kind)))
 
 
 def method(name: str) -> Method:
     """The record of `name` (attention included); ConfigError listing the choices when unknown."""
-    _load()
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; choose from {', '.join(method_names())}")
     return METHODS[name]
@@ -119,7 +117,7 @@ def title(name: str) -> str:
 
 def split_methods(value: str | Iterable[str]) -> tuple[str, ...]:
     """Method names from "a,b" or a sequence: stripped, empty ones and duplicates dropped, not
-    checked against the registry (that imports the methods: `parse_methods`)."""
+    checked against the registry (`parse_methods`)."""
     names = value.split(",") if isinstance(value, str) else list(value)
     return tuple(dict.fromkeys(str(n).strip() for n in names if str(n).strip()))
 
@@ -139,9 +137,3 @@ def help_text() -> str:
     """The choosable methods for --help: "name (title), ..."."""
     return ", ".join(f"{name} ({METHODS[name].title})" for name in method_names())
 
-
-def _load() -> Any:
-    """Import the modules that register the built-in methods (they import this one)."""
-    from explainers.methods import cams, guided, occlusion
-
-    return cams, guided, occlusion

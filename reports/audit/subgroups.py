@@ -17,7 +17,6 @@ from typing import Any
 
 import pandas as pd
 
-SUBGROUPS_CSV = "subgroups.csv"
 EMPTY = "(empty)"  # the value shown for an empty manifest cell
 RATES = {"accuracy": ("correct", "labelled"), "false_positive_rate": ("false_positives", "negatives"),
          "false_negative_rate": ("false_negatives", "positives")}

@@ -1,213 +1,55 @@
-"""The on-disk store that stages share: its contract here, one module per format.
+"""The on-disk store that stages share: one module per part, imported here in order.
 
-    <out>/run.json                         the run manifest               (tiling.store.records)
-    <out>/index.html, <out>/audit.csv      the archive's index and table  (written by reports)
-    <out>/slides/<slide_id>/patches.zarr   written by tiling              (tiling.store.patches)
-    <out>/slides/<slide_id>/explain.zarr   written by explainers          (tiling.store.explain)
-    <out>/slides/<slide_id>/maps.zarr      written by stitching           (tiling.store.maps)
-    <out>/slides/<slide_id>/audit.json     written by reports             (tiling.store.records)
-    <out>/slides/<slide_id>/report.html    written by reports
-    <out>/slides/<slide_id>/failure.json   written by the pipeline when a stage of the slide fails
-                                                                          (tiling.store.records)
+    names     every path under OUT, its format version and the module that writes it
+    stamps    the contract: atomic writes, stamps that let a rerun skip, format versions
+    patches   patches.zarr (tile)           explain   explain.zarr, embeddings.zarr (explain)
+    ome       OME-Zarr images and labels    maps      maps.zarr (stitch)
+    records   run.json, audit.json, failure.json
 
-Every stage output is written under a temporary sibling name and renamed when complete
-(`atomic_path`), and carries a stamp (`config_hash`, `source_sha256`) that lets a rerun skip it
-(`is_current`). Each format module declares a `FORMAT_VERSION`, written beside the stamp as
-``format_version`` (zarr group attrs, or the top level of a JSON document): an output with
-another or no version is not current, and its reader raises StoreError asking to rerun the
-stage that writes it. Coordinates are level-0 pixels everywhere.
+The modules import each other, never this package; it re-exports what the stages use.
+Coordinates are level-0 pixels everywhere.
 """
-from __future__ import annotations
-
-import contextlib
-import dataclasses
-import hashlib
-import json
-import logging
-import os
-import shutil
-import time
-import uuid
-from collections.abc import Iterator, Mapping
-from pathlib import Path
-from typing import Any
-
-import zarr
-
-from tiling.errors import StoreError
-
-log = logging.getLogger(__name__)
-
-PATCHES, EXPLAIN, MAPS, AUDIT, REPORT = "patches.zarr", "explain.zarr", "maps.zarr", "audit.json", "report.html"
-FAILURE, RUN_MANIFEST, INDEX = "failure.json", "run.json", "index.html"
-STAMP_KEYS = ("config_hash", "source_sha256")
-VERSION_KEY = "format_version"
-
-
-def slide_dir(out: Path, slide_id: str) -> Path:
-    """The folder holding every stage output of one slide."""
-    return Path(out) / "slides" / slide_id
-
-
-def runtime(default: Any) -> Any:
-    """A config field that decides where or how fast a stage runs, never what it writes: left
-    out of `config_hash`, so changing it keeps the stamp (e.g. `batch: int = runtime(64)`)."""
-    return dataclasses.field(default=default, metadata={"runtime": True})
-
-
-def stamped(value: Any) -> Any:
-    """`value` as plain data for a stamp: dataclasses become dicts without their runtime
-    fields (see `runtime`), recursively through dicts, lists and tuples."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: stamped(getattr(value, f.name)) for f in dataclasses.fields(value)
-                if not f.metadata.get("runtime")}
-    if isinstance(value, dict):
-        return {k: stamped(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [stamped(v) for v in value]
-    return value
-
-
-def config_hash(config: Any) -> str:
-    """sha256 (first 16 hex digits) of a dataclass or dict without runtime fields (`stamped`),
-    as canonical JSON."""
-    text = json.dumps(stamped(config), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes (`hashlib.file_digest`: one reused buffer, the GIL released)."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
-SETTLE = (40, 0.05)  # tries, s between them: how long an interrupted output may still be written
-
-
-def _remove_settled(path: Path) -> None:
-    """Remove `path` even while a write interrupted in the main thread (zarr's I/O thread finishes
-    it) still adds files: retried until it stays gone for one pause, at most SETTLE."""
-    tries, pause = SETTLE
-    for _ in range(tries):
-        with contextlib.suppress(OSError):  # a file appeared while removing
-            _remove(path)
-        time.sleep(pause)
-        if not path.exists():
-            return
-    log.warning("%s: could not be removed; the next run removes it", path)
-
-
-def remove_leftovers(folder: Path, output: str = "*") -> None:
-    """Remove what a killed run left of `output` ("*": of every output) in `folder`: atomic_path's
-    temporary and replaced copies (.<output>.tmp-*, .<output>.old-*)."""
-    for path in [*Path(folder).glob(f".{output}.tmp-*"), *Path(folder).glob(f".{output}.old-*")]:
-        log.info("removing %s, left by an interrupted run", path)
-        _remove(path)
-
-
-@contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `final`; it replaces `final` only if the block completes.
-
-    On an exception (SIGTERM included: `pipeline.cli`) the temporary output is removed and
-    `final` is left as it was.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp
-    except BaseException:
-        _remove_settled(tmp)
-        raise
-    trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-    if final.exists():
-        os.replace(final, trash)
-    os.replace(tmp, final)
-    _remove(trash)
-
-
-def _metadata(path: Path) -> dict[str, Any] | None:
-    """A stage output's zarr group attrs or JSON document; None when absent or unreadable."""
-    try:
-        if path.suffix == ".zarr":
-            return dict(zarr.open_group(path, mode="r").attrs)
-        doc = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, zarr.errors.GroupNotFoundError, OSError):
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-def _stamp(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    """The STAMP_KEYS of `meta`: flat in zarr attrs, under "stamp" in a JSON document."""
-    stamp = meta if path.suffix == ".zarr" else meta.get("stamp") or {}
-    return {k: stamp.get(k) for k in STAMP_KEYS}
-
-
-def read_stamp(path: Path) -> dict[str, Any] | None:
-    """The stamp of a stage output (zarr group attrs or a JSON file's "stamp"), None if absent."""
-    path = Path(path)
-    meta = _metadata(path)
-    return None if meta is None else _stamp(path, meta)
-
-
-def chained_stamp(config: Any, upstream: Path, **extra: Any) -> dict[str, str]:
-    """The stamp of a stage that reads `upstream` (a stage output with its own stamp).
-
-    config_hash = hash(this stage's config, `extra` such as a model's sha256, upstream's
-    config_hash), so a changed setting recomputes this stage and everything after it, and
-    nothing before; source_sha256 is carried over from upstream.
-    """
-    up = read_stamp(upstream)
-    if up is None or up["config_hash"] is None:
-        raise StoreError(f"{upstream}: missing or incomplete; run the stage that writes it first")
-    return {"config_hash": config_hash({"config": config, "extra": extra, "upstream": up["config_hash"]}),
-            "source_sha256": up["source_sha256"]}
-
-
-def is_current(path: Path, config_hash: str, source_sha256: str) -> bool:
-    """True when `path` exists, was made from the same config and the same source bytes, and
-    is in the current format version of its file name (FORMAT_VERSIONS; none for other files)."""
-    path = Path(path)
-    meta = _metadata(path)
-    return (meta is not None
-            and _stamp(path, meta) == {"config_hash": config_hash, "source_sha256": source_sha256}
-            and meta.get(VERSION_KEY) == FORMAT_VERSIONS.get(path.name))
-
-
-def check_version(path: Path, meta: Mapping[str, Any], expected: int, remedy: str) -> None:
-    """StoreError naming `path` and `remedy` (what to rerun) unless `meta` carries
-    format_version `expected`."""
-    found = meta.get(VERSION_KEY)
-    if found != expected:
-        raise StoreError(f"{path}: format version {found}, but this slideaudit reads version "
-                         f"{expected}; {remedy} to rewrite it")
-
-
-def stage_path(path: Path, name: str) -> Path:
-    """`path` when it names a .zarr store itself, else the stage output `name` in that slide folder."""
-    path = Path(path)
-    return path if path.suffix == ".zarr" else path / name
-
-
-# the format modules use the contract above; FORMAT_VERSIONS is what is_current checks
-from tiling.store import explain, maps, patches, records  # noqa: E402
-from tiling.store.patches import (  # noqa: E402,F401
-    Artefacts,
-    PatchStore,
-    create_patch_store,
-    open_patch_store,
-    write_patch_records,
+from tiling.store.names import (
+    AUDIT,
+    AUDIT_CSV,
+    CACHE,
+    EMBEDDINGS,
+    EXPLAIN,
+    FAILURE,
+    FOCUS_GEOJSON,
+    FORMAT_VERSIONS,
+    IMPRESSIONS,
+    INDEX,
+    LOCK,
+    MAPS,
+    PATCHES,
+    REPORT,
+    RUN_MANIFEST,
+    SUBGROUPS_CSV,
+    slide_dir,
+    stage_path,
+)
+from tiling.store.patches import Artefacts, PatchStore, create_patch_store, open_patch_store, write_patch_records
+from tiling.store.stamps import (
+    STAMP_KEYS,
+    VERSION_KEY,
+    atomic_path,
+    chained_stamp,
+    check_version,
+    config_hash,
+    file_sha256,
+    is_current,
+    read_stamp,
+    remove_leftovers,
+    runtime,
+    stamped,
 )
 
-FORMAT_VERSIONS: dict[str, int] = {
-    PATCHES: patches.FORMAT_VERSION, EXPLAIN: explain.FORMAT_VERSION, MAPS: maps.FORMAT_VERSION,
-    AUDIT: records.AUDIT_VERSION, FAILURE: records.FAILURE_VERSION,
-    RUN_MANIFEST: records.RUN_VERSION}
+__all__ = [
+    "AUDIT", "AUDIT_CSV", "CACHE", "EMBEDDINGS", "EXPLAIN", "FAILURE", "FOCUS_GEOJSON",
+    "FORMAT_VERSIONS", "IMPRESSIONS", "INDEX", "LOCK", "MAPS", "PATCHES", "REPORT", "RUN_MANIFEST",
+    "STAMP_KEYS", "SUBGROUPS_CSV", "VERSION_KEY", "Artefacts", "PatchStore", "atomic_path",
+    "chained_stamp", "check_version", "config_hash", "create_patch_store", "file_sha256",
+    "is_current", "open_patch_store", "read_stamp", "remove_leftovers", "runtime", "slide_dir",
+    "stage_path", "stamped", "write_patch_records",
+]

@@ -29,11 +29,11 @@ import numpy as np
 import zarr
 
 from tiling.errors import StoreError
-from tiling.store import VERSION_KEY, atomic_path, check_version
+from tiling.store.names import EXPLAIN, FORMAT_VERSIONS
 from tiling.store.patches import PatchStore
+from tiling.store.stamps import VERSION_KEY, atomic_path, check_version
 
-FORMAT_VERSION = 2
-EMBEDDINGS = "embeddings.zarr"
+FORMAT_VERSION = FORMAT_VERSIONS[EXPLAIN]  # embeddings.zarr is written in the same format
 
 
 class ExplainWriter:

@@ -29,7 +29,7 @@ import numpy as np
 import zarr
 
 from tiling.errors import StoreError
-from tiling.store import MAPS, VERSION_KEY, check_version, stage_path
+from tiling.store.names import FORMAT_VERSIONS, MAPS, stage_path
 from tiling.store.ome import (
     LABELS,
     Display,
@@ -39,8 +39,9 @@ from tiling.store.ome import (
     write_collection,
     write_image,
 )
+from tiling.store.stamps import VERSION_KEY, check_version
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = FORMAT_VERSIONS[MAPS]
 ATTENTION, ATTENTION_RANK, TISSUE, LESION, ARTEFACTS, THUMBNAIL = (
     "attention", "attention_rank", "tissue", "lesion", "artefacts", "thumbnail")
 COLOUR_MAP = "turbo"  # matplotlib name; the reports colour heatmaps with it too

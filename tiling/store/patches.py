@@ -25,9 +25,10 @@ from zarr.core.buffer import Buffer
 
 from tiling.artefacts import artefact_shares, dominant_kind
 from tiling.errors import StoreError
-from tiling.store import PATCHES, VERSION_KEY, check_version, stage_path
+from tiling.store.names import FORMAT_VERSIONS, PATCHES, stage_path
+from tiling.store.stamps import VERSION_KEY, check_version
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = FORMAT_VERSIONS[PATCHES]
 # chunk files side by side in each array's folder (c.0.0.0.0), not in a folder per chunk index
 # (c/0/0/0/0) that each chunk write first makes; readers take either
 FLAT_CHUNKS = {"name": "default", "separator": "."}

@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from tiling.errors import StoreError
-from tiling.store import AUDIT, FAILURE, RUN_MANIFEST, VERSION_KEY, atomic_path, check_version
+from tiling.store.names import AUDIT, FAILURE, FORMAT_VERSIONS, RUN_MANIFEST
+from tiling.store.stamps import VERSION_KEY, atomic_path, check_version
 
-AUDIT_VERSION = 3
-FAILURE_VERSION = 1
-RUN_VERSION = 1
+AUDIT_VERSION, FAILURE_VERSION, RUN_VERSION = (FORMAT_VERSIONS[name] for name in (AUDIT, FAILURE, RUN_MANIFEST))
 VALIDATE = "validate"  # the failure stage of a slide whose audit failed a check (the run's last stage)
 
 

@@ -1,0 +1,175 @@
+"""The contract every stage output keeps: written atomically, stamped, versioned.
+
+Every stage output is written under a temporary sibling name and renamed when complete
+(`atomic_path`), and carries a stamp (`config_hash`, `source_sha256`) that lets a rerun skip it
+(`is_current`). Each output's format version (`tiling.store.names.FORMAT_VERSIONS`) is written
+beside the stamp as ``format_version`` (zarr group attrs, or the top level of a JSON document): an
+output with another or no version is not current, and its reader raises StoreError asking to
+rerun the stage that writes it.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import zarr
+
+from tiling.errors import StoreError
+from tiling.store.names import FORMAT_VERSIONS
+
+log = logging.getLogger(__name__)
+
+STAMP_KEYS = ("config_hash", "source_sha256")
+VERSION_KEY = "format_version"
+
+
+def runtime(default: Any) -> Any:
+    """A config field that decides where or how fast a stage runs, never what it writes: left
+    out of `config_hash`, so changing it keeps the stamp (e.g. `batch: int = runtime(64)`)."""
+    return dataclasses.field(default=default, metadata={"runtime": True})
+
+
+def stamped(value: Any) -> Any:
+    """`value` as plain data for a stamp: dataclasses become dicts without their runtime
+    fields (see `runtime`), recursively through dicts, lists and tuples."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: stamped(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not f.metadata.get("runtime")}
+    if isinstance(value, dict):
+        return {k: stamped(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [stamped(v) for v in value]
+    return value
+
+
+def config_hash(config: Any) -> str:
+    """sha256 (first 16 hex digits) of a dataclass or dict without runtime fields (`stamped`),
+    as canonical JSON."""
+    text = json.dumps(stamped(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (`hashlib.file_digest`: one reused buffer, the GIL released)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+SETTLE = (40, 0.05)  # tries, s between them: how long an interrupted output may still be written
+
+
+def _remove_settled(path: Path) -> None:
+    """Remove `path` even while a write interrupted in the main thread (zarr's I/O thread finishes
+    it) still adds files: retried until it stays gone for one pause, at most SETTLE."""
+    tries, pause = SETTLE
+    for _ in range(tries):
+        with contextlib.suppress(OSError):  # a file appeared while removing
+            _remove(path)
+        time.sleep(pause)
+        if not path.exists():
+            return
+    log.warning("%s: could not be removed; the next run removes it", path)
+
+
+def remove_leftovers(folder: Path, output: str = "*") -> None:
+    """Remove what a killed run left of `output` ("*": of every output) in `folder`: atomic_path's
+    temporary and replaced copies (.<output>.tmp-*, .<output>.old-*)."""
+    for path in [*Path(folder).glob(f".{output}.tmp-*"), *Path(folder).glob(f".{output}.old-*")]:
+        log.info("removing %s, left by an interrupted run", path)
+        _remove(path)
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `final`; it replaces `final` only if the block completes.
+
+    On an exception (SIGTERM included: `pipeline.cli`) the temporary output is removed and
+    `final` is left as it was.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+    except BaseException:
+        _remove_settled(tmp)
+        raise
+    trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+    if final.exists():
+        os.replace(final, trash)
+    os.replace(tmp, final)
+    _remove(trash)
+
+
+def _metadata(path: Path) -> dict[str, Any] | None:
+    """A stage output's zarr group attrs or JSON document; None when absent or unreadable."""
+    try:
+        if path.suffix == ".zarr":
+            return dict(zarr.open_group(path, mode="r").attrs)
+        doc = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, zarr.errors.GroupNotFoundError, OSError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _stamp(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The STAMP_KEYS of `meta`: flat in zarr attrs, under "stamp" in a JSON document."""
+    stamp = meta if path.suffix == ".zarr" else meta.get("stamp") or {}
+    return {k: stamp.get(k) for k in STAMP_KEYS}
+
+
+def read_stamp(path: Path) -> dict[str, Any] | None:
+    """The stamp of a stage output (zarr group attrs or a JSON file's "stamp"), None if absent."""
+    path = Path(path)
+    meta = _metadata(path)
+    return None if meta is None else _stamp(path, meta)
+
+
+def chained_stamp(config: Any, upstream: Path, **extra: Any) -> dict[str, str]:
+    """The stamp of a stage that reads `upstream` (a stage output with its own stamp).
+
+    config_hash = hash(this stage's config, `extra` such as a model's sha256, upstream's
+    config_hash), so a changed setting recomputes this stage and everything after it, and
+    nothing before; source_sha256 is carried over from upstream.
+    """
+    up = read_stamp(upstream)
+    if up is None or up["config_hash"] is None:
+        raise StoreError(f"{upstream}: missing or incomplete; run the stage that writes it first")
+    return {"config_hash": config_hash({"config": config, "extra": extra, "upstream": up["config_hash"]}),
+            "source_sha256": up["source_sha256"]}
+
+
+def is_current(path: Path, config_hash: str, source_sha256: str) -> bool:
+    """True when `path` exists, was made from the same config and the same source bytes, and
+    is in the current format version of its file name (FORMAT_VERSIONS; none for other files)."""
+    path = Path(path)
+    meta = _metadata(path)
+    return (meta is not None
+            and _stamp(path, meta) == {"config_hash": config_hash, "source_sha256": source_sha256}
+            and meta.get(VERSION_KEY) == FORMAT_VERSIONS.get(path.name))
+
+
+def check_version(path: Path, meta: Mapping[str, Any], expected: int, remedy: str) -> None:
+    """StoreError naming `path` and `remedy` (what to rerun) unless `meta` carries
+    format_version `expected`."""
+    found = meta.get(VERSION_KEY)
+    if found != expected:
+        raise StoreError(f"{path}: format version {found}, but this slideaudit reads version "
+                         f"{expected}; {remedy} to rewrite it")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from explainers.methods.registry import split_methods
+from explainers.methods.registry import default_methods, split_methods
 from tiling.errors import require
 from tiling.store import runtime
 
@@ -30,7 +30,7 @@ class ExplainConfig:
     changes values slightly, so it is part of the stamp (not a runtime field): on the test's
     small CNN maps stay within 3 % of their largest |value| and attention within 1e-3 of fp32."""
 
-    methods: tuple[str, ...] = ("gradcam",)
+    methods: tuple[str, ...] = field(default_factory=lambda: default_methods("slides"))
     target: str = "slide"
     target_class: int | None = None
     device: str = runtime("auto")

@@ -29,7 +29,7 @@ from explainers.engine import BagExplainer, frozen, slide_target
 from explainers.errors import ImageError, ImageTooLarge
 from explainers.explain import resolve_device
 from explainers.feature_views import activation_views
-from explainers.methods.registry import parse_methods
+from explainers.methods.registry import default_methods, parse_methods
 from explainers.models.config import ModelConfig
 from explainers.models.inputs import normalise, resize
 from explainers.models.mil import MILModel
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("PNG", "JPEG", "TIFF")
 MODES = ("RGB", "RGBA", "L", "LA", "P")
-DEFAULT_METHODS = ("gradcam", "gradcampp", "guided_backprop", "guided_gradcam")
 TOP5 = "top5"
 MICROSCOPE_MPP = 20.0  # a recorded resolution coarser than this (µm/px) is a screen dpi, not a microscope's
 
@@ -52,7 +51,7 @@ class RegionConfig:
     channels: how many activation views; device: "auto" | "cpu" | "cuda"."""
 
     targets: tuple[str, ...] = ()
-    methods: tuple[str, ...] = DEFAULT_METHODS
+    methods: tuple[str, ...] = field(default_factory=lambda: default_methods("images"))
     max_tiles: int = 256
     channels: int = 8
     device: str = "cpu"

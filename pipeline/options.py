@@ -65,17 +65,26 @@ class MethodsType(click.ParamType):
 class MethodsOption(click.Option):
     """`--methods`, whose help ends with the registered methods (read when help is shown)."""
 
+    def __init__(self, *args: Any, context: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.context = context
+
     def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
-        from explainers.methods.registry import help_text
+        from explainers.methods.registry import default_methods, help_text
 
         record = super().get_help_record(ctx)
-        return None if record is None else (record[0], f"{record[1]} Choices: {help_text()}.")
+        if record is None:
+            return None
+        default = f" [default: {','.join(default_methods(self.context))}]" if self.context else ""
+        return record[0], f"{record[1]}{default} Choices: {help_text()}."
 
 
-def methods(default: str | None, help: str) -> Callable[[F], F]:
-    """The `--methods M1,M2` option of every command that explains (value: a tuple of names)."""
-    return click.option("--methods", cls=MethodsOption, type=MethodsType(), default=default,
-                        show_default=default is not None, metavar="M1,M2", help=help)
+def methods(context: str | None, help: str) -> Callable[[F], F]:
+    """The `--methods M1,M2` option of every command that explains (value: a tuple of names, None
+    when not given). context: where the registry's defaults then apply ("slides", "images"; shown
+    in the help), None where the command takes them from elsewhere (its help says where)."""
+    return click.option("--methods", cls=MethodsOption, type=MethodsType(), default=None, context=context,
+                        metavar="M1,M2", help=help)
 
 
 def encoder(required: bool, help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

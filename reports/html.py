@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 from skimage.transform import resize
 
+from explainers.methods.registry import default_methods
 from explainers.methods.registry import title as method_title
 from reports import figures as F
 from reports.audit.flags import SLIDE_VERDICTS, flag
@@ -143,9 +144,10 @@ def _overlays(audit: dict[str, Any], maps: Maps) -> tuple[dict[str, Any], list[d
 
 def _top_patches(audit: dict[str, Any], slide_dir: Path, maps: Maps, scales: dict) -> tuple[str | None, list]:
     """The most attended patches at full resolution with the lesion outline, each beside its
-    CAM (Grad-CAM if run), and where each lies on the slide (% of its width and height)."""
+    CAM (the first of the default methods that ran, else the first CAM), and where each lies on
+    the slide (% of its width and height)."""
     cams = [m for m in audit["methods"] if m != "attention"]
-    method = "gradcam" if "gradcam" in cams else (cams[0] if cams else None)
+    method = next((m for m in default_methods("slides") if m in cams), cams[0] if cams else None)
     store = open_patch_store(slide_dir)
     explain = open_explain_store(slide_dir / EXPLAIN, store)
     footprint = float(store.attrs["footprint"])
@@ -195,9 +197,10 @@ def slide_context(slide_dir: Path, impressions: dict[str, Path] | None = None) -
                        for m in metrics]} for method in audit["methods"]]
     settings = audit["provenance"].get("audit_config", {})
     glossary = [{"title": r.title, "formula": r.formula, "meaning": r.meaning,
-                 "good": r.good.format(**settings)} for r in map(metric, metrics)]
+                 "good": r.good.format(**settings, review_at=r.review_at)} for r in map(metric, metrics)]
     return {"audit": audit, "negative": is_negative(audit), "photo": photo, "ticks": F.TICKS,
             "panels": panels, "metrics": metrics, "more": more, "glossary": glossary, "rows": rows, "tiles": tiles,
+            "summary": [metric(m) for m in metrics if metric(m).summary],
             "crops": crops, "crops_note": crops_note,
             "cam_method": cam_method, "agreement": _agreement(audit),
             "label_name": _class_name(audit.get("label"), classes),

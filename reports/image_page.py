@@ -20,7 +20,7 @@ from PIL import Image
 from skimage.transform import resize
 
 from explainers.feature_views import filter_grid
-from explainers.methods.registry import method
+from explainers.methods.registry import default_methods, method
 from explainers.models.io import load_model, model_sha256
 from explainers.single_image import RegionConfig, RegionExplanation, explain_region, read_image
 from reports.figures import colourise, display_shape, overlay, png_data_uri
@@ -44,7 +44,7 @@ class PageForm:
     classes: list[str]
     methods: list[str]
     target: str = ""
-    method: str = "gradcam"
+    method: str = field(default_factory=lambda: default_methods("images")[0])
     mpp: str = ""
     image_id: str = ""
     max_upload_mb: float = 20.0

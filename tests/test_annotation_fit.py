@@ -13,7 +13,7 @@ import zarr
 from conftest import manifest_rows, shared_file
 from fake_stores import lesion_geojson, make_slide_case
 from tiling.annotation_fit import check_fit
-from tiling.annotations import Lesion, read_annotations
+from tiling.annotations import Lesion, read_classified
 from tiling.config import StitchConfig
 from tiling.errors import AnnotationError
 from tiling.slide import open_slide
@@ -85,15 +85,15 @@ def attrs_of(slide_dir: Path) -> dict:
 def test_a_lesion_in_both_the_geojson_and_the_xml_counts_once(sample_archive: Path) -> None:
     row = manifest_rows(sample_archive)[0]                 # a positive sample slide: 1-3 lesions
     geojson, xml = Path(row["annotation"]), Path(row["annotation_xml"])
-    count = len(read_annotations(geojson))
-    assert count >= 1 and len(read_annotations(xml)) == count
+    count = len(read_classified(geojson)[0])
+    assert count >= 1 and len(read_classified(xml)[0]) == count
     with open_slide(Path(row["path"])) as slide:
         dimensions, mpp = slide.dimensions, slide.mpp
     lesions, read = slide_lesions([geojson, xml], dimensions, mpp, AnnotationScale())
     assert len(lesions) == count and read["duplicate_lesions"] == count
-    assert [lesion.name for lesion in lesions] == [lesion.name for lesion in read_annotations(geojson)]
-    moved = [replace(lesion, exterior=lesion.exterior + 5) for lesion in read_annotations(xml)]
-    assert all(geometry_key(a) != geometry_key(b) for a, b in zip(moved, read_annotations(geojson), strict=False))
+    assert [lesion.name for lesion in lesions] == [lesion.name for lesion in read_classified(geojson)[0]]
+    moved = [replace(lesion, exterior=lesion.exterior + 5) for lesion in read_classified(xml)[0]]
+    assert all(geometry_key(a) != geometry_key(b) for a, b in zip(moved, read_classified(geojson)[0], strict=False))
 
 
 @pytest.mark.parametrize(("name", "factor"), [("geojson_example.json", 64), ("holed.geojson", 8)])

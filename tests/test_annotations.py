@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import manifest_rows, shared_file
-from tiling.annotations import Lesion, rasterize_lesions, read_annotations
+from tiling.annotations import Lesion, LesionRules, rasterize_lesions, read_classified
 from tiling.errors import AnnotationError
 
 
@@ -40,16 +40,16 @@ SQUARE = [[0, 0], [100, 0], [100, 100], [0, 100], [0, 0]]
 
 
 def test_qupath_export_list_of_multipolygon_features() -> None:
-    lesions = read_annotations(shared_file("geojson_example.json"))
+    lesions = read_classified(shared_file("geojson_example.json"))[0]
     assert [lesion.group for lesion in lesions] == ["Tumor"] * 3 + ["Invborder"] * 5
     assert [len(lesion.holes) for lesion in lesions] == [0, 0, 0, 1, 0, 0, 0, 0]
     assert all(lesion.exterior.shape[1] == 2 and lesion.exterior.dtype == np.float64 for lesion in lesions)
     assert lesions[0].exterior[0].tolist() == [33149, 54671]
-    assert len(read_annotations(shared_file("geojson_example.json"), lesion_classes=["tumor"])) == 3
+    assert len(read_classified(shared_file("geojson_example.json"), LesionRules(["tumor"]))[0]) == 3
 
 
 def test_polygon_with_hole_rasterises_to_its_area() -> None:
-    [lesion] = read_annotations(shared_file("holed.geojson"))
+    [lesion] = read_classified(shared_file("holed.geojson"))[0]
     assert lesion.name == "2aa7e31c-8437-499d-ba61-88aacd9a2c3f" and len(lesion.holes) == 1
     downsample = 8.0
     mask = rasterize_lesions([lesion], (19500 // 8 + 1, 13400 // 8 + 1), downsample)
@@ -71,8 +71,8 @@ def test_rasterise_uses_pixel_centres() -> None:
 
 def test_sample_slide_geojson_and_xml_give_the_same_mask(sample_archive: Path) -> None:
     row = manifest_rows(sample_archive)[0]
-    from_json = read_annotations(Path(row["annotation"]))
-    from_xml = read_annotations(Path(row["annotation_xml"]))
+    from_json = read_classified(Path(row["annotation"]))[0]
+    from_xml = read_classified(Path(row["annotation_xml"]))[0]
     assert len(from_json) == len(from_xml) >= 1
     assert len(from_json[0].holes) == 1 and len(from_xml[0].holes) >= 1   # hole vs `_2` exclusion
     shape = (2304 // 4, 3072 // 4)
@@ -81,7 +81,8 @@ def test_sample_slide_geojson_and_xml_give_the_same_mask(sample_archive: Path) -
     no_holes = rasterize_lesions([Lesion(lesion.exterior) for lesion in from_json], shape, 4.0)
     assert mask.sum() > 100 and (no_holes & ~mask).sum() > 10
     negative = manifest_rows(sample_archive)[1]
-    assert read_annotations(Path(negative["annotation"])) == read_annotations(Path(negative["annotation_xml"])) == []
+    for column in ("annotation", "annotation_xml"):
+        assert read_classified(Path(negative[column]))[0] == []
 
 
 def test_camelyon_groups_and_exclusion(tmp_path: Path) -> None:
@@ -91,12 +92,12 @@ def test_camelyon_groups_and_exclusion(tmp_path: Path) -> None:
         ("Tumor", [(200, 0), (300, 0), (300, 100)]),
         ("Other", [(400, 0), (500, 0), (500, 100)]),
     ])
-    lesions = read_annotations(path)
+    lesions = read_classified(path)[0]
     assert [lesion.group for lesion in lesions] == ["_0", "Tumor"]
     mask = rasterize_lesions(lesions, (10, 50), 10.0)
     assert mask[:, :10].sum() == 100 - 4 and not mask[4:6, 4:6].any()
     assert mask[:, 40:].sum() == 0
-    assert [lesion.group for lesion in read_annotations(path, lesion_classes=["other"])] == ["Other"]
+    assert [lesion.group for lesion in read_classified(path, LesionRules(["other"]))[0]] == ["Other"]
 
 
 def test_geojson_class_rule(tmp_path: Path) -> None:
@@ -108,7 +109,7 @@ def test_geojson_class_rule(tmp_path: Path) -> None:
         feature([[20, 20], [40, 20], [40, 40], [20, 20]], "Exclusion"), detection,
         {"type": "Feature", "geometry": {"type": "Point", "coordinates": [5, 5]}, "properties": {}},
     ]}))
-    lesions = read_annotations(path)
+    lesions = read_classified(path)[0]
     assert [lesion.group for lesion in lesions] == ["Tumor", ""]
     assert all(len(lesion.holes) == 1 for lesion in lesions)       # the exclusion overlaps both
 
@@ -131,9 +132,9 @@ def test_malformed_files_raise_annotation_error(tmp_path: Path, name: str, text:
     path = tmp_path / name
     path.write_text(text)
     with pytest.raises(AnnotationError, match=rf"{re.escape(name)}: .*{re.escape(problem)}"):
-        read_annotations(path)
+        read_classified(path)[0]
 
 
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(AnnotationError, match=r"gone\.xml: no such annotation file"):
-        read_annotations(tmp_path / "gone.xml")
+        read_classified(tmp_path / "gone.xml")[0]

@@ -25,7 +25,7 @@ def _raised(label: int | None, on_tissue: int) -> dict:
 
 def test_the_flag_is_declared_once_and_fires_both_ways() -> None:
     record = FLAGS["label_annotation_mismatch"]
-    assert (record.severity, record.scope) == ("warning", "slide") and record.rule is not None
+    assert (record.verdict, record.scope) == ("review", "slide") and record.rule is not None
     positive = _raised(1, 0)["label_annotation_mismatch"]
     assert positive["message"] == "labelled positive (class 1), no lesion annotated on tissue"
     assert _raised(0, 2)["label_annotation_mismatch"]["message"] == "labelled negative, 2 lesion(s) annotated on tissue"

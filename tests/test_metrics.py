@@ -7,8 +7,8 @@ import pytest
 from reports.audit import metrics as M
 from reports.audit.agreement import agreement, rank_correlations, sample_mask
 from reports.audit.config import AuditConfig
-from reports.audit.registry import MapView
-from reports.audit.stage import flags, metric_names, score_map, slide_prediction
+from reports.audit.registry import MapView, metrics_for
+from reports.audit.stage import flags, score_map, slide_prediction
 from reports.errors import MetricError
 
 
@@ -197,7 +197,7 @@ def view(m: np.ndarray, labels: np.ndarray, n_peaks: int, config: AuditConfig) -
 def test_score_map_negative_slide_is_na(blob) -> None:
     m, _ = blob
     scores = score_map(view(m, np.zeros(m.shape, np.uint16), 5, AuditConfig()))
-    assert list(scores) == metric_names(AuditConfig())
+    assert list(scores) == list(metrics_for(AuditConfig()))
     assert all(s["value"] is None for n, s in scores.items() if not n.startswith("artefact"))
     # artefact metrics hold on every slide; the map has no positive mass, so no mass share
     assert {n: s["value"] for n, s in scores.items() if n.startswith("artefact")} == {

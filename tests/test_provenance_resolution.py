@@ -27,7 +27,7 @@ def test_resolution_records_source_level_and_scales() -> None:
 
 
 def test_upsampled_flag_beyond_one_and_a_half() -> None:
-    assert FLAGS["upsampled"].severity == "warning" and FLAGS["upsampled"].scope == "slide"
+    assert FLAGS["upsampled"].verdict == "review" and FLAGS["upsampled"].scope == "slide"
     flag = raised(resolution(SLIDE, MAPS, {"mpp": 0.5, "patch": 224}))["upsampled"]
     assert flag["message"] == ("the model reads 0.5 µm/px, the slide's pixels are 4 µm/px (level 0): "
                                "its input is upsampled 8.0x")

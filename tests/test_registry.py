@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -11,15 +12,17 @@ import zarr
 from click.testing import CliRunner
 
 from conftest import manifest_rows
+from explainers.config import ExplainConfig
 from explainers.engine import BagExplainer
 from explainers.errors import ModelError
 from explainers.methods.cams import CAM
-from explainers.methods.registry import METHODS, method, method_names, parse_methods, register_method
+from explainers.methods.registry import METHODS, default_methods, method, method_names, parse_methods, register_method
 from explainers.models.config import ModelConfig
 from explainers.models.io import build_model, save_model
+from explainers.single_image import RegionConfig
 from pipeline.cli import main
 from reports.audit.config import AuditConfig
-from reports.audit.flags import FLAGS, flag
+from reports.audit.flags import ARTEFACT_FOCUS, FLAGS, VERDICTS, FlagInputs, flag
 from reports.audit.registry import metric, metrics_for
 from reports.audit.stage import audit_slide
 from reports.errors import RegistryError
@@ -91,6 +94,30 @@ def test_every_method_declares_what_it_needs_and_its_texts():
         assert isinstance(record.implementation(), record.implementation)
 
 
+def test_the_registry_owns_the_default_methods(max_cam):
+    assert default_methods("slides") == ExplainConfig().methods == ("gradcam",)
+    assert default_methods("images") == RegionConfig().methods == (
+        "gradcam", "gradcampp", "guided_backprop", "guided_gradcam")
+    METHODS["maxcam"] = dataclasses.replace(METHODS["maxcam"], defaults=frozenset({"slides"}))
+    assert ExplainConfig().methods == ("gradcam", "maxcam")
+    help_text = CliRunner().invoke(main, ["explain", "--help"]).output
+    assert "[default: gradcam,maxcam]" in " ".join(help_text.split())
+    with pytest.raises(ValueError, match="defaults within"):
+        register_method("nocam", "No-CAM", kind="cam", needs=("activations",), formula="-", description="-",
+                        defaults=("archives",))
+
+
+def test_a_flag_threshold_is_its_metric_records(monkeypatch):
+    config = AuditConfig()
+    scores = {"gradcam": {"artefact_peak": {"value": 0.0}, "artefact_top_patches": {"value": 0.4}}}
+    inputs = FlagInputs(label=1, prediction=1, scores=scores, pairs=[], suites=[], config=config)
+    assert FLAGS["focus_on_artefact"].rule(inputs) is None
+    monkeypatch.setitem(ARTEFACT_FOCUS, "artefact_top_patches", 0.4)
+    assert FLAGS["focus_on_artefact"].rule(inputs)[0] == ["gradcam"]
+    assert metric("artefact_top_patches").review_at == 0.5 and "50% of the top patches" in FLAGS[
+        "focus_on_artefact"].meaning
+
+
 def test_metric_and_flag_keys_are_checked():
     assert metric("iou_top10").title == "IoU top 10%" and metric("dice_top5").short == "Dice5"
     assert list(metrics_for(AuditConfig(top_k=(0.5,))))[-7:] == [
@@ -100,7 +127,7 @@ def test_metric_and_flag_keys_are_checked():
         metric("dice_top0")
     with pytest.raises(RegistryError, match="unknown flag"):
         flag("looks_odd")
-    assert {f.severity for f in FLAGS.values()} <= {"info", "warning", "error"}
+    assert {f.verdict for f in FLAGS.values()} <= set(VERDICTS)
     assert all(f.meaning.endswith(".") for f in FLAGS.values())
 
 

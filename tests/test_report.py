@@ -18,9 +18,9 @@ from click.testing import CliRunner
 from fake_stores import EVIL, make_slide_case, real_slide
 from pipeline.cli import main
 from reports.audit.config import AuditConfig
-from reports.audit.registry import ARTEFACT_METRICS
+from reports.audit.registry import ARTEFACT_METRICS, metrics_for
 from reports.audit.stage import audit_slide
-from reports.html import percent, render_index, render_slide_report
+from reports.html import number, percent, render_index, render_slide_report
 from reports.table import scan
 from tiling.config import StitchConfig
 from tiling.errors import StoreError
@@ -105,6 +105,21 @@ def test_slide_report_is_self_contained_and_escaped(archive) -> None:
     assert "counted as lesions: Tumor" in html
     evil = (archive["evil"] / "report.html").read_text()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in evil and EVIL not in evil
+
+
+def test_the_summary_table_shows_the_metrics_its_registry_names(archive) -> None:
+    html = (archive["positive"] / "report.html").read_text()
+    glance = html[html.index('<table id="glance">'):]
+    glance = glance[:glance.index("</table>")]
+    headers = re.findall(r"<th[^>]*>([^<]*)</th>", glance)
+    shown = [m for m in metrics_for(AuditConfig()).values() if m.summary]
+    assert headers == ["Method", "Strongest focus (x, y)", *(m.summary for m in shown)]
+    audit = load_audit(archive["positive"])
+    rows = re.findall(r"<tr>(.*?)</tr>", glance, re.S)[1:]
+    assert len(rows) == len(audit["methods"])
+    for method, row in zip(audit["methods"], rows, strict=True):
+        auroc = audit["metrics"][method]["auroc"]["value"]
+        assert f'<td class="num">{number(auroc)}</td>' in row
 
 
 def test_index_and_csv_list_every_slide_and_failure(archive, tmp_path) -> None:

@@ -13,7 +13,7 @@ from scipy.ndimage import binary_dilation
 
 from conftest import manifest_rows
 from pipeline.cli import main
-from tiling.annotations import rasterize_lesions, read_annotations
+from tiling.annotations import rasterize_lesions, read_classified
 from tiling.config import TileConfig
 from tiling.samples.archives import write_sample_archive
 from tiling.samples.draw import STROMA, draw_slide, swatches
@@ -36,7 +36,7 @@ def test_manifest_lists_slides_and_annotations(sample_archive: Path) -> None:
         for key in ("path", "annotation", "annotation_xml"):
             assert not Path(row[key]).is_absolute() and (sample_archive.parent / row[key]).is_file()
     for row in manifest_rows(sample_archive):
-        assert (len(read_annotations(Path(row["annotation"]))) > 0) == (row["label"] == "1")
+        assert (len(read_classified(Path(row["annotation"]))[0]) > 0) == (row["label"] == "1")
 
 
 def test_same_seed_same_bytes(tmp_path: Path) -> None:
@@ -66,7 +66,7 @@ def test_lesions_are_dark_purple_and_stroma_pink(sample_archive: Path) -> None:
     row = manifest_rows(sample_archive)[0]
     with open_slide(Path(row["path"])) as slide:
         image = slide.read_region((0, 0), 2, slide.level_dimensions[2]).astype(float)
-    lesion = rasterize_lesions(read_annotations(Path(row["annotation"])), image.shape[:2], 4.0)
+    lesion = rasterize_lesions(read_classified(Path(row["annotation"]))[0], image.shape[:2], 4.0)
     tissue = saturation(image.astype(np.uint8)) > 0.15
     stroma = tissue & ~lesion
     assert lesion.sum() > 0.02 * lesion.size and stroma.sum() > 0.2 * lesion.size
@@ -118,7 +118,7 @@ def test_large_slide_opens_with_its_size_resolution_tissue_and_lesions(tmp_path:
         assert osr.level_count >= 4 and osr.level_downsamples[1] == pytest.approx(2)
         image = np.asarray(osr.read_region((0, 0), 2, osr.level_dimensions[2]))[..., :3]
     assert 0.2 < tissue_mask(image).mean() < 0.4                      # about 30 % tissue
-    lesion = rasterize_lesions(read_annotations(Path(row["annotation"])), image.shape[:2], 4.0)
+    lesion = rasterize_lesions(read_classified(Path(row["annotation"]))[0], image.shape[:2], 4.0)
     stroma = tissue_mask(image) & ~binary_dilation(lesion, iterations=8)
     assert lesion.sum() > 0 and image[lesion].mean() < image[stroma].mean() - 40   # dark lesions
     squares = swatches(np.random.default_rng(0), TILE, 1.0)            # the JPEGs decode to the squares

@@ -16,7 +16,7 @@ from skimage.transform import resize
 
 from conftest import SAMPLE_SIZE, manifest_rows, on_white, shared_file
 from pipeline.cli import main
-from tiling.annotations import read_annotations
+from tiling.annotations import read_classified
 from tiling.artefacts import artefact_shares, dominant_kind
 from tiling.config import TileConfig
 from tiling.errors import SlideError
@@ -101,7 +101,7 @@ def test_glass_is_dropped_and_tissue_kept(tile_sample: Callable[..., Path], samp
             for x, y in coords[::3]:
                 stained = (saturation(slide.read_at_mpp((x, y), (96, 96), SMALL.mpp)) > 0.15).mean()
                 assert stained > 0.3 if has_tissue else stained < 0.7
-    cx, cy = read_annotations(Path(manifest_rows(sample_archive)[0]["annotation"]))[0].exterior.mean(axis=0)
+    cx, cy = read_classified(Path(manifest_rows(sample_archive)[0]["annotation"]))[0][0].exterior.mean(axis=0)
     assert any(x <= cx < x + size and y <= cy < y + size for x, y in store.coords.tolist())
 
 

@@ -16,7 +16,7 @@ from explainers.explain import explain_store
 from explainers.models.io import load_model
 from explainers.train import TrainConfig, train
 from reports.audit.metrics import pixel_auroc
-from tiling.annotations import rasterize_lesions, read_annotations
+from tiling.annotations import rasterize_lesions, read_classified
 from tiling.config import TileConfig
 from tiling.samples.archives import write_sample_archive
 from tiling.store import PatchStore, open_patch_store
@@ -54,7 +54,7 @@ def lesion_fraction(store: PatchStore, annotation: Path, cells: int = 8) -> np.n
     footprint = float(store.attrs["footprint"])
     down = footprint / cells
     width, height = store.attrs["dimensions"]
-    mask = rasterize_lesions(read_annotations(annotation), (math.ceil(height / down) + cells,
+    mask = rasterize_lesions(read_classified(annotation)[0], (math.ceil(height / down) + cells,
                                                             math.ceil(width / down) + cells), down)
     integral = np.pad(mask.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     r, c = (np.round(store.coords[:, 1] / down).astype(int), np.round(store.coords[:, 0] / down).astype(int))

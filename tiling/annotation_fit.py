@@ -17,7 +17,7 @@ from tiling.errors import AnnotationError
 MAX_OUTSIDE = 0.05  # most share of the annotated (bounding-box) area allowed outside the slide
 
 
-def recorded_mpp(path: Path) -> float | None:
+def annotation_file_mpp(path: Path) -> float | None:
     """The `MicronsPerPixel` attribute of an Aperio ImageScope XML's root (None if absent or 0)."""
     if Path(path).suffix.lower() != ".xml":
         return None
@@ -36,7 +36,7 @@ def annotation_downsample(path: Path, slide_mpp: float, downsample: float | None
         return float(downsample), "manifest"
     if mpp is not None:
         return slide_mpp / mpp, "annotation_mpp"
-    recorded = recorded_mpp(path)
+    recorded = annotation_file_mpp(path)
     if recorded is not None:
         return slide_mpp / recorded, "file"
     return 1.0, "none"

@@ -224,11 +224,6 @@ def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
 
 
-def read_annotations(path: Path, lesion_classes: Collection[str] | None = None) -> list[Lesion]:
-    """The lesions of a QuPath GeoJSON (.geojson/.json) or ASAP XML (.xml) file (module docstring)."""
-    return read_classified(path, LesionRules(lesion_classes))[0]
-
-
 def read_classified(path: Path, rules: LesionRules = LesionRules()) -> tuple[list[Lesion], dict[str, list[str]]]:
     """The lesions of an annotation file under `rules`, and its classes by role
     ({"lesion": [...], "exclusion": [...], "ignored": [...]}, sorted; UNCLASSIFIED for none).

@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 PLAUSIBLE_MPP = (0.05, 20.0)  # µm/px: from beyond a 100x objective to a 0.5x overview
 DEFAULT_DPI = (72.0, 96.0, 300.0)  # image editors' and libraries' default TIFF resolutions
 DIFFERS = 0.05  # a declared value further than this (relative) from the file's is warned about
-SOURCES = ("file", "manifest", "flag")
 DECLARE = ("declare the slide's level-0 µm/px with the manifest column `mpp` or --slide-mpp "
            "(e.g. 0.25 at 40x, 0.5 at 20x)")
 

@@ -9,6 +9,7 @@ from explainers.methods.registry import (
     METHODS,
     MapMethod,
     Method,
+    default_methods,
     help_text,
     method,
     method_names,
@@ -18,5 +19,5 @@ from explainers.methods.registry import (
     title,
 )
 
-__all__ = ["ATTENTION", "METHODS", "MapMethod", "Method", "help_text", "method", "method_names", "parse_methods",
-           "register_method", "split_methods", "title"]
+__all__ = ["ATTENTION", "METHODS", "MapMethod", "Method", "default_methods", "help_text", "method",
+           "method_names", "parse_methods", "register_method", "split_methods", "title"]

@@ -42,7 +42,7 @@ class CAM(MapMethod):
         return self.compute(chunk.acts, grads, chunk.linear)
 
 
-@register_method("gradcam", "Grad-CAM", kind="cam", needs=CAM_NEEDS,
+@register_method("gradcam", "Grad-CAM", kind="cam", needs=CAM_NEEDS, defaults=("slides", "images"),
                  formula="Selvaraju et al. 2017: α_c = mean_ij G_cij",
                  description="Regions whose features raise the class score (coarse, at the target layer's grid).")
 class GradCAM(CAM):
@@ -52,7 +52,7 @@ class GradCAM(CAM):
         return grads.mean((2, 3), keepdim=True)
 
 
-@register_method("gradcampp", "Grad-CAM++", kind="cam", needs=CAM_NEEDS,
+@register_method("gradcampp", "Grad-CAM++", kind="cam", needs=CAM_NEEDS, defaults=("images",),
                  formula="Chattopadhay et al. 2018: α_c = Σ_ij a_cij relu(G_cij)",
                  description="Like Grad-CAM, but weights each location's positive gradients, so several "
                              "separate regions of one class show up better.")

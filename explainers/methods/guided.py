@@ -51,7 +51,7 @@ def saliency(grads: torch.Tensor) -> torch.Tensor:
     return grads.abs().amax(1)
 
 
-@register_method("guided_backprop", "Guided backprop", kind="input-gradient", needs=("patches",),
+@register_method("guided_backprop", "Guided backprop", kind="input-gradient", needs=("patches",), defaults=("images",),
                  formula="Springenberg et al. 2015: max_c |guided d(score)/d(image)|",
                  description="Fine pixel detail the class score is sensitive to (not class-specific on its own).")
 class GuidedBackprop(MapMethod):
@@ -67,7 +67,7 @@ class GuidedBackprop(MapMethod):
 
 
 @register_method("guided_gradcam", "Guided Grad-CAM", kind="input-gradient", needs=("patches",),
-                 requires=("gradcam", "guided_backprop"),
+                 requires=("gradcam", "guided_backprop"), defaults=("images",),
                  formula="Selvaraju et al. 2017: guided backprop ⊙ Grad-CAM upsampled to the patch",
                  description="Guided backprop restricted to the Grad-CAM region: fine detail of the evidence.")
 class GuidedGradCAM(MapMethod):

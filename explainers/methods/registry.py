@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from explainers.engine import BagExplainer, Chunk
 
 KINDS = ("attention", "cam", "input-gradient", "perturbation")
+CONTEXTS = ("slides", "images")  # where a method can be a default: slide audits, single images
 NEEDS = ("activations", "gradients", "patches")
 ATTENTION = "attention"
 
@@ -39,8 +40,9 @@ class Method:
     gradients of the target score with respect to them, the patches re-read as model inputs);
     requires: methods computed first and handed over (not stored unless chosen too);
     formula: the reference and formula in one line; description: what the map shows, in plain
-    words for the reports; interactive: cheap enough for the upload page; implementation: the
-    class computing it (None for attention)."""
+    words for the reports; interactive: cheap enough for the upload page; defaults: the CONTEXTS
+    that run it when no method is chosen; implementation: the class computing it (None for
+    attention)."""
 
     name: str
     title: str
@@ -50,6 +52,7 @@ class Method:
     description: str
     requires: tuple[str, ...] = ()
     interactive: bool = True
+    defaults: frozenset[str] = frozenset()
     implementation: type | None = None
 
     @property
@@ -79,17 +82,19 @@ class MapMethod:
 
 
 def register_method(name: str, title: str, kind: str, needs: Iterable[str], formula: str, description: str,
-                    requires: tuple[str, ...] = (), interactive: bool = True) -> Callable[[C], C]:
+                    requires: tuple[str, ...] = (), interactive: bool = True,
+                    defaults: Iterable[str] = ()) -> Callable[[C], C]:
     """Class decorator: record the class as method `name` (see `Method`); sets `cls.method`."""
-    needs = frozenset(needs)
-    if kind not in KINDS or not needs <= set(NEEDS):
-        raise ValueError(f"method {name!r}: kind must be one of {KINDS} and needs within {NEEDS}")
+    needs, defaults = frozenset(needs), frozenset(defaults)
+    if kind not in KINDS or not needs <= set(NEEDS) or not defaults <= set(CONTEXTS):
+        raise ValueError(f"method {name!r}: kind must be one of {KINDS}, needs within {NEEDS}, "
+                         f"defaults within {CONTEXTS}")
     missing = [r for r in requires if r not in METHODS]
     if missing:
         raise ValueError(f"method {name!r} requires unregistered methods {missing}; register them first")
 
     def add(cls: C) -> C:
-        record = Method(name, title, kind, needs, formula, description, tuple(requires), interactive, cls)
+        record = Method(name, title, kind, needs, formula, description, tuple(requires), interactive, defaults, cls)
         cls.method = record  # type: ignore[attr-defined]
         METHODS[name] = record
         return cls
@@ -101,6 +106,11 @@ def method_names() -> tuple[str, ...]:
     """Every method a user can choose, by kind (KINDS order), then in registration order."""
     chosen = [m for m in METHODS.values() if m.choosable]
     return tuple(m.name for m in sorted(chosen, key=lambda m: KINDS.index(m.kind)))
+
+
+def default_methods(context: str) -> tuple[str, ...]:
+    """The methods run in `context` (one of CONTEXTS) when none is chosen, in `method_names` order."""
+    return tuple(name for name in method_names() if context in METHODS[name].defaults)
 
 
 def method(name: str) -> Method:

@@ -13,7 +13,7 @@ from pipeline import options
 @options.model_dir
 @click.option("--target", "targets", multiple=True, metavar="CLASS|top5",
               help="Class to explain (repeatable), or top5 for the five most probable [default: the predicted class].")
-@options.methods(None, "Methods, comma-separated [default: gradcam,gradcampp,guided_backprop,guided_gradcam].")
+@options.methods("images", "Methods, comma-separated.")
 @click.option("--mpp", default=None, type=float,
               help="The image's µm/px [default: recorded in the file, else the model's].")
 @click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
@@ -29,13 +29,15 @@ def explain_image(image: Path, model_dir: Path, targets: tuple[str, ...], method
     import json
 
     from explainers.errors import ImageError
+    from explainers.methods.registry import default_methods
     from explainers.models.config import read_config
-    from explainers.single_image import DEFAULT_METHODS, RegionConfig, check_targets
+    from explainers.single_image import RegionConfig, check_targets
     from reports.html import percent
     from reports.image_page import RESULT, write_image_report
 
     out = out or Path(f"{image.stem}-explained")
-    config = RegionConfig(targets=targets, methods=methods or DEFAULT_METHODS, max_tiles=max_tiles, device=device)
+    config = RegionConfig(targets=targets, methods=methods or default_methods("images"), max_tiles=max_tiles,
+                          device=device)
     try:
         check_targets(targets, read_config(model_dir).classes)          # before the model is loaded
     except ImageError as exc:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from reports.audit.registry import metric
 from reports.errors import RegistryError
 
 if TYPE_CHECKING:
@@ -64,11 +65,6 @@ class Flag:
             if value not in VERDICTS:
                 raise RegistryError(f"flag {self.name!r}: verdict {value!r} is not one of {VERDICTS}")
 
-    @property
-    def severity(self) -> str:
-        """"error" for a fail, "warning" for a review, "info" for information."""
-        return SEVERITIES[self.verdict]
-
     def verdict_on(self, lesions_on_tissue: int) -> str:
         """The verdict on a slide with that many lesions on its tissue."""
         return self.verdict if lesions_on_tissue or self.verdict_without_lesion is None else self.verdict_without_lesion
@@ -81,13 +77,17 @@ def _focus_outside(f: FlagInputs) -> tuple[list[str], str] | None:
             ) if outside else None
 
 
+ARTEFACT_FOCUS = {m.name: m.review_at for m in map(metric, ("artefact_peak", "artefact_top_patches"))
+                  if m.review_at is not None}  # the metrics whose review_at raise focus_on_artefact
+ARTEFACT_FOCUS_TEXT = f"the top peak or at least {ARTEFACT_FOCUS['artefact_top_patches']:.0%} of the top patches"
+
+
 def _focus_on_artefact(f: FlagInputs) -> tuple[list[str], str] | None:
     if f.prediction == 0:
         return None
-    on = [name for name, s in f.scores.items() if s.get("artefact_peak", {}).get("value") == 1.0
-          or (s.get("artefact_top_patches", {}).get("value") or 0) >= 0.5]
-    return (on, f"predicted positive with the top peak or half the top patches on an artefact: {', '.join(on)}"
-            ) if on else None
+    on = [name for name, s in f.scores.items()
+          if any((s.get(key, {}).get("value") or 0) >= at for key, at in ARTEFACT_FOCUS.items())]
+    return (on, f"predicted positive with {ARTEFACT_FOCUS_TEXT} on an artefact: {', '.join(on)}") if on else None
 
 
 def _depends_on_artefact(f: FlagInputs) -> tuple[list[str], str] | None:
@@ -155,8 +155,8 @@ FLAGS: dict[str, Flag] = {flag.name: flag for flag in (
          "On a slide with lesions, the method's maximum misses them or its pixel AUROC is below audit.min_auroc.",
          "review", "method", _focus_outside),
     Flag("focus_on_artefact", "Focus on an artefact",
-         "The slide is predicted positive and the method's highest peak, or half its top patches, lie on pen "
-         "ink, a fold or a blank or blurred region: the positive call may rest on the artefact.",
+         f"The slide is predicted positive and {ARTEFACT_FOCUS_TEXT} lie on pen ink, a fold or a blank or "
+         "blurred region: the positive call may rest on the artefact.",
          "review", "method", _focus_on_artefact),
     Flag("methods_disagree", "Methods disagree",
          "Two methods' maps rank the tissue differently (Spearman ρ below audit.min_spearman): a "

@@ -25,9 +25,6 @@ from tiling.artefacts import PATCH_SHARE
 if TYPE_CHECKING:
     from reports.audit.config import AuditConfig
 
-SCOPES = ("method", "slide")
-
-
 @dataclass
 class MapView:
     """One map (H, W) as the metrics see it: lesion labels (0 = none, k = k-th lesion), the valid
@@ -64,6 +61,9 @@ class MapView:
         return None if top is None else measure(top, self.lesion & self.valid)
 
 
+SHOWN_AS = ("yes/no", "percent", "number")
+
+
 @dataclass(frozen=True)
 class Metric:
     """name: key in audit.json and audit.csv; title: for reports; short: index column header;
@@ -71,7 +71,10 @@ class Metric:
     range: the values it can take; key: shown per method in the index; plotted: a distribution
     plot in the index; score: the value on a MapView (None = n/a); meaning and good: the report's
     glossary (what it tells, which values are good and the flag threshold: format strings over
-    the audit config); detail: shown behind "more metrics"."""
+    the audit config, `{review_at:g}` from the record); detail: shown behind "more metrics";
+    review_at: the value from which, on a slide predicted positive, the metric asks for review;
+    summary: its column header in the slide page's summary table ("": not there); shown_as: how
+    that cell shows the value (SHOWN_AS: a yes/no badge, a percentage or a number)."""
 
     name: str
     title: str
@@ -85,6 +88,13 @@ class Metric:
     meaning: str = ""
     good: str = ""
     detail: bool = False
+    review_at: float | None = None
+    summary: str = ""
+    shown_as: str = "number"
+
+    def __post_init__(self) -> None:
+        if self.shown_as not in SHOWN_AS:
+            raise RegistryError(f"metric {self.name!r}: shown_as {self.shown_as!r} is not one of {SHOWN_AS}")
 
     def preprocessing(self, view: MapView) -> str:
         where = f"tissue pixels at {view.pixel_um:.3g} µm/px, raw stitched values"
@@ -95,16 +105,19 @@ TOP_NOTE = "strict top {fraction} of tissue pixels: ties at the cut left out whe
 BASE_METRICS = (
     Metric("auroc", "AUROC", "AUROC", "P(a lesion pixel outscores a non-lesion pixel) = U / (P·N)",
            "rank-based, ties count ½", lambda v: M.pixel_auroc(v.values, v.lesion, v.valid),
-           key=True, plotted=True, meaning="how well the map's values separate lesion from other tissue",
+           key=True, plotted=True, summary="AUROC",
+           meaning="how well the map's values separate lesion from other tissue",
            good="1 perfect, 0.5 chance, < 0.5 points away; flagged below {min_auroc:g} on a positive slide"),
     Metric("pointing_game", "Pointing game", "PG", "1 when the map's maximum lies on a lesion, else 0",
            "hit within {tolerance_um:g} µm of lesion on tissue, any pixel tied at the maximum counts",
            lambda v: M.pointing_game(v.values, v.lesion, v.valid, v.config.tolerance_um / v.pixel_um),
-           key=True, plotted=True, meaning="whether the map's strongest point falls on a lesion",
+           key=True, plotted=True, summary="On a lesion", shown_as="yes/no",
+           meaning="whether the map's strongest point falls on a lesion",
            good="1 hit; a miss (0) flags the method on a positive slide"),
     Metric("relevance_mass", "Relevance mass", "Mass", "Σ_lesion max(m, 0) / Σ_tissue max(m, 0)",
            "negative values clipped to 0, no normalisation",
            lambda v: M.relevance_mass(v.values, v.lesion, v.valid), key=True, plotted=True,
+           summary="Mass in lesions", shown_as="percent",
            meaning="share of the map's positive mass inside the lesions",
            good="near 1; the lesion's share of tissue is what chance gives"),
     Metric("rank_accuracy", "Rank accuracy", "Rank", "|top-K pixels ∩ lesion| / K, K = |lesion|",
@@ -148,7 +161,7 @@ ARTEFACT_METRICS = (
     Metric("artefact_peak", "Top peak on an artefact", "Art.peak", "1 when the highest peak lies on an artefact",
            "the highest local maximum", lambda v: _share(v.peak_kinds[:1]),
            meaning="whether the map's strongest point falls on an artefact",
-           good="0; 1 on a slide predicted positive asks for review"),
+           good="0; {review_at:g} on a slide predicted positive asks for review", review_at=1.0),
     Metric("artefact_peaks", "Peaks on artefacts", "Art.peaks", "peaks on an artefact / peaks",
            "top {n_peaks} local maxima at least {peak_distance_um:g} µm apart", lambda v: _share(v.peak_kinds),
            meaning="share of the map's peaks on an artefact", good="near 0"),
@@ -157,7 +170,7 @@ ARTEFACT_METRICS = (
            "the {top_patches} patches of highest score (attention; a CAM's mean over the patch), "
            f"on an artefact when one kind covers >= {PATCH_SHARE:.0%} of it", lambda v: _share(v.top_kinds),
            meaning="share of the most attended patches that lie on an artefact",
-           good="near 0; >= 0.5 on a slide predicted positive asks for review"),
+           good="near 0; >= {review_at:g} on a slide predicted positive asks for review", review_at=0.5),
 )
 
 

@@ -43,11 +43,6 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 VERSIONED = ("slideaudit", "torch", "monai", "openslide-python", "openslide-bin")
 
 
-def metric_names(config: AuditConfig) -> list[str]:
-    """The per-method metric keys, in report order (`reports.audit.registry.metrics_for`)."""
-    return list(metrics_for(config))
-
-
 def peak_distance_px(config: AuditConfig, pixel_um: float) -> int:
     """The least distance between two peaks in map pixels, at least 1."""
     return max(1, round(config.peak_distance_um / pixel_um))

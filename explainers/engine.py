@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from explainers.errors import ModelError
-from explainers.methods.registry import METHODS, MapMethod, parse_methods
+from explainers.methods import cams, guided, occlusion  # noqa: F401  (implement the built-in methods)
+from explainers.methods.registry import METHODS, MapMethod, implementation, parse_methods
 from explainers.models.mil import MILModel, split_encoder
 
 RAM_LIMIT = 1 << 30  # bytes of kept activations held in RAM; a larger bag spills to a mapped file
@@ -205,8 +206,8 @@ class BagExplainer:
         record = METHODS[name]
         for required in record.requires:
             self._add(required)
-        if name not in self.steps and record.implementation is not None:
-            self.steps[name] = record.implementation()
+        if name not in self.steps and record.choosable:
+            self.steps[name] = implementation(name)()
 
     @torch.no_grad()
     def forward(self, batches: Iterable[tuple[int, int, torch.Tensor]], n: int) -> BagForward:

@@ -23,7 +23,7 @@ from explainers.errors import ModelError
 from explainers.methods.cams import CAM, upsample
 from explainers.methods.guided import guided_relus, saliency
 from explainers.methods.occlusion import occlusions
-from explainers.methods.registry import method
+from explainers.methods.registry import implementation
 
 
 class TopK(NamedTuple):
@@ -87,7 +87,7 @@ class ImageExplainer:
     def __init__(self, model: nn.Module, name: str, layer: str | None = None, fc: str | None = None,
                  grid: int = 8) -> None:
         self.model, self.name, self.grid = model, name, grid
-        self.impl = method(name).implementation()
+        self.impl = implementation(name)()
         try:
             self.layer = model.get_submodule(layer) if layer else None
             self.fc = model.get_submodule(fc) if fc else None

@@ -16,7 +16,17 @@ from explainers.config import ExplainConfig
 from explainers.engine import BagExplainer
 from explainers.errors import ModelError
 from explainers.methods.cams import CAM
-from explainers.methods.registry import METHODS, default_methods, method, method_names, parse_methods, register_method
+from explainers.methods.registry import (
+    IMPLEMENTATIONS,
+    METHODS,
+    declare,
+    default_methods,
+    implementation,
+    implements,
+    method,
+    method_names,
+    parse_methods,
+)
 from explainers.models.config import ModelConfig
 from explainers.models.io import build_model, save_model
 from explainers.single_image import RegionConfig
@@ -36,14 +46,16 @@ from tiling.store.records import load_audit, write_audit
 @pytest.fixture
 def max_cam():
     """A CAM variant declared only here: α_c = max_ij G_cij."""
-    @register_method("maxcam", "Max-CAM", kind="cam", needs=("activations", "gradients"),
-                     formula="α_c = max_ij G_cij", description="Where the steepest gradient of each channel is.")
+    declare("maxcam", "Max-CAM", kind="cam", needs=("activations", "gradients"),
+            formula="α_c = max_ij G_cij", description="Where the steepest gradient of each channel is.")
+
+    @implements("maxcam")
     class MaxCAM(CAM):
         def weights(self, acts, grads, linear):
             return grads.amax((2, 3), keepdim=True)
 
     yield MaxCAM
-    del METHODS["maxcam"]
+    del METHODS["maxcam"], IMPLEMENTATIONS["maxcam"]
 
 
 def test_a_new_cam_method_reaches_every_output_without_touching_another_file(
@@ -91,7 +103,7 @@ def test_every_method_declares_what_it_needs_and_its_texts():
         record = method(name)
         assert record.title and record.formula and record.description and record.needs
         assert all(r in METHODS for r in record.requires)
-        assert isinstance(record.implementation(), record.implementation)
+        assert isinstance(implementation(name)(), implementation(name))
 
 
 def test_the_registry_owns_the_default_methods(max_cam):
@@ -103,8 +115,10 @@ def test_the_registry_owns_the_default_methods(max_cam):
     help_text = CliRunner().invoke(main, ["explain", "--help"]).output
     assert "[default: gradcam,maxcam]" in " ".join(help_text.split())
     with pytest.raises(ValueError, match="defaults within"):
-        register_method("nocam", "No-CAM", kind="cam", needs=("activations",), formula="-", description="-",
-                        defaults=("archives",))
+        declare("nocam", "No-CAM", kind="cam", needs=("activations",), formula="-", description="-",
+                defaults=("archives",))
+    with pytest.raises(ValueError, match="declare the method first"):
+        implements("nocam")
 
 
 def test_a_flag_threshold_is_its_metric_records(monkeypatch):

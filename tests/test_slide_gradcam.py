@@ -10,7 +10,7 @@ from explainers.engine import BagExplainer, frozen, instance_target, slide_targe
 from explainers.errors import ModelError
 from explainers.explain import CPU_BATCH, MAX_BATCH, batch_size, fit_batch
 from explainers.methods.guided import guided_relus, saliency
-from explainers.methods.registry import method, method_names
+from explainers.methods.registry import implementation, method_names
 from explainers.models.config import ModelConfig
 from explainers.models.io import build_model
 from explainers.models.mil import split_encoder
@@ -62,7 +62,7 @@ def test_chunked_slide_gradcam_equals_one_full_graph_backward(model, bag, batch,
     _, _, out = run(model, bag, ("gradcam", "gradcampp", "hirescam"), batch=batch, layer=layer)
     acts, grads, _ = full_graph_slide_grads(model, bag, 1, layer)
     for name in ("gradcam", "gradcampp", "hirescam"):
-        expected = method(name).implementation().compute(acts, grads)
+        expected = implementation(name)().compute(acts, grads)
         assert float(expected.abs().max()) > 0
         torch.testing.assert_close(out[name], expected, atol=1e-5, rtol=1e-5)
 

@@ -15,12 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from explainers.errors import ModelError
-from explainers.methods.registry import MapMethod, register_method
+from explainers.methods.registry import MapMethod, implements
 
 if TYPE_CHECKING:
     from explainers.engine import BagExplainer, Chunk
 
-CAM_NEEDS = ("activations", "gradients")
 
 
 class CAM(MapMethod):
@@ -42,9 +41,7 @@ class CAM(MapMethod):
         return self.compute(chunk.acts, grads, chunk.linear)
 
 
-@register_method("gradcam", "Grad-CAM", kind="cam", needs=CAM_NEEDS, defaults=("slides", "images"),
-                 formula="Selvaraju et al. 2017: α_c = mean_ij G_cij",
-                 description="Regions whose features raise the class score (coarse, at the target layer's grid).")
+@implements("gradcam")
 class GradCAM(CAM):
     """Grad-CAM (Selvaraju et al. 2017): α_c = (1/Z) Σ_ij G_cij, the spatial mean gradient."""
 
@@ -52,10 +49,7 @@ class GradCAM(CAM):
         return grads.mean((2, 3), keepdim=True)
 
 
-@register_method("gradcampp", "Grad-CAM++", kind="cam", needs=CAM_NEEDS, defaults=("images",),
-                 formula="Chattopadhay et al. 2018: α_c = Σ_ij a_cij relu(G_cij)",
-                 description="Like Grad-CAM, but weights each location's positive gradients, so several "
-                             "separate regions of one class show up better.")
+@implements("gradcampp")
 class GradCAMpp(CAM):
     """Grad-CAM++ (Chattopadhay et al. 2018), in the closed form that assumes an exponential
     score, so only first-order gradients are needed:
@@ -72,9 +66,7 @@ class GradCAMpp(CAM):
         return (a * torch.relu(grads)).sum((2, 3), keepdim=True)
 
 
-@register_method("hirescam", "HiResCAM", kind="cam", needs=CAM_NEEDS,
-                 formula="Draelos & Carin 2020: α = G element-wise",
-                 description="Grad-CAM without averaging the gradients: follows the model's own computation.")
+@implements("hirescam")
 class HiResCAM(CAM):
     """HiResCAM (Draelos & Carin 2020): α = G element-wise, map = relu(Σ_c G_c ⊙ A_c)."""
 
@@ -82,9 +74,7 @@ class HiResCAM(CAM):
         return grads
 
 
-@register_method("cam", "CAM", kind="cam", needs=("activations",),
-                 formula="Zhou et al. 2016: α_c = the linear weight of channel c after global pooling",
-                 description="The classifier's weights on the pooled features, mapped back to locations.")
+@implements("cam")
 class ClassCAM(CAM):
     """CAM (Zhou et al. 2016), for a target layer followed by global average pooling and a
     linear score: α_c = W[class, c] (for the slide target, a_k W[class, c]). On such a network

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from explainers.methods.cams import upsample
-from explainers.methods.registry import MapMethod, register_method
+from explainers.methods.registry import MapMethod, implements
 
 if TYPE_CHECKING:
     from explainers.engine import Chunk
@@ -51,9 +51,7 @@ def saliency(grads: torch.Tensor) -> torch.Tensor:
     return grads.abs().amax(1)
 
 
-@register_method("guided_backprop", "Guided backprop", kind="input-gradient", needs=("patches",), defaults=("images",),
-                 formula="Springenberg et al. 2015: max_c |guided d(score)/d(image)|",
-                 description="Fine pixel detail the class score is sensitive to (not class-specific on its own).")
+@implements("guided_backprop")
 class GuidedBackprop(MapMethod):
     """Guided-backprop saliency of the target score, re-running the encoder on the patches:
     the score depends on patch k only through h_k, so d(score)/dx_k = (dh_k/dx_k)^T g_k."""
@@ -66,10 +64,7 @@ class GuidedBackprop(MapMethod):
         return saliency(grads)
 
 
-@register_method("guided_gradcam", "Guided Grad-CAM", kind="input-gradient", needs=("patches",),
-                 requires=("gradcam", "guided_backprop"), defaults=("images",),
-                 formula="Selvaraju et al. 2017: guided backprop ⊙ Grad-CAM upsampled to the patch",
-                 description="Guided backprop restricted to the Grad-CAM region: fine detail of the evidence.")
+@implements("guided_gradcam")
 class GuidedGradCAM(MapMethod):
     """Guided Grad-CAM: guided-backprop saliency ⊙ Grad-CAM upsampled (bilinear) to the patch."""
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from explainers.methods.registry import MapMethod, register_method
+from explainers.methods.registry import MapMethod, implements
 
 if TYPE_CHECKING:
     from explainers.engine import Chunk
@@ -29,9 +29,7 @@ def occlusions(images: torch.Tensor, grid: int, value: float = 0.0) -> Iterator[
             yield i, j, occluded
 
 
-@register_method("occlusion", "Occlusion", kind="perturbation", needs=("patches",), interactive=False,
-                 formula="Zeiler & Fergus 2014: s(x) - s(x with window (i, j) blanked), 8 x 8 windows",
-                 description="How much the class score drops when each window of the patch is greyed out.")
+@implements("occlusion")
 class Occlusion(MapMethod):
     """Occlusion maps (B, grid, grid): each patch's windows blanked in turn, the rest of the bag as it is."""
 

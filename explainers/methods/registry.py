@@ -1,18 +1,22 @@
 """The registry of explanation methods: one record per method, everything else derived from it.
 
-A method is one small class registered with its record; the explain engine
-(`explainers.engine.BagExplainer`), `--methods` on every command, explain.zarr, the report
-titles, the upload page's choices, help texts and the tests all read `METHODS`:
+A method is a record (`declare`: name, title, kind, formula, defaults...) and a class that
+computes it (`implements`). The records are plain data, read without torch: `--methods` and its
+help, the configs' defaults, explain.zarr, report titles and the upload page's choices all read
+`METHODS`; the explain engine (`explainers.engine.BagExplainer`) instantiates `implementation`:
 
-    >>> @register_method("mycam", "My-CAM", kind="cam", needs=("activations", "gradients"),
-    ...                  formula="α_c = max_ij G_cij", description="Where the strongest gradients are.")
+    >>> declare("mycam", "My-CAM", kind="cam", needs=("activations", "gradients"),
+    ...         formula="α_c = max_ij G_cij", description="Where the strongest gradients are.")
+    >>> @implements("mycam")
     ... class MyCAM(CAM):
     ...     def weights(self, acts, grads, linear):
     ...         return grads.amax((2, 3), keepdim=True)
     >>> parse_methods("gradcam,mycam")
     ('gradcam', 'mycam')
 
-A-MIL attention is recorded too (kind "attention"): every audit scores it, nobody chooses it.
+The built-in records are declared in `explainers.methods.catalogue`, their classes in `cams`,
+`guided` and `occlusion` (imported by the engine). This module imports none of them. A-MIL
+attention is recorded too (kind "attention"): every audit scores it, nobody chooses it.
 """
 from __future__ import annotations
 
@@ -41,8 +45,7 @@ class Method:
     requires: methods computed first and handed over (not stored unless chosen too);
     formula: the reference and formula in one line; description: what the map shows, in plain
     words for the reports; interactive: cheap enough for the upload page; defaults: the CONTEXTS
-    that run it when no method is chosen; implementation: the class computing it (None for
-    attention)."""
+    that run it when no method is chosen."""
 
     name: str
     title: str
@@ -53,11 +56,10 @@ class Method:
     requires: tuple[str, ...] = ()
     interactive: bool = True
     defaults: frozenset[str] = frozenset()
-    implementation: type | None = None
 
     @property
     def choosable(self) -> bool:
-        return self.implementation is not None
+        return self.kind != ATTENTION
 
 
 METHODS: dict[str, Method] = {
@@ -65,7 +67,6 @@ METHODS: dict[str, Method] = {
                       "Ilse et al. 2018: a_k = softmax_k(w^T (tanh(V h_k) ⊙ sigmoid(U h_k)))",
                       "How much each patch weighs in the slide's prediction (the weights sum to 1)."),
 }
-C = TypeVar("C", bound=type)
 
 
 class MapMethod:
@@ -81,25 +82,43 @@ class MapMethod:
         raise NotImplementedError
 
 
-def register_method(name: str, title: str, kind: str, needs: Iterable[str], formula: str, description: str,
-                    requires: tuple[str, ...] = (), interactive: bool = True,
-                    defaults: Iterable[str] = ()) -> Callable[[C], C]:
-    """Class decorator: record the class as method `name` (see `Method`); sets `cls.method`."""
+IMPLEMENTATIONS: dict[str, type[MapMethod]] = {}
+C = TypeVar("C", bound=type[MapMethod])
+
+
+def declare(name: str, title: str, kind: str, needs: Iterable[str], formula: str, description: str,
+            requires: tuple[str, ...] = (), interactive: bool = True, defaults: Iterable[str] = ()) -> Method:
+    """Record method `name` (see `Method`); ValueError for an unknown kind, need or context, or a
+    required method not declared before it."""
     needs, defaults = frozenset(needs), frozenset(defaults)
-    if kind not in KINDS or not needs <= set(NEEDS) or not defaults <= set(CONTEXTS):
-        raise ValueError(f"method {name!r}: kind must be one of {KINDS}, needs within {NEEDS}, "
+    if kind not in KINDS[1:] or not needs <= set(NEEDS) or not defaults <= set(CONTEXTS):
+        raise ValueError(f"method {name!r}: kind must be one of {KINDS[1:]}, needs within {NEEDS}, "
                          f"defaults within {CONTEXTS}")
     missing = [r for r in requires if r not in METHODS]
     if missing:
-        raise ValueError(f"method {name!r} requires unregistered methods {missing}; register them first")
+        raise ValueError(f"method {name!r} requires undeclared methods {missing}; declare them first")
+    METHODS[name] = Method(name, title, kind, needs, formula, description, tuple(requires), interactive, defaults)
+    return METHODS[name]
+
+
+def implements(name: str) -> Callable[[C], C]:
+    """Class decorator: the class computes declared method `name`; sets `cls.method`."""
+    if name not in METHODS or not METHODS[name].choosable:
+        raise ValueError(f"implements({name!r}): declare the method first")
 
     def add(cls: C) -> C:
-        record = Method(name, title, kind, needs, formula, description, tuple(requires), interactive, defaults, cls)
-        cls.method = record  # type: ignore[attr-defined]
-        METHODS[name] = record
+        cls.method = METHODS[name]
+        IMPLEMENTATIONS[name] = cls
         return cls
 
     return add
+
+
+def implementation(name: str) -> type[MapMethod]:
+    """The class computing method `name` (the built-ins' modules are imported by the engine)."""
+    if name not in IMPLEMENTATIONS:
+        raise ConfigError(f"method {name!r} has no implementation loaded; import the module that defines it")
+    return IMPLEMENTATIONS[name]
 
 
 def method_names() -> tuple[str, ...]:

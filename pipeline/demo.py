@@ -1,7 +1,9 @@
 """The demo: sample slides, a small model trained on them, an audit of a held-out archive.
 
     OUT/train-slides/    16 sample slides (seed 1) with annotations and manifest.csv
-    OUT/heldout-slides/  8 sample slides (seed 2), never seen in training
+    OUT/heldout-slides/  8 sample slides (seed 2), never seen in training; audit-manifest.csv lists them
+                         with the last one unlabelled and unannotated, as an archive's slide of
+                         unknown diagnosis (its verdict: UNCHECKED)
     OUT/train-store/     the training slides' patch stores
     OUT/model/           the trained A-MIL model (kept on a rerun; delete it to retrain)
     OUT/audit/           the audit of the held-out archive: index.html, audit.csv, run.json
@@ -9,6 +11,8 @@ Every step skips what is already there, so a rerun is quick.
 """
 from __future__ import annotations
 
+import csv
+import io
 import logging
 from pathlib import Path
 
@@ -36,4 +40,20 @@ def run_demo(out: Path, config: PipelineConfig) -> RunResult:
         log.info("%s: model exists; delete the folder to train again", model_dir)
     else:
         train(train_manifest, model_dir, TrainConfig(tile=config.tile), stores=out / "train-store")
-    return run_archive(heldout, model_dir, out / "audit", config)
+    return run_archive(with_unknown_slide(heldout), model_dir, out / "audit", config)
+
+
+def with_unknown_slide(manifest: Path) -> Path:
+    """`manifest` as audit-manifest.csv beside it, its last slide without label and annotations (written
+    only when it differs, so a rerun finds everything current)."""
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    rows[-1].update({"label": "", "annotation": "", "annotation_xml": ""})
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    audited = manifest.with_name("audit-manifest.csv")
+    if not audited.is_file() or audited.read_text() != text.getvalue():
+        audited.write_text(text.getvalue())
+    return audited

@@ -8,13 +8,13 @@ from pipeline.runner import RunResult
 from tiling.store import slide_dir
 from tiling.store.records import load_audit
 
-NEEDS_REVIEW = ("REVIEW", "FAIL")
+NEEDS_REVIEW = ("FAIL", "REVIEW", "UNCHECKED")
 
 
 def summarize(result: RunResult) -> dict[str, Any]:
     """wall_seconds; slide counts (current, recomputed, failed, skipped); stage_seconds (summed
     over the slides, s); verdict and flag counts over the audited slides; review (the slides whose
-    verdict is REVIEW or FAIL); failures; thresholds_met; exit_code; where the outputs are."""
+    verdict is FAIL, REVIEW or UNCHECKED); failures; thresholds_met; exit_code; where the outputs are."""
     audited = [s for s in result.states if not s.failure]
     audits = {s.record.slide_id: load_audit(slide_dir(result.out, s.record.slide_id)) for s in audited}
     seconds: Counter[str] = Counter()

@@ -56,7 +56,7 @@ DISPLAY_SIDE = 1024  # px of the slide and map views (enlarged when the maps are
 ROW_THUMB = 96  # px of a slide's thumbnail in the index
 KEY_METRICS = tuple(m.name for m in BASE_METRICS if m.key)
 PLOTTED = tuple(m.name for m in (*BASE_METRICS, LESION_HIT_RATE) if m.plotted)
-TONES = {"fail": "bad", "review": "warn", "info": "na", "pass": "ok"}  # verdict -> badge class
+TONES = {"fail": "bad", "review": "warn", "unchecked": "na", "info": "na", "pass": "ok"}  # verdict -> badge class
 
 
 def number(value: Any, digits: int = 2) -> str:

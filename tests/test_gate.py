@@ -26,7 +26,7 @@ FAIL = {"verdict": "FAIL", "verdict_reason": "Prediction wrong: predicted class 
 
 def test_criteria_are_verdicts_or_registered_flags():
     assert check_fail_on(("Review", " prediction_wrong")) == ("review", "prediction_wrong")
-    with pytest.raises(ConfigError, match=r"unknown 'looks_odd'.*review, fail or flag names"):
+    with pytest.raises(ConfigError, match=r"unknown 'looks_odd'.*review, fail, unchecked or flag names"):
         check_fail_on(("looks_odd",))
     assert gate_reasons(REVIEW, ("review",)) == ["review"] and gate_reasons(REVIEW, ("fail",)) == []
     assert gate_reasons(FAIL, ("review", "fail", "prediction_wrong")) == ["review", "fail", "prediction_wrong"]

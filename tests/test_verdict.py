@@ -7,8 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pipeline.demo import with_unknown_slide
 from reports.audit.config import AuditConfig
 from reports.audit.flags import FLAGS, Flag, FlagInputs, raise_flags, slide_verdict
+from reports.audit.gate import check_fail_on, gate_reasons
 from reports.errors import RegistryError
 from tiling.store.records import load_audit
 
@@ -27,7 +29,7 @@ def inputs(label: int | None, prediction: int, spearman: float, lesions: int) ->
 
 
 def test_every_flag_has_a_verdict_and_the_worst_one_decides():
-    assert {f.verdict for f in FLAGS.values()} <= {"fail", "review", "info"}
+    assert {f.verdict for f in FLAGS.values()} == {"fail", "review", "unchecked", "info"}
     assert FLAGS["prediction_wrong"].verdict == FLAGS["validation_failed"].verdict == "fail"
     assert FLAGS["focus_outside_lesion"].verdict == FLAGS["label_annotation_mismatch"].verdict == "review"
     assert slide_verdict([]) == ("PASS", "no flag calls for review")
@@ -46,6 +48,20 @@ def test_methods_disagree_is_information_on_a_slide_without_lesions():
     assert slide_verdict(positive)[0] == "REVIEW"
 
 
+def test_a_slide_with_nothing_to_check_against_is_unchecked_never_pass():
+    for prediction in (0, 1):
+        raised = raise_flags(inputs(None, prediction, 1.0, 0))
+        verdict, reason = slide_verdict(raised)
+        assert verdict == "UNCHECKED" and reason.startswith("Not checked: no label and no lesion annotated")
+    assert slide_verdict(raise_flags(inputs(None, 1, 1.0, 1)))[0] == "PASS"  # annotations: focus checked
+    assert slide_verdict(raise_flags(inputs(1, 1, 1.0, 0)))[0] == "REVIEW"  # positive without annotation
+    unchecked_and_disagreeing = raise_flags(inputs(None, 1, 0.0, 0))
+    assert slide_verdict(unchecked_and_disagreeing)[0] == "UNCHECKED"  # methods_disagree is info there
+    assert gate_reasons({"verdict": "UNCHECKED", "flags": []}, ("unchecked",)) == ["unchecked"]
+    assert gate_reasons({"verdict": "UNCHECKED", "flags": []}, ("review", "fail")) == []
+    assert check_fail_on(("Unchecked",)) == ("unchecked",)
+
+
 def test_audit_json_report_and_index_show_the_verdict(archive):
     positive, evil = load_audit(archive["positive"]), load_audit(archive["evil"])
     assert positive["verdict"] == "REVIEW" and positive["verdict_reason"].startswith("Focus outside lesion")
@@ -60,3 +76,17 @@ def test_audit_json_report_and_index_show_the_verdict(archive):
     assert 'id="needs-review"' in html and 'data-col="verdict"' in html
     assert re.search(r"Pipeline errors: 1 slide could not be processed", html)
     assert re.search(r'id="verdict-counts">2 slides audited:', html)
+
+
+def test_the_demo_audits_one_slide_of_unknown_diagnosis(tmp_path):
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("slide_id,path,label,annotation,annotation_xml,ink\n"
+                        "a,a.tiff,1,a.geojson,a.xml,1\nb,b.tiff,0,b.geojson,b.xml,0\n")
+    audited = with_unknown_slide(manifest)
+    rows = pd.read_csv(audited, dtype=str, keep_default_na=False).to_dict("records")
+    assert rows[0] == {"slide_id": "a", "path": "a.tiff", "label": "1", "annotation": "a.geojson",
+                       "annotation_xml": "a.xml", "ink": "1"}
+    assert rows[1] == {"slide_id": "b", "path": "b.tiff", "label": "", "annotation": "", "annotation_xml": "",
+                       "ink": "0"}
+    written = audited.stat().st_mtime_ns
+    assert with_unknown_slide(manifest) == audited and audited.stat().st_mtime_ns == written

@@ -77,9 +77,10 @@ def echo_result(result: RunResult, as_json: bool = False) -> None:
 @options.exclude_classes
 @click.option("--only-new", is_flag=True,
               help="Audit only slides without an audit.json in OUT; rebuild the index over all.")
-@click.option("--fail-on", default=None, metavar="review|fail|FLAG[,FLAG]",
+@click.option("--fail-on", default=None, metavar="review|fail|unchecked|FLAG[,FLAG]",
               help="CI gate: exit 4 when a slide of this run has verdict REVIEW or worse (review), "
-                   "FAIL (fail) or raises one of the named flags (default: run.fail_on, none).")
+                   "FAIL (fail), UNCHECKED (unchecked: nothing to check it against) or raises one of "
+                   "the named flags (default: run.fail_on, none).")
 @click.option("--group-by", default=None, metavar="COL[,COL]",
               help="Manifest columns (e.g. ink,scanner,site) whose values split accuracy, false-positive and "
                    "false-negative rates in the index and OUT/subgroups.csv (default: run.group_by, none).")

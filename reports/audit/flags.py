@@ -14,9 +14,9 @@ from reports.errors import RegistryError
 if TYPE_CHECKING:
     from reports.audit.config import AuditConfig
 
-VERDICTS = ("fail", "review", "info")  # a raised flag's verdict, worst first
-SEVERITIES = {"fail": "error", "review": "warning", "info": "info"}
-SLIDE_VERDICTS = ("FAIL", "REVIEW", "PASS")  # a slide's verdict, worst first
+VERDICTS = ("fail", "review", "unchecked", "info")  # a raised flag's verdict, worst first
+SEVERITIES = {"fail": "error", "review": "warning", "unchecked": "warning", "info": "info"}
+SLIDE_VERDICTS = ("FAIL", "REVIEW", "UNCHECKED", "PASS")  # a slide's verdict, worst first
 UPSAMPLE_LIMIT = 1.5  # model input px per slide px beyond which the model reads invented detail
 
 
@@ -46,9 +46,10 @@ class FlagInputs:
 @dataclass(frozen=True)
 class Flag:
     """name: key in audit.json; title; meaning (for the report glossary); verdict: what the flag
-    makes of the slide: "fail" (the result cannot be trusted), "review" (a person should look) or
-    "info" (said, never a warning); verdict_without_lesion: the verdict instead on a slide without
-    a lesion on tissue (None = the same); scope: "method" (names the methods concerned) or
+    makes of the slide: "fail" (the result cannot be trusted), "review" (a person should look),
+    "unchecked" (nothing to check the slide against: never PASS) or "info" (said, never a
+    warning); verdict_without_lesion: the verdict instead on a slide without a lesion on tissue
+    (None = the same); scope: "method" (names the methods concerned) or
     "slide"; rule: FlagInputs -> (methods, message) when raised, else None (None for flags the
     index raises itself)."""
 
@@ -137,6 +138,12 @@ def _label_mismatch(f: FlagInputs) -> tuple[list[str], str] | None:
     return [], f"labelled negative, {f.lesions_on_tissue} lesion(s) annotated on tissue"
 
 
+def _not_checked(f: FlagInputs) -> tuple[list[str], str] | None:
+    if f.label is not None or f.lesions_on_tissue:
+        return None
+    return [], "no label and no lesion annotated on its tissue: neither the prediction nor the focus was checked"
+
+
 def _upsampled(f: FlagInputs) -> tuple[list[str], str] | None:
     r = f.resolution
     if (r.get("upsample") or 0) <= UPSAMPLE_LIMIT:
@@ -185,6 +192,11 @@ FLAGS: dict[str, Flag] = {flag.name: flag for flag in (
          "negative with a lesion annotated on its tissue: the label, the annotation file or its scale "
          "is wrong, and the lesion metrics cannot be read as they stand.",
          "review", "slide", _label_mismatch),
+    Flag("not_checked", "Not checked",
+         "The slide has no label and no lesion annotated on its tissue: neither its prediction nor where "
+         "the model looks could be compared with anything, so it cannot pass. Give it a label (manifest "
+         "column `label`) or lesion annotations to check it.",
+         "unchecked", "slide", _not_checked),
     Flag("upsampled", "Upsampled input",
          f"The model reads finer pixels than the slide has (more than {UPSAMPLE_LIMIT:g}x upsampled): "
          "its input holds interpolated detail, so its predictions and maps may not be its usual ones.",
@@ -221,10 +233,11 @@ def raise_flags(inputs: FlagInputs) -> list[dict[str, Any]]:
 
 
 def slide_verdict(raised: list[dict[str, Any]]) -> tuple[str, str]:
-    """(verdict, reason) of a slide from its raised flags: "FAIL" when a flag's verdict is "fail",
-    else "REVIEW" when one is "review", else "PASS" ("info" flags never count). The reason names
-    the first flag of that verdict, "Title: message", and how many more there are."""
-    for level in VERDICTS[:2]:
+    """(verdict, reason) of a slide from its raised flags: the worst of their verdicts ("fail" ->
+    "FAIL", "review" -> "REVIEW", "unchecked" -> "UNCHECKED"), else "PASS" ("info" flags never
+    count). The reason names the first flag of that verdict, "Title: message", and how many more
+    there are."""
+    for level in VERDICTS[:3]:
         hits = [f for f in raised if f["verdict"] == level]
         if hits:
             more = f" (+{len(hits) - 1} more)" if len(hits) > 1 else ""

@@ -1,7 +1,8 @@
 """The CI gate: which audited slides meet `run --fail-on` (exit code 4 in `pipeline.errors`).
 
-A criterion is "review" (the slide's verdict is REVIEW or FAIL), "fail" (its verdict is FAIL) or
-the name of a registered flag (the slide raised it, whatever its verdict there).
+A criterion is "review" (the slide's verdict is REVIEW or FAIL), "fail" (its verdict is FAIL),
+"unchecked" (its verdict is UNCHECKED: nothing to check it against) or the name of a registered
+flag (the slide raised it, whatever its verdict there).
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 from reports.audit.flags import FLAGS, SLIDE_VERDICTS
 from tiling.errors import ConfigError
 
-AT_LEAST = {"fail": SLIDE_VERDICTS[:1], "review": SLIDE_VERDICTS[:2]}  # verdicts that meet it
+# the slide verdicts that meet each criterion
+AT_LEAST = {"fail": SLIDE_VERDICTS[:1], "review": SLIDE_VERDICTS[:2], "unchecked": ("UNCHECKED",)}
 
 
 def check_fail_on(criteria: tuple[str, ...]) -> tuple[str, ...]:
@@ -19,7 +21,7 @@ def check_fail_on(criteria: tuple[str, ...]) -> tuple[str, ...]:
     unknown = [c for c in lowered if c not in AT_LEAST and c not in FLAGS]
     if unknown:
         raise ConfigError(f"--fail-on / run.fail_on: unknown {', '.join(map(repr, unknown))}; use "
-                          f"review, fail or flag names ({', '.join(FLAGS)}), comma-separated")
+                          f"review, fail, unchecked or flag names ({', '.join(FLAGS)}), comma-separated")
     return lowered
 
 

@@ -76,11 +76,22 @@ def percent(p: float | None, logit: float | None = None) -> str:
     return text if logit is None or not math.isfinite(logit) else f"{text} (logit {logit:.3g})"
 
 
-def shade(value: float | None) -> str:
-    """A CSS background for a value in [-1, 1]: green high, red low, none for n/a."""
+def place(peak: dict[str, Any]) -> str:
+    """Where a peak of audit.json lies, in words: "on pen ink, 40 µm from Tumor 1", "in Tumor 1"."""
+    parts = [f"on {peak['artefact']}"] if peak.get("artefact") else []
+    if peak.get("lesion"):
+        near = peak["lesion_um"]
+        parts.append(f"in {peak['lesion']}" if near == 0 else f"{near:.0f} µm from {peak['lesion']}")
+    return ", ".join(parts) or "no lesion annotated"
+
+
+def shade(value: float | None, name: str | None = None) -> str:
+    """A CSS background for a value clipped to [0, 1]: green at the end that metric `name`'s
+    registry record calls good (`Metric.better`; high without a name), red at the other, none for n/a."""
     if value is None or not math.isfinite(value):
         return "transparent"
-    hue = 120 * min(max(value, 0.0), 1.0)
+    good = min(max(value, 0.0), 1.0)
+    hue = 120 * (1.0 - good if name is not None and metric(name).better == "low" else good)
     return f"hsl({hue:.0f} 70% 88%)"
 
 
@@ -89,7 +100,7 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("reports", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(number=number, percent=percent, shade=shade, method=method_title,
+    env.filters.update(number=number, percent=percent, shade=shade, place=place, method=method_title,
                        metric=lambda m: metric(m).title,
                        short=lambda m: metric(m).short, flag=lambda f: flag(f).title,
                        tone=lambda v: TONES[str(v).lower()], url=lambda s: quote(str(s)),

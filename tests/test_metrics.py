@@ -8,8 +8,9 @@ from reports.audit import metrics as M
 from reports.audit.agreement import agreement, rank_correlations, sample_mask
 from reports.audit.config import AuditConfig
 from reports.audit.registry import MapView, metrics_for
-from reports.audit.stage import flags, score_map, slide_prediction
+from reports.audit.stage import flags, nearest_lesion, peak_records, score_map, slide_prediction
 from reports.errors import MetricError
+from reports.html import place, shade
 
 
 def row(*values: float) -> np.ndarray:
@@ -67,6 +68,44 @@ def test_pointing_game_tolerance_and_ties() -> None:
     m[0, 3] = 5.0  # a tie at the maximum inside the lesion is a hit
     assert M.pointing_game(m, lesion, valid, 0.0) == 1.0
     assert M.pointing_game(m, np.zeros_like(lesion), valid) is None
+
+
+def test_a_maximum_on_an_artefact_is_no_hit_however_near() -> None:
+    m = np.zeros((1, 12))
+    m[0, 6] = 5.0
+    lesion = np.zeros((1, 12), bool)
+    lesion[0, 2:6] = True  # 1 px from the maximum
+    ink = np.zeros((1, 12), bool)
+    ink[0, 6:9] = True
+    valid = everywhere(m)
+    assert M.pointing_game(m, lesion, valid, 2.0) == 1.0
+    assert M.pointing_game(m, lesion, valid, 2.0, off_limits=ink) == 0.0
+    m[0, 4] = 5.0  # a tie at the maximum inside the lesion, off the ink: a hit
+    assert M.pointing_game(m, lesion, valid, 2.0, off_limits=ink) == 1.0
+
+
+def test_peak_records_say_where_each_peak_lies_and_whether_it_hits() -> None:
+    labels = np.zeros((1, 12), np.uint16)
+    labels[0, 2:4] = 1
+    tissue = np.ones((1, 12), bool)
+    artefacts = np.zeros((1, 12), np.uint8)
+    artefacts[0, 7] = 1  # pen ink
+    nearest = nearest_lesion(labels, tissue, pixel_um=10.0)
+    m = np.arange(12, dtype=float)[None]
+    found = np.array([[0, 3], [0, 7], [0, 11]])
+    near, inked, far = peak_records(m, found, nearest, artefacts, 4.0, ["Tumor 1"], tolerance_um=50.0)
+    assert (near["lesion"], near["lesion_um"], near["hit"]) == ("Tumor 1", 0.0, True)
+    assert (inked["artefact"], inked["lesion_um"], inked["hit"]) == ("pen ink", 40.0, False)
+    assert (far["lesion_um"], far["hit"]) == (80.0, False)
+    assert [place(p) for p in (near, inked, far)] == ["in Tumor 1", "on pen ink, 40 µm from Tumor 1",
+                                                       "80 µm from Tumor 1"]
+    assert nearest_lesion(np.zeros_like(labels), tissue, 10.0) is None
+
+
+def test_metric_colours_follow_the_direction_the_registry_declares() -> None:
+    assert shade(1.0, "auroc") == shade(0.0, "artefact_peak") == "hsl(120 70% 88%)"
+    assert shade(0.0, "auroc") == shade(1.0, "artefact_peak") == "hsl(0 70% 88%)"
+    assert shade(None, "auroc") == "transparent"
 
 
 def test_pointing_game_tolerance_counts_lesion_on_tissue_only() -> None:
@@ -233,7 +272,8 @@ def test_prediction_and_flags() -> None:
     assert found["focus_outside_lesion"]["methods"] == ["gradcam", "cam"]
     assert found["methods_disagree"]["methods"] == ["attention~gradcam"]
     assert "prediction_wrong" in found and found["validation_failed"]["methods"] == ["maps"]
-    assert flags(None, 1, {"attention": good}, [], [], AuditConfig()) == []
+    assert flags(None, 1, {"attention": good}, [], [], AuditConfig(), lesions_on_tissue=1) == []
+    assert [f["flag"] for f in flags(None, 1, {"attention": good}, [], [], AuditConfig())] == ["not_checked"]
 
 
 def test_peak_on_a_plateau_moves_to_its_centre() -> None:

@@ -46,17 +46,22 @@ def pixel_auroc(m: np.ndarray, lesion: np.ndarray, valid: np.ndarray) -> float |
 
 
 def pointing_game(m: np.ndarray, lesion: np.ndarray, valid: np.ndarray,
-                  tolerance_px: float = 0.0) -> float | None:
+                  tolerance_px: float = 0.0, off_limits: np.ndarray | None = None) -> float | None:
     """1.0 if the map's maximum falls on a lesion, else 0.0 (Zhang et al. 2018).
 
     Hit when some valid pixel with m = max(m[valid]) lies within `tolerance_px` (Euclidean,
     map pixels; the caller converts its tolerance in µm) of a lesion pixel on the valid pixels
-    (tissue): lesion annotated off the tissue never counts. Every pixel tied at the maximum is tried.
+    (tissue): lesion annotated off the tissue never counts. Every pixel tied at the maximum is tried,
+    except those `off_limits` (e.g. artefacts: a maximum on pen ink is no hit, however near a lesion).
     """
     lesion = np.asarray(lesion, bool) & valid
     if not lesion.any():
         return None
     top = valid & (np.asarray(m, np.float64) == _values(m, valid).max())
+    if off_limits is not None:
+        top &= ~np.asarray(off_limits, bool)
+        if not top.any():
+            return 0.0
     rows, cols = np.nonzero(top)
     pad = math.ceil(tolerance_px) + 1
     r0, c0 = max(rows.min() - pad, 0), max(cols.min() - pad, 0)

@@ -74,7 +74,8 @@ class Metric:
     the audit config, `{review_at:g}` from the record); detail: shown behind "more metrics";
     review_at: the value from which, on a slide predicted positive, the metric asks for review;
     summary: its column header in the slide page's summary table ("": not there); shown_as: how
-    that cell shows the value (SHOWN_AS: a yes/no badge, a percentage or a number)."""
+    that cell shows the value (SHOWN_AS: a yes/no badge, a percentage or a number); better: which
+    end of `range` is good ("high" or "low": the reports colour the value by it)."""
 
     name: str
     title: str
@@ -91,10 +92,12 @@ class Metric:
     review_at: float | None = None
     summary: str = ""
     shown_as: str = "number"
+    better: str = "high"
 
     def __post_init__(self) -> None:
-        if self.shown_as not in SHOWN_AS:
-            raise RegistryError(f"metric {self.name!r}: shown_as {self.shown_as!r} is not one of {SHOWN_AS}")
+        if self.shown_as not in SHOWN_AS or self.better not in ("high", "low"):
+            raise RegistryError(f"metric {self.name!r}: shown_as {self.shown_as!r} must be one of {SHOWN_AS}, "
+                                f"better {self.better!r} high or low")
 
     def preprocessing(self, view: MapView) -> str:
         where = f"tissue pixels at {view.pixel_um:.3g} µm/px, raw stitched values"
@@ -109,8 +112,10 @@ BASE_METRICS = (
            meaning="how well the map's values separate lesion from other tissue",
            good="1 perfect, 0.5 chance, < 0.5 points away; flagged below {min_auroc:g} on a positive slide"),
     Metric("pointing_game", "Pointing game", "PG", "1 when the map's maximum lies on a lesion, else 0",
-           "hit within {tolerance_um:g} µm of lesion on tissue, any pixel tied at the maximum counts",
-           lambda v: M.pointing_game(v.values, v.lesion, v.valid, v.config.tolerance_um / v.pixel_um),
+           "hit within {tolerance_um:g} µm of lesion on tissue, any pixel tied at the maximum counts "
+           "unless it lies on an artefact",
+           lambda v: M.pointing_game(v.values, v.lesion, v.valid, v.config.tolerance_um / v.pixel_um,
+                                     off_limits=v.artefacts > 0),
            key=True, plotted=True, summary="On a lesion", shown_as="yes/no",
            meaning="whether the map's strongest point falls on a lesion",
            good="1 hit; a miss (0) flags the method on a positive slide"),
@@ -136,8 +141,8 @@ BASE_METRICS = (
 )
 LESION_HIT_RATE = Metric(
     "lesion_hit_rate", "Lesion hit rate", "Hits", "lesions holding a peak / lesions on tissue",
-    "top {n_peaks} local maxima at least {peak_distance_um:g} µm apart",
-    lambda v: M.lesion_hit_rate(v.peaks, v.labels, v.valid), plotted=True,
+    "top {n_peaks} local maxima at least {peak_distance_um:g} µm apart; a peak on an artefact never counts",
+    lambda v: M.lesion_hit_rate(v.peaks[v.peak_kinds == 0], v.labels, v.valid), plotted=True,
     meaning="share of the lesions holding one of the map's top peaks",
     good="1 every lesion found, 0 none")
 
@@ -156,19 +161,22 @@ def _share(kinds: np.ndarray) -> float | None:
 ARTEFACT_METRICS = (
     Metric("artefact_mass", "Mass on artefacts", "Art.mass", "Σ_artefact max(m, 0) / Σ_tissue max(m, 0)",
            "negative values clipped to 0; artefacts: pen ink, folds, blank or blurred (tiling.artefacts)",
-           _artefact_mass, plotted=True, meaning="share of the map's positive mass on pen ink, folds or blank tissue",
+           _artefact_mass, plotted=True, better="low",
+           meaning="share of the map's positive mass on pen ink, folds or blank tissue",
            good="near 0; the artefacts' share of tissue is what chance gives"),
     Metric("artefact_peak", "Top peak on an artefact", "Art.peak", "1 when the highest peak lies on an artefact",
-           "the highest local maximum", lambda v: _share(v.peak_kinds[:1]),
+           "the highest local maximum", lambda v: _share(v.peak_kinds[:1]), better="low",
            meaning="whether the map's strongest point falls on an artefact",
            good="0; {review_at:g} on a slide predicted positive asks for review", review_at=1.0),
     Metric("artefact_peaks", "Peaks on artefacts", "Art.peaks", "peaks on an artefact / peaks",
            "top {n_peaks} local maxima at least {peak_distance_um:g} µm apart", lambda v: _share(v.peak_kinds),
+           better="low",
            meaning="share of the map's peaks on an artefact", good="near 0"),
     Metric("artefact_top_patches", "Top patches on artefacts", "Art.top",
            "top patches on an artefact / top patches",
            "the {top_patches} patches of highest score (attention; a CAM's mean over the patch), "
            f"on an artefact when one kind covers >= {PATCH_SHARE:.0%} of it", lambda v: _share(v.top_kinds),
+           better="low",
            meaning="share of the most attended patches that lie on an artefact",
            good="near 0; >= {review_at:g} on a slide predicted positive asks for review", review_at=0.5),
 )

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from explainers.config import FaithfulnessConfig, SanityConfig
 from explainers.explain import CPU_BATCH, resolve_device
@@ -54,17 +55,32 @@ def score_map(view: MapView) -> dict[str, dict[str, Any]]:
             for name, spec in metrics_for(view.config).items()}
 
 
-def peak_records(m: np.ndarray, found: np.ndarray, labels: np.ndarray, artefacts: np.ndarray,
-                 downsample: float, names: list[str]) -> list[dict[str, Any]]:
-    """The peaks `found` (row, col): level-0 centre x, y, value, the lesion and the artefact
-    kind (`tiling.artefacts.artefact_name`, None off artefacts) each lies on."""
+def nearest_lesion(labels: np.ndarray, tissue: np.ndarray, pixel_um: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """(distance in µm from each map pixel to the nearest lesion pixel on tissue, that lesion's
+    label), None without a lesion on tissue (Euclidean distance transform)."""
+    on_tissue = (labels > 0) & tissue
+    if not on_tissue.any():
+        return None
+    distance, (rows, cols) = ndimage.distance_transform_edt(~on_tissue, return_indices=True)
+    return distance * pixel_um, labels[rows, cols]
+
+
+def peak_records(m: np.ndarray, found: np.ndarray, nearest: tuple[np.ndarray, np.ndarray] | None,
+                 artefacts: np.ndarray, downsample: float, names: list[str],
+                 tolerance_um: float) -> list[dict[str, Any]]:
+    """The peaks `found` (row, col): level-0 centre x, y, value; the nearest lesion on tissue and
+    its distance (µm, 0 inside; None without lesions); the artefact kind it lies on
+    (`tiling.artefacts.artefact_name`, None off artefacts); hit: within `tolerance_um` of a lesion
+    and not on an artefact (the pointing game's rule)."""
     records = []
     for row, col in found:
-        k, kind = int(labels[row, col]), int(artefacts[row, col])
+        kind = int(artefacts[row, col])
+        distance, k = (float(nearest[0][row, col]), int(nearest[1][row, col])) if nearest else (None, 0)
         records.append({"x": round((col + 0.5) * downsample), "y": round((row + 0.5) * downsample),
                         "row": int(row), "col": int(col), "value": float(m[row, col]),
-                        "lesion": (names[k - 1] or f"lesion {k}") if k else None,
-                        "artefact": artefact_name(kind) if kind else None})
+                        "lesion": (names[k - 1] or f"lesion {k}") if k else None, "lesion_um": distance,
+                        "artefact": artefact_name(kind) if kind else None,
+                        "hit": distance is not None and distance <= tolerance_um and not kind})
     return records
 
 
@@ -253,12 +269,13 @@ def compare_maps(maps: Maps, heatmaps: dict[str, np.ndarray], top_kinds: dict[st
     views = {name: MapView(heatmaps[name], labels, valid[name], found[name], maps.pixel_um, config,
                            artefacts, top_kinds[name]) for name in scored}
     common = np.logical_and.reduce(list(valid.values()))
+    nearest = nearest_lesion(labels, tissue, maps.pixel_um)
     return {
         "methods": scored,
         "metrics": {name: score_map(view) for name, view in views.items()},
         "artefact_focus": {name: focus_record(view.peak_kinds, view.top_kinds) for name, view in views.items()},
-        "peaks": {name: peak_records(heatmaps[name], found[name], labels, artefacts, maps.downsample, names)
-                  for name in scored},
+        "peaks": {name: peak_records(heatmaps[name], found[name], nearest, artefacts, maps.downsample, names,
+                                     config.tolerance_um) for name in scored},
         "agreement": agreement({name: heatmaps[name] for name in scored}, common,
                                config.agreement_fraction, config.agreement_pixels, config.seed),
         "unscored_tissue_px": {name: int(np.count_nonzero(tissue & ~valid[name])) for name in scored},

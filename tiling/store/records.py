@@ -3,11 +3,13 @@
 ``<slide_dir>/audit.json`` (AUDIT_VERSION), written by the audit stage: slide_id, label,
 classes, prediction, head, target, target_class, map {downsample, pixel_um, shape}, lesions,
 metrics {method: {metric: {value, ...}}}, artefact_focus {method: {peaks, top_patches, summary,
-...}}, agreement, top_patches, flags [{flag, verdict, severity, methods, message}], verdict (PASS,
-REVIEW or FAIL), verdict_reason, artefacts {keep_artefacts, left_out}, without_artefacts (the
+...}}, peaks {method: [{x, y, row, col, value, lesion (the nearest), lesion_um, artefact, hit}]},
+agreement, top_patches, flags [{flag, verdict, severity, methods, message}], verdict (PASS,
+UNCHECKED, REVIEW or FAIL), verdict_reason, artefacts {keep_artefacts, left_out}, without_artefacts (the
 counterfactual, `reports.audit.stage.without_artefacts`; null without the model), validation,
 provenance, stamp {config_hash, source_sha256}. Non-finite numbers are written as null.
-Version 2 added verdict, verdict_reason and each flag's verdict; version 3 the artefacts.
+Version 2 added verdict, verdict_reason and each flag's verdict; version 3 the artefacts; version 4
+each peak's nearest lesion, distance and hit (no hit on an artefact) and the UNCHECKED verdict.
 
 ``<slide_dir>/failure.json`` (FAILURE_VERSION), written when a stage of the slide fails:
 slide_id, stage, message, label, source_path, error_type, and traceback for an unexpected

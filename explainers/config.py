@@ -103,16 +103,18 @@ class FaithfulnessConfig:
 class SanityConfig:
     """The randomisation check (`explainers.sanity`). enabled: run the check (on `slides` slides
     of a run, a seeded sample); max_patches: patches per slide (a seeded sample) in the
-    re-computed bags; max_rho: a method whose ρ is above this once the top encoder stage is
-    random is insensitive; seed: for both samples and the new weights."""
+    re-computed bags; draws: how many times the layers are drawn again (each a seed), the
+    decision taken on their median; max_rho: a method whose median ρ is above this once the top
+    encoder stage is random is insensitive; seed: for both samples and the new weights."""
 
     enabled: bool = False
     slides: int = 2
     max_patches: int = 256
+    draws: int = 5
     max_rho: float = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for key in ("slides", "max_patches"):
+        for key in ("slides", "max_patches", "draws"):
             require(getattr(self, key) >= 1, key, getattr(self, key), "a whole number >= 1")
         require(-1 <= self.max_rho <= 1, "max_rho", self.max_rho, "a correlation in [-1, 1]")

@@ -258,14 +258,18 @@ def deletion_plot(fractions: list[float], curves: dict[str, list[float]], random
 
 
 
-def sanity_plot(layers: list[str], rho: dict[str, list[float | None]], labels: dict[str, str]) -> str:
-    """Spearman ρ of each method's maps with the original ones against the cumulatively
-    re-initialised layers (top first; n/a points left out), as a PNG data URI."""
+def sanity_plot(layers: list[str], rho: dict[str, list[float | None]],
+                spread: dict[str, list[list[float] | None]], labels: dict[str, str]) -> str:
+    """Median Spearman ρ of each method's maps with the original ones against the cumulatively
+    re-initialised layers (top first; n/a points left out), its range over the draws shaded, as a
+    PNG data URI."""
     fig, ax = plt.subplots(figsize=(4.2, 2.6), dpi=110)
     x = np.arange(len(layers))
     for name, values in rho.items():
         y = np.array([np.nan if v is None else v for v in values], np.float64)
-        ax.plot(x, y, marker="o", ms=3, label=labels.get(name, name))
+        lines = ax.plot(x, y, marker="o", ms=3, label=labels.get(name, name))
+        low, high = (np.array([np.nan if r is None else r[i] for r in spread[name]], np.float64) for i in (0, 1))
+        ax.fill_between(x, low, high, color=lines[0].get_color(), alpha=0.15, lw=0)
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xticks(x, [f"+ {name}" for name in layers], rotation=30, ha="right", fontsize=7)
     ax.set_ylim(-1.05, 1.05)

@@ -235,7 +235,7 @@ def _sanity(record: dict[str, Any] | None) -> dict[str, Any] | None:
     if not record:
         return None
     labels = {name: method_title(name) for name in record["rho"]}
-    return {**record, "uri": F.sanity_plot(record["layers"], record["rho"], labels)}
+    return {**record, "uri": F.sanity_plot(record["layers"], record["rho"], record["rho_range"], labels)}
 
 
 STAMP_META = re.compile(r'<meta name="slideaudit-stamp" content="([0-9a-f]+):([0-9a-f]*)">')

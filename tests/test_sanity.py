@@ -54,7 +54,7 @@ def test_gradcam_follows_the_model_and_guided_backprop_is_flagged(
     explain_store(slide_dir, model_dir, ExplainConfig(methods=("gradcam", "guided_backprop")))
     row = manifest_rows(sample_archive)[0]
     stitch_slide(slide_dir, [Path(row["annotation"])], StitchConfig(max_side=256))
-    config = AuditConfig(sanity=SanityConfig(enabled=True, max_patches=16))
+    config = AuditConfig(sanity=SanityConfig(enabled=True, max_patches=16, draws=3))
     plain = load_audit(audit_slide(slide_dir, int(row["label"]), config, model_dir))
     assert plain["sanity"] is None  # only the slides a run picks are checked
     audit = load_audit(audit_slide(slide_dir, int(row["label"]), config, model_dir, sanity=True))
@@ -63,6 +63,12 @@ def test_gradcam_follows_the_model_and_guided_backprop_is_flagged(
     rho = record["rho"]
     assert set(rho) == {"attention", "gradcam", "guided_backprop"}
     assert all(len(values) == len(record["layers"]) for values in rho.values())
+    assert record["draws"] == 3 and all(len(step) == 3 for steps in record["rho_draws"].values() for step in steps)
+    for name, steps in record["rho_draws"].items():          # the median and range of the draws
+        for step, median, spread in zip(steps, rho[name], record["rho_range"][name], strict=True):
+            known = [v for v in step if v is not None]
+            assert median == pytest.approx(float(np.median(known))) and spread == [min(known), max(known)]
+    assert len(set(record["rho_draws"]["gradcam"][0])) > 1   # each draw its own random weights
     assert rho["gradcam"][1] < 0.5                # Grad-CAM changes once the top block is random
     assert rho["guided_backprop"][1] > 0.5        # guided backprop barely does: it shows the input
     assert record["insensitive"] == ["guided_backprop"]
@@ -71,6 +77,7 @@ def test_gradcam_follows_the_model_and_guided_backprop_is_flagged(
     html = render_slide_report(slide_dir).read_text()
     section = html[html.index('id="sanity"'):html.index('id="agreement"')]
     assert "insensitive to the model" in section and "+ encoder.block4" in section and "<img" in section
+    assert "for 3 draws of random weights" in " ".join(section.split())
 
 
 @pytest.mark.parametrize("target", ["slide", "instance"])

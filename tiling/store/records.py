@@ -9,7 +9,8 @@ UNCHECKED, REVIEW or FAIL), verdict_reason, artefacts {keep_artefacts, left_out}
 counterfactual, `reports.audit.stage.without_artefacts`; null without the model), validation,
 provenance, stamp {config_hash, source_sha256}. Non-finite numbers are written as null.
 Version 2 added verdict, verdict_reason and each flag's verdict; version 3 the artefacts; version 4
-each peak's nearest lesion, distance and hit (no hit on an artefact) and the UNCHECKED verdict.
+each peak's nearest lesion, distance and hit (no hit on an artefact), the UNCHECKED verdict and
+the randomisation check's draws (sanity: rho_draws, rho as their median, rho_range).
 
 ``<slide_dir>/failure.json`` (FAILURE_VERSION), written when a stage of the slide fails:
 slide_id, stage, message, label, source_path, error_type, and traceback for an unexpected

@@ -3,8 +3,10 @@
 The methods must be registered (`explain.methods`, which imports them and torch: reading a config
 does not) and the model must load and fit the settings (`--target-class` among its classes;
 `--target` is checked when the config is built): otherwise ConfigError, nothing runs. Each
-slide must open with OpenSlide at a plausible resolution and each of its annotation files must
-parse: a slide that does not is that slide's failure (stage "preflight"), the others go on.
+slide must open with OpenSlide at a plausible resolution and give the pixels of one region (a
+damaged file fails here, naming OpenSlide's error), and each of its annotation files must parse
+and fit the slide at its declared scale (`tiling.annotation_fit`): a slide that does not is that
+slide's failure (stage "preflight"), the others go on, and no time is spent tiling it.
 """
 from __future__ import annotations
 
@@ -16,13 +18,13 @@ from pathlib import Path
 from explainers.methods.registry import parse_methods
 from explainers.models.io import load_model
 from pipeline.config import PipelineConfig
-from tiling.annotations import read_classified
 from tiling.archive import SlideRecord
 from tiling.errors import AuditError, ConfigError
 from tiling.slide import open_slide
-from tiling.stitch import lesion_rules
+from tiling.stitch import AnnotationScale, lesion_rules, slide_lesions
 
 log = logging.getLogger(__name__)
+REGION = 512  # level-0 px a side of the region read at each slide's centre
 
 
 def check_model(model_dir: Path, config: PipelineConfig) -> None:
@@ -40,13 +42,17 @@ def check_model(model_dir: Path, config: PipelineConfig) -> None:
 
 
 def slide_problem(record: SlideRecord, config: PipelineConfig) -> AuditError | None:
-    """Why the slide cannot be audited (it does not open, or an annotation does not parse), or None."""
+    """Why the slide cannot be audited (it does not open, a region at its centre cannot be read,
+    an annotation does not parse or does not fit it), or None."""
     try:
         mpp = record.mpp if record.mpp is not None else config.tile.slide_mpp
-        with open_slide(record.path, mpp, "manifest" if record.mpp is not None else "flag"):
-            pass
-        for annotation in record.annotations:
-            read_classified(annotation, lesion_rules(config.stitch))
+        with open_slide(record.path, mpp, "manifest" if record.mpp is not None else "flag") as slide:
+            width, height = slide.dimensions
+            side = min(REGION, width, height)
+            slide.read_region(((width - side) // 2, (height - side) // 2), 0, (side, side))
+            slide_lesions(list(record.annotations), slide.dimensions, slide.mpp,
+                          AnnotationScale(record.annotation_downsample, record.annotation_mpp),
+                          lesion_rules(config.stitch))
     except AuditError as exc:
         return exc
     return None

@@ -1,18 +1,22 @@
-"""Train an attention-MIL model end to end from slide-level labels.
+"""Train an attention-MIL model from slide-level labels: the training loop (`fit`) shared by
+end-to-end training (`train`, here) and head-only training on a frozen encoder
+(`explainers.train_head.train_head`).
 
-Each slide is a bag of its patches, read from its patch store (tiled first where missing).
-One step = one slide: up to `bag_size` of its patches drawn at random, a random flip and
-90° rotation, the bag's slide logits and a cross-entropy (softmax head) or binary
-cross-entropy (sigmoid head) loss, the gradient's norm clipped to `clip`, one Adam update.
-Every random choice comes from `seed`.
+Each slide is a bag of items: its patches, or their embeddings by a frozen encoder, read from its
+patch store (tiled first where missing). One step = one slide: up to `bag_size` of its items drawn
+at random (patches: then a random flip and 90° rotation), the bag's slide logits and a
+cross-entropy (softmax head) or binary cross-entropy (sigmoid head) loss, the gradient's norm
+clipped to `clip`, one Adam update of the trained parameters. Every random choice comes from `seed`.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,10 +32,15 @@ from explainers.models.mil import MILModel
 from tiling.archive import SlideRecord, read_archive
 from tiling.config import TileConfig
 from tiling.errors import ArchiveError, require
-from tiling.store import open_patch_store, runtime
+from tiling.store import PatchStore, open_patch_store, runtime
 from tiling.tile import tile_slide
 
 log = logging.getLogger(__name__)
+
+ItemReader = Callable[[Path, PatchStore], torch.Tensor]
+"""(patches.zarr path, its open store) -> the slide's bag items."""
+Forward = Callable[[torch.Tensor, np.random.Generator | None], torch.Tensor]
+"""(bag items, rng) -> the bag's slide logits (C,), the items augmented with draws from rng (None: not augmented)."""
 
 
 @dataclass
@@ -64,8 +73,8 @@ class TrainConfig:
 @dataclass
 class Bag:
     slide_id: str
-    patches: torch.Tensor  # uint8 (N, 3, P, P) at the model's input size
-    target: torch.Tensor   # class index (softmax head) or multi-hot float (C,) (sigmoid head)
+    items: torch.Tensor   # uint8 patches (N, 3, P, P) at the model's input size, or embeddings h (N, D)
+    target: torch.Tensor  # class index (softmax head) or multi-hot float (C,) (sigmoid head)
 
 
 def class_target(labels: tuple[int, ...], classes: int, head: str) -> torch.Tensor:
@@ -78,29 +87,52 @@ def class_target(labels: tuple[int, ...], classes: int, head: str) -> torch.Tens
     return multi_hot
 
 
-def load_bags(records: list[SlideRecord], stores: Path, config: TrainConfig) -> list[Bag]:
-    """Tile each labelled slide into `stores` where needed, then read its patches at the model's
-    size (kept in RAM as uint8: 3·P² bytes a patch, 12 KiB at 64 px)."""
+def labelled_records(manifest: Path, model: ModelConfig) -> list[SlideRecord]:
+    """The slides of `manifest` with a label (read against the model's classes; ';'-separated
+    labels for a sigmoid head); the others are logged and left out."""
+    records = read_archive(manifest, model.classes, model.head == "sigmoid")
+    unknown = [r.slide_id for r in records if r.labels is None]
+    if unknown:
+        log.warning("%s: %d slide(s) without a label left out of training: %s", manifest, len(unknown),
+                    ", ".join(unknown))
+    return [r for r in records if r.labels is not None]
+
+
+def read_bags(manifest: Path, stores: Path | None, config: TrainConfig, items: ItemReader, desc: str) -> list[Bag]:
+    """A bag (items: `items` of its patch store) of each labelled slide of `manifest` with tissue
+    patches, each slide tiled into `stores` where needed (None: a temporary folder removed
+    afterwards); ArchiveError when no slide is left."""
+    records = labelled_records(manifest, config.model)
     bags = []
-    for record in tqdm(records, desc="read slides", unit="slide"):
-        store = open_patch_store(tile_slide(record.path, stores, config.tile, slide_id=record.slide_id))
-        if len(store) == 0:
-            log.warning("%s: no tissue patches; left out of training", record.slide_id)
-            continue
-        check_fits(store, config.model)
-        step = store.patches.chunks[0]
-        patches = torch.cat([resize(store.patches[lo:lo + step], config.model.patch)
-                             for lo in range(0, len(store), step)])
-        target = class_target(record.labels, len(config.model.classes), config.model.head)
-        bags.append(Bag(record.slide_id, patches, target))
+    with tempfile.TemporaryDirectory() as scratch:
+        for record in tqdm(records, desc=desc, unit="slide"):
+            patches = tile_slide(record.path, Path(stores) if stores is not None else Path(scratch), config.tile,
+                                 slide_id=record.slide_id)
+            store = open_patch_store(patches)
+            if len(store) == 0:
+                log.warning("%s: no tissue patches; left out of training", record.slide_id)
+                continue
+            target = class_target(record.labels, len(config.model.classes), config.model.head)
+            bags.append(Bag(record.slide_id, items(patches, store), target))
+    if not bags:
+        raise ArchiveError(f"{manifest}: no labelled slide with tissue patches to train on; fill the "
+                           "`label` column (a class name or index of the model)")
     return bags
+
+
+def read_patches(store: PatchStore, model: ModelConfig) -> torch.Tensor:
+    """The store's patches as uint8 (N, 3, P, P) at the model's size (kept in RAM: 3·P² bytes a
+    patch, 12 KiB at 64 px); ModelError unless they cover the model's footprint."""
+    check_fits(store, model)
+    step = store.patches.chunks[0]
+    return torch.cat([resize(store.patches[lo:lo + step], model.patch) for lo in range(0, len(store), step)])
 
 
 def channel_stats(bags: list[Bag]) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of all training patches, on the [0, 1] scale."""
     total, squares, count = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
     for bag in bags:
-        x = bag.patches.double() / 255
+        x = bag.items.double() / 255
         total += x.sum((0, 2, 3))
         squares += x.pow(2).sum((0, 2, 3))
         count += x.numel() // 3
@@ -117,83 +149,74 @@ def augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 
 
 def bag_loss(logits: torch.Tensor, target: torch.Tensor, head: str) -> torch.Tensor:
+    """Cross-entropy -log softmax(logits)[target] (softmax head), or the mean over classes of the
+    binary cross-entropy of sigmoid(logits) against the multi-hot target (sigmoid head)."""
+    target = target.to(logits.device)
     if head == "softmax":
         return F.cross_entropy(logits[None], target[None])
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
-def evaluate(model: MILModel, bags: list[Bag], config: ModelConfig, device: torch.device) -> dict[str, float]:
-    """Mean loss and slide accuracy (softmax: argmax = label; sigmoid: every class right at 0.5)."""
-    model.eval()
-    with torch.no_grad():
-        scores = [slide_score(model(normalise(bag.patches, config, device))[0], bag.target.to(device), config.head)
-                  for bag in bags]
-    model.train()
-    return mean_scores(scores)
-
-
 def slide_score(logits: torch.Tensor, target: torch.Tensor, head: str) -> tuple[float, float]:
     """(loss, hit) of one slide: hit = argmax is the label (softmax) or every class right at 0.5 (sigmoid)."""
+    target = target.to(logits.device)
     hit = logits.argmax() == target if head == "softmax" else ((logits > 0).float() == target).all()
     return float(bag_loss(logits, target, head)), float(hit)
 
 
-def mean_scores(scores: list[tuple[float, float]]) -> dict[str, float]:
-    """{"loss", "slide_accuracy"}: the means over slides of `slide_score`s."""
-    losses, hits = zip(*scores, strict=True)
-    return {"loss": float(np.mean(losses)), "slide_accuracy": float(np.mean(hits))}
-
-
-def labelled_records(manifest: Path, model: ModelConfig) -> list[SlideRecord]:
-    """The slides of `manifest` with a label (read against the model's classes; ';'-separated
-    labels for a sigmoid head); the others are logged and left out."""
-    records = read_archive(manifest, model.classes, model.head == "sigmoid")
-    unknown = [r.slide_id for r in records if r.labels is None]
-    if unknown:
-        log.warning("%s: %d slide(s) without a label left out of training: %s", manifest, len(unknown),
-                    ", ".join(unknown))
-    return [r for r in records if r.labels is not None]
+def fit(model: MILModel, model_config: ModelConfig, bags: list[Bag], forward: Forward, config: TrainConfig,
+        frozen_encoder: bool = False) -> dict[str, Any]:
+    """Train `model` on `bags` as the module docstring says, its slide logits from `forward`; only
+    its head (the encoder's weights frozen) when `frozen_encoder`. Log and return the metrics: the
+    means over slides of `slide_score` after training (train_loss, train_slide_accuracy, in eval
+    mode), the mean loss of each epoch, the counts of epochs, slides and patches."""
+    params = [p for name, p in model.named_parameters() if not (frozen_encoder and name.startswith("encoder."))]
+    model.encoder.requires_grad_(not frozen_encoder)
+    model.train()
+    optimiser = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    rng = np.random.default_rng(config.seed)
+    history = []
+    for _ in tqdm(range(config.epochs), desc="train head" if frozen_encoder else "train", unit="epoch"):
+        losses = []
+        for i in rng.permutation(len(bags)):
+            bag = bags[i]
+            pick = np.sort(rng.choice(len(bag.items), min(config.bag_size, len(bag.items)), replace=False))
+            loss = bag_loss(forward(bag.items[pick], rng), bag.target, model_config.head)
+            optimiser.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.clip)
+            optimiser.step()
+            losses.append(float(loss.detach()))
+        history.append(round(float(np.mean(losses)), 4))
+    model.eval()
+    with torch.no_grad():
+        scores = [slide_score(forward(bag.items, None), bag.target, model_config.head) for bag in bags]
+    final_losses, hits = zip(*scores, strict=True)
+    metrics = {"train_loss": float(np.mean(final_losses)), "train_slide_accuracy": float(np.mean(hits)),
+               "epochs": config.epochs, "loss_per_epoch": history, "slides": len(bags),
+               "patches": sum(len(bag.items) for bag in bags)} | ({"frozen_encoder": True} if frozen_encoder else {})
+    what = f"{model_config.name}'s head on frozen-encoder embeddings" if frozen_encoder else model_config.name
+    log.info("trained %s on %d slides: %s", what, len(bags), metrics)
+    return metrics
 
 
 def train(manifest: Path, model_dir: Path, config: TrainConfig, stores: Path | None = None) -> Path:
     """Train on the labelled slides of `manifest` (read by `tiling.archive.read_archive` against
-    the model's classes; unlabelled slides are left out); write `model_dir` (model.safetensors +
-    config.json).
+    the model's classes; unlabelled slides are left out), normalised by their patches' channel
+    mean and std; write `model_dir` (model.safetensors + config.json).
 
     stores: the folder whose `slides/<slide_id>/patches.zarr` are used (and written where
     missing); None tiles into a temporary folder removed afterwards.
     """
-    labelled = labelled_records(manifest, config.model)
-    with tempfile.TemporaryDirectory() as scratch:
-        bags = load_bags(labelled, Path(stores) if stores is not None else Path(scratch), config)
-    if not bags:
-        raise ArchiveError(f"{manifest}: no labelled slide with tissue patches to train on; fill the "
-                           "`label` column (a class name or index of the model)")
+    bags = read_bags(manifest, stores, config, lambda _, store: read_patches(store, config.model), "read slides")
     mean, std = channel_stats(bags)
     model_config = dataclasses.replace(config.model, seed=config.seed, mean=mean, std=std, metrics={})
     device = resolve_device(config.device)
     model = build_model(model_config).to(device)
-    model.train()
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    rng = np.random.default_rng(config.seed)
-    history = []
-    for _ in tqdm(range(config.epochs), desc="train", unit="epoch"):
-        losses = []
-        for i in rng.permutation(len(bags)):
-            bag = bags[i]
-            pick = np.sort(rng.choice(len(bag.patches), min(config.bag_size, len(bag.patches)), replace=False))
-            x = augment(normalise(bag.patches[pick], model_config, device), rng)
-            logits, _ = model(x)
-            loss = bag_loss(logits, bag.target.to(device), model_config.head)
-            optimiser.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-            optimiser.step()
-            losses.append(float(loss.detach()))
-        history.append(round(float(np.mean(losses)), 4))
-    metrics = evaluate(model, bags, model_config, device)
-    model_config.metrics = {"train_" + k: v for k, v in metrics.items()} | {
-        "epochs": config.epochs, "loss_per_epoch": history, "slides": len(bags),
-        "patches": sum(len(b.patches) for b in bags)}
-    log.info("trained %s on %d slides: %s", model_config.name, len(bags), model_config.metrics)
+
+    def forward(patches: torch.Tensor, rng: np.random.Generator | None) -> torch.Tensor:
+        x = normalise(patches, model_config, device)
+        return model(x if rng is None else augment(x, rng))[0]
+
+    model_config.metrics = fit(model, model_config, bags, forward, config)
     return save_model(model.cpu(), model_config, model_dir)

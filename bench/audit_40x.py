@@ -10,11 +10,11 @@ included), patches/s and the size of what the stage wrote. Goals: peak RSS <= 4 
 and report time growing with patches, not fixed per slide.
 
 Then the tiling ratio: `tile_slide` against raw OpenSlide decode of the same tiles on one thread
-per core (bench/tiling_throughput.py's baseline, measured in the same run), on both slides, at
-the audit's footprint (resized reads) and at 224 px, 1 µm/px: for one slide (wall and CPU time)
-and for an archive of copies of it tiled at once on one worker process per core, as `slideaudit
-run` does (2 copies of the 40x slide, 8 of the small one: `run_archive`). Goal >= 0.8 with
-every core busy. Best of --repeats.
+per core (bench/tiling_throughput.py's baseline, `run_raw` in bench/common.py, measured in the
+same run), on both slides, at the audit's footprint (resized reads) and at 224 px, 1 µm/px: for
+one slide (wall and CPU time) and for an archive of copies of it tiled at once on one worker
+process per core, as `slideaudit run` does (2 copies of the 40x slide, 8 of the small one:
+`run_archive`). Goal >= 0.8 with every core busy. Best of --repeats.
 
     .venv/bin/python bench/audit_40x.py [--size 80000] [--repeats 2] [--workdir DIR]
 """
@@ -24,14 +24,13 @@ import argparse
 import logging
 import resource
 import shutil
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
 import openslide
-from tiling_throughput import run_archive, run_raw, run_tile_slide
+from common import MiB, least, run_archive, run_raw, run_tile_slide, workdir
 
 # `pipeline.stages` imports a stage's package when the stage first runs: imported here, so that a
 # stage timed in a fresh process leaves the imports out, as on a worker after its first slide
@@ -50,8 +49,6 @@ from tiling.config import TileConfig
 from tiling.samples.archives import DEFAULT_SIZE, write_large_archive, write_sample_archive
 from tiling.slide import read_size
 from tiling.store import open_patch_store, slide_dir
-
-MiB = 1 << 20
 
 
 def _stage(name: str, record: SlideRecord, context: Context) -> tuple[float, float, float]:
@@ -106,7 +103,7 @@ def tiling_ratio(slide: Path, work: Path, config: TileConfig, repeats: int, copi
         read_wh = read_size((store.attrs["patch_size"],) * 2, scale)
         tiled.append((wall, cpu))
         raw.append(run_raw(slide, store.coords, level, read_wh, store.attrs["patch_size"]))
-    (t_wall, t_cpu), (r_wall, r_cpu) = (tuple(map(min, zip(*runs, strict=True))) for runs in (tiled, raw))
+    (t_wall, t_cpu), (r_wall, r_cpu) = least(tiled), least(raw)
     a_tile, a_raw = run_archive(slide, work / "archive", config, store.coords, level, read_wh, copies, repeats)
     n = len(store)
     resized = "resized" if abs(scale - 1) > 1e-6 else "no resize"
@@ -122,27 +119,25 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="kept (and reused) when given")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-40x-"))
-    start, cpu = time.perf_counter(), time.process_time()
-    manifest = write_large_archive(work / "large", slides=1, seed=0, size=args.size)
-    slide = read_archive(manifest)[0].path
-    with openslide.OpenSlide(slide) as osr:
-        print(f"40x slide {osr.dimensions[0]:,} x {osr.dimensions[1]:,} px at "
-              f"{osr.properties[openslide.PROPERTY_NAME_MPP_X]} µm/px, {osr.level_count} levels, "
-              f"{size_mib(slide):.0f} MiB: written in {time.perf_counter() - start:.1f} s wall, "
-              f"{time.process_time() - cpu:.1f} s CPU (0 s when reused)")
-    small_manifest = write_sample_archive(work / "small", slides=1, seed=0, size=DEFAULT_SIZE)
-    audit_stages(manifest, work / "large")
-    audit_stages(small_manifest, work / "small")
-    small = read_archive(small_manifest)[0].path
-    model = ModelConfig()
-    print(f"\n{'tiling: slide':24s} {'config':44s} {'tiles':>6s} | {'tile_slide':>6s} {'raw':>6s} "
-          f"{'ratio':>5s} | {'CPU ratio':>5s} | archive ratio")
-    for path, copies in ((slide, 2), (small, 8)):
-        for config in (TileConfig(mpp=model.mpp, patch=model.patch), TileConfig(mpp=1.0, patch=224)):
-            print(tiling_ratio(path, work, config, args.repeats, copies))
-    if args.workdir is None:
-        shutil.rmtree(work)
+    with workdir(args.workdir, "bench-40x-") as work:
+        start, cpu = time.perf_counter(), time.process_time()
+        manifest = write_large_archive(work / "large", slides=1, seed=0, size=args.size)
+        slide = read_archive(manifest)[0].path
+        with openslide.OpenSlide(slide) as osr:
+            print(f"40x slide {osr.dimensions[0]:,} x {osr.dimensions[1]:,} px at "
+                  f"{osr.properties[openslide.PROPERTY_NAME_MPP_X]} µm/px, {osr.level_count} levels, "
+                  f"{size_mib(slide):.0f} MiB: written in {time.perf_counter() - start:.1f} s wall, "
+                  f"{time.process_time() - cpu:.1f} s CPU (0 s when reused)")
+        small_manifest = write_sample_archive(work / "small", slides=1, seed=0, size=DEFAULT_SIZE)
+        audit_stages(manifest, work / "large")
+        audit_stages(small_manifest, work / "small")
+        small = read_archive(small_manifest)[0].path
+        model = ModelConfig()
+        print(f"\n{'tiling: slide':24s} {'config':44s} {'tiles':>6s} | {'tile_slide':>6s} {'raw':>6s} "
+              f"{'ratio':>5s} | {'CPU ratio':>5s} | archive ratio")
+        for path, copies in ((slide, 2), (small, 8)):
+            for config in (TileConfig(mpp=model.mpp, patch=model.patch), TileConfig(mpp=1.0, patch=224)):
+                print(tiling_ratio(path, work, config, args.repeats, copies))
 
 
 if __name__ == "__main__":

@@ -9,22 +9,13 @@ same run, is the baseline: a ratio near 1 is as fast as it gets.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from common import best
 from scipy import ndimage
 
 from reports.audit import metrics as M
 from reports.audit.agreement import agreement
-
-
-def best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -43,7 +34,7 @@ def main() -> None:
     b = np.where(tissue, noise[::-1] + labels * 0.02, np.nan).astype(np.float32)
     valid = tissue
     found = M.peaks(a, valid, 5, 80)
-    baseline = best(lambda: np.sort(a[valid]), args.repeats)
+    baseline, _ = best(lambda: np.sort(a[valid]), args.repeats)
     cases = {
         "pixel_auroc": lambda: M.pixel_auroc(a, lesion, valid),
         "pointing_game": lambda: M.pointing_game(a, lesion, valid, 20.0),
@@ -58,7 +49,7 @@ def main() -> None:
     print(f"{shape[1]} x {shape[0]} map, {valid.sum():,} tissue pixels; baseline np.sort of them: "
           f"{baseline:.3f} s")
     for name, fn in cases.items():
-        seconds = best(fn, args.repeats)
+        seconds, _ = best(fn, args.repeats)
         print(f"  {name:26s} {seconds:7.3f} s  {seconds / baseline:6.2f}x sort")
 
 

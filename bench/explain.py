@@ -13,6 +13,7 @@ Then the same from the store on disk, zarr decode and resize included: (a') the 
 through the stage's loader, and (b') the whole stage `explain_store` (slide Grad-CAM, zarr writes).
 Prints patches/s (wall) and CPU s per 1000 patches, and time(b)/time(a) (goal <= 1.25),
 time(b)/time(c) (goal <= 0.6), time(b')/time(a'). Best of --repeats runs, the methods alternated.
+(a), (b) and (c) are in bench/common.py, which bench/explain_resnet50.py runs too.
 
     .venv/bin/python bench/explain.py [--size 16384] [--repeats 7] [--batch 64] [--device auto] [--threads N]
 """
@@ -22,16 +23,12 @@ import argparse
 import logging
 import shutil
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from captum.attr import LayerGradCam
-from torch import nn
+from common import best_times, captum, explain, floor
 
 from explainers.config import ExplainConfig
-from explainers.engine import BagExplainer, frozen, instance_target, slide_target
 from explainers.explain import explain_store, resolve_device
 from explainers.models.config import ModelConfig
 from explainers.models.inputs import PatchReader
@@ -40,65 +37,6 @@ from tiling.config import TileConfig
 from tiling.samples.archives import write_sample_archive
 from tiling.store import EXPLAIN, open_patch_store
 from tiling.tile import tile_slide
-
-Batches = list[tuple[int, int, torch.Tensor]]
-
-
-def floor(model, batches: Batches) -> None:
-    """(a) encoder + MIL head forward with autograd on, nothing else."""
-    with torch.enable_grad():
-        h = torch.cat([model.encoder(x) for _, _, x in batches])
-        logits, _ = model.pool(h)
-    _sync(logits)
-
-
-def explain(model, batches: Batches, layer: str) -> None:
-    """(b) attention, slide Grad-CAM and instance Grad-CAM from one forward pass."""
-    explainer = BagExplainer(model, layer, ("gradcam",))
-    bag = explainer.forward(batches, batches[-1][1])
-    with torch.no_grad():
-        logits, attention = model.pool(bag.h)
-    cls = int(logits.argmax())
-    for target in (slide_target(model, bag.h, cls), instance_target(model, bag.h, cls)):
-        for _ in explainer.maps(bag, target, batches[0][1]):
-            pass
-    _sync(attention)
-
-
-def captum(model, batches: Batches, layer: str) -> None:
-    """(c) a separate A-MIL forward for attention + captum LayerGradCam (instance target)."""
-    with torch.no_grad():
-        logits, _ = model.pool(torch.cat([model.encoder(x) for _, _, x in batches]))
-    cls = int(logits.argmax())
-    gradcam = LayerGradCam(nn.Sequential(model.encoder, model.classifier), model.get_submodule(layer))
-    for _, _, x in batches:
-        maps = gradcam.attribute(x, target=cls, relu_attributions=True)
-    _sync(maps)
-
-
-def _sync(t: torch.Tensor) -> None:
-    if t.is_cuda:
-        torch.cuda.synchronize()
-
-
-def timed(fn: Callable[[], None]) -> tuple[float, float]:
-    """(wall s, process CPU s) of one call."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
-def best_times(model: nn.Module, runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
-    """{name: (best wall s, best CPU s)} of each run, after one warm-up of all, the model frozen."""
-    best = {name: (float("inf"), float("inf")) for name in runs}
-    with frozen(model):
-        for fn in runs.values():
-            fn()
-        for _ in range(repeats):
-            for name, fn in runs.items():
-                wall, cpu = timed(fn)
-                best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
-    return best
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Benchmark: the explain engine on CLAM's encoder (ResNet-50 cut after layer3, 1024-d, random
 weights) with our gated-attention head, on N random 224-px patches already in memory as model
-inputs. The three paths of `bench/explain.py`, reused from there:
+inputs. The three paths of `bench/explain.py` (bench/common.py):
 
   (a) floor:   encoder + MIL head forward, autograd on;
   (b) explain: attention + slide-level and instance Grad-CAM at `encoder.layer3` from one forward;
@@ -17,7 +17,7 @@ import argparse
 import logging
 
 import torch
-from explain import best_times, captum, explain, floor  # bench/explain.py, beside this script
+from common import best_times, captum, explain, floor
 
 from explainers.explain import resolve_device
 from explainers.models.checkpoints import encoder_config

@@ -23,14 +23,13 @@ import time
 from pathlib import Path
 
 import psutil
+from common import MiB
 
 from explainers.train import TrainConfig, train
 from pipeline.config import load_config
 from pipeline.runner import run_archive
 from tiling.samples.archives import DEFAULT_SIZE, write_sample_archive
 from tiling.store import open_patch_store, slide_dir
-
-MiB = 1 << 20
 
 
 class PeakMemory:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
-import tempfile
 import time
 from pathlib import Path
+
+from common import workdir
 
 from explainers.models.config import ModelConfig
 from explainers.models.io import build_model, save_model
@@ -53,19 +53,18 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="kept (and reused) when given")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-report-"))
-    model = ModelConfig()
-    if not (work / "model" / "config.json").is_file():
-        save_model(build_model(model), model, work / "model")
-    config = at_model_footprint(PipelineConfig(), model.mpp, model.patch)
-    print(f"{'slide':24s} {'patches':>8s} {'audit 1st':>8s} {'next':>8s} {'report 1st':>8s} {'next':>8s}"
-          "   (CPU s)")
-    for kind, size, write in (("small", DEFAULT_SIZE, write_sample_archive), ("large", args.size, write_large_archive)):
-        manifest = write(work / kind, slides=1, seed=0, size=size)
-        cpu_seconds(f"{kind} ({size} px wide)", manifest, Context(work / f"out-{kind}", work / "model", config),
-                    args.repeats)
-    if args.workdir is None:
-        shutil.rmtree(work)
+    with workdir(args.workdir, "bench-report-") as work:
+        model = ModelConfig()
+        if not (work / "model" / "config.json").is_file():
+            save_model(build_model(model), model, work / "model")
+        config = at_model_footprint(PipelineConfig(), model.mpp, model.patch)
+        print(f"{'slide':24s} {'patches':>8s} {'audit 1st':>8s} {'next':>8s} {'report 1st':>8s} {'next':>8s}"
+              "   (CPU s)")
+        for kind, size, write in (("small", DEFAULT_SIZE, write_sample_archive),
+                                  ("large", args.size, write_large_archive)):
+            manifest = write(work / kind, slides=1, seed=0, size=size)
+            cpu_seconds(f"{kind} ({size} px wide)", manifest, Context(work / f"out-{kind}", work / "model", config),
+                        args.repeats)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import best
 
 from explainers.models.config import ModelConfig
 from explainers.models.io import build_model
@@ -28,15 +28,6 @@ from tiling.slide import open_slide
 
 SLIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "CMU-1-Small-Region.svs"
 CLASSES = ["normal", "lesion", "stroma", "necrosis", "fat", "mucin"]
-
-
-def best(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), out
 
 
 def baseline(image: np.ndarray, model, config: ModelConfig, targets: list[str], methods: tuple[str, ...]) -> dict:

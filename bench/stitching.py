@@ -10,9 +10,9 @@ implementation. Prints both times, their ratio and the largest difference betwee
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from common import best
 from skimage.transform import resize
 
 from tiling.config import StitchConfig
@@ -30,15 +30,6 @@ def baseline(grid: PatchGrid, cams: np.ndarray) -> np.ndarray:
         weight[r0:r1, c0:c1] += 1
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(weight > 0, total / weight, np.nan)
-
-
-def best(fn, repeats: int) -> tuple[float, np.ndarray]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def main() -> None:

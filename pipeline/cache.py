@@ -9,8 +9,8 @@ A file's signature is (size, mtime_ns, inode) of its resolved path. Under OUT/ca
                         hex digits of its weights' sha256
     slides.json         the ledger: per slide, the signature of everything its audit was made from
                         (slide and annotation files, its manifest row, the run's config hash, the
-                        model's files, slideaudit's version) and the (inode, mtime_ns) of each
-                        output when its chain last completed
+                        model's files, slideaudit's version) and the signature of each output
+                        when its chain last completed
 
 The stages' own stamps (`tiling.store.is_current`) stay the authority; the ledger only lets a
 rerun leave out, before Dask starts, the slides whose every input and output is as it was.
@@ -34,7 +34,9 @@ OUTPUTS = (PATCHES, EXPLAIN, MAPS, AUDIT, REPORT)
 
 
 def signature(path: Path) -> list[int] | None:
-    """[size, mtime_ns, inode] of `path` (following links), None when it does not exist."""
+    """[size, mtime_ns, inode] of `path` (following links), None when it does not exist. An atomic
+    rewrite changes it (a new inode); leaving the file alone does not (`pipeline.stages` tells a
+    computed output from a current one by it)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:

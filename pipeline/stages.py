@@ -13,7 +13,6 @@ current imports none of them (no torch, OpenSlide or great-expectations), and st
 from __future__ import annotations
 
 import logging
-import os
 import time
 import traceback
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.cache import cached_sha256
+from pipeline.cache import cached_sha256, signature
 from pipeline.config import PipelineConfig
 from pipeline.errors import DiskFull, ValidationFailed, disk_full
 from tiling.archive import SlideRecord
@@ -128,17 +127,6 @@ STAGES: dict[str, tuple[Callable[[SlideRecord, Context], None], str | None]] = {
 }
 
 
-def _signature(path: Path | None) -> tuple[int, int] | None:
-    """(inode, mtime ns) of an output; an atomic rewrite changes it, a skipped stage does not."""
-    if path is None:
-        return None
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_mtime_ns
-
-
 def write_failure(state: SlideState, out: Path, stage: str, exc: BaseException) -> SlideState:
     """`state` failed at `stage` with `exc`, recorded in `slide_dir/failure.json` (atomic)."""
     rec = state.record
@@ -162,9 +150,9 @@ def _run(stage: str, rec: SlideRecord, ctx: Context) -> str:
     sdir = slide_dir(ctx.out, rec.slide_id)
     if sdir.is_dir():
         remove_leftovers(sdir, output)
-    before = _signature(sdir / output)
+    before = signature(sdir / output)  # an atomic rewrite changes it, a skipped stage does not
     func(rec, ctx)
-    return "current" if _signature(sdir / output) == before else "computed"
+    return "current" if signature(sdir / output) == before else "computed"
 
 
 def run_stage(stage: str, state: SlideState, ctx: Context) -> SlideState:

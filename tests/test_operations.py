@@ -23,6 +23,7 @@ import pytest
 from filelock import FileLock, Timeout
 
 import pipeline.cache
+import pipeline.graph
 import pipeline.runner
 import tiling.tile
 from conftest import manifest_rows

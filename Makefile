@@ -41,12 +41,12 @@ docker:
 
 # Everything: lint, the image, then every test tier (browser tests need chromium, the DAG test .venv-airflow).
 test: install system-deps airflow lint docker
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 # The quick tier (< 3 min on 2 cores): no slow, browser or Airflow tests, no extra setup.
 FAST := not slow and not browser and not airflow
 test-fast: install
-	$(BIN)/python -m pytest -m "$(FAST)"
+	$(BIN)/python -m pytest -m "$(FAST)" --durations=15
 
 bench: install
 	for b in bench/*.py; do $(BIN)/python $$b; done

@@ -24,10 +24,12 @@ slide_mpp = click.option("--slide-mpp", default=None, type=float,
                          help="Level-0 µm/px of the slides (archive-wide default). Precedence: the manifest "
                               "column `mpp` > this flag > the file's tags; a file's implausible value "
                               "(outside 0.05-20, or a TIFF's default 72/96/300 dpi) counts as missing.")
-keep_artefacts = click.option(
-    "--keep-artefacts", is_flag=True, default=None,
-    help="Keep pen ink, tissue folds and blank or blurred regions as tissue (default: left out, "
-         "tile.keep_artefacts); every patch still records the artefact it lies on.")
+drop_artefacts = click.option(
+    "--drop-artefacts", default=None, metavar="ink,fold,blank",
+    callback=lambda ctx, param, value: None if value is None else tuple(value.split(",")),
+    help="Leave out the patches on these artefact kinds at tile time, as a deployment that removes them "
+         "would (default: none, tile.drop_artefacts; the audit then tests whether the prediction rests on "
+         "each kind). Their dependence cannot be tested, and the report says so.")
 lesion_classes = click.option(
     "--lesion-classes", default=None, metavar="C1,C2",
     help="Annotation classes that are lesions (QuPath classification names, ASAP groups; shell patterns, "

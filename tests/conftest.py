@@ -10,6 +10,8 @@ different configs never overwrite each other; a repeated call is skipped by the 
 `shared_cluster`: the address of one LocalCluster kept for the session; a run whose subject is not
 the local cluster passes it as `run.scheduler` (`--scheduler`), so its workers start only once.
 Session fixtures are shared: tests copy them before writing into them.
+Per-tier timeouts (pytest-timeout): pyproject's `--timeout` is the fast tier's limit per test;
+`slow`, `browser` and `airflow` tests get `TIER_TIMEOUT` s (`pytest_collection_modifyitems`).
 """
 from __future__ import annotations
 
@@ -28,7 +30,23 @@ from tiling.store import config_hash
 from tiling.tile import tile_slide
 
 SAMPLE_SIZE = 3072
+# s per test (setup, call, teardown) of the slow, browser and airflow tiers; the fast tier's limit is
+# `--timeout` in pyproject's addopts. A test's own @pytest.mark.timeout wins over both.
+TIER_TIMEOUT = 900
+SLOW_TIERS = ("slow", "browser", "airflow")
 SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give the tests of the slow tiers `TIER_TIMEOUT` (or a larger `--timeout`), unless the timeout
+    is off (`--timeout=0`) or the test sets its own."""
+    limit = config.getoption("timeout", None)
+    if not limit:  # no pytest-timeout, or the timeout turned off
+        return
+    tier_limit = max(TIER_TIMEOUT, float(limit))
+    for item in items:
+        if item.get_closest_marker("timeout") is None and any(item.get_closest_marker(m) for m in SLOW_TIERS):
+            item.add_marker(pytest.mark.timeout(tier_limit))
 
 
 def shared_file(name: str) -> Path:

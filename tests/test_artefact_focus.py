@@ -12,10 +12,10 @@ from explainers.models.io import load_model
 from reports.audit import metrics as M
 from reports.audit.artefact_focus import focus_record, top_patches
 from reports.audit.config import AuditConfig
-from reports.audit.flags import FlagInputs, raise_flags, slide_verdict
+from reports.audit.flags import FLAGS, FlagInputs, raise_flags, slide_verdict
 from reports.audit.registry import MapView
 from reports.audit.stage import score_map, without_artefacts
-from tiling.artefacts import PEN_INK, TISSUE_FOLD
+from tiling.artefacts import PATCH_SHARE, PEN_INK, TISSUE_FOLD
 
 
 def test_artefact_metrics_by_hand() -> None:
@@ -60,32 +60,59 @@ def test_top_patches_put_nan_last() -> None:
     np.testing.assert_array_equal(top_patches(np.array([0.1, np.nan, 0.5, 0.5]), 3), [2, 3, 0])
 
 
-def test_without_artefacts_pools_the_kept_embeddings(model_dir: Path) -> None:
+def test_without_artefacts_pools_the_kept_embeddings_each_kind_in_turn(model_dir: Path) -> None:
     model, config = load_model(model_dir)
     torch.manual_seed(0)
     h = torch.randn(10, embedding_dim(model.encoder, config.patch)) * 3
-    kinds = np.array([PEN_INK, PEN_INK, TISSUE_FOLD] + [0] * 7, np.uint8)
+    shares = np.zeros((10, 3), np.float32)
+    shares[[0, 1], 0] = 0.5                                 # pen ink on patches 0, 1
+    shares[[1, 2], 1] = 0.2                                 # a fold on 1 (under the ink too) and 2
+    shares[3, 1] = PATCH_SHARE / 2                          # too little to count
     off = np.zeros(10, bool)
-    record = without_artefacts(model, h, kinds, off, "softmax", ["normal", "tumor"], max_change=1.0)
-    with torch.no_grad():
-        expected = torch.softmax(model.pool(h[3:])[0].double(), -1).numpy()
-    assert record["dropped"] == {"pen ink": 2, "tissue fold": 1} and record["kept"] == 7
-    assert record["after"]["probabilities"]["tumor"] == pytest.approx(expected[1], abs=1e-6)
+    record = without_artefacts(model, h, shares, off, "softmax", ["normal", "tumor"], max_change=1.0)
+
+    def p_without(*dropped: int) -> float:
+        kept = [i for i in range(10) if i not in dropped]
+        with torch.no_grad():
+            return float(torch.softmax(model.pool(h[kept])[0].double(), -1)[1])
+
+    assert list(record["kinds"]) == ["pen ink", "tissue fold"]
+    ink, fold = record["kinds"]["pen ink"], record["kinds"]["tissue fold"]
+    assert (ink["dropped"], fold["dropped"], record["all"]["dropped"]) == (2, 2, 3)
+    assert ink["after"]["probabilities"]["tumor"] == pytest.approx(p_without(0, 1), abs=1e-6)
+    assert fold["after"]["probabilities"]["tumor"] == pytest.approx(p_without(1, 2), abs=1e-6)
+    assert record["all"]["after"]["probabilities"]["tumor"] == pytest.approx(p_without(0, 1, 2), abs=1e-6)
     name = record["before"]["prediction_name"]
-    assert record["change"] == pytest.approx(record["after"]["probabilities"][name]
-                                             - record["before"]["probabilities"][name])
-    assert record["depends"] == record["flipped"]          # max_change 1: only a flip counts
-    tiny = without_artefacts(model, h, kinds, off, "softmax", ["normal", "tumor"], max_change=1e-9)
-    assert tiny["depends"] is True                           # any change is more than 1e-9
-    for nothing in (np.zeros(10, np.uint8), np.full(10, PEN_INK, np.uint8)):
-        record = without_artefacts(model, h, nothing, off, "softmax", ["normal", "tumor"], 0.2)
-        assert record["after"] is None and record["depends"] is False
+    assert ink["change"] == pytest.approx(ink["after"]["probabilities"][name] - record["before"]["probabilities"][name])
+    assert ink["depends"] == ink["flipped"]                 # max_change 1: only a flip counts
+    tiny = without_artefacts(model, h, shares, off, "softmax", ["normal", "tumor"], max_change=1e-9)
+    assert tiny["depends"] == ["pen ink", "tissue fold"]    # any change is more than 1e-9, each kind alone
+    nothing = without_artefacts(model, h, np.zeros((10, 3), np.float32), off, "softmax", ["normal", "tumor"],
+                                max_change=0.2)
+    assert nothing["kinds"] == {} and nothing["all"] is None and nothing["depends"] == []
+    everywhere = without_artefacts(model, h, np.full((10, 3), 0.5, np.float32), off, "softmax", ["normal", "tumor"],
+                                   max_change=0.2)
+    assert everywhere["all"]["after"] is None and everywhere["depends"] == []
     on_lesion = np.arange(10) == 0                          # the first ink patch holds annotated lesion
-    kept = without_artefacts(model, h, kinds, on_lesion, "softmax", ["normal", "tumor"], 1.0)
-    assert kept["dropped"] == {"pen ink": 1, "tissue fold": 1} and kept["kept"] == 8 and kept["kept_on_lesion"] == 1
-    with torch.no_grad():
-        expected = torch.softmax(model.pool(h[[0, *range(3, 10)]])[0].double(), -1).numpy()
-    assert kept["after"]["probabilities"]["tumor"] == pytest.approx(expected[1], abs=1e-6)
+    kept = without_artefacts(model, h, shares, on_lesion, "softmax", ["normal", "tumor"], 1.0)
+    assert kept["kinds"]["pen ink"]["dropped"] == 1 and kept["kept_on_lesion"] == 1
+    assert kept["kinds"]["pen ink"]["after"]["probabilities"]["tumor"] == pytest.approx(p_without(1), abs=1e-6)
+
+
+def test_the_flag_names_the_kind_the_prediction_rests_on() -> None:
+    before = {"prediction": 1, "prediction_name": "tumor", "probabilities": {"normal": 0.02, "tumor": 0.98}}
+    after = {"prediction": 0, "prediction_name": "normal", "probabilities": {"normal": 0.9, "tumor": 0.1}}
+    same = {"dropped": 5, "after": before, "change": 0.0, "flipped": False, "depends": False}
+    flips = {"dropped": 12, "after": after, "change": -0.88, "flipped": True, "depends": True}
+    record = {"before": before, "kinds": {"pen ink": flips, "tissue fold": same}, "all": flips, "max_change": 0.2,
+              "depends": ["pen ink"], "kept_on_lesion": 0}
+    inputs = FlagInputs(0, 1, {}, [], [], AuditConfig(), artefact=record)
+    methods, message = FLAGS["depends_on_artefact"].rule(inputs)
+    assert message == "without its 12 pen ink patch(es), p(tumor) goes from 0.980 to 0.100: predicted normal instead"
+    together = {**record, "kinds": {"pen ink": same, "tissue fold": same}, "depends": ["pen ink", "tissue fold"]}
+    _, message = FLAGS["depends_on_artefact"].rule(FlagInputs(0, 1, {}, [], [], AuditConfig(), artefact=together))
+    assert message.startswith("without its 5 pen ink and 5 tissue fold patch(es), p(tumor) goes from 0.980 to 0.100")
+
 
 
 def artefact_record(before: float, after: float) -> dict:
@@ -93,9 +120,11 @@ def artefact_record(before: float, after: float) -> dict:
         return {"prediction": int(p > 0.5), "prediction_name": "tumor" if p > 0.5 else "normal",
                 "probabilities": {"normal": 1 - p, "tumor": p}}
 
-    return {"dropped": {"pen ink": 3}, "kept": 20, "before": prediction(before), "after": prediction(after),
-            "max_change": 0.2, "change": after - before, "flipped": (before > 0.5) != (after > 0.5),
-            "depends": (before > 0.5) != (after > 0.5) or abs(after - before) > 0.2}
+    depends = (before > 0.5) != (after > 0.5) or abs(after - before) > 0.2
+    ink = {"dropped": 3, "after": prediction(after), "change": after - before,
+           "flipped": (before > 0.5) != (after > 0.5), "depends": depends}
+    return {"before": prediction(before), "kinds": {"pen ink": ink}, "all": ink, "max_change": 0.2,
+            "depends": ["pen ink"] if depends else [], "kept_on_lesion": 0}
 
 
 def flag_inputs(prediction: int, artefact: dict | None, peak: float | None, top: float | None) -> FlagInputs:

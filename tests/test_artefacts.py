@@ -75,7 +75,7 @@ def test_no_pen_ink_on_the_real_h_and_e_slide(tmp_path: Path) -> None:
     assert (labels[tissue] > 0).mean() < 0.1                  # the dark epidermis is mostly no fold
     store = open_patch_store(tile_slide(slide_path, tmp_path, TileConfig(mpp=4.0, patch=32)))
     assert len(store) > 20 and not (store.artefacts.kind == PEN_INK).any()
-    assert store.attrs["artefacts_dropped"]["pen ink"] == 0
+    assert store.attrs["drop_artefacts"] == [] and store.attrs["artefacts_dropped"] == {}
 
 
 def test_dominant_kind_needs_the_stated_share() -> None:
@@ -94,14 +94,15 @@ def inked_slide(tmp_path: Path) -> Path:
     return path
 
 
-def test_artefact_pixels_are_not_tissue_by_default_and_kept_on_request(tmp_path: Path) -> None:
+def test_artefact_patches_stay_by_default_and_are_dropped_on_request(tmp_path: Path) -> None:
     path = inked_slide(tmp_path)
-    config = TileConfig(mpp=2.0, patch=64)
+    config = TileConfig(mpp=2.0, patch=64, drop_artefacts=("ink",))
     with open_slide(path) as slide:
         coords, tissue, attrs, _, default = plan_patches(slide, config)
-        every, _, kept_attrs, _, kept = plan_patches(slide, replace(config, keep_artefacts=True))
+        every, _, kept_attrs, _, kept = plan_patches(slide, replace(config, drop_artefacts=()))
     dropped = attrs["artefacts_dropped"]
-    assert dropped["pen ink"] >= 10 and kept_attrs["artefacts_dropped"] == dict.fromkeys(ARTEFACT_KINDS.values(), 0)
+    assert dropped == {"pen ink": dropped["pen ink"]} and dropped["pen ink"] >= 10
+    assert attrs["drop_artefacts"] == ["pen ink"] and kept_attrs["artefacts_dropped"] == {}
     assert {tuple(c) for c in coords.tolist()} < {tuple(c) for c in every.tolist()}
     assert len(every) - len(coords) >= sum(dropped.values())
     centre_x = coords[:, 0] + 32
@@ -114,13 +115,13 @@ def test_artefact_pixels_are_not_tissue_by_default_and_kept_on_request(tmp_path:
 
 def test_the_store_gives_each_patch_the_artefacts_planned(tmp_path: Path) -> None:
     path = inked_slide(tmp_path)
-    config = TileConfig(mpp=2.0, patch=64, keep_artefacts=True)
+    config = TileConfig(mpp=2.0, patch=64)
     with open_slide(path) as slide:
         coords, _, _, _, planned = plan_patches(slide, config)
     store = open_patch_store(tile_slide(path, tmp_path / "out", config))   # kinds and shares derived again
-    assert (planned.kind == PEN_INK).sum() >= 10
+    assert (planned.kind == PEN_INK).sum() >= 10 and planned.shares.shape == (len(coords), len(ARTEFACT_KINDS))
     np.testing.assert_array_equal(store.coords, coords)
-    for name in ("labels", "kind", "fraction"):
+    for name in ("labels", "shares", "kind", "fraction"):
         np.testing.assert_array_equal(getattr(store.artefacts, name), getattr(planned, name))
 
 
@@ -135,17 +136,21 @@ def test_small_objects_go_as_scikit_image_removes_them(seed: int) -> None:
     assert not without_small_objects(np.zeros((5, 5), bool), 3).any()
 
 
-def test_cli_tile_counts_what_it_leaves_out_and_keeps_it_on_request(tmp_path: Path) -> None:
+def test_cli_tile_keeps_artefact_patches_and_drops_them_on_request(tmp_path: Path) -> None:
     slide = str(inked_slide(tmp_path))
-    result = CliRunner().invoke(main, ["tile", slide, "--out", str(tmp_path / "out"), "--mpp", "2", "--patch", "64"])
-    assert result.exit_code == 0, result.output
-    dropped = open_patch_store(tmp_path / "out" / "slides" / "inked").attrs["artefacts_dropped"]
-    assert f"left out as artefacts: {dropped['pen ink']} patch(es) on pen ink" in result.output
-    result = CliRunner().invoke(main, ["tile", slide, "--out", str(tmp_path / "kept"), "--mpp", "2", "--patch", "64",
-                                       "--keep-artefacts"])
-    assert result.exit_code == 0 and "left out" not in result.output
+    result = CliRunner().invoke(main, ["tile", slide, "--out", str(tmp_path / "kept"), "--mpp", "2", "--patch", "64"])
+    assert result.exit_code == 0 and "left out" not in result.output, result.output
     kept = open_patch_store(tmp_path / "kept" / "slides" / "inked")
-    assert kept.attrs["keep_artefacts"] is True and (kept.artefacts.kind == PEN_INK).sum() >= dropped["pen ink"] >= 10
+    result = CliRunner().invoke(main, ["tile", slide, "--out", str(tmp_path / "out"), "--mpp", "2", "--patch", "64",
+                                       "--drop-artefacts", "ink,blank"])
+    assert result.exit_code == 0, result.output
+    dropped = open_patch_store(tmp_path / "out" / "slides" / "inked").attrs
+    assert dropped["drop_artefacts"] == ["pen ink", "blank or blurred"]
+    assert f"left out as artefacts: {dropped['artefacts_dropped']['pen ink']} patch(es) on pen ink" in result.output
+    assert (kept.artefacts.kind == PEN_INK).sum() >= dropped["artefacts_dropped"]["pen ink"] >= 10
+    result = CliRunner().invoke(main, ["tile", slide, "--out", str(tmp_path / "odd"), "--drop-artefacts", "smudge"])
+    assert result.exit_code == 2 and "drop_artefacts = 'smudge': must be artefact kinds among ink, fold, blank" \
+        in result.output
 
 
 @pytest.mark.parametrize("seed", range(3))

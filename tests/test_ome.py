@@ -45,7 +45,8 @@ def spec_images(root: Path) -> list[str]:
         found.append(series)
         if (root / series / "labels").is_dir():
             for label in attrs(root / series / "labels")["labels"]:
-                assert attrs(root / series / "labels" / label)["image-label"]["colors"]
+                colours = attrs(root / series / "labels" / label)["image-label"]["colors"]
+                assert all(len(c["rgba"]) == 4 and c["label-value"] > 0 for c in colours)  # [] on an empty label
                 found.append(f"{series}/labels/{label}")
     return found
 

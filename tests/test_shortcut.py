@@ -1,8 +1,10 @@
 """A real shortcut, caught: a model trained where pen ink marks the positives, against a clean one.
 
 Both learn from subtle lesions (`sample --lesion-contrast`), so the ink is the easier cue; both
-are audited with `--keep-artefacts` on the negatives of an archive whose ink is independent of
-the label. Only the shortcut model's inked negatives depend on their ink.
+are audited as their own pipeline would tile (artefact patches kept) on the negatives of an
+archive whose ink is independent of the label. Only the shortcut model's inked negatives depend
+on their ink, and the flag names it; with `--drop-artefacts ink` the report says that dependence
+was not tested. Two seed pairs (training archives, held-out archive).
 """
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ from click.testing import CliRunner
 from explainers.train import TrainConfig, train
 from pipeline.cli import main
 from pipeline.errors import EXIT_THRESHOLDS
-from tiling.config import TileConfig
 from tiling.samples.archives import write_sample_archive
 from tiling.store.records import load_audit
 
@@ -36,9 +37,9 @@ def negatives(manifest: Path) -> Path:
     return out
 
 
-def audit(heldout: Path, model: Path, out: Path, scheduler: str) -> tuple[int, dict[str, dict]]:
+def audit(heldout: Path, model: Path, out: Path, scheduler: str, *extra: str) -> tuple[int, dict[str, dict]]:
     result = CliRunner().invoke(main, [
-        "run", str(heldout), "--model", str(model), "--out", str(out), "--keep-artefacts", "--fail-on", "fail",
+        "run", str(heldout), "--model", str(model), "--out", str(out), "--fail-on", "fail", *extra,
         "--group-by", "ink", "--scheduler", scheduler,
         "--methods", "gradcam", "--set", "stitch.max_side=512", "--set", "impressions.steps=0"])
     assert result.exit_code in (0, EXIT_THRESHOLDS), result.output
@@ -46,28 +47,44 @@ def audit(heldout: Path, model: Path, out: Path, scheduler: str) -> tuple[int, d
 
 
 @pytest.mark.slow
-def test_the_audit_catches_an_ink_shortcut_and_passes_a_clean_model(shared_cluster: str, tmp_path: Path) -> None:
-    config = TrainConfig(epochs=EPOCHS, tile=TileConfig(keep_artefacts=True))  # the shortcut needs the ink
+# (training archives' seed, held-out archive's seed). Not every pair holds at this size and contrast: with
+# (3, 4), (3, 2) and (1, 4) the "clean" model also calls an inked negative positive for its ink (the
+# audit rightly flags it), and with (5, 6) one inked negative's ink reaches no tissue patch.
+@pytest.mark.parametrize(("train_seed", "heldout_seed"), [(1, 2), (7, 8)])
+def test_the_audit_catches_an_ink_shortcut_and_passes_a_clean_model(train_seed: int, heldout_seed: int,
+                                                                    shared_cluster: str, tmp_path: Path) -> None:
+    config = TrainConfig(epochs=EPOCHS)  # artefact patches stay in the bags: the shortcut can learn the ink
     models = {}
     for name, correlated in (("shortcut", True), ("clean", False)):
-        manifest = write_sample_archive(tmp_path / f"train-{name}", TRAIN_SLIDES, 1, SIZE, ink_correlated=correlated,
-                                        lesion_contrast=CONTRAST)
+        manifest = write_sample_archive(tmp_path / f"train-{name}", TRAIN_SLIDES, train_seed, SIZE,
+                                        ink_correlated=correlated, lesion_contrast=CONTRAST)
         models[name] = train(manifest, tmp_path / f"model-{name}", config)
-    heldout = negatives(write_sample_archive(tmp_path / "heldout", 8, 2, SIZE, lesion_contrast=CONTRAST))
+    heldout = negatives(write_sample_archive(tmp_path / "heldout", 8, heldout_seed, SIZE, lesion_contrast=CONTRAST))
     with open(heldout, newline="") as f:
-        inked = {r["slide_id"] for r in csv.DictReader(f) if r["ink"] == "1"}
-    assert len(inked) == 2
+        ink = {r["slide_id"]: r["ink"] == "1" for r in csv.DictReader(f)}
+    inked = {sid for sid, has_ink in ink.items() if has_ink}
+    assert inked and len(inked) < len(ink)  # negatives with and without ink: the rates compare them
 
     code, audits = audit(heldout, models["shortcut"], tmp_path / "audit-shortcut", shared_cluster)
     assert code == EXIT_THRESHOLDS
-    for slide in inked:
+    for slide in inked:  # pooled without its artefact patches, the slide's call moves: the flag fires
         flags = {f["flag"] for f in audits[slide]["flags"]}
         assert audits[slide]["verdict"] == "FAIL" and "depends_on_artefact" in flags, audits[slide]["verdict_reason"]
-        assert audits[slide]["without_artefacts"]["dropped"].get("pen ink", 0) >= 1
+        assert "pen ink" in audits[slide]["without_artefacts"]["depends"]  # the kind the call rests on
+        assert "pen ink" in {f["flag"]: f for f in audits[slide]["flags"]}["depends_on_artefact"]["message"]
+    for slide in ink.keys() - inked:  # every slide has a fold: it is the ink, not any artefact, that counts
+        assert not audits[slide]["without_artefacts"]["depends"], audits[slide]["verdict_reason"]
 
     rates = pd.read_csv(tmp_path / "audit-shortcut" / "subgroups.csv").set_index("value")
     fpr = rates["false_positive_rate"]
-    assert rates.loc[1, "false_positives"] == 2 and fpr[1] > fpr[0]   # the inked negatives are called positive
+    assert rates.loc[1, "false_positives"] == len(inked) and fpr[1] > fpr[0]  # every inked negative called positive
+
+    code, dropped = audit(heldout, models["shortcut"], tmp_path / "audit-dropped", shared_cluster,
+                          "--drop-artefacts", "ink")
+    for slide in inked:  # patches mostly under ink never reach the model: the report says ink was not tested
+        assert dropped[slide]["artefacts"]["dropped_at_tile"] == ["pen ink"]
+        page = " ".join((tmp_path / "audit-dropped" / "slides" / slide / "report.html").read_text().split())
+        assert "Not tested: whether the prediction rests on pen ink" in page
 
     code, audits = audit(heldout, models["clean"], tmp_path / "audit-clean", shared_cluster)
     assert code == 0

@@ -11,6 +11,7 @@ from tiling.errors import require
 from tiling.store import runtime
 
 DEFAULT_MPP, DEFAULT_PATCH = 1.0, 224  # what an unset tile.mpp / tile.patch means outside `run`
+ARTEFACT_KEYS = {"ink": 1, "fold": 2, "blank": 3}  # --drop-artefacts names of tiling.artefacts' labels
 
 
 @dataclass(frozen=True)
@@ -19,9 +20,11 @@ class TileConfig:
     model's config.json `mpp` / `patch`, see `resolved`; elsewhere DEFAULT_MPP / DEFAULT_PATCH);
     stride: step between patches, px at `mpp` (None = patch); min_tissue: least tissue fraction
     kept; slide_mpp: level-0 µm/px for slides that record none; max_patches: most patch positions
-    on a slide's grid (glass included), checked before any read; keep_artefacts: count pen ink,
-    folds and blank or blurred regions (`tiling.artefacts`) as tissue instead of leaving them out;
-    chunk: patches per zarr chunk and per Dask block."""
+    on a slide's grid (glass included), checked before any read; drop_artefacts: the artefact
+    kinds (ARTEFACT_KEYS: pen ink, folds, blank or blurred regions, `tiling.artefacts`) whose
+    pixels do not count as tissue, as a deployment that removes them would (default none: the
+    model sees what its own pipeline would, and the audit measures the artefacts instead); a
+    comma-separated string is split; chunk: patches per zarr chunk and per Dask block."""
 
     mpp: float | None = None
     patch: int | None = None
@@ -29,10 +32,14 @@ class TileConfig:
     min_tissue: float = 0.5
     slide_mpp: float | None = None
     max_patches: int = 500_000
-    keep_artefacts: bool = False
+    drop_artefacts: tuple[str, ...] = ()
     chunk: int = runtime(64)  # the zarr layout only: the patches' values do not change
 
     def __post_init__(self) -> None:
+        names = self.drop_artefacts.split(",") if isinstance(self.drop_artefacts, str) else self.drop_artefacts
+        object.__setattr__(self, "drop_artefacts", tuple(dict.fromkeys(n.strip().lower() for n in names if n.strip())))
+        require(set(self.drop_artefacts) <= set(ARTEFACT_KEYS), "drop_artefacts", ",".join(self.drop_artefacts),
+                f"artefact kinds among {', '.join(ARTEFACT_KEYS)}, comma-separated")
         require(self.mpp is None or self.mpp > 0, "mpp", self.mpp, "a positive number of µm/px or null")
         require(self.patch is None or self.patch >= 1, "patch", self.patch, "a whole number of px >= 1 or null")
         require(self.stride is None or self.stride >= 1, "stride", self.stride, "a whole number of px >= 1 or null")

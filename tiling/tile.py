@@ -24,7 +24,7 @@ from tqdm import tqdm
 from tqdm.dask import TqdmCallback
 
 from tiling.artefacts import ARTEFACT_KINDS, PATCH_SHARE, artefact_mask, artefact_shares, dominant_kind
-from tiling.config import TileConfig
+from tiling.config import ARTEFACT_KEYS, TileConfig
 from tiling.errors import SlideError
 from tiling.grid import footprint, footprint_fraction, grid_coords, grid_starts
 from tiling.slide import BaseSlide, open_slide
@@ -53,10 +53,9 @@ def plan_patches(slide: BaseSlide, config: TileConfig
     describing the geometry (footprint = patch * mpp / slide_mpp level-0 px; level_mpp: µm/px of
     the level read; artefacts_dropped: {kind: patches left out}), the (h, w, 3) uint8 thumbnail
     the tissue and artefact masks come from (MASK_CELLS px per patch side, its longer side within
-    MASK_SIDES), and the artefacts (`tiling.artefacts`). Artefact pixels are not tissue unless
-    config.keep_artefacts: a patch is kept when its artefact-free tissue reaches min_tissue, so
-    a lesion next to a pen circle stays; a kept patch's kind is the artefact covering
-    PATCH_SHARE of it or more (0 none)."""
+    MASK_SIDES), and the artefacts (`tiling.artefacts`: each patch's share under each kind). The
+    pixels of the kinds in config.drop_artefacts are not tissue: a patch is kept when its tissue
+    outside them reaches min_tissue, so a lesion next to a pen circle stays."""
     mpp, patch = config.target
     side, step = footprint(patch, mpp, slide.mpp), footprint(config.step, mpp, slide.mpp)
     check_plan(slide, config, side, step)
@@ -66,11 +65,12 @@ def plan_patches(slide: BaseSlide, config: TileConfig
     labels = artefact_mask(thumbnail, mask)
     grid = grid_coords(slide.dimensions, side, step)
     every = footprint_fraction(mask, slide.dimensions, grid, side)
-    free = every if config.keep_artefacts else footprint_fraction(mask & (labels == 0), slide.dimensions, grid, side)
+    left_out = [ARTEFACT_KEYS[name] for name in config.drop_artefacts]
+    free = footprint_fraction(mask & ~np.isin(labels, left_out), slide.dimensions, grid, side) if left_out else every
     keep = free >= config.min_tissue
     all_shares = artefact_shares(labels, slide.dimensions, grid, side)
     lost_kind = dominant_kind(all_shares[(every >= config.min_tissue) & ~keep])
-    dropped = {name: int((lost_kind == k).sum()) for k, name in ARTEFACT_KINDS.items()}
+    dropped = {ARTEFACT_KINDS[k]: int((lost_kind == k).sum()) for k in left_out}
     coords, tissue, shares = grid[keep], free[keep], all_shares[keep]
     artefacts = Artefacts.of(labels, shares)
     level = slide.best_level(mpp)
@@ -78,7 +78,8 @@ def plan_patches(slide: BaseSlide, config: TileConfig
              "level_mpp": slide.mpp * slide.level_downsamples[level], "patch_size": patch, "stride": config.step,
              "footprint": side, "dimensions": list(slide.dimensions),
              "artefact_kinds": {str(k): name for k, name in ARTEFACT_KINDS.items()},
-             "artefact_share": PATCH_SHARE, "keep_artefacts": config.keep_artefacts, "artefacts_dropped": dropped}
+             "artefact_share": PATCH_SHARE, "drop_artefacts": [ARTEFACT_KINDS[k] for k in left_out],
+             "artefacts_dropped": dropped}
     return coords, tissue, attrs, thumbnail, artefacts
 
 

@@ -72,7 +72,7 @@ def echo_result(result: RunResult, as_json: bool = False) -> None:
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run on an existing Dask scheduler, e.g. tcp://127.0.0.1:8786 (no local cluster).")
 @options.slide_mpp
-@options.keep_artefacts
+@options.drop_artefacts
 @options.lesion_classes
 @options.exclude_classes
 @click.option("--only-new", is_flag=True,
@@ -96,7 +96,7 @@ def echo_result(result: RunResult, as_json: bool = False) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the end-of-run summary as JSON on stdout.")
 @config_options
 def run(archive: Path, model_dir: Path, out: Path, scheduler: str | None, slide_mpp: float | None,
-        keep_artefacts: bool | None, lesion_classes: str | None, exclude_classes: str | None, only_new: bool,
+        drop_artefacts: tuple[str, ...] | None, lesion_classes: str | None, exclude_classes: str | None, only_new: bool,
         fail_on: str | None, group_by: str | None, sanity: bool | None, sanity_slides: int | None,
         wait: bool, progress: str, as_json: bool, config_file: Path | None, assignments: tuple[str, ...],
         workers: int | None, methods: tuple[str, ...] | None, device: str | None) -> None:
@@ -114,7 +114,7 @@ def run(archive: Path, model_dir: Path, out: Path, scheduler: str | None, slide_
     config = build_config(config_file, assignments, {
         "run.workers": workers, "run.scheduler": scheduler, "explain.methods": methods,
         "explain.device": device, "tile.slide_mpp": slide_mpp,
-        "tile.keep_artefacts": keep_artefacts, "run.fail_on": fail_on,
+        "tile.drop_artefacts": drop_artefacts, "run.fail_on": fail_on,
         "run.group_by": group_by, "audit.sanity.enabled": sanity, "audit.sanity.slides": sanity_slides,
         "stitch.lesion_classes": lesion_classes, "stitch.exclude_classes": exclude_classes})
     echo_result(run_archive(archive, model_dir, out, config, only_new, wait, progress), as_json)

@@ -16,12 +16,12 @@ from pipeline import options
 @options.stride
 @options.min_tissue
 @options.slide_mpp
-@options.keep_artefacts
+@options.drop_artefacts
 @click.option("--chunk", default=64, show_default=True, type=click.IntRange(min=1),
               help="Patches per zarr chunk and per Dask block.")
 @click.option("--slide-id", default=None, help="Name of the slide in the store, a folder name (default: file stem).")
 def tile(slide: Path, out: Path, mpp: float, patch: int, stride: int | None, min_tissue: float,
-         slide_mpp: float | None, keep_artefacts: bool | None, chunk: int, slide_id: str | None) -> None:
+         slide_mpp: float | None, drop_artefacts: tuple[str, ...] | None, chunk: int, slide_id: str | None) -> None:
     """Tile SLIDE into patches at --mpp, keeping those with enough tissue."""
     from tiling.archive import check_slide_id
     from tiling.config import TileConfig
@@ -29,7 +29,7 @@ def tile(slide: Path, out: Path, mpp: float, patch: int, stride: int | None, min
     from tiling.tile import tile_slide
 
     config = TileConfig(mpp=mpp, patch=patch, stride=stride, min_tissue=min_tissue, slide_mpp=slide_mpp,
-                        keep_artefacts=bool(keep_artefacts), chunk=chunk)
+                        drop_artefacts=drop_artefacts or (), chunk=chunk)
     slide_id = check_slide_id(slide_id or slide.stem, "--slide-id" if slide_id else f"{slide} (its stem)")
     remove_leftovers(slide_dir(out, slide_id), PATCHES)  # of a killed earlier run
     store = open_patch_store(tile_slide(slide, out, config, slide_id))

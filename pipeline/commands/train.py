@@ -25,21 +25,25 @@ from pipeline import options
               help="softmax: one class per slide; sigmoid: multi-label (labels ';'-separated in the manifest).")
 @click.option("--classes", default=None, metavar="A,B",
               help="Class names in order (default: normal,lesion).")
+@options.drop_artefacts
 @options.device
 def train(manifest: Path, model_dir: Path, epochs: int | None, seed: int, stores: Path | None,
-          encoder: str | None, encoder_weights: Path | None, head: str, classes: str | None, device: str) -> None:
+          encoder: str | None, encoder_weights: Path | None, head: str, classes: str | None,
+          drop_artefacts: tuple[str, ...] | None, device: str) -> None:
     """Train on the labelled slides of MANIFEST (CSV: slide_id, path, label: a class name or index of
     the model; slides with an empty label are left out) from slide-level labels."""
     from explainers.models.config import ModelConfig, read_config
     from explainers.train import TrainConfig
     from explainers.train import train as train_model
     from explainers.train_head import train_head
+    from tiling.config import TileConfig
 
     if encoder_weights is not None and encoder is None:
         raise click.UsageError("--encoder-weights needs --encoder NAME (the encoder they belong to)")
     names = [c.strip() for c in classes.split(",") if c.strip()] if classes else ModelConfig().classes
     config = TrainConfig(seed=seed, device=device, model=ModelConfig(classes=names, head=head),
-                         epochs=TrainConfig.epochs if epochs is None else epochs)
+                         epochs=TrainConfig.epochs if epochs is None else epochs,
+                         tile=TileConfig(drop_artefacts=drop_artefacts or ()))
     path = (train_model(manifest, model_dir, config, stores) if encoder is None
             else train_head(manifest, model_dir, config, encoder, encoder_weights, stores))
     metrics = read_config(path).metrics

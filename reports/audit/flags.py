@@ -95,12 +95,15 @@ def _depends_on_artefact(f: FlagInputs) -> tuple[list[str], str] | None:
     a = f.artefact
     if not a or not a["depends"]:
         return None
+    alone = [kind for kind in a["depends"] if a["kinds"][kind]["depends"]]
+    moves = [(f"{a['kinds'][kind]['dropped']} {kind}", a["kinds"][kind]) for kind in alone] or [
+        (" and ".join(f"{a['kinds'][kind]['dropped']} {kind}" for kind in a["depends"]), a["all"])]
     name = a["before"]["prediction_name"]
-    dropped = ", ".join(f"{n} on {kind}" for kind, n in a["dropped"].items())
-    return [], (f"without its {dropped} patch(es), p({name}) goes from {a['before']['probabilities'][name]:.3f} "
-                f"to {a['after']['probabilities'][name]:.3f}"
-                + (f": predicted {a['after']['prediction_name']} instead" if a["flipped"] else
-                   f", more than {a['max_change']:g}"))
+    p = a["before"]["probabilities"][name]
+    return [], "; ".join(
+        f"without its {what} patch(es), p({name}) goes from {p:.3f} to {r['after']['probabilities'][name]:.3f}"
+        + (f": predicted {r['after']['prediction_name']} instead" if r["flipped"]
+           else f", more than {a['max_change']:g}") for what, r in moves)
 
 
 def _disagree(f: FlagInputs) -> tuple[list[str], str] | None:
@@ -173,9 +176,10 @@ FLAGS: dict[str, Flag] = {flag.name: flag for flag in (
     Flag("prediction_wrong", "Prediction wrong", "The slide's predicted class differs from its label.",
          "fail", "slide", _prediction_wrong),
     Flag("depends_on_artefact", "Depends on an artefact",
-         "Pooling the slide without the patches that lie on an artefact (only the MIL head runs again) flips "
-         "the predicted class or moves its probability by more than audit.max_artefact_change: the prediction "
-         "rests on pen ink, a fold or a blank or blurred region, not on the tissue.",
+         "Pooling the slide without the patches that lie on one kind of artefact, each kind in turn and all "
+         "together (only the MIL head runs again), flips the predicted class or moves its probability by more "
+         "than audit.max_artefact_change: the prediction rests on that kind (pen ink, a fold or a blank or "
+         "blurred region), not on the tissue. The message names the kind.",
          "fail", "slide", _depends_on_artefact),
     Flag("unfaithful", "No better than random",
          "Deleting the patches the method ranks highest lowers the explained class's probability no more "

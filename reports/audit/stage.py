@@ -31,7 +31,7 @@ from reports.audit.config import AuditConfig
 from reports.audit.flags import FlagInputs, raise_flags, slide_verdict
 from reports.audit.registry import MapView, metrics_for
 from reports.audit.validation import map_stats, validate_attention, validate_coords, validate_maps
-from tiling.artefacts import artefact_name
+from tiling.artefacts import PATCH_SHARE, artefact_name
 from tiling.grid import footprint_fraction
 from tiling.store import AUDIT, EXPLAIN, MAPS, PatchStore, chained_stamp, is_current, open_patch_store
 from tiling.store.explain import open_explain_store
@@ -123,31 +123,44 @@ def flags(label: int | None, prediction: int, scores: dict[str, dict], pairs: li
                                   unfaithful or [], resolution or {}, artefact, insensitive or []))
 
 
-def without_artefacts(model: MILModel, h: torch.Tensor, kinds: np.ndarray, on_lesion: np.ndarray, head: str,
+def without_artefacts(model: MILModel, h: torch.Tensor, shares: np.ndarray, on_lesion: np.ndarray, head: str,
                       classes: list[str], max_change: float) -> dict[str, Any]:
-    """The counterfactual slide without the patches lying on an artefact (`kinds` (N,) > 0) and on
-    no annotated lesion (`on_lesion` (N,) bool: such a patch is evidence of the lesion too, and
-    dropping it would blame the artefact for the lesion), pooled from the kept embeddings `h` by
-    the MIL head alone: "dropped" ({kind name: patches}), "kept_on_lesion", the prediction
-    before and after (`slide_prediction`), "change" = p_after - p_before of the class predicted
-    before, "flipped", and "depends" = flipped or |change| > `max_change`. Nothing is
-    recomputed when no patch, or every patch, is dropped ("after" None)."""
-    drop = (np.asarray(kinds) > 0) & ~on_lesion
+    """The counterfactual slide without its artefact patches, each kind in turn and all together,
+    pooled from the kept embeddings `h` by the MIL head alone. A patch lies on kind k when
+    `shares` (N, K) [:, k - 1] >= PATCH_SHARE; a patch on an annotated lesion (`on_lesion` (N,)
+    bool) stays: it is evidence of the lesion too, and dropping it would blame the artefact for
+    the lesion. Returns "before" (`slide_prediction`), "kinds" {kind name: `_without`} for each
+    kind some patch lies on, "all" (every kind at once; None when no patch lies on any),
+    "kept_on_lesion", "max_change", and "depends": the kinds whose removal alone moves the
+    prediction, or every kind present when only their removal together does."""
+    on = (np.asarray(shares) >= PATCH_SHARE) & ~np.asarray(on_lesion, bool)[:, None]
     with torch.no_grad():
         before = slide_prediction(model.pool(h)[0].cpu().numpy(), head, classes)
-        after = (slide_prediction(model.pool(h[torch.from_numpy(~drop)])[0].cpu().numpy(), head, classes)
-                 if drop.any() and not drop.all() else None)
-    dropped = kinds[drop]
-    record: dict[str, Any] = {"dropped": {artefact_name(k): int((dropped == k).sum()) for k in np.unique(dropped)},
-                              "kept": int((~drop).sum()), "kept_on_lesion": int(((kinds > 0) & on_lesion).sum()),
-                              "before": before, "after": after, "max_change": max_change,
-                              "change": None, "flipped": False, "depends": False}
-    if after is not None:
-        name = before["prediction_name"]
-        record["change"] = after["probabilities"][name] - before["probabilities"][name]
-        record["flipped"] = after["prediction"] != before["prediction"]
-        record["depends"] = record["flipped"] or abs(record["change"]) > max_change
-    return record
+    kinds = {artefact_name(k + 1): _without(model, h, on[:, k], before, head, classes, max_change)
+             for k in range(on.shape[1]) if on[:, k].any()}
+    together = _without(model, h, on.any(axis=1), before, head, classes, max_change) if kinds else None
+    depends = [name for name, r in kinds.items() if r["depends"]] or (
+        list(kinds) if together and together["depends"] else [])
+    return {"before": before, "kinds": kinds, "all": together, "max_change": max_change, "depends": depends,
+            "kept_on_lesion": int(((np.asarray(shares) >= PATCH_SHARE).any(axis=1) & on_lesion).sum())}
+
+
+def _without(model: MILModel, h: torch.Tensor, drop: np.ndarray, before: dict[str, Any], head: str,
+             classes: list[str], max_change: float) -> dict[str, Any]:
+    """The slide pooled without the patches `drop` (N,) bool: "dropped" (patches), "after" (None
+    when every patch would go), "change" = p_after - p_before of the class predicted before,
+    "flipped", and "depends" = flipped or |change| > `max_change`."""
+    record: dict[str, Any] = {"dropped": int(drop.sum()), "after": None, "change": None, "flipped": False,
+                              "depends": False}
+    if drop.all():
+        return record
+    with torch.no_grad():
+        after = slide_prediction(model.pool(h[torch.from_numpy(~drop)])[0].cpu().numpy(), head, classes)
+    name = before["prediction_name"]
+    change = after["probabilities"][name] - before["probabilities"][name]
+    flipped = after["prediction"] != before["prediction"]
+    return record | {"after": after, "change": change, "flipped": flipped,
+                     "depends": flipped or abs(change) > max_change}
 
 
 def deletion_record(model: MILModel, h: torch.Tensor, explain: Any, config: FaithfulnessConfig) -> dict[str, Any]:
@@ -316,7 +329,7 @@ def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig, model_d
         deletion = deletion_record(mil, h, explain, config.faithfulness)
         width, height = store.attrs["dimensions"]
         on_lesion = footprint_fraction(maps.lesion > 0, (width, height), store.coords, store.attrs["footprint"]) > 0
-        artefact = without_artefacts(mil, h, store.artefacts.kind, on_lesion, attrs.get("head", "softmax"),
+        artefact = without_artefacts(mil, h, store.artefacts.shares, on_lesion, attrs.get("head", "softmax"),
                                      classes, config.max_artefact_change)
     randomised = sanity_record(slide_dir, explain, model_dir, config.sanity) if sanity and model_dir else None
     raised = flags(label, predicted["prediction"], compared["metrics"], compared["agreement"],
@@ -334,8 +347,7 @@ def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig, model_d
         "top_patches": _top_patches(store, attention, config.top_patches),
         "flags": raised, "verdict": verdict, "verdict_reason": reason, "faithfulness": deletion,
         "sanity": randomised,
-        "artefacts": {"keep_artefacts": store.attrs.get("keep_artefacts"),
-                      "left_out": store.attrs.get("artefacts_dropped")},
+        "artefacts": {"dropped_at_tile": store.attrs["drop_artefacts"], "left_out": store.attrs["artefacts_dropped"]},
         "without_artefacts": artefact,
         "validation": suites,
         "provenance": {**provenance(model, stamp, config), "resolution": scales},

@@ -10,8 +10,9 @@
     attrs      source_path, source_sha256, slide_id, mpp, slide_mpp, mpp_source (where slide_mpp
                came from: "file", "manifest" or "flag"), level, patch_size, stride,
                footprint (patch side in level-0 px), dimensions (level-0 W, H), config_hash,
-               artefact_kinds ({label: name}), keep_artefacts, artefacts_dropped ({name: patches
-               left out because that artefact covered them}), format_version (FORMAT_VERSION)
+               artefact_kinds ({label: name}), drop_artefacts (the kinds whose pixels did not count
+               as tissue, `tiling.config.TileConfig`), artefacts_dropped ({name: patches left out
+               because that kind covered them}), format_version (FORMAT_VERSION)
 """
 from __future__ import annotations
 
@@ -37,17 +38,19 @@ FLAT_CHUNKS = {"name": "default", "separator": "."}
 @dataclass
 class Artefacts:
     """A slide's artefacts: `labels` (h, w) uint8 on the thumbnail's grid (the store keeps them),
-    and per patch the `kind` (N,) uint8 lying on it (`tiling.artefacts.dominant_kind`, 0 none)
-    and the `fraction` (N,) float32 of its footprint under any artefact."""
+    and per patch the `shares` (N, K) float32 of its footprint under each kind (column k - 1 for
+    label k, `tiling.artefacts.artefact_shares`), the `kind` (N,) uint8 covering most of it
+    (`tiling.artefacts.dominant_kind`, 0 none) and the `fraction` (N,) float32 under any."""
 
     labels: np.ndarray
+    shares: np.ndarray
     kind: np.ndarray
     fraction: np.ndarray
 
     @classmethod
     def of(cls, labels: np.ndarray, shares: np.ndarray) -> Artefacts:
-        """From the labels and each patch's (N, K) share under each kind (`tiling.artefacts.artefact_shares`)."""
-        return cls(labels, dominant_kind(shares), shares.sum(axis=1).astype(np.float32))
+        """From the labels and each patch's (N, K) share under each kind."""
+        return cls(labels, shares.astype(np.float32), dominant_kind(shares), shares.sum(axis=1).astype(np.float32))
 
 
 @dataclass

@@ -5,12 +5,13 @@ classes, prediction, head, target, target_class, map {downsample, pixel_um, shap
 metrics {method: {metric: {value, ...}}}, artefact_focus {method: {peaks, top_patches, summary,
 ...}}, peaks {method: [{x, y, row, col, value, lesion (the nearest), lesion_um, artefact, hit}]},
 agreement, top_patches, flags [{flag, verdict, severity, methods, message}], verdict (PASS,
-UNCHECKED, REVIEW or FAIL), verdict_reason, artefacts {keep_artefacts, left_out}, without_artefacts (the
-counterfactual, `reports.audit.stage.without_artefacts`; null without the model), validation,
+UNCHECKED, REVIEW or FAIL), verdict_reason, artefacts {dropped_at_tile, left_out}, without_artefacts (the
+counterfactual per kind and for all, `reports.audit.stage.without_artefacts`; null without the model), validation,
 provenance, stamp {config_hash, source_sha256}. Non-finite numbers are written as null.
 Version 2 added verdict, verdict_reason and each flag's verdict; version 3 the artefacts; version 4
 each peak's nearest lesion, distance and hit (no hit on an artefact), the UNCHECKED verdict and
-the randomisation check's draws (sanity: rho_draws, rho as their median, rho_range).
+the randomisation check's draws (sanity: rho_draws, rho as their median, rho_range) and the
+counterfactual per artefact kind.
 
 ``<slide_dir>/failure.json`` (FAILURE_VERSION), written when a stage of the slide fails:
 slide_id, stage, message, label, source_path, error_type, and traceback for an unexpected

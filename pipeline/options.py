@@ -89,14 +89,38 @@ def methods(context: str | None, help: str) -> Callable[[F], F]:
                         metavar="M1,M2", help=help)
 
 
+class EncoderName(click.ParamType):
+    """A registered encoder's name, checked against the records when the command runs (an
+    encoder registered after the CLI was defined counts); a usage error lists the choices."""
+
+    name = "encoder"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from explainers.models.encoders import encoder_names
+
+        if value not in encoder_names():
+            self.fail(f"{value!r} is not a registered encoder; choose one of {', '.join(encoder_names())}", param, ctx)
+        return str(value)
+
+
 def encoder(required: bool, help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """--encoder NAME, a registered encoder (`explainers.models.encoders`)."""
-    return click.option("--encoder", required=required, default=None, metavar="NAME", help=help)
+    """--encoder NAME, a registered encoder (`explainers.models.encoders`: its records, plain data,
+    give the choices and their architectures in the help)."""
+    from explainers.models.encoders import ENCODERS
+
+    def summary(name: str) -> str:
+        record = ENCODERS[name]
+        spec = record.spec()
+        return f"{name} ({record.library}" + (f", {spec.dim}-d)" if spec else ")")
+    choices = ", ".join(summary(name) for name in ENCODERS)
+    return click.option("--encoder", required=required, default=None, metavar="NAME", type=EncoderName(),
+                        help=f"{help} Choices: {choices}.")
 
 
 def encoder_weights(required: bool, note: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """--encoder-weights FILE, read by `explainers.models.weights` (never unpickled)."""
+    """--encoder-weights PATH, read by `explainers.models.weights` (never unpickled)."""
     return click.option("--encoder-weights", required=required, default=None,
-                        type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                        help="The frozen encoder's weights: torchvision layout (ResNet) or timm layout (ViT), "
-                             f".safetensors or a state-dict file{note}.")
+                        type=click.Path(exists=True, path_type=Path),
+                        help="The frozen encoder's weights, in its library's layout (torchvision ResNets, timm "
+                             "ViTs, transformers snapshots): a .safetensors or state-dict file, or a snapshot "
+                             f"folder (model.safetensors, pytorch_model.bin){note}.")

@@ -107,7 +107,7 @@ def test_the_flag_names_the_kind_the_prediction_rests_on() -> None:
     record = {"before": before, "kinds": {"pen ink": flips, "tissue fold": same}, "all": flips, "max_change": 0.2,
               "depends": ["pen ink"], "kept_on_lesion": 0}
     inputs = FlagInputs(0, 1, {}, [], [], AuditConfig(), artefact=record)
-    methods, message = FLAGS["depends_on_artefact"].rule(inputs)
+    _, message = FLAGS["depends_on_artefact"].rule(inputs)
     assert message == "without its 12 pen ink patch(es), p(tumor) goes from 0.980 to 0.100: predicted normal instead"
     together = {**record, "kinds": {"pen ink": same, "tissue fold": same}, "depends": ["pen ink", "tissue fold"]}
     _, message = FLAGS["depends_on_artefact"].rule(FlagInputs(0, 1, {}, [], [], AuditConfig(), artefact=together))

@@ -1,5 +1,7 @@
 """Encoders for published weights: torchvision ResNet-50 and timm ViT key layouts load and
-compute the published architectures (float64 references written here), errors name the keys."""
+compute the published architectures (float64 references written here), errors name the keys.
+The ViTs are timm's own VisionTransformer (explainers.models.timm_vit); the foundation encoders'
+records are tested in tests/test_foundation_encoders.py."""
 import math
 
 import pytest
@@ -18,7 +20,7 @@ from explainers.models.encoders import (
 )
 from explainers.models.io import build_model
 from explainers.models.mil import split_encoder
-from explainers.models.vit import from_timm, timm_kwargs, to_timm
+from explainers.models.timm_vit import options_from_weights
 from explainers.models.weights import load_encoder_weights, read_state_dict
 
 RESNET50_BLOCKS = (3, 4, 6, 3)
@@ -205,8 +207,8 @@ VIT_CASES = [  # (registers, layer_scale, no_embed_class, saved as, prefix)
 def test_timm_vit_loads_and_matches_the_reference(tmp_path, registers, layer_scale, no_embed_class, fmt, prefix):
     shapes = timm_vit_shapes(32, 2, grid=2, registers=registers, layer_scale=layer_scale, no_embed_class=no_embed_class)
     state = random_state(shapes, seed=registers)
-    kwargs = timm_kwargs(state, img_size=32)
-    assert kwargs == {"registers": registers, "layer_scale": 1.0 if layer_scale else None,
+    kwargs = options_from_weights(state, img_size=32)
+    assert kwargs == {"reg_tokens": registers, "init_values": 1.0 if layer_scale else None,
                       "no_embed_class": no_embed_class}
     path = tmp_path / f"vit.{fmt}"
     saved = {prefix + k: v for k, v in state.items()}
@@ -214,7 +216,7 @@ def test_timm_vit_loads_and_matches_the_reference(tmp_path, registers, layer_sca
     encoder = build_encoder("vit_small_patch16", **TINY, **kwargs)
     load_encoder_weights(encoder, path, "timm")
     assert encoder.prefix_tokens == 1 + registers and encoder.patch_grid == (2, 2)
-    assert to_timm(encoder.state_dict()).keys() == {k for k in shapes if not k.startswith("head.")}
+    assert encoder.to_library(encoder.state_dict()).keys() == {k for k in shapes if not k.startswith("head.")}
     x = torch.rand(3, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     ref = {k: v.double() for k, v in state.items()}
     with torch.no_grad():
@@ -225,9 +227,9 @@ def test_real_vit_small_has_timms_shapes():
     torch.manual_seed(0)
     encoder = build_encoder("vit_small_patch16")
     expected = {k: s for k, s in timm_vit_shapes(384, 12, grid=14).items() if not k.startswith("head.")}
-    assert {k: tuple(v.shape) for k, v in to_timm(encoder.state_dict()).items()} == expected
+    assert {k: tuple(v.shape) for k, v in encoder.to_library(encoder.state_dict()).items()} == expected
     assert encoder.patch_grid == (14, 14) and encoder.prefix_tokens == 1
-    assert len(encoder.blocks) == 12 and encoder.blocks[0].attn.heads == 6
+    assert len(encoder.blocks) == 12 and encoder.blocks[0].attn.num_heads == 6
 
 
 def test_patch_tokens_reshape_to_the_documented_grid():
@@ -238,15 +240,17 @@ def test_patch_tokens_reshape_to_the_documented_grid():
         tokens = encoder.embed(x)[:, encoder.prefix_tokens:] - encoder.embed.pos_embed
         grid = tokens.transpose(1, 2).reshape(2, 32, *encoder.patch_grid)
         torch.testing.assert_close(grid, encoder.embed.patch_embed.proj(x))
-    with pytest.raises(ValueError, match="resize the input"):
+    with pytest.raises(AssertionError, match="doesn't match model"):   # timm's own check
         encoder(torch.randn(1, 3, 32, 32))
 
 
-def test_from_timm_renames_the_embedding_and_drops_the_head():
+def test_the_timm_layout_renames_the_embedding_and_drops_the_head():
+    encoder = build_encoder("vit_small_patch16", **TINY, registers=1, layer_scale=1.0)
     state = {k: torch.zeros(1) for k in ("cls_token", "reg_token", "pos_embed", "patch_embed.proj.weight",
                                           "blocks.0.ls1.gamma", "norm.bias", "head.weight")}
-    assert sorted(from_timm(state)) == ["blocks.0.ls1.gamma", "embed.cls_token", "embed.patch_embed.proj.weight",
-                                        "embed.pos_embed", "embed.reg_token", "norm.bias"]
+    assert sorted(encoder.from_library(state, ("head.",))) == [
+        "blocks.0.ls1.gamma", "embed.cls_token", "embed.patch_embed.proj.weight", "embed.pos_embed",
+        "embed.reg_token", "norm.bias"]
 
 
 def test_wrong_vit_keys_are_named(tmp_path):
@@ -328,5 +332,5 @@ def test_specs_declare_inputs_dims_and_target_layers():
     assert IMAGENET_MEAN == (0.485, 0.456, 0.406) and IMAGENET_STD == (0.229, 0.224, 0.225)
     with pytest.raises(ModelError, match="declares no input spec"):
         encoder_spec("small_cnn")
-    with pytest.raises(ModelError, match="not divisible"):
+    with pytest.raises(ModelError, match="divisible"):
         build_encoder("vit_small_patch16", dim=30, heads=4)

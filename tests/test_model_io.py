@@ -63,6 +63,9 @@ def test_state_dicts_are_accepted_and_torchscript_is_never_run(saved, tmp_path):
     torch.jit.script(nn.Linear(2, 2)).save(str(model_dir / "model.ts"))
     with pytest.raises(ModelError, match="no weights file"):
         load_model(model_dir)
+    (model_dir / "model.ts").rename(model_dir / "model.pt")                  # TorchScript under a state dict's name
+    with pytest.raises(ModelError, match="TorchScript archive, which is refused because loading it runs"):
+        load_model(model_dir)
 
 
 class Payload:

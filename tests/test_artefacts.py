@@ -162,7 +162,8 @@ def test_artefacts_found_on_the_tissue_box_equal_those_of_the_whole_thumbnail(se
         tissue = tissue_mask(thumbnail)
         labels = artefact_mask(thumbnail, tissue)
         np.testing.assert_array_equal(labels, whole_image_labels(thumbnail, tissue))
-        assert (labels > 0).any()
+        # the samples hold ink and folds; CMU-1 none: its dark epidermis is no fold (test_real_artefacts)
+        assert bool((labels > 0).any()) == (thumbnail is not real)
 
 
 def test_ink_just_outside_the_tissue_box_is_labelled_as_on_the_whole_thumbnail() -> None:

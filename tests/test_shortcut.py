@@ -90,3 +90,30 @@ def test_the_audit_catches_an_ink_shortcut_and_passes_a_clean_model(train_seed: 
     assert code == 0
     assert all(a["verdict"] != "FAIL" for a in audits.values())
     assert not any(a["without_artefacts"]["depends"] for a in audits.values())
+
+
+@pytest.mark.slow
+def test_thick_ink_dropped_at_tile_time_leaves_its_dependence_untested(shared_cluster: str, tmp_path: Path) -> None:
+    """Filled bands of ink (300-400 µm) on the positives teach the shortcut; on inked negatives the
+    default audit FAILs them naming pen ink, and with `--drop-artefacts ink` the patches under the
+    band never reach the model: the report says ink dependence was not tested."""
+    thick = (300.0, 400.0)
+    manifest = write_sample_archive(tmp_path / "train", TRAIN_SLIDES, 1, SIZE, ink_correlated=True,
+                                    lesion_contrast=CONTRAST, ink_width_um=thick)
+    model = train(manifest, tmp_path / "model", TrainConfig(epochs=EPOCHS))
+    heldout = negatives(write_sample_archive(tmp_path / "heldout", 8, 2, SIZE, lesion_contrast=CONTRAST,
+                                             ink_width_um=thick))
+    with open(heldout, newline="") as f:
+        inked = {r["slide_id"] for r in csv.DictReader(f) if r["ink"] == "1"}
+    assert inked
+
+    _, audits = audit(heldout, model, tmp_path / "audit", shared_cluster)
+    caught = [s for s in inked if audits[s]["verdict"] == "FAIL"
+              and "pen ink" in audits[s]["without_artefacts"]["depends"]]
+    assert len(caught) >= 0.9 * len(inked), {s: audits[s]["verdict_reason"] for s in inked}
+
+    _, dropped = audit(heldout, model, tmp_path / "audit-dropped", shared_cluster, "--drop-artefacts", "ink")
+    for slide in inked:
+        assert dropped[slide]["artefacts"]["left_out"]["pen ink"] >= 1  # the band covers whole patches
+        page = " ".join((tmp_path / "audit-dropped" / "slides" / slide / "report.html").read_text().split())
+        assert "Not tested: whether the prediction rests on pen ink" in page

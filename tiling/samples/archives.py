@@ -9,7 +9,8 @@ Pen ink marks slides 0, 1, 4, 5, 8, 9, ... (both labels alike), or with `ink_cor
 positive slides only. Every slide has a tissue fold. `lesion_contrast` in (0, 1] makes lesions
 subtle (`tiling.samples.draw.draw_slide`; 1 = today's conspicuous lesions), so that a model
 trained on ink-correlated slides prefers the ink. Slide i depends only on (seed, i, size,
-ink_correlated, mpp, lesion_contrast): the same arguments write the same bytes.
+ink_correlated, mpp, lesion_contrast, ink_width_um): the same arguments write the same bytes;
+`ink_width_um` (µm, drawn per slide) widens the pen stroke into a filled band.
 `write_large_archive` writes the same files for 40x-size slides (80,000 px wide at 0.25 µm/px by
 default, `tiling.samples.large`).
 """
@@ -29,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tiling.samples.annotations import lesions_asap_xml, lesions_geojson
-from tiling.samples.draw import draw_slide
+from tiling.samples.draw import INK_WIDTH_UM, draw_slide
 from tiling.samples.large import write_large_slide
 from tiling.samples.tiff import write_pyramid_tiff
 from tiling.store import atomic_path, config_hash, is_current
@@ -55,6 +56,7 @@ class SampleConfig:
     ink_correlated: bool = False
     mpp: float = SLIDE_MPP
     lesion_contrast: float = 1.0
+    ink_width_um: tuple[float, float] = INK_WIDTH_UM
 
     def shape_hw(self) -> tuple[int, int]:
         return slide_shape(self.size)
@@ -97,7 +99,8 @@ def _write_slide(outdir: Path, index: int, config: SampleConfig | LargeSampleCon
             lesions = write_large_slide(tmp, rng, (height, width), config.mpp, bool(label), description)
         else:
             drawing = draw_slide(rng, (height // 2, width // 2), px_um=2 * config.mpp, downsample=2.0,
-                                 positive=bool(label), ink=ink, lesion_contrast=config.lesion_contrast)
+                                 positive=bool(label), ink=ink, lesion_contrast=config.lesion_contrast,
+                                 ink_width_um=config.ink_width_um)
             write_pyramid_tiff(tmp, drawing.image, config.mpp, upsample_first=True, description=description)
             lesions = drawing.lesions
     for key, text in (("annotation", lesions_geojson(lesions)), ("annotation_xml", lesions_asap_xml(lesions))):
@@ -118,14 +121,15 @@ def _complete(outdir: Path, stamp: str) -> bool:
 
 def write_sample_archive(outdir: Path, slides: int, seed: int, size: int = DEFAULT_SIZE,
                          ink_correlated: bool = False, mpp: float = SLIDE_MPP,
-                         lesion_contrast: float = 1.0) -> Path:
+                         lesion_contrast: float = 1.0, ink_width_um: tuple[float, float] = INK_WIDTH_UM) -> Path:
     """Write `slides` sample slides, their annotations and the manifest (module docstring).
 
     Slides are drawn on one thread per core (numpy, scipy, Pillow and the JPEG encoder release
     the GIL). Returns outdir/manifest.csv; a rerun with the same arguments whose files are all
     present returns at once (stamp in outdir/sample.json).
     """
-    return _write_archive(outdir, SampleConfig(slides, seed, size, ink_correlated, mpp, lesion_contrast))
+    low, high = ink_width_um
+    return _write_archive(outdir, SampleConfig(slides, seed, size, ink_correlated, mpp, lesion_contrast, (low, high)))
 
 
 def write_large_archive(outdir: Path, slides: int, seed: int, size: int = LARGE_SIZE,

@@ -22,6 +22,7 @@ EOSIN = (0.15, 0.84, 0.50)
 INKS = ((0.95, 0.50, 0.08), (0.85, 0.12, 0.70), (0.90, 0.85, 0.80))  # blue, green, black
 GLASS_OD = 0.03
 TISSUE_COVER = 0.55  # fraction of the slide covered by tissue
+INK_WIDTH_UM = (25.0, 45.0)  # a pen stroke's width, µm: a marker line
 LESION_RADIUS_UM = (200.0, 330.0)
 NUCLEUS_SIGMA_UM = 1.5
 FILTER_TRUNCATE = 2.5
@@ -127,10 +128,11 @@ def _stroke(rng: np.random.Generator, field: np.ndarray, shape_hw: tuple[int, in
 
 def draw_slide(rng: np.random.Generator, shape_hw: tuple[int, int], px_um: float,
                downsample: float, positive: bool, ink: bool, cover: float = TISSUE_COVER,
-               lesion_contrast: float = 1.0) -> Drawing:
+               lesion_contrast: float = 1.0, ink_width_um: tuple[float, float] = INK_WIDTH_UM) -> Drawing:
     """Draw a slide of `shape_hw` px at `px_um` µm/px, with lesions if `positive` (returned in
-    level-0 px = drawing px * `downsample`), a pen stroke if `ink` and about `cover` of its area
-    tissue. The ink is drawn last, so the same `rng` state gives the same slide with or without it.
+    level-0 px = drawing px * `downsample`), a pen stroke if `ink` (its width drawn from
+    `ink_width_um`, µm: a marker line by default, a filled band when wide) and about `cover` of its
+    area tissue. The ink is drawn last, so the same `rng` state gives the same slide with or without it.
     `lesion_contrast` in (0, 1] scales how far a lesion's stain departs from the stroma's (1: dense
     dark nuclei; near 0: hardly told apart) and its radius by (1 + contrast) / 2: subtle lesions are
     also smaller."""
@@ -153,7 +155,7 @@ def draw_slide(rng: np.random.Generator, shape_hw: tuple[int, int], px_um: float
     pen_od = np.zeros(3, dtype=np.float32)
     if ink:
         pen_od = np.float32(1.3) * np.array(INKS[int(rng.integers(len(INKS)))], dtype=np.float32)
-        pen[_stroke(rng, coarse, shape_hw, rng.uniform(25, 45) / px_um)] = 1
+        pen[_stroke(rng, coarse, shape_hw, rng.uniform(*ink_width_um) / px_um)] = 1
     image = np.empty((*shape_hw, 3), dtype=np.uint8)
     for rows in (slice(r, r + BAND) for r in range(0, shape_hw[0], BAND)):
         image[rows] = _colour(lesion[rows], grain[rows], fibres[rows], stain[rows], pen[rows], pen_od)

@@ -54,9 +54,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-explain-"))
     try:
         manifest = write_sample_archive(work / "archive", slides=1, seed=11, size=args.size)
-        slide_dir = tile_slide(manifest.parent / "sample_000.tiff", work / "out", TileConfig()).parent
         model_dir = args.model or save_model(build_model(ModelConfig()), ModelConfig(), work / "model")
         model, config = load_model(model_dir)
+        tiles = TileConfig() if args.model is None else TileConfig(mpp=config.mpp, patch=config.patch)
+        slide_dir = tile_slide(manifest.parent / "sample_000.tiff", work / "out", tiles).parent
         device = resolve_device(args.device)
         model.to(device)
         reader = PatchReader(open_patch_store(slide_dir), config, device)

@@ -134,7 +134,7 @@ def test_a_store_with_no_patches_is_a_store_error(tmp_path, model_dir):
     create_patch_store(slide_dir / "patches.zarr", 224, 64, 0)
     write_patch_records(slide_dir / "patches.zarr", np.zeros((0, 2)), np.zeros(0), attrs,
                         np.full((4, 4, 3), 255, np.uint8),
-                        Artefacts.of(np.zeros((4, 4), np.uint8), np.zeros((0, 3), np.float32)))
+                        Artefacts(np.zeros((4, 4), np.uint8), np.zeros((0, 3), np.float32)))
     with pytest.raises(StoreError, match="0 patches"):
         explain_store(slide_dir, model_dir, ExplainConfig())
     assert nothing_written(slide_dir)

@@ -23,7 +23,7 @@ import zarr
 from tqdm import tqdm
 from tqdm.dask import TqdmCallback
 
-from tiling.artefacts import ARTEFACT_KINDS, PATCH_SHARE, artefact_mask, artefact_shares, dominant_kind
+from tiling.artefacts import ARTEFACT_KINDS, PATCH_SHARE, artefact_mask, artefact_shares
 from tiling.config import ARTEFACT_KEYS, TileConfig
 from tiling.errors import SlideError
 from tiling.grid import footprint, footprint_fraction, grid_coords, grid_starts
@@ -51,7 +51,8 @@ def plan_patches(slide: BaseSlide, config: TileConfig
                  ) -> tuple[np.ndarray, np.ndarray, dict[str, Any], np.ndarray, Artefacts]:
     """The patches to read: coords (N, 2) level-0 x, y, tissue (N,), the store's attrs
     describing the geometry (footprint = patch * mpp / slide_mpp level-0 px; level_mpp: µm/px of
-    the level read; artefacts_dropped: {kind: patches left out}), the (h, w, 3) uint8 thumbnail
+    the level read; artefacts_dropped: {dropped kind: patches left out, each counted under the
+    dropped kind covering most of it}), the (h, w, 3) uint8 thumbnail
     the tissue and artefact masks come from (MASK_CELLS px per patch side, its longer side within
     MASK_SIDES), and the artefacts (`tiling.artefacts`: each patch's share under each kind). The
     pixels of the kinds in config.drop_artefacts are not tissue: a patch is kept when its tissue
@@ -69,10 +70,11 @@ def plan_patches(slide: BaseSlide, config: TileConfig
     free = footprint_fraction(mask & ~np.isin(labels, left_out), slide.dimensions, grid, side) if left_out else every
     keep = free >= config.min_tissue
     all_shares = artefact_shares(labels, slide.dimensions, grid, side)
-    lost_kind = dominant_kind(all_shares[(every >= config.min_tissue) & ~keep])
+    lost = all_shares[(every >= config.min_tissue) & ~keep][:, [k - 1 for k in left_out]]  # by a dropped kind
+    lost_kind = np.asarray(left_out)[lost.argmax(axis=1)] if left_out else np.zeros(0, int)
     dropped = {ARTEFACT_KINDS[k]: int((lost_kind == k).sum()) for k in left_out}
     coords, tissue, shares = grid[keep], free[keep], all_shares[keep]
-    artefacts = Artefacts.of(labels, shares)
+    artefacts = Artefacts(labels, shares)
     level = slide.best_level(mpp)
     attrs = {"mpp": mpp, "slide_mpp": slide.mpp, "mpp_source": slide.mpp_source, "level": level,
              "level_mpp": slide.mpp * slide.level_downsamples[level], "patch_size": patch, "stride": config.step,

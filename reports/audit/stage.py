@@ -133,7 +133,8 @@ def without_artefacts(model: MILModel, h: torch.Tensor, shares: np.ndarray, on_l
     kind some patch lies on, "all" (every kind at once; None when no patch lies on any),
     "kept_on_lesion", "max_change", and "depends": the kinds whose removal alone moves the
     prediction, or every kind present when only their removal together does."""
-    on = (np.asarray(shares) >= PATCH_SHARE) & ~np.asarray(on_lesion, bool)[:, None]
+    covered = np.asarray(shares) >= PATCH_SHARE
+    on = covered & ~np.asarray(on_lesion, bool)[:, None]
     with torch.no_grad():
         before = slide_prediction(model.pool(h)[0].cpu().numpy(), head, classes)
     kinds = {artefact_name(k + 1): _without(model, h, on[:, k], before, head, classes, max_change)
@@ -142,7 +143,7 @@ def without_artefacts(model: MILModel, h: torch.Tensor, shares: np.ndarray, on_l
     depends = [name for name, r in kinds.items() if r["depends"]] or (
         list(kinds) if together and together["depends"] else [])
     return {"before": before, "kinds": kinds, "all": together, "max_change": max_change, "depends": depends,
-            "kept_on_lesion": int(((np.asarray(shares) >= PATCH_SHARE).any(axis=1) & on_lesion).sum())}
+            "kept_on_lesion": int((covered.any(axis=1) & on_lesion).sum())}
 
 
 def _without(model: MILModel, h: torch.Tensor, drop: np.ndarray, before: dict[str, Any], head: str,

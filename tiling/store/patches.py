@@ -6,7 +6,7 @@
     thumbnail  (h, w, 3) uint8 RGB of the whole slide, the one the tissue mask was computed on
                (longer side within tiling.tile.MASK_SIDES); stitching resamples it to the maps
     artefacts  (h, w) uint8 artefact labels on the thumbnail's grid (tiling.artefacts.ARTEFACT_KINDS);
-               each patch's kind and share under them are derived on opening (`Artefacts.of`)
+               each patch's share under each kind is derived on opening (`Artefacts`)
     attrs      source_path, source_sha256, slide_id, mpp, slide_mpp, mpp_source (where slide_mpp
                came from: "file", "manifest" or "flag"), level, patch_size, stride,
                footprint (patch side in level-0 px), dimensions (level-0 W, H), config_hash,
@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,18 +40,22 @@ FLAT_CHUNKS = {"name": "default", "separator": "."}
 class Artefacts:
     """A slide's artefacts: `labels` (h, w) uint8 on the thumbnail's grid (the store keeps them),
     and per patch the `shares` (N, K) float32 of its footprint under each kind (column k - 1 for
-    label k, `tiling.artefacts.artefact_shares`), the `kind` (N,) uint8 covering most of it
-    (`tiling.artefacts.dominant_kind`, 0 none) and the `fraction` (N,) float32 under any."""
+    label k, `tiling.artefacts.artefact_shares`); derived from them, the `kind` (N,) uint8 covering
+    most of it (`tiling.artefacts.dominant_kind`, 0 none) and the `fraction` (N,) float32 under any."""
 
     labels: np.ndarray
     shares: np.ndarray
-    kind: np.ndarray
-    fraction: np.ndarray
 
-    @classmethod
-    def of(cls, labels: np.ndarray, shares: np.ndarray) -> Artefacts:
-        """From the labels and each patch's (N, K) share under each kind."""
-        return cls(labels, shares.astype(np.float32), dominant_kind(shares), shares.sum(axis=1).astype(np.float32))
+    def __post_init__(self) -> None:
+        self.shares = np.asarray(self.shares, np.float32)
+
+    @functools.cached_property
+    def kind(self) -> np.ndarray:
+        return dominant_kind(self.shares)
+
+    @functools.cached_property
+    def fraction(self) -> np.ndarray:
+        return self.shares.sum(axis=1)
 
 
 @dataclass
@@ -80,7 +85,7 @@ def open_patch_store(path: Path) -> PatchStore:
         coords, labels = np.asarray(group["coords"][:], np.int64), np.asarray(group["artefacts"][:], np.uint8)
         shares = artefact_shares(labels, attrs["dimensions"], coords, attrs["footprint"])
         return PatchStore(path, group["patches"], coords, np.asarray(group["tissue"][:], dtype=np.float32),
-                          attrs, group["thumbnail"], Artefacts.of(labels, shares))
+                          attrs, group["thumbnail"], Artefacts(labels, shares))
     except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
         raise StoreError(f"{path}: no complete patch store here ({exc}); run `slideaudit tile` "
                          "on the slide first") from exc

@@ -3,10 +3,10 @@
 The model cards' own calls are written here (`CARDS`, from the cards, not from the records): a
 small random instance of the same architecture (same block types, 2 narrow blocks, a 2 x 2 token
 grid) is built by that call, saved as its library saves it (timm: a state dict or `save_for_hf`
-snapshot; transformers: `save_pretrained`), imported with `slideaudit import-model`, and must give
-the card's embedding to 1e-5 relative. The full-size architecture, built on the `meta` device
-(no memory), must have exactly the keys and shapes the importer expects, the card's embedding
-width and the published parameter count. Then the weight files' edge cases.
+snapshot; transformers: `save_pretrained`; CONCH: its whole CoCa state dict), imported with
+`slideaudit import-model`, and must give the card's embedding to 1e-5 relative. The full-size
+architecture, built on the `meta` device (no memory), must have exactly the keys and shapes the
+importer expects, the card's embedding width and the published parameter count. Then the weight files' edge cases.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 H_OPTIMUS = ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517))
 LUNIT = ((0.70322989, 0.53606487, 0.66096631), (0.21716536, 0.26081574, 0.20723464))
 HIBOU = ((0.7068, 0.5755, 0.722), (0.195, 0.2316, 0.1816))
+OPENAI = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 SWIGLU = {"mlp_layer": SwiGLUPacked, "act_layer": nn.SiLU}
 
 # name: (library, model, the card's arguments, embedding, normalisation, width of the embedding)
@@ -77,6 +78,8 @@ CARDS = {
     "hibou_l": ("transformers", "Dinov2WithRegistersModel", {
         "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "patch_size": 14,
         "image_size": 224, "num_register_tokens": 4, "use_swiglu_ffn": True}, "pooler_output", HIBOU, 1024),
+    "conch_v1": ("conch", "conch_ViT-B-16", {"img_size": 448, "patch_size": 16, "embed_dim_contrast": 512},
+                 "encode_image", OPENAI, 512),
     "resnet50": ("torchvision", "resnet50", {"last": "layer4"}, "pool", IMAGENET, 2048),
     "resnet50_trunc": ("torchvision", "resnet50", {"last": "layer3"}, "pool", IMAGENET, 1024),
 }
@@ -87,7 +90,38 @@ SAVED_AS = {"uni_v1": "save_for_hf", "uni_v2": "pytorch_model.bin", "virchow": "
             "virchow2": "pytorch_model.bin", "h_optimus_0": "save_for_hf", "h_optimus_1": "model.safetensors",
             "gigapath": "pytorch_model.bin", "lunit_vits8": "nested", "lunit_vits16": "model.safetensors",
             "vit_small_patch16": "model.safetensors", "vit_base_patch16": "nested",
-            "vit_large_patch16": "pytorch_model.bin", "resnet50": "pth", "resnet50_trunc": "pth"}
+            "vit_large_patch16": "pytorch_model.bin", "conch_v1": "coca", "resnet50": "pth", "resnet50_trunc": "pth"}
+
+
+class ConchVisual(nn.Module):
+    """CONCH's image tower as mahmoodlab/CONCH composes it (`open_clip_custom.vision_tower.VisualModel`
+    with `coca_model._build_vision_tower`'s timm trunk), from their pieces: timm's VisionTransformer
+    (forward = forward_features), open_clip's AttentionalPooler for the contrastive (1 query) and the
+    captioning (`caption_queries`) poolers, LayerNorms, the contrastive projection."""
+
+    def __init__(self, img_size=448, patch_size=16, embed_dim=768, depth=12, num_heads=12, embed_dim_contrast=512,
+                 attn_pooler_heads=8, embed_dim_caption=768, caption_queries=256, **timm_args):
+        super().__init__()
+        from open_clip.transformer import AttentionalPooler, LayerNorm
+
+        self.trunk = timm.models.vision_transformer.VisionTransformer(
+            embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=4, img_size=img_size,
+            patch_size=patch_size, num_classes=0, dynamic_img_size=True, **timm_args)
+        self.attn_pool_contrast = AttentionalPooler(embed_dim_contrast, embed_dim, attn_pooler_heads, 1)
+        self.ln_contrast = LayerNorm(embed_dim_contrast)
+        self.proj_contrast = nn.Parameter(torch.randn(embed_dim_contrast, embed_dim_contrast))
+        self.attn_pool_caption = AttentionalPooler(embed_dim_caption, embed_dim, attn_pooler_heads, caption_queries)
+        self.ln_caption = LayerNorm(embed_dim_caption)
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        """CONCH's `encode_image(x, proj_contrast=False, normalize=False)` (`forward_no_head`)."""
+        return self.ln_contrast(self.attn_pool_contrast(self.trunk.forward_features(x))[:, 0])
+
+    def coca_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state dict of the whole CoCa model this tower belongs to (text towers stand-ins)."""
+        return {**{f"visual.{k}": v for k, v in self.state_dict().items()},
+                "text.token_embedding.weight": torch.zeros(8, 4), "text_decoder.ln_final.weight": torch.ones(4),
+                "logit_scale": torch.tensor(2.6592)}
 
 
 def test_every_registered_encoder_has_a_card_here():
@@ -100,6 +134,9 @@ def small_args(name: str) -> dict:
     patch = int(ENCODERS[name].geometry().token_patch) if library != "torchvision" else 0
     if library == "timm":
         return {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 2 * patch}
+    if library == "conch":
+        return {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 2 * patch, "embed_dim_contrast": 16,
+                "attn_pooler_heads": 2}
     if library == "transformers":
         return {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 2 * patch,
                 **({"intermediate_size": 64} if model == "ViTModel" else {})}
@@ -111,6 +148,9 @@ def library_model(name: str, **overrides) -> nn.Module:
     library, model, args, *_ = CARDS[name]
     if library == "timm":
         return timm.create_model(model, pretrained=False, num_classes=0, **{**args, **overrides})
+    if library == "conch":
+        caption = {"embed_dim_caption": 8, "caption_queries": 4} if overrides else {}
+        return ConchVisual(**{**args, **caption, **overrides})
     if library == "transformers":
         cls = getattr(transformers, model)
         config = cls.config_class(**{**args, **overrides})
@@ -124,6 +164,8 @@ def card_embedding(name: str, model: nn.Module, x: torch.Tensor) -> torch.Tensor
     _, _, args, how, *_ = CARDS[name]
     if how == "model":
         return model(x)
+    if how == "encode_image":
+        return model.encode_image(x)
     if how == "cls+mean":
         out = model(x)
         return torch.cat([out[:, 0], out[:, model.num_prefix_tokens:].mean(1)], dim=-1)
@@ -164,6 +206,9 @@ def save(name: str, model: nn.Module, folder: Path) -> Path:
     if how == "save_for_hf":
         save_for_hf(model, str(folder), safe_serialization="both")
         return folder
+    if how == "coca":   # CONCH's pytorch_model.bin: the whole CoCa state dict
+        torch.save(model.coca_state_dict(), folder / "pytorch_model.bin")
+        return folder
     if how == "model.safetensors":
         save_file(state, str(folder / how))
         return folder / how
@@ -201,7 +246,8 @@ def test_a_small_instance_imports_and_gives_the_cards_embedding(name, tmp_path):
     reference = randomise(library_model(name, **small), seed=len(name))
     weights = save(name, reference, tmp_path / "weights")
     side = int(small.get("img_size", small.get("image_size", 64)))   # a ResNet reads 64 px as well as 224
-    dim = width if library == "torchvision" else 64 if CARDS[name][3] == "cls+mean" else 32
+    dim = width if library == "torchvision" else 64 if CARDS[name][3] == "cls+mean" else \
+        small.get("embed_dim_contrast", 32)
     # a transformers snapshot carries its config.json: its architecture needs no options
     result = import_cli(head_checkpoint(tmp_path, dim), name, weights, tmp_path / "model",
                         *([] if library == "transformers" else options(small)))
@@ -220,6 +266,8 @@ def full_size_saved(name: str) -> dict[str, torch.Tensor]:
     """The full-size model's state dict as its library saves it, on the meta device."""
     with torch.device("meta"):   # timm's init skipped: it draws nothing on meta tensors anyway
         model = library_model(name, **({"weight_init": "skip"} if CARDS[name][0] == "timm" else {}))
+    if CARDS[name][0] == "conch":
+        return model.coca_state_dict()
     state = model.state_dict()
     if CARDS[name][0] == "transformers":
         return revert_weight_conversion(model, state)      # what save_pretrained writes
@@ -240,7 +288,8 @@ def test_the_full_size_architecture_has_the_keys_and_shapes_the_importer_expects
         read = {k: tuple(v.shape) for k, v in encoder.from_library(strip_prefixes(saved), DROP[record.layout]).items()}
     assert read == expected
     spec = encoder_spec(name)
-    assert spec.dim == CARDS[name][5] and (spec.mean, spec.std) == CARDS[name][4] and spec.patch == 224
+    assert spec.dim == CARDS[name][5] and (spec.mean, spec.std) == CARDS[name][4]
+    assert spec.patch == CARDS[name][2].get("img_size", 224)
     params = sum(p.numel() for p in encoder.parameters()) / 1e6
     if record.params_m is not None:
         assert abs(params - record.params_m) <= 0.05 * record.params_m, params

@@ -6,10 +6,12 @@ says how it is built and read:
     builder, kwargs   the function of the library that defines it and its exact arguments
                       (timm's VisionTransformer: `explainers.models.timm_vit`; transformers'
                       ViTModel / Dinov2Model / Dinov2WithRegistersModel: `explainers.models.hf_vit`;
+                      CONCH's CoCa image tower, timm + open_clip: `explainers.models.coca`;
                       torchvision and MONAI ResNets: `explainers.models.cnn`)
     pooling           the embedding: "cls" (class token), "cls+mean" (class token ‖ mean of the
                       patch tokens), "pooler" (the library's pooler output, DINOv2's = the class
-                      token), "avg" (a CNN's global average pooling)
+                      token), "attentional" (CoCa's attentional pooler, CONCH), "avg" (a CNN's
+                      global average pooling)
     mpp, patch        the input it was trained on: `patch` x `patch` px at `mpp` µm/px
     mean, std         its normalisation: (x - mean) / std per channel, x in [0, 1]
     prefix tokens     a ViT's class and register tokens (`geometry().prefix`), dropped for maps
@@ -45,10 +47,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 H_OPTIMUS_MEAN, H_OPTIMUS_STD = (0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517)
 LUNIT_MEAN, LUNIT_STD = (0.70322989, 0.53606487, 0.66096631), (0.21716536, 0.26081574, 0.20723464)
 HIBOU_MEAN, HIBOU_STD = (0.7068, 0.5755, 0.722), (0.195, 0.2316, 0.1816)
+OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 TOKEN_POOLINGS = ("cls", "cls+mean", "pooler")
 ALIASES = {"dim": "embed_dim", "heads": "num_heads", "registers": "reg_tokens", "layer_scale": "init_values"}
 TIMM, HF = "explainers.models.timm_vit:timm_vit", "explainers.models.hf_vit:hf_vit"
+COCA = "explainers.models.coca:coca_vit"
+TIMM_BUILT = (TIMM, COCA)   # builders that take timm's VisionTransformer arguments
 TIMM_FILES = ("model.safetensors", "pytorch_model.bin", "a timm state dict", "a snapshot folder")
 HF_FILES = ("a snapshot folder (save_pretrained)", "model.safetensors", "pytorch_model.bin")
 TV_FILES = ("a torchvision state dict (.pth)", ".safetensors")
@@ -111,7 +116,7 @@ class Encoder:
     def options(self, **overrides: Any) -> dict[str, Any]:
         """The builder's arguments: kwargs, then `overrides` (older timm names renamed)."""
         merged = {**self.kwargs, **overrides}
-        if self.builder == TIMM:
+        if self.builder in TIMM_BUILT:
             merged = {ALIASES.get(k, k): v for k, v in merged.items()}
         if self.pooling in TOKEN_POOLINGS:
             merged.setdefault("pooling", self.pooling)
@@ -120,7 +125,7 @@ class Encoder:
     def geometry(self, **overrides: Any) -> ViTGeometry | None:
         """The ViT's shape with `overrides`, from the arguments alone (no model built); None for CNNs."""
         o = self.options(**overrides)
-        if self.builder == TIMM:
+        if self.builder in TIMM_BUILT:
             return ViTGeometry(int(o["embed_dim"]), int(o["depth"]), int(o["patch_size"]), int(o.get("img_size", 224)),
                                1 + int(o.get("reg_tokens") or 0))
         if self.builder == HF:
@@ -140,8 +145,10 @@ class Encoder:
             if self.patch is None or self.dim is None or self.target is None:
                 return None
             return EncoderSpec(self.mpp, self.patch, self.mean, self.std, self.dim, self.target, self.layout)
-        pooling = self.options(**overrides)["pooling"]
-        return EncoderSpec(self.mpp, vit.img, self.mean, self.std, vit.width * (2 if pooling == "cls+mean" else 1),
+        options = self.options(**overrides)
+        pooling = options.get("pooling", self.pooling)
+        dim = {"cls+mean": 2 * vit.width, "attentional": options.get("embed_dim_contrast", 512)}.get(pooling, vit.width)
+        return EncoderSpec(self.mpp, vit.img, self.mean, self.std, int(dim),
                            f"encoder.blocks.{max(vit.depth - 2, 0)}", self.layout)
 
     def build(self, **overrides: Any) -> nn.Sequential:
@@ -288,6 +295,15 @@ for _record in (
     _timm("vit_large_patch16", "vit_large_patch16_224",
           "ViT-L/16 (1024 x 24); registers, LayerScale from the weights",
           img_size=224, patch_size=16, embed_dim=1024, depth=24, num_heads=16, from_weights=True),
+    Encoder("conch_v1", COCA, MappingProxyType({
+        "model": "vit_base_patch16_224", "img_size": 448, "patch_size": 16, "embed_dim": 768, "depth": 12,
+        "num_heads": 12, "dynamic_img_size": True, "embed_dim_contrast": 512, "attn_pooler_heads": 8}),
+        "timm + open_clip", "CoCa ViT-B/16 image tower (768 x 12), attentional pooler", "attentional", 0.5, None,
+        OPENAI_MEAN, OPENAI_STD, layout="open_clip", weights=("pytorch_model.bin (the whole CoCa model)",
+                                                            "a snapshot folder"),
+        params_m=87.3, source="https://huggingface.co/MahmoodLab/CONCH",
+        notes="448-px input (its transform resizes; pipelines feed 512 px at 20x); the embedding is "
+              "encode_image(proj_contrast=False, normalize=False), 512-d"),
     # ---- transformers --------------------------------------------------------------------------
     _hf("phikon", "ViTModel", "ViT-B/16 (768 x 12), iBOT", hidden_size=768, num_hidden_layers=12,
         num_attention_heads=12, intermediate_size=3072, patch_size=16, image_size=224, layer_norm_eps=1e-6,

@@ -13,6 +13,8 @@ renames the keys from `layout` to the encoder's and drops the classifier:
                     `patch_embed.*` gain `embed.`; `head.*` is dropped
     "transformers"  the keys `save_pretrained` writes, renamed as `from_pretrained` does, then ours
                     (`explainers.models.hf_vit`); `pooler.*` is dropped
+    "open_clip"     a CoCa checkpoint (CONCH): the image tower's keys, read as `explainers.models.coca`
+                    says; the text towers, the projection and the captioning pooler are dropped
 
 The ViT layouts use the encoder's own key map (`explainers.models.tokens.TokenEncoder`). A ViT
 whose patch size, width or depth differ from the encoder's is refused in one line naming both;
@@ -41,8 +43,9 @@ log = logging.getLogger(__name__)
 
 PREFIXES = ("module.", "model.", "backbone.", "encoder.")
 NESTED = ("state_dict", "model")
-LAYOUTS = ("native", "torchvision", "timm", "transformers")
-DROP = {"timm": ("head.",), "transformers": ("pooler.",)}
+LAYOUTS = ("native", "torchvision", "timm", "transformers", "open_clip")
+DROP = {"timm": ("head.",), "transformers": ("pooler.",), "open_clip": ("proj_contrast", "attn_pool_caption.",
+                                                                          "ln_caption.", "trunk.head.")}
 SNAPSHOT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                   "pytorch_model.bin.index.json")
 SHOWN = 10  # keys listed per kind in an error
@@ -121,7 +124,7 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def to_native(state: dict[str, torch.Tensor], layout: str, encoder: nn.Sequential) -> dict[str, torch.Tensor]:
     """`state` (prefixes stripped) in the encoder's keys, its classifier and absent stages dropped."""
-    if layout in ("timm", "transformers"):
+    if layout in DROP:
         if not isinstance(encoder, TokenEncoder):
             raise ModelError(f"a {layout}-layout weights file needs a ViT encoder built by {layout}, "
                              f"not a {type(encoder).__name__}")

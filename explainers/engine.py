@@ -12,7 +12,8 @@ global average pooling, G_cij = g_c / (hw) directly, without autograd). For the 
 target (score W_t h_k + b_t) g_k = W_t. Every CAM method is computed from the same (A, G);
 a transformer's target layer gives tokens (B, T, C): A and G are its patch tokens on their grid,
 tokens[:, L:] as (B, C, h, w) after the L class and register tokens (the encoder's
-`prefix_tokens` and `patch_grid`), while the tail re-runs on all tokens.
+`prefix_tokens` and `patch_grid`), while the tail re-runs on all tokens; a channels-last stage
+(B, h, w, C) (Swin: the encoder's `channels_last`) is read as (B, C, h, w).
 guided backprop and occlusion re-read the chunk's patches and re-run the encoder on them.
 `autocast`: pass 1's forward runs under bf16 autocast (`bf16_autocast`); A and h are kept as
 float32 and everything after pass 1 (MIL head, pass 2's tail and gradients) runs in float32.
@@ -189,12 +190,14 @@ class BagExplainer:
         self.needs_encoder = any(METHODS[name].needs for name in self.steps)  # else kept h will do
         self.prefix_tokens = int(getattr(model.encoder, "prefix_tokens", 0))
         self.patch_grid: tuple[int, int] | None = getattr(model.encoder, "patch_grid", None)
+        self.channels_last = bool(getattr(model.encoder, "channels_last", False))
 
     def grid(self, kept: torch.Tensor) -> torch.Tensor:
-        """The target layer's output as (B, C, h, w): as it is for a CNN; a transformer's patch
-        tokens (B, T, C) without the `prefix_tokens` class/register tokens, on `patch_grid`."""
+        """The target layer's output as (B, C, h, w): as it is for a CNN, permuted from (B, h, w, C)
+        for a channels-last encoder; a transformer's patch tokens (B, T, C) without the
+        `prefix_tokens` class/register tokens, on `patch_grid`."""
         if kept.ndim == 4:
-            return kept
+            return kept.permute(0, 3, 1, 2) if self.channels_last else kept
         if kept.ndim != 3 or self.patch_grid is None:
             raise ModelError(f"the target layer gives {tuple(kept.shape)} values per batch; CAM methods need "
                              "(B, C, h, w) maps or (B, T, C) tokens of an encoder with `patch_grid`")

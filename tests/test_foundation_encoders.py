@@ -80,6 +80,7 @@ CARDS = {
         "image_size": 224, "num_register_tokens": 4, "use_swiglu_ffn": True}, "pooler_output", HIBOU, 1024),
     "conch_v1": ("conch", "conch_ViT-B-16", {"img_size": 448, "patch_size": 16, "embed_dim_contrast": 512},
                  "encode_image", OPENAI, 512),
+    "ctranspath": ("ctranspath", "swin_tiny_patch4_window7_224", {}, "model", IMAGENET, 768),
     "resnet50": ("torchvision", "resnet50", {"last": "layer4"}, "pool", IMAGENET, 2048),
     "resnet50_trunc": ("torchvision", "resnet50", {"last": "layer3"}, "pool", IMAGENET, 1024),
 }
@@ -90,7 +91,45 @@ SAVED_AS = {"uni_v1": "save_for_hf", "uni_v2": "pytorch_model.bin", "virchow": "
             "virchow2": "pytorch_model.bin", "h_optimus_0": "save_for_hf", "h_optimus_1": "model.safetensors",
             "gigapath": "pytorch_model.bin", "lunit_vits8": "nested", "lunit_vits16": "model.safetensors",
             "vit_small_patch16": "model.safetensors", "vit_base_patch16": "nested",
-            "vit_large_patch16": "pytorch_model.bin", "conch_v1": "coca", "resnet50": "pth", "resnet50_trunc": "pth"}
+            "vit_large_patch16": "pytorch_model.bin", "conch_v1": "coca", "ctranspath": "timm 0.5.4",
+            "resnet50": "pth", "resnet50_trunc": "pth"}
+
+
+class CTransPathStem(nn.Module):
+    """CTransPath's ConvStem (Xiyue-Wang/TransPath `ctran.py`, described there and in the paper): 3x3
+    stride-2 convolutions to C/8 and C/4 channels with batch norm and ReLU, a 1x1 convolution to C,
+    the given norm; as timm's embed_layer gives it, channels-last."""
+
+    def __init__(self, img_size=224, patch_size=4, in_chans=3, embed_dim=96, norm_layer=None, **_):
+        super().__init__()
+        side = img_size if isinstance(img_size, int) else img_size[0]
+        self.img_size, self.patch_size = (side, side), (patch_size, patch_size)
+        self.grid_size = (side // patch_size, side // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        layers, width = [], in_chans
+        for out in (embed_dim // 8, embed_dim // 4):
+            layers += [nn.Conv2d(width, out, 3, 2, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            width = out
+        self.proj = nn.Sequential(*layers, nn.Conv2d(width, embed_dim, kernel_size=1))
+        self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
+
+    def forward(self, x):
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+def timm_054_layout(state: dict[str, torch.Tensor], stages: int = 4) -> dict[str, torch.Tensor]:
+    """A timm Swin state dict as CTransPath's file holds it (timm 0.5.4): patch merging at the end of
+    stages 0-2, relative position indices and shift masks stored, an ImageNet head, under "model"."""
+    old = {}
+    for key, value in state.items():
+        for i in range(1, stages):
+            key = key.replace(f"layers.{i}.downsample.", f"layers.{i - 1}.downsample.")
+        old[key] = value
+        if key.endswith("attn.relative_position_bias_table"):
+            old[key.replace("bias_table", "index")] = torch.zeros(49, 49, dtype=torch.long)
+    width = next(v.shape[0] for k, v in state.items() if k == "norm.weight")
+    return {"model": {**old, "layers.0.blocks.1.attn_mask": torch.zeros(64, 49, 49),
+                      "head.weight": torch.zeros(1000, width), "head.bias": torch.zeros(1000)}}
 
 
 class ConchVisual(nn.Module):
@@ -131,9 +170,11 @@ def test_every_registered_encoder_has_a_card_here():
 def small_args(name: str) -> dict:
     """The options that shrink the card's architecture: 2 blocks 32 wide, a 2 x 2 token grid."""
     library, model, *_ = CARDS[name]
-    patch = int(ENCODERS[name].geometry().token_patch) if library != "torchvision" else 0
+    patch = int(ENCODERS[name].geometry().token_patch) if library not in ("torchvision", "ctranspath") else 0
     if library == "timm":
         return {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 2 * patch}
+    if library == "ctranspath":
+        return {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "img_size": 224}
     if library == "conch":
         return {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 2 * patch, "embed_dim_contrast": 16,
                 "attn_pooler_heads": 2}
@@ -148,6 +189,9 @@ def library_model(name: str, **overrides) -> nn.Module:
     library, model, args, *_ = CARDS[name]
     if library == "timm":
         return timm.create_model(model, pretrained=False, num_classes=0, **{**args, **overrides})
+    if library == "ctranspath":
+        return timm.create_model(model, pretrained=False, num_classes=0, embed_layer=CTransPathStem,
+                                 **{**args, **overrides})
     if library == "conch":
         caption = {"embed_dim_caption": 8, "caption_queries": 4} if overrides else {}
         return ConchVisual(**{**args, **caption, **overrides})
@@ -206,6 +250,9 @@ def save(name: str, model: nn.Module, folder: Path) -> Path:
     if how == "save_for_hf":
         save_for_hf(model, str(folder), safe_serialization="both")
         return folder
+    if how == "timm 0.5.4":   # CTransPath's ctranspath.pth
+        torch.save(timm_054_layout(state), folder / "ctranspath.pth")
+        return folder / "ctranspath.pth"
     if how == "coca":   # CONCH's pytorch_model.bin: the whole CoCa state dict
         torch.save(model.coca_state_dict(), folder / "pytorch_model.bin")
         return folder
@@ -247,7 +294,7 @@ def test_a_small_instance_imports_and_gives_the_cards_embedding(name, tmp_path):
     weights = save(name, reference, tmp_path / "weights")
     side = int(small.get("img_size", small.get("image_size", 64)))   # a ResNet reads 64 px as well as 224
     dim = width if library == "torchvision" else 64 if CARDS[name][3] == "cls+mean" else \
-        small.get("embed_dim_contrast", 32)
+        8 * small["embed_dim"] if library == "ctranspath" else small.get("embed_dim_contrast", 32)
     # a transformers snapshot carries its config.json: its architecture needs no options
     result = import_cli(head_checkpoint(tmp_path, dim), name, weights, tmp_path / "model",
                         *([] if library == "transformers" else options(small)))
@@ -268,6 +315,8 @@ def full_size_saved(name: str) -> dict[str, torch.Tensor]:
         model = library_model(name, **({"weight_init": "skip"} if CARDS[name][0] == "timm" else {}))
     if CARDS[name][0] == "conch":
         return model.coca_state_dict()
+    if CARDS[name][0] == "ctranspath":
+        return timm_054_layout(model.state_dict())["model"]
     state = model.state_dict()
     if CARDS[name][0] == "transformers":
         return revert_weight_conversion(model, state)      # what save_pretrained writes

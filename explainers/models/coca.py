@@ -33,13 +33,12 @@ class AttentionalPool(nn.Module):
     """Tokens (B, L + N, C) -> (B, D): z = LN(AttentionalPooler(tokens)[:, 0]) (module docstring);
     open_clip's AttentionalPooler with one query, `heads` heads, keys and values of width C."""
 
-    def __init__(self, dim: int, context_dim: int, heads: int, prefix_tokens: int) -> None:
+    def __init__(self, dim: int, context_dim: int, heads: int) -> None:
         super().__init__()
         from open_clip.transformer import AttentionalPooler, LayerNorm
 
         self.attn_pool_contrast = AttentionalPooler(dim, context_dim, n_head=heads, n_queries=1)
         self.ln_contrast = LayerNorm(dim)
-        self.prefix_tokens = prefix_tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ln_contrast(self.attn_pool_contrast(x)[:, 0])
@@ -60,7 +59,7 @@ def coca_vit(embed_dim_contrast: int = 512, attn_pooler_heads: int = 8, **kwargs
     encoder = timm_vit(pooling="cls", **kwargs)
     trunk: Any = encoder.embed
     width = int(trunk.embed_dim)
-    encoder.pool = AttentionalPool(embed_dim_contrast, width, attn_pooler_heads, encoder.prefix_tokens)
+    encoder.pool = AttentionalPool(embed_dim_contrast, width, attn_pooler_heads)
     pool_keys = {k: f"pool.{k}" for k in encoder.pool.state_dict()}
     encoder.library_keys = {TRUNK + k: v for k, v in encoder.library_keys.items()} | pool_keys
     encoder.unused_keys = frozenset(TRUNK + k for k in encoder.unused_keys)

@@ -326,6 +326,13 @@ for _record in (
         patch_size=14, image_size=224, num_register_tokens=4, use_swiglu_ffn=True, layer_norm_eps=1e-6,
         layerscale_value=1.0, params_m=304, source="https://huggingface.co/histai/hibou-L",
         notes="config assumed that of Hibou-B at ViT-L width (its snapshot's config.json is read)"),
+    Encoder("ctranspath", "explainers.models.swin:ctranspath", MappingProxyType({}), "timm",
+            "Swin-T (96, depths 2-2-6-2, window 7) with a convolutional stem", "avg", 0.5, 224, IMAGENET_MEAN,
+            IMAGENET_STD, 768, "encoder.blocks.3", "timm", ("ctranspath.pth ({'model': timm 0.5.4 keys})",
+                                                            *TIMM_FILES[:2]),
+            params_m=27.5, source="https://github.com/Xiyue-Wang/TransPath (ctran.py)",
+            notes="timm's swin_tiny_patch4_window7_224 with CTransPath's ConvStem; its 0.5.4-era keys are "
+                  "converted by timm's checkpoint_filter_fn"),
     # ---- torchvision, MONAI, ours --------------------------------------------------------------
     Encoder("resnet50", "explainers.models.cnn:resnet50", MappingProxyType({}),
             "monai", "ResNet-50 (torchvision's layout) without fc", "avg", 0.5, 224, IMAGENET_MEAN, IMAGENET_STD, 2048,

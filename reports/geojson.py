@@ -1,7 +1,18 @@
-"""Where each method looks, as QuPath-importable GeoJSON beside the report (focus.geojson).
+"""The audit as QuPath-importable GeoJSON beside the report: two files, because they are used
+apart. focus.geojson holds a few annotations (where each method looks, the lesions audited);
+tiles.geojson one detection tile per patch with its measurements, for QuPath's measurement
+maps: thousands of objects, replaced ("Delete all detections") on a re-audit without touching
+the user's own annotations, and left out by a user who only wants the focus.
 
-A FeatureCollection in level-0 pixel coordinates (x right, y down, as QuPath and our
-annotations use), one annotation per object, its class and colour in ``classification``:
+Both are FeatureCollections in level-0 pixel coordinates (x right, y down, as QuPath and our
+annotations use), in QuPath's own GeoJSON (qupath.lib.io.PathObjectTypeAdapters): each feature's
+``properties`` hold ``objectType``, ``name``, ``classification`` {name, color [r, g, b]} and
+``measurements``, a flat name -> number map. JSON has no NaN: a measurement without a finite
+value is left out (QuPath shows a missing measurement as NaN and leaves the tile uncoloured).
+Polygon rings are closed, the exterior counter-clockwise and holes clockwise (RFC 7946, the
+signed area taken on x, y as written).
+
+focus.geojson, one annotation per object:
 
     Peak: <method>       Point at each peak of the map (audit.json "peaks")
     Top patch            Polygon: the footprint square of each most attended patch
@@ -9,6 +20,19 @@ annotations use), one annotation per object, its class and colour in ``classific
                          `reports.audit.metrics.top_k_mask`); its outline passes half-way between the
                          centres of pixels inside and outside, so a pixel-centre rasterisation
                          (tiling.annotations.rasterize_lesions) gives the region back exactly.
+    Audited lesion       MultiPolygon: each lesion of maps.zarr's lesion label, as the audit counted
+                         it (after scaling and holes), traced on the map's pixels likewise
+
+tiles.geojson, one ``tile`` detection per patch (its footprint square, clipped to the slide):
+
+    measurements   Attention (A-MIL, summing to 1 over the slide), Attention rank (percentile
+                   among the slide's patches, 0..1: comparable between slides), "<method> mean"
+                   (each CAM method's raw values averaged over the patch's cells in explain.zarr),
+                   "Artefact share: <kind>" (fraction of the footprint under each kind),
+                   Lesion share (fraction of the map pixels whose centres lie in the patch that
+                   are on an audited lesion), Tissue share (the tile stage's tissue fraction)
+    classification Tile: <kind> for a patch on an artefact (its dominant kind), else Tile: lesion
+                   when its lesion share is >= LESION_TILE, else Tile: tissue
 """
 from __future__ import annotations
 
@@ -22,12 +46,19 @@ from skimage.measure import find_contours, points_in_poly
 
 from explainers.methods.registry import title as method_title
 from reports.audit.metrics import top_k_mask
-from tiling.store import FOCUS_GEOJSON, atomic_path, open_patch_store
-from tiling.store.maps import Maps
+from tiling.artefacts import ARTEFACT_KINDS
+from tiling.stitch import PatchGrid, percentile_rank
+from tiling.store import EXPLAIN, FOCUS_GEOJSON, TILES_GEOJSON, PatchStore, atomic_path, open_patch_store
+from tiling.store.explain import open_explain_store
+from tiling.store.maps import ARTEFACTS, LABEL_RGBA, LESION, TISSUE, Maps
 
 TOP_FRACTION = 0.10
-TOP_PATCH, PEAK, TOP_REGION = "Top patch", "Peak: {}", "Top {:.0%}: {}"
+TOP_PATCH, PEAK, TOP_REGION, AUDITED_LESION = "Top patch", "Peak: {}", "Top {:.0%}: {}", "Audited lesion"
 TOP_PATCH_RGB = [255, 255, 255]
+ATTENTION, ATTENTION_RANK, METHOD_MEAN = "Attention", "Attention rank", "{} mean"
+ARTEFACT_SHARE, LESION_SHARE, TISSUE_SHARE = "Artefact share: {}", "Lesion share", "Tissue share"
+TILE_CLASS = "Tile: {}"
+LESION_TILE = 0.5  # lesion share from which a tile not on an artefact is classed a lesion tile
 
 
 def method_colour(methods: list[str], method: str) -> list[int]:
@@ -36,12 +67,20 @@ def method_colour(methods: list[str], method: str) -> list[int]:
     return [round(255 * r), round(255 * g), round(255 * b)]
 
 
+def _rgb(rgba: tuple[int, ...]) -> list[int]:
+    return [int(v) for v in rgba[:3]]
+
+
 def _feature(geometry: dict[str, Any], name: str, cls: str, colour: list[int],
-             measurements: dict[str, float]) -> dict[str, Any]:
-    return {"type": "Feature", "geometry": geometry,
-            "properties": {"objectType": "annotation", "name": name, "isLocked": True,
-                           "classification": {"name": cls, "color": colour},
-                           "measurements": measurements}}
+             measurements: dict[str, float], object_type: str = "annotation") -> dict[str, Any]:
+    """A QuPath feature; measurements without a finite value are left out (JSON has no NaN)."""
+    finite = {k: float(v) for k, v in measurements.items() if np.isfinite(v)}
+    properties: dict[str, Any] = {"objectType": object_type, "name": name,
+                                  "classification": {"name": cls, "color": colour},
+                                  "measurements": finite}
+    if object_type == "annotation":
+        properties["isLocked"] = True
+    return {"type": "Feature", "geometry": geometry, "properties": properties}
 
 
 def _signed_area(ring: np.ndarray) -> float:
@@ -61,7 +100,8 @@ def corners(ring: np.ndarray) -> np.ndarray:
 def mask_polygons(mask: np.ndarray, downsample: float) -> list[list[np.ndarray]]:
     """The regions of a bool (H, W) map mask as polygons ([exterior, *holes], closed (K, 2) x, y
     rings in level-0 px; map pixel (r, c) has its centre at ((c + 1/2)·D, (r + 1/2)·D)), traced
-    by marching squares at level 1/2 around the 1-pixels (8-connected), corners only."""
+    by marching squares at level 1/2 around the 1-pixels (8-connected), corners only; exteriors
+    counter-clockwise (positive signed area on x, y), holes clockwise."""
     padded = np.pad(np.asarray(mask, np.float32), 1)
     rings = [corners((ring[:, ::-1] - 0.5) * downsample)  # (row, col) of the padded grid -> x, y
              for ring in find_contours(padded, 0.5, fully_connected="high")]
@@ -75,16 +115,48 @@ def mask_polygons(mask: np.ndarray, downsample: float) -> list[list[np.ndarray]]
         if i not in polygons:  # a hole: in the smallest exterior around it
             around = [j for j in outers if points_in_poly(ring[:1], rings[j])[0]]
             polygons[min(around, key=lambda j: abs(areas[j]))].append(ring)
-    return list(polygons.values())
+    flip = outer_sign < 0  # exteriors counter-clockwise, holes the other way
+    return [[r[::-1] if flip else r for r in polygon] for polygon in polygons.values()]
 
 
 def _coordinates(ring: np.ndarray) -> list[list[float]]:
     return np.round(ring, 1).tolist()
 
 
+def clipped(ring: np.ndarray, dimensions: tuple[float, float]) -> np.ndarray:
+    """A closed ring with its points moved into the slide's [0, W] x [0, H] (W, H = `dimensions`),
+    repeated points dropped, corners only. A map pixel's outline may pass its edge by < D/2 px;
+    only map pixels centred outside the slide lie there, and no mask reaches them."""
+    points = np.clip(ring, 0, np.asarray(dimensions, np.float64))
+    kept = points[np.any(points != np.roll(points, 1, axis=0), axis=1)]
+    return corners(np.vstack([kept, kept[:1]]))
+
+
+def _multipolygon(mask: np.ndarray, maps: Maps) -> dict[str, Any] | None:
+    """A bool map mask as a MultiPolygon in level-0 px inside the slide, None when empty."""
+    dimensions = (float(maps.attrs["dimensions"][0]), float(maps.attrs["dimensions"][1]))
+    polygons = [[_coordinates(clipped(r, dimensions)) for r in rings]
+                for rings in mask_polygons(mask, maps.downsample)]
+    return {"type": "MultiPolygon", "coordinates": polygons} if polygons else None
+
+
+def lesion_features(maps: Maps) -> list[dict[str, Any]]:
+    """Each lesion of `maps`' lesion label (k on the k-th) as an "Audited lesion" annotation."""
+    labels, names = maps.lesion, list(maps.attrs.get("lesion_names", []))
+    colour = _rgb(LABEL_RGBA[LESION])
+    features = []
+    for k, name in enumerate(names, start=1):
+        mask = labels == k
+        geometry = _multipolygon(mask, maps)
+        if geometry:
+            features.append(_feature(geometry, name or f"lesion {k}", AUDITED_LESION, colour,
+                                     {"area_um2": float(mask.sum()) * maps.pixel_um ** 2}))
+    return features
+
+
 def focus_features(audit: dict[str, Any], maps: Maps, footprint: float) -> list[dict[str, Any]]:
     """The peaks, top patches (squares of `footprint` level-0 px) and top regions of `audit`'s
-    methods on `maps` as GeoJSON Features (module docstring)."""
+    methods on `maps`, and its audited lesions, as GeoJSON Features (module docstring)."""
     methods = list(audit["methods"])
     features = []
     for rank, patch in enumerate(audit["top_patches"], start=1):
@@ -104,20 +176,84 @@ def focus_features(audit: dict[str, Any], maps: Maps, footprint: float) -> list[
         region = top_k_mask(values, tissue & np.isfinite(values), TOP_FRACTION)
         if region is None:   # ties fill the whole top share (e.g. a flat map): no top region
             continue
-        polygons = [[_coordinates(r) for r in rings] for rings in mask_polygons(region, maps.downsample)]
-        if polygons:
-            features.append(_feature({"type": "MultiPolygon", "coordinates": polygons},
-                                     f"{title} top {TOP_FRACTION:.0%}",
+        geometry = _multipolygon(region, maps)
+        if geometry:
+            features.append(_feature(geometry, f"{title} top {TOP_FRACTION:.0%}",
                                      TOP_REGION.format(TOP_FRACTION, title), colour,
                                      {"area_um2": float(region.sum()) * maps.pixel_um ** 2}))
+    return features + lesion_features(maps)
+
+
+def lesion_shares(maps: Maps, coords: np.ndarray, footprint: float) -> np.ndarray:
+    """(N,) float64: per patch, the fraction of the map pixels whose centres lie in its footprint
+    (those it is stitched onto, `tiling.stitch.PatchGrid`) that are on a lesion; NaN for a patch
+    covering no map pixel. One summed-area table serves every patch."""
+    lesion = maps.lesion > 0
+    grid = PatchGrid(coords, footprint, maps.downsample, lesion.shape)
+    table = np.pad(lesion.cumsum(axis=0).cumsum(axis=1), ((1, 0), (1, 0)))
+    inside = table[grid.r1, grid.c1] - table[grid.r0, grid.c1] - table[grid.r1, grid.c0] + table[grid.r0, grid.c0]
+    area = (grid.r1 - grid.r0) * (grid.c1 - grid.c0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(area > 0, inside / area, np.nan)
+
+
+def patch_means(maps: Any, block: int = 256) -> np.ndarray:
+    """(N,) float64: the mean of each patch's (h, w) values of an (N, h, w) zarr array, read
+    `block` patches at a time (a method at the model's input size is ~200 kB a patch)."""
+    return np.concatenate([np.asarray(maps[i:i + block], np.float64).mean(axis=(1, 2))
+                           for i in range(0, maps.shape[0], block)] or [np.zeros(0)])
+
+
+def tile_measurements(store: PatchStore, explain: Any, maps: Maps) -> dict[str, np.ndarray]:
+    """{measurement name: (N,) values} of every patch (module docstring)."""
+    attention = np.asarray(explain["attention"][:], np.float64)
+    values = {ATTENTION: attention, ATTENTION_RANK: percentile_rank(attention)}
+    for method in explain.attrs.get("methods", []):
+        values[METHOD_MEAN.format(method_title(method))] = patch_means(explain[method])
+    for kind, name in ARTEFACT_KINDS.items():
+        values[ARTEFACT_SHARE.format(name)] = store.artefacts.shares[:, kind - 1]
+    values[LESION_SHARE] = lesion_shares(maps, store.coords, float(store.attrs["footprint"]))
+    values[TISSUE_SHARE] = store.tissue
+    return values
+
+
+def tile_features(store: PatchStore, explain: Any, maps: Maps) -> list[dict[str, Any]]:
+    """One QuPath ``tile`` detection per patch of `store`: its footprint square clipped to the
+    slide, its measurements (`tile_measurements`) and class (module docstring)."""
+    width, height = (float(v) for v in store.attrs["dimensions"])
+    footprint = float(store.attrs["footprint"])
+    values = tile_measurements(store, explain, maps)
+    names, columns = list(values), np.stack([np.asarray(v, np.float64) for v in values.values()], axis=1)
+    kinds, lesion = store.artefacts.kind, values[LESION_SHARE]
+    artefact_rgb, lesion_rgb, tissue_rgb = (_rgb(LABEL_RGBA[n]) for n in (ARTEFACTS, LESION, TISSUE))
+    features = []
+    for n, (x, y) in enumerate(store.coords.tolist()):
+        x1, y1 = min(x + footprint, width), min(y + footprint, height)
+        square = [[x, y], [x1, y], [x1, y1], [x, y1], [x, y]]  # counter-clockwise on x, y
+        if kinds[n]:
+            cls, colour = TILE_CLASS.format(ARTEFACT_KINDS[int(kinds[n])]), artefact_rgb
+        elif lesion[n] >= LESION_TILE:
+            cls, colour = TILE_CLASS.format("lesion"), lesion_rgb
+        else:
+            cls, colour = TILE_CLASS.format("tissue"), tissue_rgb
+        features.append(_feature({"type": "Polygon", "coordinates": [square]}, f"patch {n}", cls,
+                                 colour, dict(zip(names, columns[n].tolist(), strict=True)), "tile"))
     return features
 
 
-def write_focus_geojson(slide_dir: Path, audit: dict[str, Any], maps: Maps) -> Path:
-    """Write ``slide_dir/focus.geojson`` (atomic) for `audit` and the slide's maps."""
-    footprint = float(open_patch_store(slide_dir).attrs["footprint"])
-    collection = {"type": "FeatureCollection", "features": focus_features(audit, maps, footprint)}
-    path = Path(slide_dir) / FOCUS_GEOJSON
+def _write_collection(path: Path, features: list[dict[str, Any]]) -> Path:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(collection), encoding="utf-8")
+        tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}, allow_nan=False),
+                       encoding="utf-8")
     return path
+
+
+def write_qupath_geojson(slide_dir: Path, audit: dict[str, Any], maps: Maps) -> tuple[Path, Path]:
+    """Write ``slide_dir/focus.geojson`` and ``slide_dir/tiles.geojson`` (each atomic) for
+    `audit`, the slide's maps and its patch and explain stores; returns their paths."""
+    slide_dir = Path(slide_dir)
+    store = open_patch_store(slide_dir)
+    explain = open_explain_store(slide_dir / EXPLAIN, store)
+    focus = focus_features(audit, maps, float(store.attrs["footprint"]))
+    return (_write_collection(slide_dir / FOCUS_GEOJSON, focus),
+            _write_collection(slide_dir / TILES_GEOJSON, tile_features(store, explain, maps)))

@@ -31,7 +31,7 @@ from reports.audit.stage import is_negative
 from reports.audit.subgroups import subgroup_table
 from reports.audit.validation import validate_audit_table
 from reports.crops import lesion_view, slide_crops
-from reports.geojson import FOCUS_GEOJSON, write_focus_geojson
+from reports.geojson import FOCUS_GEOJSON, write_qupath_geojson
 from reports.table import audit_table, method_flags, metric_columns, missing_metrics, scan
 from tiling.errors import StoreError
 from tiling.store import (
@@ -268,7 +268,7 @@ def render_slide_report(slide_dir: Path, impressions: dict[str, Path] | None = N
         log.info("%s: up to date", slide_dir / REPORT)
         return slide_dir / REPORT
     context = {**slide_context(slide_dir, impressions), "stamp": f"{stamp['config_hash']}:{stamp['source_sha256']}"}
-    write_focus_geojson(slide_dir, load_audit(slide_dir), open_maps(slide_dir))
+    write_qupath_geojson(slide_dir, load_audit(slide_dir), open_maps(slide_dir))
     path = _write(slide_dir / REPORT, "slide.html", context)
     log.info("wrote %s", path)
     return path

@@ -1,5 +1,5 @@
 """maps.zarr as OME-Zarr 0.5: resolution pyramids, display windows, labels, and what other tools
-(`ome_zarr info`, a reader following the spec) find in it."""
+(`ome_zarr info`, ome-zarr-py's collection listing and Reader, a reader following the spec) find in it."""
 from __future__ import annotations
 
 import json
@@ -59,8 +59,9 @@ def maps_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_maps_have_pyramids_windows_and_labels(maps_path: Path) -> None:
     maps = open_maps(maps_path)
-    assert spec_images(maps_path) == [*maps.heatmaps, "thumbnail", "thumbnail/labels/tissue",
-                                      "thumbnail/labels/lesion", "thumbnail/labels/artefacts"]
+    names = [*maps.heatmaps, "thumbnail", "tissue", "lesion", "artefacts"]
+    assert spec_images(maps_path) == [maps.attrs["images"][name] for name in names]
+    assert maps.attrs["images"]["lesion"] == f"{maps.attrs['images']['thumbnail']}/labels/lesion"
     full = maps["attention"]
     assert full.shape == (989, 740) and maps.levels("attention") == 3
     level1 = maps.level("attention", 1)
@@ -75,7 +76,8 @@ def test_maps_have_pyramids_windows_and_labels(maps_path: Path) -> None:
     assert "lesion" in maps and "artefacts" in maps and "nothing" not in maps
     with pytest.raises(KeyError, match="no map 'nothing'"):
         maps["nothing"]
-    ome = maps.group["attention"].attrs["ome"]
+    ome = maps.group[maps.attrs["images"]["attention"]].attrs["ome"]
+    assert ome["multiscales"][0]["name"] == "attention"
     (transform, shift) = ome["multiscales"][0]["datasets"][2]["coordinateTransformations"]
     assert transform["scale"] == [pytest.approx(4 * maps.pixel_um)] * 2
     assert shift["translation"] == [pytest.approx(1.5 * maps.pixel_um)] * 2  # (2² - 1)/2 px
@@ -84,7 +86,7 @@ def test_maps_have_pyramids_windows_and_labels(maps_path: Path) -> None:
     assert channel["lut"] == "turbo" and channel["window"]["min"] == pytest.approx(finite.min())
     assert channel["window"]["start"] == pytest.approx(np.percentile(finite, 1))
     assert channel["window"]["end"] == pytest.approx(np.percentile(finite, 99))
-    lesion = maps.group["thumbnail/labels/lesion"].attrs["ome"]
+    lesion = maps.group[maps.attrs["images"]["lesion"]].attrs["ome"]
     assert lesion["image-label"]["colors"] == [{"label-value": 1, "rgba": [0, 255, 90, 255]}]
     assert [t["type"] for t in lesion["multiscales"][0]["datasets"][1]["coordinateTransformations"]] == ["scale"]
 
@@ -104,10 +106,64 @@ def ome_zarr_info(paths: list[Path]) -> list[str]:
 
 def test_ome_zarr_info_reads_every_image_and_its_levels(maps_path: Path) -> None:
     images = spec_images(maps_path)
-    *shown_images, labels = ome_zarr_info([*(maps_path / image for image in images), maps_path / "thumbnail"])
+    maps = open_maps(maps_path)
+    names = {path: name for name, path in maps.attrs["images"].items()}
+    *shown_images, labels = ome_zarr_info([*(maps_path / image for image in images),
+                                           maps_path / maps.attrs["images"]["thumbnail"]])
     assert len(shown_images) == len(images)
     for image, shown in zip(images, shown_images, strict=True):
         assert f"{maps_path / image} [zgroup]" in shown and "Multiscales" in shown, shown
-        levels = open_maps(maps_path).levels(image.rsplit("/", 1)[-1])
-        assert shown.count("   - (") >= levels, shown  # one shape line per level
+        assert shown.count("   - (") >= maps.levels(names[image]), shown  # one shape line per level
     assert "labels/lesion [zgroup]" in labels and "labels/tissue [zgroup]" in labels, labels
+
+
+def test_ome_zarr_py_finds_every_image_and_label_from_the_root(maps_path: Path) -> None:
+    """ome-zarr-py lists the collection from the root (OME/METADATA.ome.xml: `find_multiscales`,
+    what `ome_zarr view` uses); its Reader opens each image and, under the thumbnail, every label,
+    each level 0 at the maps' pixel size in µm. Its Reader alone does not follow a collection
+    (ome-zarr-py issue 421): from the root it yields nothing, as for bioformats2raw's output."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+    from ome_zarr.utils import find_multiscales
+
+    maps = open_maps(maps_path)
+    listed = find_multiscales(maps_path)
+    assert [name for _, name, _ in listed] == [*maps.heatmaps, "thumbnail"]
+    found = {}
+    for path, name, _ in listed:
+        assert Path(path) == maps_path / maps.attrs["images"][name]
+        for node in Reader(parse_url(str(path)))():
+            if not node.data:  # the "labels" group
+                continue
+            label = node.load(Label) is not None
+            key = node.metadata["name"] if label else name
+            found[key] = label
+            scale = node.metadata["coordinateTransformations"][0][0]["scale"]
+            assert scale[-2:] == [pytest.approx(maps.pixel_um)] * 2
+            assert [a.get("unit") for a in node.metadata["axes"]][-2:] == ["micrometer"] * 2
+            assert node.data[0].shape[-2:] == maps[key].shape[-2:]
+            np.testing.assert_array_equal(np.asarray(node.data[-1]), maps.level(key, len(node.data) - 1))
+    assert found == {**dict.fromkeys([*maps.heatmaps, "thumbnail"], False),
+                     "tissue": True, "lesion": True, "artefacts": True}
+    assert list(Reader(parse_url(str(maps_path)))()) == []
+
+
+def test_ome_xml_describes_every_image(maps_path: Path) -> None:
+    """OME/METADATA.ome.xml names each series' group in its Image ID (napari-ome-zarr's lookup),
+    with the image's name, size, pixel type and physical pixel size."""
+    from xml.etree import ElementTree
+
+    maps = open_maps(maps_path)
+    root = ElementTree.parse(maps_path / "OME" / "METADATA.ome.xml").getroot()
+    ns = {"ome": "http://www.openmicroscopy.org/Schemas/OME/2016-06"}
+    images = root.findall("ome:Image", ns)
+    assert [i.get("Name") for i in images] == [*maps.heatmaps, "thumbnail"]
+    for image in images:
+        name, pixels = image.get("Name"), image.find("ome:Pixels", ns)
+        assert image.get("ID") == f"Image:{maps.attrs['images'][name]}"
+        data = maps[name]
+        assert (int(pixels.get("SizeY")), int(pixels.get("SizeX"))) == data.shape[-2:]
+        assert int(pixels.get("SizeC")) == len(pixels.findall("ome:Channel", ns)) == (3 if data.ndim == 3 else 1)
+        assert pixels.get("Type") == ("uint8" if name == "thumbnail" else "float")
+        assert float(pixels.get("PhysicalSizeX")) == pytest.approx(maps.pixel_um)
+        assert pixels.get("PhysicalSizeXUnit") == "µm" and pixels.find("ome:MetadataOnly", ns) is not None

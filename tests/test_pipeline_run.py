@@ -131,7 +131,8 @@ def test_local_cluster_run(workspace: Workspace, reference: RunResult) -> None:
     for sid in ("sample_000", "sample_001", "sample_002", "sample_003"):
         folder = out / "slides" / sid
         assert {p.name for p in folder.iterdir()} == {
-            "patches.zarr", "explain.zarr", "maps.zarr", "audit.json", "report.html", "focus.geojson"}
+            "patches.zarr", "explain.zarr", "maps.zarr", "audit.json", "report.html", "focus.geojson",
+            "tiles.geojson"}
         assert f"slides/{sid}/report.html" in (out / "index.html").read_text()
         report = (folder / "report.html").read_text()
         assert report.count('alt="class impression of') == 2  # what the model learnt, per class

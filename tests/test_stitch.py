@@ -97,13 +97,12 @@ def test_stitch_slide_writes_ome_maps_and_skips_when_current(tmp_path) -> None:
     coords, attention = patches["coords"][:], explain["attention"][:]
     assert maps.downsample == 6.0 and maps.pixel_um == pytest.approx(6 * 0.499)
     assert maps.heatmaps == ["attention", "attention_rank", "gradcam", "hirescam"]
-    images = [*maps.heatmaps, "thumbnail"]
-    for name in [*images, "thumbnail/labels/tissue", "thumbnail/labels/lesion",
-                 "thumbnail/labels/artefacts"]:
+    images = [str(k) for k in range(len(maps.heatmaps) + 1)]  # the heatmaps, then the thumbnail
+    for name in [*images, "4/labels/tissue", "4/labels/lesion", "4/labels/artefacts"]:
         check_ngff_image(maps.group, name, maps.pixel_um)
     assert maps.group.attrs["ome"] == {"version": "0.5", "bioformats2raw.layout": 3}
     assert maps.group["OME"].attrs["ome"]["series"] == images
-    assert maps.group["thumbnail/labels"].attrs["ome"]["labels"] == ["tissue", "lesion", "artefacts"]
+    assert maps.group["4/labels"].attrs["ome"]["labels"] == ["tissue", "lesion", "artefacts"]
     a, tissue = maps["attention"], maps.tissue
     assert a.shape == tissue.shape == (495, 370) and maps.thumbnail.shape == (495, 370, 3)
     assert np.isnan(a[~tissue]).all() and np.isfinite(a[tissue]).all()
@@ -227,7 +226,7 @@ def test_float_maps_are_stored_compressed_and_exact(tmp_path) -> None:
     np.testing.assert_array_equal(maps["gradcam"], grid.stitch(explain["gradcam"], grid.coverage()))
     stored, plain = 0, 0   # bytes in maps.zarr, and with zarr's default codec (zstd alone)
     for name in maps.heatmaps:
-        array = maps.group[name]["0"]
+        array = maps.pyramid(name)[0].array
         assert array.dtype == np.float32
         stored += array.nbytes_stored()
         plain += zarr.create_array({}, data=array[...], chunks=array.chunks, fill_value=np.nan).nbytes_stored()

@@ -160,8 +160,9 @@ def test_an_artefact_label_in_the_maps_becomes_a_mask_layer(report_archive, tmp_
     labels = np.zeros(maps["tissue"].shape, np.uint8)
     labels[: labels.shape[0] // 4, : labels.shape[1] // 4] = 1                 # ink in the top-left corner
     root = zarr.open_group(copy / "maps.zarr", mode="r+")
-    del root["thumbnail/labels/artefacts"]                                   # the stitched one: no artefact
-    label = write_image(root["thumbnail/labels"], ARTEFACTS, labels, maps.pixel_um, "pen ink",
+    del root[root.attrs["images"][ARTEFACTS]]                                # the stitched one: no artefact
+    labels_group = root[root.attrs["images"]["thumbnail"] + "/labels"]
+    label = write_image(labels_group, ARTEFACTS, labels, maps.pixel_um, "pen ink",
                         method="nearest", label_colours={1: LABEL_RGBA[ARTEFACTS]})
     assert root.attrs["images"][ARTEFACTS] == label.path
     client = TestClient(Starlette(routes=viewer_routes(tmp_path)))

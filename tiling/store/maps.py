@@ -1,7 +1,9 @@
 """maps.zarr: a slide's stitched maps, written by the stitch stage (zarr v3, OME-Zarr 0.5).
 
-One OME-Zarr image group per map (tiling.store.ome), each with a resolution pyramid, all on one
-(H, W) grid of D level-0 px per map px at full resolution (pixel_um = D × level-0 mpp):
+One OME-Zarr image per map (tiling.store.ome), each with a resolution pyramid, all on one
+(H, W) grid of D level-0 px per map px at full resolution (pixel_um = D × level-0 mpp). The
+images are the groups "0", "1", ... of an NGFF collection (bioformats2raw.layout 3), in the
+order below, each named in its metadata; attrs["images"] maps a name to its group path:
 
     attention        (H, W) float32 A-MIL attention, NaN off tissue
     attention_rank   (H, W) float32 its percentile rank among patches, 0..1
@@ -10,7 +12,8 @@ One OME-Zarr image group per map (tiling.store.ome), each with a resolution pyra
     thumbnail/labels/tissue     (H, W) uint8 NGFF label, 1 where a patch covers the pixel
     thumbnail/labels/lesion     (H, W) uint16 NGFF label, k on the k-th annotated lesion
     thumbnail/labels/artefacts  (H, W) uint8 NGFF label, when the stitch stage writes it
-    OME              the NGFF collection listing every image, so a viewer finds them all
+    OME              the collection: "series" (the image groups) and METADATA.ome.xml (their
+                     names, sizes and pixel size in µm), so a viewer finds them all
     attrs            slide_id, dimensions (level-0 W, H), downsample (D), pixel_um, shape (H, W),
                      methods, heatmaps (attention, attention_rank, methods), lesion_names,
                      artefact_kinds ({label: name}), images ({name: group path}), the stamp
@@ -63,9 +66,10 @@ class MapsWriter:
     `finish`."""
 
     def __init__(self, path: Path, pixel_um: float, chunk: int) -> None:
+        self.path = path
         self.root = zarr.open_group(path, mode="w", zarr_format=3)
         self.pixel_um, self.chunk = pixel_um, chunk
-        self.groups: dict[str, zarr.Group] = {}
+        self.images: dict[str, zarr.Group] = {}
         self.masks: dict[str, tuple[np.ndarray, str]] = {}
 
     def image(self, name: str, data: np.ndarray, description: str) -> None:
@@ -74,24 +78,24 @@ class MapsWriter:
             self.masks[name] = (data, description)
             return
         shown = display(data) if np.issubdtype(data.dtype, np.floating) else None
-        self.groups[name] = write_image(self.root, name, data, self.pixel_um, description,
-                                        self.chunk, display=shown)
+        self.images[name] = write_image(self.root, str(len(self.images)), data, self.pixel_um,
+                                        description, self.chunk, display=shown, title=name)
 
     def finish(self, attrs: dict[str, Any]) -> None:
         """Write the masks as labels of the thumbnail (written before), list the images as a
         collection; write the attrs and the format version."""
-        images = list(self.groups)
+        groups = dict(self.images)
         if self.masks:
-            thumbnail = self.groups[THUMBNAIL]
+            thumbnail = self.images[THUMBNAIL]
             labels = thumbnail.require_group(LABELS)
             for name, (data, description) in self.masks.items():
                 values = np.flatnonzero(np.bincount(np.asarray(data).ravel()))
                 colours = {int(v): LABEL_RGBA[name] for v in values if v}
-                self.groups[name] = write_image(labels, name, data, self.pixel_um, description,
-                                                self.chunk, method="nearest", label_colours=colours)
+                groups[name] = write_image(labels, name, data, self.pixel_um, description,
+                                           self.chunk, method="nearest", label_colours=colours)
             declare_labels(thumbnail, list(self.masks))
-        write_collection(self.root, images)
-        self.root.attrs.update({**attrs, "images": {n: g.path for n, g in self.groups.items()},
+        write_collection(self.root, self.path, list(self.images.values()))
+        self.root.attrs.update({**attrs, "images": {n: g.path for n, g in groups.items()},
                                 VERSION_KEY: FORMAT_VERSION})
 
 

@@ -14,7 +14,8 @@
         maps.zarr                     MAPS          OME-Zarr slide maps and labels    tiling.store.maps
         audit.json                    AUDIT         metrics, flags, verdict           tiling.store.records
         report.html                   REPORT        the slide's page                  reports.html
-        focus.geojson                 FOCUS_GEOJSON peaks and lesions for QuPath      reports.geojson
+        focus.geojson                 FOCUS_GEOJSON peaks, top regions and lesions for QuPath  reports.geojson
+        tiles.geojson                 TILES_GEOJSON every patch as a QuPath tile with measurements  reports.geojson
         failure.json                  FAILURE       why a stage of the slide failed   tiling.store.records
 
 FORMAT_VERSIONS gives the format version of each versioned output; `stamps.is_current` and the
@@ -25,12 +26,13 @@ from __future__ import annotations
 from pathlib import Path
 
 PATCHES, EXPLAIN, EMBEDDINGS, MAPS = "patches.zarr", "explain.zarr", "embeddings.zarr", "maps.zarr"
-AUDIT, REPORT, FOCUS_GEOJSON, FAILURE = "audit.json", "report.html", "focus.geojson", "failure.json"
+AUDIT, REPORT, FAILURE = "audit.json", "report.html", "failure.json"
+FOCUS_GEOJSON, TILES_GEOJSON = "focus.geojson", "tiles.geojson"
 RUN_MANIFEST, INDEX, AUDIT_CSV, SUBGROUPS_CSV = "run.json", "index.html", "audit.csv", "subgroups.csv"
 LOCK, CACHE, IMPRESSIONS = ".lock", "cache", "impressions"
 
 FORMAT_VERSIONS: dict[str, int] = {
-    PATCHES: 3, EXPLAIN: 2, MAPS: 2, AUDIT: 4, FAILURE: 1, RUN_MANIFEST: 1}
+    PATCHES: 3, EXPLAIN: 2, MAPS: 3, AUDIT: 4, FAILURE: 1, RUN_MANIFEST: 1}
 
 
 def slide_dir(out: Path, slide_id: str) -> Path:

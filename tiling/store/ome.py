@@ -9,13 +9,20 @@ pixel_um · 2^k µm; a "mean" pyramid (2 x 2 block means, NaN ignored) adds a ``
 (2^k - 1)/2 · pixel_um µm, the centre of its first block; a "nearest" pyramid (labels: every
 second pixel) needs none. Display settings go in ``omero`` (one channel: window start/end in the
 map's units, colour, LUT name); masks are ``labels`` of an image (``image-label`` with colours).
+
+Several images form a collection (NGFF "bioformats2raw.layout" 3, `write_collection`): the images
+are the root's groups "0", "1", ... (the layout's default, which ome-zarr-py's `find_multiscales`
+and Bio-Formats assume), listed as "series" in the ``OME`` group and described, each with its
+name and pixel size, in ``OME/METADATA.ome.xml`` (which napari-ome-zarr reads to find them).
 """
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import numpy as np
 import zarr
@@ -26,7 +33,7 @@ RGB_COLOURS = ("FF0000", "00FF00", "0000FF")
 # float maps: byte shuffle then zstd keeps every value and stores about 30 % fewer bytes than
 # zarr's default (zstd alone) on stitched CAMs; integer images keep the default
 FLOAT_CODEC = zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", blocksize=1 << 20)
-LABELS = "labels"
+LABELS, OME, OME_METADATA = "labels", "OME", "METADATA.ome.xml"
 
 
 @dataclass(frozen=True)
@@ -100,17 +107,19 @@ def _omero(ndim: int, name: str, display: Display | None) -> dict[str, Any] | No
 def write_image(parent: zarr.Group, name: str, data: np.ndarray, pixel_um: float,
                 description: str, chunk: int = 1024, method: str = "mean",
                 display: Display | None = None, label_colours: Mapping[int, Sequence[int]] | None = None,
-                ) -> zarr.Group:
-    """Write `data` ((y, x) or (c, y, x)) as the OME-Zarr image group ``parent/name`` with its
-    pyramid (`method` "mean" or "nearest"), `display` settings (omero) and, for a label image,
-    the RGBA colour of each value (``image-label``; its source image is the grandparent)."""
+                title: str | None = None) -> zarr.Group:
+    """Write `data` ((y, x) or (c, y, x)) as the OME-Zarr image group ``parent/name`` (named
+    `title` in its metadata, `name` by default) with its pyramid (`method` "mean" or "nearest"),
+    `display` settings (omero) and, for a label image, the RGBA colour of each value
+    (``image-label``; its source image is the grandparent)."""
+    title = title or name
     levels = pyramid(data, method)
     ome: dict[str, Any] = {"version": NGFF_VERSION, "multiscales": [{
-        "name": name, "axes": _axes(data.ndim), "type": method,
+        "name": title, "axes": _axes(data.ndim), "type": method,
         "datasets": [{"path": str(k), "coordinateTransformations":
                       _transformations(k, data.ndim, pixel_um, method)} for k in range(len(levels))],
         "metadata": {"description": description}}]}
-    omero = _omero(data.ndim, name, display)
+    omero = _omero(data.ndim, title, display)
     if omero:
         ome["omero"] = omero
     if label_colours is not None:
@@ -133,11 +142,41 @@ def declare_labels(image: zarr.Group, names: list[str]) -> None:
     image.require_group(LABELS).attrs["ome"] = {"version": NGFF_VERSION, "labels": list(names)}
 
 
-def write_collection(root: zarr.Group, images: list[str]) -> None:
-    """Declare `root` a collection of the image groups `images` (NGFF 0.5 "bioformats2raw.layout"):
-    the root carries ``"bioformats2raw.layout": 3`` and its ``OME`` group lists them as "series"."""
+OME_XML_TYPES = {"float32": "float", "uint8": "uint8", "uint16": "uint16"}
+OME_NAMESPACE = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
+
+
+def ome_xml(images: list[zarr.Group]) -> str:
+    """The OME-XML of a collection (``OME/METADATA.ome.xml``, "MetadataOnly"): one Image per
+    group, ``ID="Image:<its path>"`` (how napari-ome-zarr finds the group), named after its
+    multiscales, with its level-0 size, pixel type, channels and pixel size in µm."""
+    root = ElementTree.Element("OME", {"xmlns": OME_NAMESPACE, "Creator": "slideaudit"})
+    for k, group in enumerate(images):
+        multiscale = group.attrs["ome"]["multiscales"][0]
+        level = group[multiscale["datasets"][0]["path"]]
+        size_um = multiscale["datasets"][0]["coordinateTransformations"][0]["scale"][-1]
+        channels = level.shape[0] if level.ndim == 3 else 1
+        image = ElementTree.SubElement(root, "Image", {"ID": f"Image:{group.basename}",
+                                                       "Name": multiscale["name"]})
+        pixels = ElementTree.SubElement(image, "Pixels", {
+            "ID": f"Pixels:{k}", "DimensionOrder": "XYCZT", "Type": OME_XML_TYPES[str(level.dtype)],
+            "SizeX": str(level.shape[-1]), "SizeY": str(level.shape[-2]), "SizeC": str(channels),
+            "SizeZ": "1", "SizeT": "1", "PhysicalSizeX": repr(size_um), "PhysicalSizeY": repr(size_um),
+            "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})
+        for c in range(channels):
+            ElementTree.SubElement(pixels, "Channel", {"ID": f"Channel:{k}:{c}", "SamplesPerPixel": "1"})
+        ElementTree.SubElement(pixels, "MetadataOnly")
+    return ElementTree.tostring(root, encoding="unicode", xml_declaration=True)
+
+
+def write_collection(root: zarr.Group, path: Path, images: list[zarr.Group]) -> None:
+    """Declare the zarr group `root` (at `path`) a collection of the image groups `images`
+    (NGFF 0.5 "bioformats2raw.layout" 3): the root carries the layout, its ``OME`` group lists
+    their paths as "series" and describes them in ``OME/METADATA.ome.xml`` (`ome_xml`)."""
     root.attrs["ome"] = {"version": NGFF_VERSION, "bioformats2raw.layout": 3}
-    root.create_group("OME", attributes={"ome": {"version": NGFF_VERSION, "series": list(images)}})
+    root.create_group(OME, attributes={"ome": {"version": NGFF_VERSION,
+                                               "series": [g.path for g in images]}})
+    (Path(path) / OME / OME_METADATA).write_text(ome_xml(images), encoding="utf-8")
 
 
 @dataclass(frozen=True)

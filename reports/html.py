@@ -336,7 +336,13 @@ def _row_thumbnail(slide_dir: Path) -> str | None:
         return None if rgb is None else F.jpeg_data_uri(rgb, quality=ROW_QUALITY)
 
 
-def _index_rows(out: Path, audits: list[dict], marked: set[str]) -> list[dict]:
+def _metric_cell(col: str, value: float | None, name: str) -> tuple[str, str, str, str, str]:
+    """A key-metric cell of the index: (column, sort key, text, background, grade symbol), made
+    here rather than by filters in the template, which runs it for every slide x method x metric."""
+    return col, "" if value is None else str(value), number(value), shade(value, name), grade(value, name)
+
+
+def _index_rows(out: Path, audits: list[dict], marked: set[str], methods: list[str]) -> list[dict]:
     rows = []
     for audit in audits:
         flags = list(audit.get("flags", []))
@@ -351,8 +357,8 @@ def _index_rows(out: Path, audits: list[dict], marked: set[str]) -> list[dict]:
                      or audit.get("label") == audit.get("prediction"),
                      "verdict": audit.get("verdict"), "verdict_reason": audit.get("verdict_reason"),
                      "next_step": next_step(audit),
-                     "scores": {m: {k: s.get(k, {}).get("value") for k in KEY_METRICS}
-                                for m, s in audit.get("metrics", {}).items()},
+                     "cells": [_metric_cell(f"{m}.{k}", audit.get("metrics", {}).get(m, {}).get(k, {}).get("value"), k)
+                               for m in methods for k in KEY_METRICS],
                      "flags": flags, "thumbnail": _row_thumbnail(out / "slides" / audit["folder"]),
                      "model": (audit.get("provenance", {}).get("model") or {}).get("name"),
                      "run_at": audit.get("provenance", {}).get("run_at")})
@@ -414,7 +420,7 @@ def render_index(out: Path, group_by: tuple[str, ...] = (),
     plots = [{"metric": m, "uri": F.distribution_plot(table, m, methods, labels, metric(m).title)}
              for m in PLOTTED if m in table and table[m].notna().any()]
     classes: list[str] = next((a["classes"] for a in archive.audits if a.get("classes")), [])
-    context = {"rows": _index_rows(out, archive.audits, marked), "methods": methods,
+    context = {"rows": _index_rows(out, archive.audits, marked, methods), "methods": methods,
                "failures": failure_groups(archive.failures, classes), "first_ids": FIRST_IDS, "page_rows": PAGE_ROWS,
                "key_metrics": KEY_METRICS, "plots": plots, "suite": suite,
                "unreadable": archive.unreadable + missing_metrics(archive.audits, metrics),

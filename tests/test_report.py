@@ -282,7 +282,7 @@ def test_report_and_index_say_what_to_do_next(archive) -> None:
     html = (archive["positive"] / "report.html").read_text()
     audit = load_audit(archive["positive"])
     assert audit["verdict"] == "REVIEW"
-    step = re.search(r'<p id="next-step"><strong>Next step:</strong> ([^<]*)</p>', html)[1]
+    step = re.search(r'<span id="next-step"><strong>Next step:</strong> ([^<]*)</span>', html)[1]
     assert step.startswith("compare the HiResCAM map with the lesion outline")  # the flag that made it REVIEW
     index = archive["index"].read_text()
     assert index.count('class="hint next-step"') == 2  # the REVIEW row and the failure group, not the PASS row
@@ -315,3 +315,24 @@ def test_failures_are_grouped_by_reason_with_class_names(archive, tmp_path) -> N
     assert groups[0]["slides"][0] == {"slide_id": "slide-0", "label": "lesion"}
     html = archive["index"].read_text()
     assert 'id="failures-table"' in html and "<span class=\"failed-id\">broken-slide</span>" in html
+
+
+def test_the_index_inlines_the_thumbnail_its_report_wrote(archive, tmp_path) -> None:
+    from PIL import Image
+
+    from reports.figures import file_data_uri
+    from tiling.store.names import ROW_THUMBNAIL
+
+    out = tmp_path / "archive"
+    shutil.copytree(archive["index"].parent, out)
+    thumbnail = out / "slides" / "positive" / ROW_THUMBNAIL
+    assert max(Image.open(thumbnail).size) == 96
+    (out / "slides" / "evil" / ROW_THUMBNAIL).unlink()  # as an OUT of an older version
+    html = render_index(out)[0].read_text()
+    assert f'src="{file_data_uri(thumbnail, "image/jpeg")}" alt="thumbnail of CMU-1 positive"' in html
+    assert 'alt="thumbnail of &lt;script&gt;alert(1)&lt;/script&gt;"' in html  # made from its maps instead
+    assert not (out / "slides" / "evil" / ROW_THUMBNAIL).exists()  # the index writes nothing into a slide
+    report = out / "slides" / "evil" / "report.html"
+    before = report.stat().st_mtime_ns
+    render_slide_report(out / "slides" / "evil")  # current: kept, its missing thumbnail written
+    assert report.stat().st_mtime_ns == before and (out / "slides" / "evil" / ROW_THUMBNAIL).is_file()

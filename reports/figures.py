@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -47,12 +48,22 @@ def png_data_uri(image: np.ndarray | Image.Image) -> str:
     return _data_uri(buffer.getvalue(), "image/png")
 
 
+def jpeg_bytes(rgb: np.ndarray, quality: int = 90) -> bytes:
+    """An (h, w, 3) uint8 image as a JPEG file's bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(rgb, np.uint8)).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
 def jpeg_data_uri(rgb: np.ndarray, quality: int = 90) -> str:
     """An (h, w, 3) uint8 image as a base64 JPEG data URI (slide views are photographs:
     JPEG is several times smaller and faster to encode than PNG)."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.asarray(rgb, np.uint8)).save(buffer, format="JPEG", quality=quality)
-    return _data_uri(buffer.getvalue(), "image/jpeg")
+    return _data_uri(jpeg_bytes(rgb, quality), "image/jpeg")
+
+
+def file_data_uri(path: Path, mime: str) -> str:
+    """A file's bytes as a base64 data URI of type `mime`."""
+    return _data_uri(Path(path).read_bytes(), mime)
 
 
 def display_shape(shape: tuple[int, int], max_side: int, enlarge: bool = False) -> tuple[int, int]:
@@ -238,10 +249,11 @@ def distribution_plot(table: pd.DataFrame, metric: str, methods: list[str], labe
     return figure_uri(fig)
 
 
-def deletion_plot(fractions: list[float], curves: dict[str, list[float]], random_curve: list[float],
-                  labels: dict[str, str]) -> str:
+def deletion_figure(fractions: list[float], curves: dict[str, list[float]], random_curve: list[float],
+                    labels: dict[str, str]) -> Any:
     """Deletion curves p_k / p_0 against the deleted share k (one line per method, `labels` their
-    titles, the random baseline dashed), as a PNG data URI."""
+    titles, the random baseline dashed) on a y axis from 0 read as plain numbers (no offset such as
+    "1e-7+1" when the curves stay near 1), as a matplotlib figure."""
     k = [0.0, *fractions]
     fig, ax = plt.subplots(figsize=(4.2, 2.6), dpi=110)
     for name, curve in curves.items():
@@ -249,13 +261,20 @@ def deletion_plot(fractions: list[float], curves: dict[str, list[float]], random
             ax.plot(k, np.asarray(curve) / curve[0], marker="o", ms=3, label=labels.get(name, name))
     if random_curve and random_curve[0] > 0:
         ax.plot(k, np.asarray(random_curve) / random_curve[0], "k--", label="random")
+    ax.set_ylim(0, max(1.05, ax.get_ylim()[1]))
+    ax.ticklabel_format(axis="y", style="plain", useOffset=False)
     ax.set_xlabel("share of patches deleted (most relevant first)", fontsize=8)
     ax.set_ylabel("p / p(all patches)", fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.spines[["top", "right"]].set_visible(False)
-    return figure_uri(fig)
+    return fig
 
+
+def deletion_plot(fractions: list[float], curves: dict[str, list[float]], random_curve: list[float],
+                  labels: dict[str, str]) -> str:
+    """`deletion_figure` as a PNG data URI."""
+    return figure_uri(deletion_figure(fractions, curves, random_curve, labels))
 
 
 def sanity_plot(layers: list[str], rho: dict[str, list[float | None]],

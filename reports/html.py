@@ -31,7 +31,8 @@ from reports.audit.stage import is_negative
 from reports.audit.subgroups import subgroup_table
 from reports.audit.validation import validate_audit_table
 from reports.crops import lesion_view, slide_crops
-from reports.geojson import FOCUS_GEOJSON, write_qupath_geojson
+from reports.geojson import FOCUS_GEOJSON, TILES_GEOJSON, write_qupath_geojson
+from reports.next_step import next_step, step_of
 from reports.table import audit_table, method_flags, metric_columns, missing_metrics, scan
 from tiling.errors import StoreError
 from tiling.store import (
@@ -48,14 +49,19 @@ from tiling.store import (
 )
 from tiling.store.explain import open_explain_store
 from tiling.store.maps import THUMBNAIL, Maps, open_maps
+from tiling.store.names import ROW_THUMBNAIL
 from tiling.store.records import load_audit
 
 log = logging.getLogger(__name__)
 
 DISPLAY_SIDE = 1024  # px of the slide and map views (enlarged when the maps are smaller)
-ROW_THUMB = 96  # px of a slide's thumbnail in the index
+ROW_THUMB, ROW_QUALITY = 96, 75  # px and JPEG quality of a slide's thumbnail in the index
 KEY_METRICS = tuple(m.name for m in BASE_METRICS if m.key)
 PLOTTED = tuple(m.name for m in (*BASE_METRICS, LESION_HIT_RATE) if m.plotted)
+GOOD_RGB, POOR_RGB = (158, 202, 225), (253, 190, 133)  # light blue, light orange: the metric shading's ends
+GRADES = ("\u25b2", "\u25bc")  # the symbols of the good and the poor third of a metric's scale
+PAGE_ROWS = 200  # the index shows this many slides a page (filtering and sorting run over all)
+FIRST_IDS = 5  # slide ids shown for each reason of failure; the rest behind "all n"
 TONES = {"fail": "bad", "review": "warn", "unchecked": "na", "info": "na", "pass": "ok"}  # verdict -> badge class
 
 
@@ -85,14 +91,32 @@ def place(peak: dict[str, Any]) -> str:
     return ", ".join(parts) or "no lesion annotated"
 
 
-def shade(value: float | None, name: str | None = None) -> str:
-    """A CSS background for a value clipped to [0, 1]: green at the end that metric `name`'s
-    registry record calls good (`Metric.better`; high without a name), red at the other, none for n/a."""
+def goodness(value: float | None, name: str | None = None) -> float | None:
+    """A value clipped to [0, 1], turned so that 1 is the end metric `name`'s registry record
+    calls good (`Metric.better`; high without a name); None for n/a."""
     if value is None or not math.isfinite(value):
+        return None
+    clipped = min(max(value, 0.0), 1.0)
+    return 1.0 - clipped if name is not None and metric(name).better == "low" else clipped
+
+
+def shade(value: float | None, name: str | None = None) -> str:
+    """A CSS background for a value: white at goodness g = 0.5, mixed towards GOOD_RGB (blue) by
+    2g - 1 above it and towards POOR_RGB (orange) by 1 - 2g below it; none for n/a. Blue and
+    orange stay apart under every colour blindness; `grade` adds a symbol besides."""
+    g = goodness(value, name)
+    if g is None:
         return "transparent"
-    good = min(max(value, 0.0), 1.0)
-    hue = 120 * (1.0 - good if name is not None and metric(name).better == "low" else good)
-    return f"hsl({hue:.0f} 70% 88%)"
+    end, t = (GOOD_RGB, 2 * g - 1) if g >= 0.5 else (POOR_RGB, 1 - 2 * g)
+    r, green, b = (round(255 + t * (c - 255)) for c in end)
+    return f"rgb({r} {green} {b})"
+
+
+def grade(value: float | None, name: str | None = None) -> str:
+    """The symbol beside a shaded value, so colour is never the only cue: GRADES' "▲" when its
+    goodness is above 2/3, "▼" below 1/3, "" in between and for n/a."""
+    g = goodness(value, name)
+    return "" if g is None else GRADES[0] if g > 2 / 3 else GRADES[1] if g < 1 / 3 else ""
 
 
 @functools.cache
@@ -100,7 +124,7 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("reports", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(number=number, percent=percent, shade=shade, place=place, method=method_title,
+    env.filters.update(number=number, percent=percent, shade=shade, grade=grade, place=place, method=method_title,
                        metric=lambda m: metric(m).title,
                        short=lambda m: metric(m).short, flag=lambda f: flag(f).title,
                        tone=lambda v: TONES[str(v).lower()], url=lambda s: quote(str(s)),
@@ -219,7 +243,7 @@ def slide_context(slide_dir: Path, impressions: dict[str, Path] | None = None) -
             "correct": audit.get("label") is None or audit["label"] == audit["prediction"],
             "model": audit["provenance"].get("model") or {}, "impressions": _impressions(impressions),
             "deletion": _deletion(audit.get("faithfulness")), "sanity": _sanity(audit.get("sanity")),
-            "geojson": FOCUS_GEOJSON}
+            "geojson": FOCUS_GEOJSON, "tiles_geojson": TILES_GEOJSON, "next_step": next_step(audit)}
 
 
 def _deletion(record: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -266,7 +290,10 @@ def render_slide_report(slide_dir: Path, impressions: dict[str, Path] | None = N
     stamp = report_stamp(slide_dir, impressions)
     if not force and read_report_stamp(slide_dir / REPORT) == stamp:
         log.info("%s: up to date", slide_dir / REPORT)
+        if not (slide_dir / ROW_THUMBNAIL).is_file():
+            _write_row_thumbnail(slide_dir)
         return slide_dir / REPORT
+    _write_row_thumbnail(slide_dir)
     context = {**slide_context(slide_dir, impressions), "stamp": f"{stamp['config_hash']}:{stamp['source_sha256']}"}
     write_qupath_geojson(slide_dir, load_audit(slide_dir), open_maps(slide_dir))
     path = _write(slide_dir / REPORT, "slide.html", context)
@@ -279,18 +306,43 @@ def _raised(name: str) -> dict[str, str]:
     return {"flag": name, "verdict": flag(name).verdict}
 
 
-def _row_thumbnail(slide_dir: Path) -> str | None:
-    """A ROW_THUMB px JPEG of the slide from the coarsest level of its maps (None without maps)."""
+def _row_thumbnail_rgb(slide_dir: Path) -> np.ndarray | None:
+    """The slide at ROW_THUMB px (uint8 RGB) from the coarsest level of its maps (None without maps)."""
     try:
         maps = open_maps(slide_dir)
     except StoreError:
         return None
     rgb = np.moveaxis(maps.level(THUMBNAIL, maps.levels(THUMBNAIL) - 1), 0, -1)
     small = resize(rgb, F.display_shape(rgb.shape[:2], ROW_THUMB), order=1, preserve_range=True, anti_aliasing=True)
-    return F.jpeg_data_uri(np.clip(np.rint(small), 0, 255).astype(np.uint8), quality=75)
+    return np.clip(np.rint(small), 0, 255).astype(np.uint8)
 
 
-def _index_rows(out: Path, audits: list[dict], failures: list[dict], marked: set[str]) -> list[dict]:
+def _write_row_thumbnail(slide_dir: Path) -> None:
+    """``slide_dir/thumbnail.jpg`` (atomic): the slide's index thumbnail, made with its report so
+    that the index of thousands of slides reads a file each instead of their maps."""
+    rgb = _row_thumbnail_rgb(slide_dir)
+    if rgb is not None:
+        with atomic_path(slide_dir / ROW_THUMBNAIL) as tmp:
+            tmp.write_bytes(F.jpeg_bytes(rgb, ROW_QUALITY))
+
+
+def _row_thumbnail(slide_dir: Path) -> str | None:
+    """The slide's index thumbnail as a JPEG data URI: its report's ``thumbnail.jpg``, else made
+    from its maps (None without either)."""
+    try:
+        return F.file_data_uri(slide_dir / ROW_THUMBNAIL, "image/jpeg")
+    except FileNotFoundError:
+        rgb = _row_thumbnail_rgb(slide_dir)
+        return None if rgb is None else F.jpeg_data_uri(rgb, quality=ROW_QUALITY)
+
+
+def _metric_cell(col: str, value: float | None, name: str) -> tuple[str, str, str, str, str]:
+    """A key-metric cell of the index: (column, sort key, text, background, grade symbol), made
+    here rather than by filters in the template, which runs it for every slide x method x metric."""
+    return col, "" if value is None else str(value), number(value), shade(value, name), grade(value, name)
+
+
+def _index_rows(out: Path, audits: list[dict], marked: set[str], methods: list[str]) -> list[dict]:
     rows = []
     for audit in audits:
         flags = list(audit.get("flags", []))
@@ -304,17 +356,38 @@ def _index_rows(out: Path, audits: list[dict], failures: list[dict], marked: set
                      "correct": audit.get("label") is None
                      or audit.get("label") == audit.get("prediction"),
                      "verdict": audit.get("verdict"), "verdict_reason": audit.get("verdict_reason"),
-                     "scores": {m: {k: s.get(k, {}).get("value") for k in KEY_METRICS}
-                                for m, s in audit.get("metrics", {}).items()},
+                     "next_step": next_step(audit),
+                     "cells": [_metric_cell(f"{m}.{k}", audit.get("metrics", {}).get(m, {}).get(k, {}).get("value"), k)
+                               for m in methods for k in KEY_METRICS],
                      "flags": flags, "thumbnail": _row_thumbnail(out / "slides" / audit["folder"]),
                      "model": (audit.get("provenance", {}).get("model") or {}).get("name"),
                      "run_at": audit.get("provenance", {}).get("run_at")})
-    for failure in failures:
-        rows.append({"kind": "failure", "slide_id": failure.get("slide_id", failure["folder"]),
-                     "folder": failure["folder"], "label": failure.get("label"),
-                     "stage": failure.get("stage"), "message": failure.get("message"),
-                     "flags": [_raised("failed")]})
     return rows
+
+
+def failure_reason(failure: dict[str, Any]) -> str:
+    """A failure's message with what names its own slide (source path, file name, slide id of 3
+    characters or more) replaced by "<slide>", so that slides failing alike share one reason."""
+    message = str(failure.get("message", ""))
+    path = str(failure.get("source_path") or "")
+    names = {path, Path(path).name, str(failure.get("slide_id", ""))}
+    for name in sorted((n for n in names if len(n) >= 3), key=len, reverse=True):
+        message = message.replace(name, "<slide>")
+    return message
+
+
+def failure_groups(failures: list[dict[str, Any]], classes: list[str]) -> list[dict[str, Any]]:
+    """The failed slides grouped by stage and `failure_reason`, most slides first: [{"stage",
+    "reason", "slides" ([{"slide_id", "label" (class name)}], first seen first), "step"}]."""
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for failure in failures:
+        stage = str(failure.get("stage"))
+        group = groups.setdefault((stage, failure_reason(failure)), {
+            "stage": stage, "reason": failure_reason(failure), "slides": [],
+            "step": step_of(_raised("failed"), {"folder": "<id>"})})
+        group["slides"].append({"slide_id": failure.get("slide_id", failure["folder"]),
+                                "label": _class_name(failure.get("label"), classes)})
+    return sorted(groups.values(), key=lambda g: -len(g["slides"]))
 
 
 def verdict_counts(audits: list[dict[str, Any]]) -> dict[str, int]:
@@ -346,7 +419,9 @@ def render_index(out: Path, group_by: tuple[str, ...] = (),
     labels = [method_title(m) for m in methods]
     plots = [{"metric": m, "uri": F.distribution_plot(table, m, methods, labels, metric(m).title)}
              for m in PLOTTED if m in table and table[m].notna().any()]
-    context = {"rows": _index_rows(out, archive.audits, archive.failures, marked), "methods": methods,
+    classes: list[str] = next((a["classes"] for a in archive.audits if a.get("classes")), [])
+    context = {"rows": _index_rows(out, archive.audits, marked, methods), "methods": methods,
+               "failures": failure_groups(archive.failures, classes), "first_ids": FIRST_IDS, "page_rows": PAGE_ROWS,
                "key_metrics": KEY_METRICS, "plots": plots, "suite": suite,
                "unreadable": archive.unreadable + missing_metrics(archive.audits, metrics),
                "n_audits": len(archive.audits), "verdicts": verdict_counts(archive.audits),

@@ -143,3 +143,30 @@ def build_archive(out: Path) -> dict[str, Path]:
     folders["broken"] = broken
     folders["index"], folders["csv"] = render_index(out)
     return folders
+
+
+def clone_archive(out: Path, archive: dict[str, Path], audited: int, failed: dict[str, int]) -> Path:
+    """An index-only archive under `out` of `audited` slides cloned from `build_archive`'s
+    "positive" and "evil" audits in turn (audit.json with a new slide id, and the thumbnail of its
+    report) and, per reason in `failed`, that many failure.json at the tile stage, each naming its
+    own file. Enough to render the index of thousands of slides in seconds."""
+    import shutil
+
+    from tiling.store import AUDIT
+    from tiling.store.names import ROW_THUMBNAIL
+
+    for i in range(audited):
+        source = archive[("positive", "evil")[i % 2]]
+        folder = out / "slides" / f"clone_{i:05d}"
+        folder.mkdir(parents=True)
+        audit = json.loads((source / AUDIT).read_text())
+        (folder / AUDIT).write_text(json.dumps({**audit, "slide_id": f"clone {i:05d}"}))
+        shutil.copy(source / ROW_THUMBNAIL, folder / ROW_THUMBNAIL)
+    for reason, n in failed.items():
+        for i in range(n):
+            folder = out / "slides" / f"failed_{reason[:8].replace(' ', '_')}_{i:05d}"
+            folder.mkdir(parents=True)
+            write_failure_record(folder / FAILURE, {
+                "slide_id": folder.name, "stage": "tile", "label": i % 2, "source_path": f"/data/{folder.name}.svs",
+                "message": f"/data/{folder.name}.svs: {reason}"})
+    return out

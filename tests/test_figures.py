@@ -48,3 +48,23 @@ def test_scaled_nearest_equals_nearest_then_scale() -> None:
     for shape in (F.display_shape(values.shape, 1024, enlarge=True), (20, 9)):  # up and down
         assert np.array_equal(F.scaled_nearest(values, scale, shape), scale(F.nearest(values, shape)),
                               equal_nan=True)
+
+
+def test_deletion_plot_reads_plain_numbers_from_zero_when_the_curves_stay_near_one() -> None:
+    fig = F.deletion_figure([0.1, 0.2, 0.5], {"gradcam": [0.9, 0.9 - 1e-7, 0.9 - 2e-7, 0.9 - 3e-7]},
+                            [0.9, 0.9, 0.9 - 1e-7, 0.9], {"gradcam": "Grad-CAM"})
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= 1
+    assert ax.yaxis.get_major_formatter().get_offset() == ""  # it read "1e-7+1"
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert "0.0" in labels and "1.0" in labels
+    assert all(float(text) <= 1.2 for text in labels)
+
+
+def test_the_colour_map_rises_in_lightness_so_it_reads_without_hue() -> None:
+    from skimage.color import rgb2lab
+
+    lightness = rgb2lab(F.colourise(np.linspace(0, 1, 64))[None])[0, :, 0]
+    assert np.all(np.diff(lightness) > 0)  # monotone L*: in grey and under any colour blindness
+    assert lightness[-1] - lightness[0] > 60

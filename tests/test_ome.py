@@ -83,7 +83,7 @@ def test_maps_have_pyramids_windows_and_labels(maps_path: Path) -> None:
     assert shift["translation"] == [pytest.approx(1.5 * maps.pixel_um)] * 2  # (2² - 1)/2 px
     (channel,) = ome["omero"]["channels"]
     finite = full[np.isfinite(full)]
-    assert channel["lut"] == "turbo" and channel["window"]["min"] == pytest.approx(finite.min())
+    assert channel["lut"] == "viridis" and channel["window"]["min"] == pytest.approx(finite.min())
     assert channel["window"]["start"] == pytest.approx(np.percentile(finite, 1))
     assert channel["window"]["end"] == pytest.approx(np.percentile(finite, 99))
     lesion = maps.group[maps.attrs["images"]["lesion"]].attrs["ome"]

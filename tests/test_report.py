@@ -276,3 +276,63 @@ def test_a_saturated_prediction_shows_its_bound_and_logit_in_report_and_index(tm
     shown = re.findall(prob, report)
     assert shown == ["&lt; 0.01 % (logit -12)", "&gt; 99.99 % (logit 12)"]
     assert '<span class="hint">&gt; 99.99 % (logit 12)</span>' in index
+
+
+def test_report_and_index_say_what_to_do_next(archive) -> None:
+    html = (archive["positive"] / "report.html").read_text()
+    audit = load_audit(archive["positive"])
+    assert audit["verdict"] == "REVIEW"
+    step = re.search(r'<span id="next-step"><strong>Next step:</strong> ([^<]*)</span>', html)[1]
+    assert step.startswith("compare the HiResCAM map with the lesion outline")  # the flag that made it REVIEW
+    index = archive["index"].read_text()
+    assert index.count('class="hint next-step"') == 2  # the REVIEW row and the failure group, not the PASS row
+    assert step in index
+    assert "Next step: fix what the message names, then re-run: slideaudit -v run" in index
+
+
+def test_metric_shading_is_blue_or_orange_with_a_symbol() -> None:
+    from reports.html import grade, shade
+
+    good, poor, middle = shade(0.95, "auroc"), shade(0.05, "auroc"), shade(0.5, "auroc")
+    rgb = {name: [int(c) for c in re.findall(r"\d+", css)] for name, css in
+           (("good", good), ("poor", poor), ("middle", middle))}
+    assert rgb["good"][2] > rgb["good"][0] and rgb["poor"][0] > rgb["poor"][2]  # blue, orange: never red/green
+    assert rgb["middle"] == [255, 255, 255] and shade(None) == shade(float("nan")) == "transparent"
+    assert (grade(0.95, "auroc"), grade(0.05, "auroc"), grade(0.5, "auroc"), grade(None)) == ("▲", "▼", "", "")
+    assert shade(0.05, "artefact_mass") == good and grade(0.05, "artefact_mass") == "▲"  # low is good
+
+
+def test_failures_are_grouped_by_reason_with_class_names(archive, tmp_path) -> None:
+    from reports.html import failure_groups
+
+    failures = [{"folder": f"f{i}", "slide_id": f"slide-{i}", "stage": "tile", "label": 1,
+                 "source_path": f"/data/slide-{i}.svs", "message": f"/data/slide-{i}.svs: no such file; fix the path"}
+                for i in range(7)]
+    failures.append({"folder": "g", "slide_id": "odd", "stage": "explain", "label": None, "message": "NaN logits"})
+    groups = failure_groups(failures, ["normal", "lesion"])
+    assert [(g["stage"], g["reason"], len(g["slides"])) for g in groups] == [
+        ("tile", "<slide>: no such file; fix the path", 7), ("explain", "NaN logits", 1)]
+    assert groups[0]["slides"][0] == {"slide_id": "slide-0", "label": "lesion"}
+    html = archive["index"].read_text()
+    assert 'id="failures-table"' in html and "<span class=\"failed-id\">broken-slide</span>" in html
+
+
+def test_the_index_inlines_the_thumbnail_its_report_wrote(archive, tmp_path) -> None:
+    from PIL import Image
+
+    from reports.figures import file_data_uri
+    from tiling.store.names import ROW_THUMBNAIL
+
+    out = tmp_path / "archive"
+    shutil.copytree(archive["index"].parent, out)
+    thumbnail = out / "slides" / "positive" / ROW_THUMBNAIL
+    assert max(Image.open(thumbnail).size) == 96
+    (out / "slides" / "evil" / ROW_THUMBNAIL).unlink()  # as an OUT of an older version
+    html = render_index(out)[0].read_text()
+    assert f'src="{file_data_uri(thumbnail, "image/jpeg")}" alt="thumbnail of CMU-1 positive"' in html
+    assert 'alt="thumbnail of &lt;script&gt;alert(1)&lt;/script&gt;"' in html  # made from its maps instead
+    assert not (out / "slides" / "evil" / ROW_THUMBNAIL).exists()  # the index writes nothing into a slide
+    report = out / "slides" / "evil" / "report.html"
+    before = report.stat().st_mtime_ns
+    render_slide_report(out / "slides" / "evil")  # current: kept, its missing thumbnail written
+    assert report.stat().st_mtime_ns == before and (out / "slides" / "evil" / ROW_THUMBNAIL).is_file()

@@ -51,7 +51,8 @@ class Flag:
     warning); verdict_without_lesion: the verdict instead on a slide without a lesion on tissue
     (None = the same); scope: "method" (names the methods concerned) or
     "slide"; rule: FlagInputs -> (methods, message) when raised, else None (None for flags the
-    index raises itself)."""
+    index raises itself); next_step: what to do about it, one line for the reports (a format string
+    over {methods}, {kinds}, {drop} and {folder}: `reports.next_step`)."""
 
     name: str
     title: str
@@ -60,6 +61,7 @@ class Flag:
     scope: str
     rule: Callable[[FlagInputs], tuple[list[str], str] | None] | None = None
     verdict_without_lesion: str | None = None
+    next_step: str = ""
 
     def __post_init__(self) -> None:
         for value in (self.verdict, self.verdict_without_lesion or self.verdict):
@@ -163,28 +165,36 @@ def _validation_failed(f: FlagInputs) -> tuple[list[str], str] | None:
 FLAGS: dict[str, Flag] = {flag.name: flag for flag in (
     Flag("focus_outside_lesion", "Focus outside lesion",
          "On a slide with lesions, the method's maximum misses them or its pixel AUROC is below audit.min_auroc.",
-         "review", "method", _focus_outside),
+         "review", "method", _focus_outside,
+         next_step="compare the {methods} map with the lesion outline in the report; if "
+         "the annotation is right, the model looks elsewhere: review the slide before trusting its prediction"),
     Flag("focus_on_artefact", "Focus on an artefact",
          f"The slide is predicted positive and {ARTEFACT_FOCUS_TEXT} lie on pen ink, a fold or a blank or "
          "blurred region: the positive call may rest on the artefact.",
-         "review", "method", _focus_on_artefact),
+         "review", "method", _focus_on_artefact,
+         next_step="re-audit without {kinds}: slideaudit run ... --drop-artefacts {drop}"),
     Flag("methods_disagree", "Methods disagree",
          "Two methods' maps rank the tissue differently (Spearman ρ below audit.min_spearman): a "
          "reason to review a slide with lesions; on a slide without any, where no method has a "
          "lesion to find, information only.",
-         "review", "method", _disagree, verdict_without_lesion="info"),
+         "review", "method", _disagree, verdict_without_lesion="info",
+         next_step="compare the maps side by side in the report: trust only the regions where the methods agree"),
     Flag("prediction_wrong", "Prediction wrong", "The slide's predicted class differs from its label.",
-         "fail", "slide", _prediction_wrong),
+         "fail", "slide", _prediction_wrong,
+         next_step="check the slide's label (manifest column label) and look at the slide "
+         "where the model looks: slideaudit serve --reports OUT"),
     Flag("depends_on_artefact", "Depends on an artefact",
          "Pooling the slide without the patches that lie on one kind of artefact, each kind in turn and all "
          "together (only the MIL head runs again), flips the predicted class or moves its probability by more "
          "than audit.max_artefact_change: the prediction rests on that kind (pen ink, a fold or a blank or "
          "blurred region), not on the tissue. The message names the kind.",
-         "fail", "slide", _depends_on_artefact),
+         "fail", "slide", _depends_on_artefact,
+         next_step="re-audit without {kinds}: slideaudit run ... --drop-artefacts {drop}"),
     Flag("unfaithful", "No better than random",
          "Deleting the patches the method ranks highest lowers the explained class's probability no more "
          "than deleting random patches: its ranking does not find what the prediction rests on.",
-         "review", "method", _unfaithful),
+         "review", "method", _unfaithful,
+         next_step="do not read {methods} as what the prediction rests on: see the deletion plot in the report"),
     Flag("insensitive_to_model", "Insensitive to the model",
          "The method's maps stay nearly the same when the MIL head and the top encoder stage are "
          "re-initialised with random weights (model-randomisation check, Adebayo et al. 2018): they "
@@ -195,23 +205,33 @@ FLAGS: dict[str, Flag] = {flag.name: flag for flag in (
          "The slide is labelled positive but no annotated lesion lies on its tissue, or labelled "
          "negative with a lesion annotated on its tissue: the label, the annotation file or its scale "
          "is wrong, and the lesion metrics cannot be read as they stand.",
-         "review", "slide", _label_mismatch),
+         "review", "slide", _label_mismatch,
+         next_step="fix the label (manifest column label) or the annotation file or its "
+         "scale, then re-audit: slideaudit run ..."),
     Flag("not_checked", "Not checked",
          "The slide has no label and no lesion annotated on its tissue: neither its prediction nor where "
          "the model looks could be compared with anything, so it cannot pass. Give it a label (manifest "
          "column `label`) or lesion annotations to check it.",
-         "unchecked", "slide", _not_checked),
+         "unchecked", "slide", _not_checked,
+         next_step="add a label (manifest column label) or lesion annotations for this "
+         "slide, then re-audit: slideaudit run ..."),
     Flag("upsampled", "Upsampled input",
          f"The model reads finer pixels than the slide has (more than {UPSAMPLE_LIMIT:g}x upsampled): "
          "its input holds interpolated detail, so its predictions and maps may not be its usual ones.",
-         "review", "slide", _upsampled),
+         "review", "slide", _upsampled,
+         next_step="check the slide's resolution (--slide-mpp) or use a model trained at the slide's µm/px"),
     Flag("validation_failed", "Validation failed",
          "A great-expectations check of the slide's stores failed; its numbers cannot be trusted.",
-         "fail", "slide", _validation_failed),
+         "fail", "slide", _validation_failed,
+         next_step="see the failed check under Validation in the report; remove "
+         "OUT/slides/{folder} and re-run: slideaudit run ..."),
     Flag("table_check_failed", "Table check failed",
-         "The archive's audit.csv check found a problem in this slide's rows.", "fail", "slide"),
+         "The archive's audit.csv check found a problem in this slide's rows.", "fail", "slide",
+         next_step="see Table check in the index; remove OUT/slides/{folder}/audit.json "
+         "and re-run: slideaudit run ..."),
     Flag("failed", "Failed", "A stage of the slide failed; the message says which and what to do.",
-         "fail", "slide"),
+         "fail", "slide", next_step="fix what the message names, then re-run: slideaudit -v run ... "
+         "(the traceback, if any, is in OUT/slides/{folder}/failure.json)"),
 )}
 
 

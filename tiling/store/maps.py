@@ -47,7 +47,7 @@ from tiling.store.stamps import VERSION_KEY, check_version
 FORMAT_VERSION = FORMAT_VERSIONS[MAPS]
 ATTENTION, ATTENTION_RANK, TISSUE, LESION, ARTEFACTS, THUMBNAIL = (
     "attention", "attention_rank", "tissue", "lesion", "artefacts", "thumbnail")
-COLOUR_MAP = "turbo"  # matplotlib name; the reports colour heatmaps with it too
+COLOUR_MAP = "viridis"  # matplotlib name: perceptually uniform, colour-blind safe; the reports use it too
 LABEL_RGBA = {TISSUE: (160, 160, 160, 255), LESION: (0, 255, 90, 255), ARTEFACTS: (255, 0, 255, 255)}
 
 

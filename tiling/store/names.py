@@ -14,6 +14,7 @@
         maps.zarr                     MAPS          OME-Zarr slide maps and labels    tiling.store.maps
         audit.json                    AUDIT         metrics, flags, verdict           tiling.store.records
         report.html                   REPORT        the slide's page                  reports.html
+        thumbnail.jpg                 ROW_THUMBNAIL the slide's thumbnail in the index reports.html
         focus.geojson                 FOCUS_GEOJSON peaks, top regions and lesions for QuPath  reports.geojson
         tiles.geojson                 TILES_GEOJSON every patch as a QuPath tile with measurements  reports.geojson
         failure.json                  FAILURE       why a stage of the slide failed   tiling.store.records
@@ -29,7 +30,7 @@ PATCHES, EXPLAIN, EMBEDDINGS, MAPS = "patches.zarr", "explain.zarr", "embeddings
 AUDIT, REPORT, FAILURE = "audit.json", "report.html", "failure.json"
 FOCUS_GEOJSON, TILES_GEOJSON = "focus.geojson", "tiles.geojson"
 RUN_MANIFEST, INDEX, AUDIT_CSV, SUBGROUPS_CSV = "run.json", "index.html", "audit.csv", "subgroups.csv"
-LOCK, CACHE, IMPRESSIONS = ".lock", "cache", "impressions"
+LOCK, CACHE, IMPRESSIONS, ROW_THUMBNAIL = ".lock", "cache", "impressions", "thumbnail.jpg"
 
 FORMAT_VERSIONS: dict[str, int] = {
     PATCHES: 3, EXPLAIN: 2, MAPS: 3, AUDIT: 4, FAILURE: 1, RUN_MANIFEST: 1}

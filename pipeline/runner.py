@@ -1,9 +1,10 @@
 """Audit a whole archive: read it, pick the slides, run the graph, write the run manifest.
 
 OUT/run.json (layout: tiling.store.records) records the run: archive, model (sha256 of its
-files), config and its hash, when it started and finished, and each slide's state ("pending"
-until the run ends, then "done", "failed" or "skipped"), per-stage "computed"/"current" and
-seconds, and the CI gate: fail_on and thresholds_met [{slide_id, verdict, verdict_reason, met}],
+files), config and its hash, when it started and finished, each slide's state ("pending"
+until the run ends, then "done" or "skipped"), per-stage "computed"/"current" and seconds, the
+failed slides grouped by reason (`pipeline.failures`: count and the first ids; each slide's
+detail is in its failure.json, so run.json stays small however many fail), and the CI gate: fail_on and thresholds_met [{slide_id, verdict, verdict_reason, met}],
 the slides of this run that meet it (`reports.audit.gate`). It is written when the run starts and again
 when it ends, so an interrupted run leaves "pending" slides and no "finished".
 The model's files are hashed once, here, for every stage. A run holds OUT/.lock (filelock)
@@ -29,6 +30,7 @@ from explainers.models.config import ModelConfig, read_config, weights_path
 from pipeline.cache import Ledger, cached_sha256
 from pipeline.config import PipelineConfig
 from pipeline.errors import EXIT_OK, EXIT_SLIDES_FAILED, EXIT_THRESHOLDS, OutLocked
+from pipeline.failures import group_failures
 from pipeline.stages import PREFLIGHT, STAGES, Context, SlideState, write_failure
 from reports.audit.gate import gate_reasons
 from tiling.archive import SlideRecord, group_values, read_archive
@@ -201,11 +203,12 @@ def run_archive(archive: Path, model_dir: Path, out: Path, config: PipelineConfi
                 "config_hash": run_key["config_hash"], "only_new": only_new, "started": _now()}
         skipped_entries = [{"slide_id": s, "state": "skipped", "reason": f"{AUDIT} exists (--only-new)"}
                            for s in skipped]
-        pending = [{"slide_id": r.slide_id, "state": "pending", "source_path": str(r.path)} for r in todo]
-        write_manifest(out, info, pending + skipped_entries)
         states = [write_failure(SlideState(r), out, PREFLIGHT, problems[r.slide_id])
                   for r in todo if r.slide_id in problems]
         todo = [r for r in todo if r.slide_id not in problems]
+        pending = [{"slide_id": r.slide_id, "state": "pending", "source_path": str(r.path)} for r in todo]
+        write_manifest(out, {**info, "failures": group_failures(s.failure for s in states if s.failure)},
+                       pending + skipped_entries)
         log.info("%d slide(s): %d current, %d to audit, %d failed preflight, %d skipped; config %s",
                  len(records), len(current), len(todo), len(states), len(skipped), run_key["config_hash"])
         if todo or states or not (out / INDEX).is_file():
@@ -218,6 +221,7 @@ def run_archive(archive: Path, model_dir: Path, out: Path, config: PipelineConfi
         ledger.update([s.record for s in states if not s.failure], [s.record.slide_id for s in states if s.failure],
                       run_key)
         gated = gated_slides(out, states, config.run.fail_on)
-        info.update(finished=_now(), fail_on=list(config.run.fail_on), thresholds_met=gated)
-        write_manifest(out, info, [s.summary() for s in states] + skipped_entries)
+        info.update(finished=_now(), fail_on=list(config.run.fail_on), thresholds_met=gated,
+                    failures=group_failures(s.failure for s in states if s.failure))
+        write_manifest(out, info, [s.summary() for s in states if not s.failure] + skipped_entries)
     return RunResult(out, states, skipped, gated, round(time.perf_counter() - started, 3))

@@ -27,7 +27,7 @@ def test_errors_map_to_exit_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 
     monkeypatch.setattr(tiling.samples.archives, "write_sample_archive", fail)
     result = CliRunner().invoke(main, ["sample", str(tmp_path)])
-    assert result.exit_code == code and str(exc) in result.output
+    assert result.exit_code == code and (exc.strerror if isinstance(exc, OSError) else str(exc)) in result.output
     assert "Traceback" not in result.output
     if code == EXIT_CRASH:
         assert "unexpected ValueError" in result.output and "-v" in result.output

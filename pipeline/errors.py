@@ -97,7 +97,7 @@ def os_error(exc: BaseException | None) -> OSError | None:
 def exit_code(exc: BaseException) -> int:
     """The exit code of an exception a command raised: by ERRNO_CODES, then EXIT_CODES, else 1."""
     found = os_error(exc)
-    if found is not None and not isinstance(exc, AuditError):
+    if found is not None and found.errno is not None and not isinstance(exc, AuditError):
         return ERRNO_CODES[found.errno]
     return next((EXIT_CODES[k] for k in type(exc).__mro__ if k in EXIT_CODES), EXIT_CRASH)
 
@@ -105,4 +105,4 @@ def exit_code(exc: BaseException) -> int:
 def os_error_message(exc: OSError) -> str:
     """One line naming the path, the system's words and what to do (ERRNO_ADVICE)."""
     where = exc.filename if exc.filename is not None else "OUT"
-    return f"{where}: {exc.strerror or exc}; {ERRNO_ADVICE[exc.errno]}"
+    return f"{where}: {exc.strerror or exc}; {ERRNO_ADVICE.get(exc.errno or 0, 'check the path')}"

@@ -15,7 +15,8 @@ NEEDS_REVIEW = ("FAIL", "REVIEW", "UNCHECKED")
 def summarize(result: RunResult) -> dict[str, Any]:
     """wall_seconds; slide counts (current, recomputed, failed, skipped); stage_seconds (summed
     over the slides, s); verdict and flag counts over the audited slides; review (the slides whose
-    verdict is FAIL, REVIEW or UNCHECKED); failures (grouped by reason, `pipeline.failures`); thresholds_met; exit_code; where the outputs are."""
+    verdict is FAIL, REVIEW or UNCHECKED); failures (grouped by reason, `pipeline.failures`);
+    thresholds_met; exit_code; where the outputs are."""
     audited = [s for s in result.states if not s.failure]
     audits = {s.record.slide_id: load_audit(slide_dir(result.out, s.record.slide_id)) for s in audited}
     seconds: Counter[str] = Counter()

@@ -5,6 +5,7 @@
       index.html, audit.csv           INDEX, AUDIT_CSV  the archive's page and table  reports.html
       subgroups.csv                   SUBGROUPS_CSV the metrics by subgroup           reports.html
       .lock                           LOCK          held by the run writing OUT       pipeline.runner
+      .lock.json                      LOCK_OWNER    that run's pid, host and start    pipeline.runner
       cache/                          CACHE         checksums, the ledger, per-model  pipeline.cache
         slides.json, sha256/, models/<sha>/impressions/impressions.json  (explainers.impressions)
       slides/<slide_id>/              slide_dir
@@ -27,7 +28,7 @@ from pathlib import Path
 PATCHES, EXPLAIN, EMBEDDINGS, MAPS = "patches.zarr", "explain.zarr", "embeddings.zarr", "maps.zarr"
 AUDIT, REPORT, FOCUS_GEOJSON, FAILURE = "audit.json", "report.html", "focus.geojson", "failure.json"
 RUN_MANIFEST, INDEX, AUDIT_CSV, SUBGROUPS_CSV = "run.json", "index.html", "audit.csv", "subgroups.csv"
-LOCK, CACHE, IMPRESSIONS = ".lock", "cache", "impressions"
+LOCK, LOCK_OWNER, CACHE, IMPRESSIONS = ".lock", ".lock.json", "cache", "impressions"
 
 FORMAT_VERSIONS: dict[str, int] = {
     PATCHES: 3, EXPLAIN: 2, MAPS: 2, AUDIT: 4, FAILURE: 1, RUN_MANIFEST: 2}

@@ -36,15 +36,13 @@ from tiling.stitch import AnnotationScale, lesion_rules, slide_lesions
 
 log = logging.getLogger(__name__)
 REGION = 512  # level-0 px a side of the region read at each slide's centre
+PROBE_BATCH = 2  # random patches in the model's test forward (`probe_forward`)
 
 
-TEST_BATCH = 2  # random patches in the model's test forward
-
-
-def test_forward(model: MILModel, config: ModelConfig, model_dir: Path) -> None:
-    """ConfigError when the slide logits or attention of one bag of TEST_BATCH random patches
+def probe_forward(model: MILModel, config: ModelConfig, model_dir: Path) -> None:
+    """ConfigError when the slide logits or attention of one bag of PROBE_BATCH random patches
     (seeded uniform RGB, normalised as store patches are) hold NaN or ±Inf."""
-    pixels = torch.randint(0, 256, (TEST_BATCH, 3, config.patch, config.patch), dtype=torch.uint8,
+    pixels = torch.randint(0, 256, (PROBE_BATCH, 3, config.patch, config.patch), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         outputs = dict(zip(("slide logits", "attention"), model(normalise(pixels, config, torch.device("cpu"))),
@@ -58,7 +56,7 @@ def test_forward(model: MILModel, config: ModelConfig, model_dir: Path) -> None:
 
 def check_model(model_dir: Path, config: PipelineConfig) -> None:
     """ConfigError naming the unknown methods, or the model folder when it does not load, lacks
-    the target class or gives non-finite outputs (`test_forward`)."""
+    the target class or gives non-finite outputs (`probe_forward`)."""
     parse_methods(config.explain.methods, "explain.methods", allow_empty=True)
     try:
         model, model_config = load_model(model_dir)
@@ -68,7 +66,7 @@ def check_model(model_dir: Path, config: PipelineConfig) -> None:
     if target is not None and target >= len(model_config.classes):
         raise ConfigError(f"explain.target_class = {target}: model {model_dir} has classes {model_config.classes} "
                           f"(indices 0-{len(model_config.classes) - 1})")
-    test_forward(model, model_config, model_dir)
+    probe_forward(model, model_config, model_dir)
 
 
 def check_classes(found: dict[str, set[str]], stitch: StitchConfig) -> None:

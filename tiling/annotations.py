@@ -98,7 +98,7 @@ def _ring(points: Any, where: str) -> np.ndarray:
                                                    for p in points):
             raise ValueError(f"{where}: a ring must be a list of [x, y] coordinate pairs")
         try:
-            ring = np.array([[float(p[0]), float(p[1])] for p in points], dtype=np.float64)
+            ring = np.array([[float(p[0]), float(p[1])] for p in points], dtype=np.float64).reshape(-1, 2)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{where}: a coordinate is not a number") from exc
     ring = np.ascontiguousarray(ring[:, :2])

@@ -36,6 +36,7 @@ def wiggly_circle(path: Path, vertices: int) -> Path:
 
 
 def test_the_scanline_fill_equals_a_point_in_polygon_test() -> None:
+    """Random real coordinates: no pixel centre lies exactly on an outline, where the rules differ."""
     rng = np.random.default_rng(0)
     for k in range(150):
         n = int(rng.integers(3, 60))

@@ -271,8 +271,8 @@ def scanline_fill(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) ->
     """Boolean mask of `shape` that is True at (r, c) when the point (r, c) lies inside the
     polygon of vertices (`rows`, `cols`) (even-odd rule). A scanline fill: each edge crosses row r
     when min(y) <= r < max(y), at x = x0 + (r - y0)(x1 - x0)/(y1 - y0); a row's crossings, sorted,
-    pair up into spans x_a <= c < x_b (a point exactly on the outline is inside on its left and
-    top edges only). Cost: O(vertices + crossings + pixels), not vertices x pixels."""
+    pair up into spans x_a <= c < x_b (a point exactly on the outline may fall either side, as with
+    any fill rule). Cost: O(vertices + crossings + pixels), not vertices x pixels."""
     height, width = shape
     y0, x0 = np.asarray(rows, np.float64), np.asarray(cols, np.float64)
     y1, x1 = np.roll(y0, -1), np.roll(x0, -1)

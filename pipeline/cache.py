@@ -1,6 +1,7 @@
 """What a rerun can know from stat() alone: a file's sha256, and which slides are already audited.
 
-A file's signature is (size, mtime_ns, inode) of its resolved path. Under OUT/cache/:
+A file's signature is (size, mtime_ns, ctime_ns, inode) of its resolved path: ctime catches an
+in-place edit whose size and mtime were put back (`os.utime` cannot set ctime). Under OUT/cache/:
 
     sha256/<key>.json   one per hashed file: {path, signature, sha256}; `cached_sha256` hashes a
                         file again only when its signature changed (one JSON per file, so worker
@@ -34,14 +35,14 @@ OUTPUTS = (PATCHES, EXPLAIN, MAPS, AUDIT, REPORT)
 
 
 def signature(path: Path) -> list[int] | None:
-    """[size, mtime_ns, inode] of `path` (following links), None when it does not exist. An atomic
+    """[size, mtime_ns, ctime_ns, inode] of `path` (following links), None when it does not exist. An atomic
     rewrite changes it (a new inode); leaving the file alone does not (`pipeline.stages` tells a
     computed output from a current one by it)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return None
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
 def _read_json(path: Path) -> Any:

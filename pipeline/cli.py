@@ -1,11 +1,11 @@
 """The `slideaudit` command line. Commands load lazily, so `slideaudit --help` is instant.
 
-Exit codes are decided here and only here (`exit_code`; constants in `pipeline.errors`):
-0 ok; 2 usage: a malformed command line, a ConfigError or an ArchiveError (input to fix before
-anything runs); 3 a slide could not be processed: any other AuditError, a full disk (ENOSPC),
-or `run` completing with failed slides; 4 audit thresholds met; 1 a crash: an unexpected exception (traceback with -v);
-143 stopped by SIGTERM, which is turned into SystemExit so that every half-written output is
-removed on the way out (`tiling.store.atomic_path`), as on Ctrl-C.
+Exit codes come from one table, `pipeline.errors` (`exit_code`): 0 ok; 1 a crash (an unexpected
+exception; traceback with -v); 2 usage: a malformed command line, a setting, the archive, the
+model or an OUT that cannot be written (permission, read-only) must be fixed; 3 a slide could not
+be processed, or a full disk, or `run` completing with failed slides; 4 audit thresholds met; 143
+stopped by SIGTERM, which is turned into SystemExit so that every half-written output is removed
+on the way out (`tiling.store.atomic_path`), as on Ctrl-C.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from typing import Any
 
 import click
 
-from pipeline.errors import EXIT_CRASH, EXIT_SLIDES_FAILED, EXIT_TERMINATED, EXIT_USAGE, disk_full
-from tiling.errors import ArchiveError, AuditError, ConfigError
+from pipeline.errors import EXIT_CRASH, EXIT_TERMINATED, exit_code, os_error, os_error_message
+from tiling.errors import AuditError
 
 # command name -> "module:function" of a click command
 COMMANDS = {
@@ -46,13 +46,6 @@ class CommandFailed(click.ClickException):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code  # type: ignore[misc]  # click declares it on the class
-
-
-def exit_code(exc: Exception) -> int:
-    """The exit code for an exception a command raised (module docstring)."""
-    if isinstance(exc, (ConfigError, ArchiveError)):
-        return EXIT_USAGE
-    return EXIT_SLIDES_FAILED if isinstance(exc, AuditError) or disk_full(exc) else EXIT_CRASH
 
 
 def first_sentence(text: str) -> str:
@@ -103,9 +96,9 @@ class LazyGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
-            code = exit_code(exc)
-            if disk_full(exc) and not isinstance(exc, AuditError):
-                raise CommandFailed(f"{exc}; free space and run again: finished outputs are kept", code) from exc
+            code, found = exit_code(exc), os_error(exc)
+            if found is not None and not isinstance(exc, AuditError):
+                raise CommandFailed(os_error_message(found), code) from exc
             if code != EXIT_CRASH:
                 raise CommandFailed(str(exc), code) from exc
             if ctx.params.get("verbose"):

@@ -40,6 +40,27 @@ def _quiet(logger: str, level: int) -> Iterator[None]:
         log_.setLevel(old)
 
 
+SHUTDOWN_LOGGERS = ("distributed", "tornado", "asyncio")  # what logs a closing cluster's lost connections
+
+
+@contextlib.contextmanager
+def _levels_kept(names: tuple[str, ...]) -> Iterator[None]:
+    """Restore the levels of the loggers `names` after the block."""
+    saved = {name: logging.getLogger(name).level for name in names}
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _silence(names: tuple[str, ...]) -> None:
+    """Only CRITICAL from the loggers `names` (unless debugging)."""
+    if not log.isEnabledFor(logging.DEBUG):
+        for name in names:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 @contextlib.contextmanager
 def open_client(settings: RunSettings, gpu: bool = False) -> Iterator[Client]:
     """A Client on `settings.scheduler`, or on a new LocalCluster of `settings.workers` processes
@@ -48,11 +69,16 @@ def open_client(settings: RunSettings, gpu: bool = False) -> Iterator[Client]:
 
     Logs the dashboard link. With `gpu`, fails when no worker offers a GPU (explain would wait
     forever). Dask's own INFO logs are silenced, and the nanny's warning when it has to kill a
-    worker slow to exit at shutdown (interpreter teardown after great-expectations takes seconds).
+    worker slow to exit at shutdown (interpreter teardown after great-expectations takes seconds);
+    the workers log only CRITICAL (a task's error is its slide's failure, `pipeline.stages`), and
+    while the client and cluster close, so do distributed, tornado and asyncio here: a clean
+    shutdown prints no traceback of a connection closed under it. -v (debug) keeps every log.
     """
     if settings.workers < 1:
         raise ConfigError(f"run.workers = {settings.workers}: need at least 1 worker")
+    debug = log.isEnabledFor(logging.DEBUG)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_levels_kept(SHUTDOWN_LOGGERS))
         stack.enter_context(_quiet("distributed", logging.WARNING))
         stack.enter_context(_quiet("distributed.nanny", logging.ERROR))
         if settings.scheduler:
@@ -66,10 +92,12 @@ def open_client(settings: RunSettings, gpu: bool = False) -> Iterator[Client]:
             cluster = stack.enter_context(LocalCluster(
                 n_workers=settings.workers, threads_per_worker=1, processes=True,
                 dashboard_address=settings.dashboard, resources={"GPU": 1} if gpu else None,
+                silence_logs=False if debug else logging.CRITICAL,
                 env={**dict.fromkeys(THREAD_VARS, threads), "TQDM_DISABLE": "1"}))
             client = stack.enter_context(Client(cluster))
         if gpu and not gpu_workers(client):
             raise ConfigError(f"{client.scheduler.address}: no worker offers a GPU; start workers "
                               "with `dask worker ADDRESS --resources GPU=1` or pass --device cpu")
         log.info("Dask dashboard: %s", client.dashboard_link)
+        stack.callback(_silence, SHUTDOWN_LOGGERS)  # runs first on the way out, before the client closes
         yield client

@@ -42,7 +42,9 @@ class RunSettings:
     fail_on: the CI gate (`reports.audit.gate`): "review", "fail" or flag names; a slide of the run that
     meets one makes `run` exit 4 (empty = never);
     group_by: manifest columns whose values split the index's subgroup rates (`reports.audit.subgroups`).
-    dashboard: HOST:PORT of the local cluster's Dask dashboard (default: this machine only, any free port).
+    dashboard: HOST:PORT of the local cluster's Dask dashboard (default: this machine only, any free port);
+    stage_timeout: most wall seconds one stage may take on one slide; past it that slide fails
+    (`pipeline.limits`), the others go on (None = no limit).
     """
 
     workers: int = runtime(2)
@@ -51,10 +53,13 @@ class RunSettings:
     fail_on: tuple[str, ...] = runtime(())
     group_by: tuple[str, ...] = runtime(())
     dashboard: str = runtime("127.0.0.1:0")
+    stage_timeout: float | None = runtime(10800.0)
 
     def __post_init__(self) -> None:
         self.fail_on = check_fail_on(tuple(self.fail_on))
         require(self.workers >= 1, "workers", self.workers, "a whole number of processes >= 1")
+        require(self.stage_timeout is None or self.stage_timeout > 0, "stage_timeout", self.stage_timeout,
+                "a positive number of seconds or null (no limit)")
         require(self.torch_threads >= 0, "torch_threads", self.torch_threads, "a whole number >= 0 (0 = automatic)")
 
 

@@ -1,18 +1,24 @@
 """Audit a whole archive: read it, pick the slides, run the graph, write the run manifest.
 
 OUT/run.json (layout: tiling.store.records) records the run: archive, model (sha256 of its
-files), config and its hash, when it started and finished, and each slide's state ("pending"
-until the run ends, then "done", "failed" or "skipped"), per-stage "computed"/"current" and
-seconds, and the CI gate: fail_on and thresholds_met [{slide_id, verdict, verdict_reason, met}],
-the slides of this run that meet it (`reports.audit.gate`). It is written when the run starts and again
-when it ends, so an interrupted run leaves "pending" slides and no "finished".
+files), config and its hash, when it started and finished, each slide's state ("pending"
+until the run ends, then "done" or "skipped"), per-stage "computed"/"current" and seconds, the
+failed slides grouped by reason (`pipeline.failures`: count and the first ids; each slide's
+detail is in its failure.json, so run.json stays small however many fail), and the CI gate:
+fail_on and thresholds_met [{slide_id, verdict, verdict_reason, met}], the slides of this run
+that meet it (`reports.audit.gate`). It is written when the run starts and again when it ends,
+so an interrupted run leaves "pending" slides and no "finished".
 The model's files are hashed once, here, for every stage. A run holds OUT/.lock (filelock)
-from start to end: a second run on the same OUT exits 2 (OutLocked) or, with `wait`, waits.
+from start to end, naming itself in OUT/.lock.json (pid, host, start): a second run on the same OUT
+exits 2 (OutLocked) naming the holder or, with `wait`, waits, saying whose lock and for how long.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -29,11 +35,13 @@ from explainers.models.config import ModelConfig, read_config, weights_path
 from pipeline.cache import Ledger, cached_sha256
 from pipeline.config import PipelineConfig
 from pipeline.errors import EXIT_OK, EXIT_SLIDES_FAILED, EXIT_THRESHOLDS, OutLocked
+from pipeline.failures import group_failures
 from pipeline.stages import PREFLIGHT, STAGES, Context, SlideState, write_failure
 from reports.audit.gate import gate_reasons
 from tiling.archive import SlideRecord, group_values, read_archive
 from tiling.errors import AuditError, ConfigError
-from tiling.store import AUDIT, INDEX, LOCK, RUN_MANIFEST, slide_dir
+from tiling.store import AUDIT, INDEX, LOCK, RUN_MANIFEST, atomic_path, slide_dir
+from tiling.store.names import LOCK_OWNER
 from tiling.store.records import load_audit, load_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -144,19 +152,41 @@ def at_model_footprint(config: PipelineConfig, mpp: float, patch: int) -> Pipeli
     return replace(config, tile=config.tile.resolved(mpp, patch))
 
 
+def lock_owner(out: Path) -> str:
+    """Who holds OUT's lock, from OUT/.lock.json: "pid P on HOST, started T" ("" when unknown)."""
+    try:
+        owner = json.loads((out / LOCK_OWNER).read_text())
+        return f"pid {owner['pid']} on {owner['host']}, started {owner['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
 @contextlib.contextmanager
-def locked(out: Path, wait: bool) -> Iterator[None]:
-    """Hold OUT/.lock for the block; OutLocked at once when another run holds it, unless `wait`."""
+def locked(out: Path, wait: bool, every: float = 30.0) -> Iterator[None]:
+    """Hold OUT/.lock for the block, naming this process in OUT/.lock.json; OutLocked at once when
+    another run holds it, unless `wait`: then wait, saying whose lock it is and, every `every`
+    seconds, how long it has waited."""
     out.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(out / LOCK, timeout=-1 if wait else 0)
+    lock, started, timeout = FileLock(out / LOCK), time.monotonic(), 0.0
+    while True:
+        try:
+            lock.acquire(timeout=timeout)
+            break
+        except Timeout:
+            owner = lock_owner(out)
+            held = f" ({owner})" if owner else ""
+            if not wait:
+                raise OutLocked(f"{out}: another `slideaudit run` is writing here{held}; it holds {out / LOCK}; "
+                                "let it finish, pass --wait to wait for it, or choose another --out") from None
+            log.info("waiting for the run that holds %s%s: %.0f s so far", out / LOCK, held,
+                     time.monotonic() - started)
+            timeout = every
     try:
-        lock.acquire()
-    except Timeout:
-        raise OutLocked(f"{out}: another `slideaudit run` is writing here (it holds {out / LOCK}); "
-                        "let it finish, pass --wait to wait for it, or choose another --out") from None
-    try:
+        with atomic_path(out / LOCK_OWNER) as tmp:
+            tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": _now()}))
         yield
     finally:
+        (out / LOCK_OWNER).unlink(missing_ok=True)
         lock.release()
 
 
@@ -201,11 +231,12 @@ def run_archive(archive: Path, model_dir: Path, out: Path, config: PipelineConfi
                 "config_hash": run_key["config_hash"], "only_new": only_new, "started": _now()}
         skipped_entries = [{"slide_id": s, "state": "skipped", "reason": f"{AUDIT} exists (--only-new)"}
                            for s in skipped]
-        pending = [{"slide_id": r.slide_id, "state": "pending", "source_path": str(r.path)} for r in todo]
-        write_manifest(out, info, pending + skipped_entries)
         states = [write_failure(SlideState(r), out, PREFLIGHT, problems[r.slide_id])
                   for r in todo if r.slide_id in problems]
         todo = [r for r in todo if r.slide_id not in problems]
+        pending = [{"slide_id": r.slide_id, "state": "pending", "source_path": str(r.path)} for r in todo]
+        write_manifest(out, {**info, "failures": group_failures(s.failure for s in states if s.failure)},
+                       pending + skipped_entries)
         log.info("%d slide(s): %d current, %d to audit, %d failed preflight, %d skipped; config %s",
                  len(records), len(current), len(todo), len(states), len(skipped), run_key["config_hash"])
         if todo or states or not (out / INDEX).is_file():
@@ -218,6 +249,7 @@ def run_archive(archive: Path, model_dir: Path, out: Path, config: PipelineConfi
         ledger.update([s.record for s in states if not s.failure], [s.record.slide_id for s in states if s.failure],
                       run_key)
         gated = gated_slides(out, states, config.run.fail_on)
-        info.update(finished=_now(), fail_on=list(config.run.fail_on), thresholds_met=gated)
-        write_manifest(out, info, [s.summary() for s in states] + skipped_entries)
+        info.update(finished=_now(), fail_on=list(config.run.fail_on), thresholds_met=gated,
+                    failures=group_failures(s.failure for s in states if s.failure))
+        write_manifest(out, info, [s.summary() for s in states if not s.failure] + skipped_entries)
     return RunResult(out, states, skipped, gated, round(time.perf_counter() - started, 3))

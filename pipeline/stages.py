@@ -23,6 +23,7 @@ from typing import Any
 from pipeline.cache import cached_sha256, signature
 from pipeline.config import PipelineConfig
 from pipeline.errors import DiskFull, ValidationFailed, disk_full
+from pipeline.limits import time_limit
 from tiling.archive import SlideRecord
 from tiling.errors import AuditError
 from tiling.store import AUDIT, EXPLAIN, FAILURE, MAPS, PATCHES, REPORT, remove_leftovers, slide_dir
@@ -144,14 +145,17 @@ def write_failure(state: SlideState, out: Path, stage: str, exc: BaseException) 
 def _run(stage: str, rec: SlideRecord, ctx: Context) -> str:
     """Run `stage` for `rec`; its status as in `SlideState.stages`."""
     func, output = STAGES[stage]
+    limit = time_limit(ctx.config.run.stage_timeout, f"{rec.slide_id}: the {stage} stage")
     if output is None:
-        func(rec, ctx)
+        with limit:
+            func(rec, ctx)
         return "checked"
     sdir = slide_dir(ctx.out, rec.slide_id)
     if sdir.is_dir():
         remove_leftovers(sdir, output)
     before = signature(sdir / output)  # an atomic rewrite changes it, a skipped stage does not
-    func(rec, ctx)
+    with limit:
+        func(rec, ctx)
     return "current" if signature(sdir / output) == before else "computed"
 
 

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import errno
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +30,7 @@ def test_errors_map_to_exit_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 
     monkeypatch.setattr(tiling.samples.archives, "write_sample_archive", fail)
     result = CliRunner().invoke(main, ["sample", str(tmp_path)])
-    assert result.exit_code == code and str(exc) in result.output
+    assert result.exit_code == code and (exc.strerror if isinstance(exc, OSError) else str(exc)) in result.output
     assert "Traceback" not in result.output
     if code == EXIT_CRASH:
         assert "unexpected ValueError" in result.output and "-v" in result.output
@@ -62,3 +65,26 @@ def test_version_and_whole_sentences_in_the_command_list() -> None:
     for command in COMMANDS:
         assert f"  {command} " in listing
     assert "with enough tissue." in listing  # tile's first sentence, whole
+
+
+HELP_PROBE = """
+import sys
+from pipeline.cli import main
+try:
+    main([sys.argv[1], "--help"])
+except SystemExit as done:
+    assert done.code == 0, done.code
+heavy = sorted(m for m in ("torch", "distributed", "openslide", "great_expectations") if m in sys.modules)
+print("heavy:", ",".join(heavy))
+"""
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_answers_at_once_without_torch(command: str) -> None:
+    """Measured in a fresh interpreter (3 s: generous for a loaded CI machine; ~0.2 s here)."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", HELP_PROBE, command], capture_output=True, text=True, timeout=60)
+    seconds = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr
+    assert "Usage: " in done.stdout and done.stdout.rstrip().endswith("heavy:"), done.stdout[-300:]
+    assert seconds < 3, f"{command} --help took {seconds:.1f} s"

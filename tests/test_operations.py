@@ -113,8 +113,9 @@ def test_preflight_names_both_bad_slides_before_the_cluster_and_audits_the_good(
     assert "gone.tiff" in err[:cluster] and "garbled.geojson" in err[:cluster]
     summary = json.loads(first_run.stdout)
     assert summary["slides"] == {"current": 0, "recomputed": 2, "failed": 2, "skipped": 0}
-    assert {(f["slide_id"], f["stage"]) for f in summary["failures"]} == {("missing", "preflight"),
-                                                                          ("garbled", "preflight")}
+    assert {(tuple(f["slide_ids"]), f["stage"], f["count"]) for f in summary["failures"]} == {
+        (("missing",), "preflight", 1), (("garbled",), "preflight", 1)}
+    assert "Traceback" not in err  # nor at the cluster's shutdown
     assert set(summary["stage_seconds"]) == set(STAGES)
     assert sum(summary["verdicts"].values()) == 2
     for sid in GOOD:

@@ -70,9 +70,10 @@ def test_runtime_fields_are_declared_once_and_stamps_leave_them_out() -> None:
     runtime = {name: [f.name for f in dataclasses.fields(cls) if f.metadata.get("runtime")]
                for name, cls in (("tile", TileConfig), ("explain", ExplainConfig), ("stitch", StitchConfig),
                                  ("audit", AuditConfig), ("run", RunSettings))}
-    assert runtime == {"tile": ["chunk"], "explain": ["device", "batch"], "stitch": ["chunk", "block_pixels"],
+    assert runtime == {"tile": ["chunk"], "explain": ["device", "batch"],
+                       "stitch": ["max_vertices", "chunk", "block_pixels"],
                        "audit": [], "run": ["workers", "torch_threads", "scheduler", "fail_on", "group_by",
-                                            "dashboard"]}
+                                            "dashboard", "stage_timeout"]}
     assert config_hash(ExplainConfig(batch=8, device="cpu")) == config_hash(ExplainConfig())
     assert config_hash(ExplainConfig()) == config_hash({"methods": ["gradcam"], "target": "slide",
                                                         "target_class": None, "autocast": False})

@@ -1,18 +1,24 @@
 """Preflight fails a slide before any work when its pixels cannot be read or its annotations do
-not fit it, naming the file and what to do; a sound slide passes."""
+not fit it, naming the file and what to do; a sound slide passes. A model with NaN outputs, or
+class options that match no annotation, stop the run (exit 2) before anything is tiled."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+from click.testing import CliRunner
 
+from pipeline.cli import main
 from pipeline.config import PipelineConfig
-from pipeline.preflight import slide_problem
+from pipeline.errors import EXIT_USAGE
+from pipeline.preflight import check_classes, check_model, slide_problem
 from tiling.archive import SlideRecord
-from tiling.errors import AnnotationError, SlideError
+from tiling.config import StitchConfig
+from tiling.errors import AnnotationError, ConfigError, SlideError
 from tiling.samples.tiff import write_pyramid_tiff
 
 RNG = np.random.default_rng(0)
@@ -59,3 +65,47 @@ def test_a_slide_whose_tiles_are_damaged_fails_at_preflight_as_corrupt(slide: Pa
     problem = slide_problem(SlideRecord("d", damaged), PipelineConfig())
     assert isinstance(problem, SlideError)
     assert str(problem).startswith(f"{damaged}: ") and "corrupt" in str(problem)
+
+
+def nan_model(model_dir: Path, to: Path) -> Path:
+    """A copy of `model_dir` whose attention weights are NaN (it loads; its outputs are NaN)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(model_dir, to)
+    state = load_file(str(to / "model.safetensors"))
+    state["attention.w.weight"] = torch.full_like(state["attention.w.weight"], float("nan"))
+    save_file(state, str(to / "model.safetensors"))
+    return to
+
+
+def test_a_model_with_nan_outputs_stops_the_run_before_any_slide_is_tiled(
+        sample_archive: Path, model_dir: Path, tmp_path: Path) -> None:
+    broken = nan_model(model_dir, tmp_path / "nan")
+    with pytest.raises(ConfigError, match=rf"{broken}: the model's slide logits and attention on a test batch "
+                                          r".* NaN or infinite"):
+        check_model(broken, PipelineConfig())
+    check_model(model_dir, PipelineConfig())  # the sound model passes
+    result = CliRunner().invoke(main, ["run", str(sample_archive), "--model", str(broken),
+                                       "--out", str(tmp_path / "o")])
+    assert result.exit_code == EXIT_USAGE and "no slide was tiled" in result.output
+    assert not (tmp_path / "o" / "slides").exists()
+
+
+@pytest.mark.parametrize(("option", "value"), [("--lesion-classes", "Carcinoma"), ("--exclude-classes", "Blank")])
+def test_class_options_matching_no_annotation_exit_2_listing_the_classes_found(
+        slide: Path, model_dir: Path, tmp_path: Path, option: str, value: str) -> None:
+    notes = tmp_path / "slide.geojson"
+    notes.write_text(json.dumps(square(1000)))  # one "Tumor" lesion
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"slide_id,path,label,annotation,mpp\ns,{slide},,{notes},0.5\n")
+    result = CliRunner().invoke(main, ["run", str(manifest), "--model", str(model_dir), "--out", str(tmp_path / "o"),
+                                       option, value])
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert f"= {value}: matches no annotation class of the archive (classes found: Tumor); fix {option}" \
+        in result.output
+    assert not (tmp_path / "o" / "slides").exists()
+    found = {"lesion": {"Tumor"}, "exclusion": set(), "ignored": set()}
+    check_classes(found, StitchConfig(lesion_classes=("tum*",)))  # a class that matches passes
+    check_classes({"lesion": set(), "exclusion": set(), "ignored": set()},
+                  StitchConfig(lesion_classes=("x",)))  # no annotations at all: nothing to check

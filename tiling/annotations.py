@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from skimage.draw import polygon as fill_polygon
 
 from tiling.errors import AnnotationError
 
@@ -49,11 +48,13 @@ def _matches(group: str, patterns: Collection[str]) -> bool:
 
 @dataclass(frozen=True)
 class LesionRules:
-    """Which annotation classes are lesions (None: the format's default, module docstring) and
-    which are exclusions subtracted from them (None: `EXCLUSION`)."""
+    """Which annotation classes are lesions (None: the format's default, module docstring), which
+    are exclusions subtracted from them (None: `EXCLUSION`), and the most vertices one polygon may
+    have, holes included (None: no limit; `StitchConfig.max_vertices` in a run)."""
 
     lesion: Collection[str] | None = None
     exclude: Collection[str] | None = None
+    max_vertices: int | None = None
 
     def role(self, group: str, camelyon: bool) -> str:
         """"lesion", "exclusion" or "ignored" for an annotation of class `group` in a file whose
@@ -88,16 +89,23 @@ class Lesion:
 
 def _ring(points: Any, where: str) -> np.ndarray:
     """A polygon ring as (K, 2) float64; raises ValueError naming `where` when malformed."""
-    if not isinstance(points, list) or not all(isinstance(p, (list, tuple)) and len(p) >= 2
-                                               for p in points):
-        raise ValueError(f"{where}: a ring must be a list of [x, y] coordinate pairs")
-    try:
-        ring = np.array([[float(p[0]), float(p[1])] for p in points], dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where}: a coordinate is not a number") from exc
+    try:  # one conversion for a well-formed ring; the checks below say what is wrong otherwise
+        ring = np.array(points, dtype=np.float64)
+    except (TypeError, ValueError):
+        ring = np.empty((0, 0))
+    if ring.ndim != 2 or ring.shape[1] < 2:
+        if not isinstance(points, list) or not all(isinstance(p, (list, tuple)) and len(p) >= 2
+                                                   for p in points):
+            raise ValueError(f"{where}: a ring must be a list of [x, y] coordinate pairs")
+        try:
+            ring = np.array([[float(p[0]), float(p[1])] for p in points], dtype=np.float64).reshape(-1, 2)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: a coordinate is not a number") from exc
+    ring = np.ascontiguousarray(ring[:, :2])
     if not np.isfinite(ring).all():
         raise ValueError(f"{where}: a coordinate is not finite")
-    if len(np.unique(ring, axis=0)) < 3:
+    other = ring[(ring != ring[0]).any(axis=1)] if len(ring) else ring
+    if not len(other) or not (other != other[0]).any(axis=1).any():
         raise ValueError(f"{where}: a polygon ring needs at least 3 distinct vertices, got {len(ring)} points")
     return ring
 
@@ -238,6 +246,14 @@ def read_classified(path: Path, rules: LesionRules = LesionRules()) -> tuple[lis
         raise AnnotationError(f"{path}: no such annotation file; check the path") from exc
     except (ValueError, ET.ParseError, UnicodeDecodeError) as exc:
         raise AnnotationError(f"{path}: malformed annotation file: {exc}; fix or re-export it") from exc
+    if rules.max_vertices is not None:
+        for polygon in polygons:
+            vertices = len(polygon.exterior) + sum(len(h) for h in polygon.holes)
+            if vertices > rules.max_vertices:
+                raise AnnotationError(
+                    f"{path}: polygon {polygon.name!r} has {vertices:,} vertices, over the limit of "
+                    f"{rules.max_vertices:,}; simplify it (e.g. QuPath's Simplify shape) or raise the "
+                    f"limit with --set stitch.max_vertices={vertices}")
     found: dict[str, list[Lesion]] = {role: [] for role in ROLES}
     classes: dict[str, set[str]] = {role: set() for role in ROLES}
     for polygon in polygons:
@@ -251,13 +267,34 @@ def read_classified(path: Path, rules: LesionRules = LesionRules()) -> tuple[lis
     return found["lesion"], {role: sorted(names) for role, names in classes.items()}
 
 
+def scanline_fill(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Boolean mask of `shape` that is True at (r, c) when the point (r, c) lies inside the
+    polygon of vertices (`rows`, `cols`) (even-odd rule). A scanline fill: each edge crosses row r
+    when min(y) <= r < max(y), at x = x0 + (r - y0)(x1 - x0)/(y1 - y0); a row's crossings, sorted,
+    pair up into spans x_a <= c < x_b (a point exactly on the outline may fall either side, as with
+    any fill rule). Cost: O(vertices + crossings + pixels), not vertices x pixels."""
+    height, width = shape
+    y0, x0 = np.asarray(rows, np.float64), np.asarray(cols, np.float64)
+    y1, x1 = np.roll(y0, -1), np.roll(x0, -1)
+    first = np.clip(np.ceil(np.minimum(y0, y1)), 0, height).astype(np.int64)
+    stop = np.clip(np.ceil(np.maximum(y0, y1)), 0, height).astype(np.int64)
+    counts = stop - first
+    edge = np.repeat(np.arange(len(y0)), counts)
+    row = np.repeat(first - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+    x = x0[edge] + (row - y0[edge]) * (x1[edge] - x0[edge]) / (y1[edge] - y0[edge])
+    order = np.lexsort((x, row))
+    row, x = row[order], x[order]
+    start, end = (np.clip(np.ceil(x[i::2]), 0, width).astype(np.int64) for i in (0, 1))
+    edges = np.zeros((height, width + 1), np.int32)
+    np.add.at(edges, (row[0::2], start), 1)
+    np.add.at(edges, (row[0::2], end), -1)
+    return np.cumsum(edges[:, :width], axis=1, dtype=np.int32) > 0
+
+
 def _fill(ring: np.ndarray, origin: tuple[int, int], shape: tuple[int, int], downsample: float) -> np.ndarray:
     """Mask of `shape` (offset by `origin` (row, col)) whose pixel centres lie inside `ring`."""
-    mask = np.zeros(shape, dtype=bool)
-    rows = ring[:, 1] / downsample - 0.5 - origin[0]
-    cols = ring[:, 0] / downsample - 0.5 - origin[1]
-    mask[fill_polygon(rows, cols, shape)] = True
-    return mask
+    return scanline_fill(ring[:, 1] / downsample - 0.5 - origin[0],
+                         ring[:, 0] / downsample - 0.5 - origin[1], shape)
 
 
 def rasterize_lesions(lesions: list[Lesion], shape_hw: tuple[int, int], downsample: float) -> np.ndarray:

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tiling.config import PLAUSIBLE_MPP, plausible
 from tiling.errors import ArchiveError
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif")
@@ -139,6 +140,10 @@ def read_manifest(manifest: Path, classes: Sequence[str] | None = None,
                                                                   multi_label, where)
                 slide_id = check_slide_id(cell.get("slide_id") or path.stem, where)
                 numbers = {c: parse_positive(cell, c, where) for c in NUMBERS}
+                if numbers["mpp"] is not None and not plausible(numbers["mpp"]):
+                    raise ArchiveError(f"{where}: `mpp` {numbers['mpp']:g} is outside a slide scanner's "
+                                       f"{PLAUSIBLE_MPP[0]:g}-{PLAUSIBLE_MPP[1]:g} µm/px; fix the cell (e.g. "
+                                       "0.25 at 40x, 0.5 at 20x) or leave it empty")
                 if numbers["annotation_downsample"] and numbers["annotation_mpp"]:
                     raise ArchiveError(f"{where}: both `annotation_downsample` and `annotation_mpp` "
                                        "given; keep one")

@@ -4,11 +4,20 @@ Kept apart from the stages so that reading a config imports neither OpenSlide, D
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from tiling.annotations import EXCLUSION
 from tiling.errors import require
 from tiling.store import runtime
+
+PLAUSIBLE_MPP = (0.05, 20.0)  # level-0 µm/px: from beyond a 100x objective to a 0.5x overview
+
+
+def plausible(mpp: float) -> bool:
+    """True for a finite level-0 µm/px within PLAUSIBLE_MPP (a slide scanner's)."""
+    return math.isfinite(mpp) and PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]
+
 
 DEFAULT_MPP, DEFAULT_PATCH = 1.0, 224  # what an unset tile.mpp / tile.patch means outside `run`
 ARTEFACT_KEYS = {"ink": 1, "fold": 2, "blank": 3}  # --drop-artefacts names of tiling.artefacts' labels
@@ -44,8 +53,8 @@ class TileConfig:
         require(self.patch is None or self.patch >= 1, "patch", self.patch, "a whole number of px >= 1 or null")
         require(self.stride is None or self.stride >= 1, "stride", self.stride, "a whole number of px >= 1 or null")
         require(0 <= self.min_tissue <= 1, "min_tissue", self.min_tissue, "a fraction in [0, 1]")
-        require(self.slide_mpp is None or self.slide_mpp > 0, "slide_mpp", self.slide_mpp,
-                "a positive number of µm/px or null")
+        require(self.slide_mpp is None or plausible(self.slide_mpp), "slide_mpp", self.slide_mpp,
+                f"a slide scanner's µm/px within {PLAUSIBLE_MPP[0]:g}-{PLAUSIBLE_MPP[1]:g} or null")
         require(self.max_patches >= 1, "max_patches", self.max_patches, "a whole number of patches >= 1")
         require(self.chunk >= 1, "chunk", self.chunk, "a whole number of patches >= 1")
 
@@ -71,7 +80,8 @@ class StitchConfig:
     D unless `downsample` is given; patch_px keeps the maps of a small slide, and the time spent on
     them, in proportion to its patches); downsample: level-0 px per map px; lesion_classes: the
     annotation classes that are lesions (empty = the format's rules, `tiling.annotations`);
-    exclude_classes: the classes subtracted from lesions; chunk: zarr chunk side; block_pixels:
+    exclude_classes: the classes subtracted from lesions; max_vertices: most vertices of one
+    annotation polygon (a slide with a larger one fails, naming it); chunk: zarr chunk side; block_pixels:
     most resampled values held in memory at once while stitching."""
 
     max_side: int = 4096
@@ -79,6 +89,7 @@ class StitchConfig:
     downsample: float | None = None
     lesion_classes: tuple[str, ...] = ()
     exclude_classes: tuple[str, ...] = tuple(sorted(EXCLUSION))
+    max_vertices: int = runtime(2_000_000)  # fails or passes, never changes a map
     chunk: int = runtime(1024)  # the zarr layout only
     block_pixels: int = runtime(1 << 24)  # memory only
 
@@ -94,5 +105,6 @@ class StitchConfig:
         overlap = {n.lower() for n in self.lesion_classes} & {n.lower() for n in self.exclude_classes}
         require(not overlap, "lesion_classes", self.lesion_classes,
                 f"disjoint from exclude_classes (both name {', '.join(sorted(overlap))})")
+        require(self.max_vertices >= 3, "max_vertices", self.max_vertices, "a whole number of vertices >= 3")
         require(self.chunk >= 1, "chunk", self.chunk, "a whole number of px >= 1")
         require(self.block_pixels >= 1, "block_pixels", self.block_pixels, "a whole number >= 1")

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 
 import openslide
 
+from tiling.config import PLAUSIBLE_MPP, plausible
 from tiling.errors import SlideError
+
+__all__ = ["PLAUSIBLE_MPP", "Resolution", "plausible", "recorded_mpp", "resolve_mpp"]
 
 log = logging.getLogger(__name__)
 
-PLAUSIBLE_MPP = (0.05, 20.0)  # µm/px: from beyond a 100x objective to a 0.5x overview
 DEFAULT_DPI = (72.0, 96.0, 300.0)  # image editors' and libraries' default TIFF resolutions
 DIFFERS = 0.05  # a declared value further than this (relative) from the file's is warned about
 DECLARE = ("declare the slide's level-0 µm/px with the manifest column `mpp` or --slide-mpp "
@@ -30,11 +32,6 @@ class Resolution:
 
     mpp: float
     source: str
-
-
-def plausible(mpp: float) -> bool:
-    """True for a finite µm/px within PLAUSIBLE_MPP."""
-    return math.isfinite(mpp) and PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]
 
 
 def recorded_mpp(properties: Mapping[str, str]) -> tuple[float | None, str]:

@@ -19,7 +19,8 @@ EXIT_CODES = """
 Exit codes:
   0  every slide was audited
   1  a crash (an unexpected error; -v shows the traceback)
-  2  usage: the command line, the config or the archive must be fixed; nothing ran
+  2  usage: the command line, the config, the archive, the model or OUT (permission,
+     read-only) must be fixed; nothing ran
   3  completed with failures: some slides failed (OUT/slides/<id>/failure.json,
      listed in the index); the other slides and the index are complete
   4  completed, audit thresholds met: a slide of this run meets --fail-on (listed in

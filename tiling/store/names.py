@@ -5,6 +5,7 @@
       index.html, audit.csv           INDEX, AUDIT_CSV  the archive's page and table  reports.html
       subgroups.csv                   SUBGROUPS_CSV the metrics by subgroup           reports.html
       .lock                           LOCK          held by the run writing OUT       pipeline.runner
+      .lock.json                      LOCK_OWNER    that run's pid, host and start    pipeline.runner
       cache/                          CACHE         checksums, the ledger, per-model  pipeline.cache
         slides.json, sha256/, models/<sha>/impressions/impressions.json  (explainers.impressions)
       slides/<slide_id>/              slide_dir
@@ -30,10 +31,10 @@ PATCHES, EXPLAIN, EMBEDDINGS, MAPS = "patches.zarr", "explain.zarr", "embeddings
 AUDIT, REPORT, FAILURE = "audit.json", "report.html", "failure.json"
 FOCUS_GEOJSON, TILES_GEOJSON = "focus.geojson", "tiles.geojson"
 RUN_MANIFEST, INDEX, AUDIT_CSV, SUBGROUPS_CSV = "run.json", "index.html", "audit.csv", "subgroups.csv"
-LOCK, CACHE, IMPRESSIONS, ROW_THUMBNAIL = ".lock", "cache", "impressions", "thumbnail.jpg"
+LOCK, LOCK_OWNER, CACHE, IMPRESSIONS, ROW_THUMBNAIL = ".lock", ".lock.json", "cache", "impressions", "thumbnail.jpg"
 
 FORMAT_VERSIONS: dict[str, int] = {
-    PATCHES: 3, EXPLAIN: 2, MAPS: 3, AUDIT: 4, FAILURE: 1, RUN_MANIFEST: 1}
+    PATCHES: 3, EXPLAIN: 2, MAPS: 3, AUDIT: 4, FAILURE: 1, RUN_MANIFEST: 2}
 
 
 def slide_dir(out: Path, slide_id: str) -> Path:

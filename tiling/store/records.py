@@ -20,7 +20,10 @@ exception.
 ``<out>/run.json`` (RUN_VERSION), the run manifest, written when a run starts and again when it
 ends: slideaudit (version), archive, model, model_files {file: sha256}, out, config,
 config_hash, only_new, gpu, scheduler, started, finished (absent until the run ends), counts
-{state: n} and slides [{slide_id, state ("pending", "done", "failed" or "skipped"), ...}].
+{state: n}, slides [{slide_id, state ("pending", "done" or "skipped"), ...}] and failures
+[{stage, error_type, reason, count, slide_ids (the first few)}] (the failed slides by reason,
+`pipeline.failures`; each one's detail is in its failure.json). Version 2 moved the failed
+slides from `slides` to `failures`, so that run.json stays small however many slides fail.
 """
 from __future__ import annotations
 
@@ -82,10 +85,13 @@ def load_failure(path: Path) -> dict[str, Any]:
 
 
 def write_manifest(out: Path, info: dict[str, Any], slides: list[dict[str, Any]]) -> Path:
-    """OUT/run.json: `info` plus the slides and their counts by state (atomic)."""
+    """OUT/run.json: `info` plus the slides and their counts by state, the failed ones counted
+    from info["failures"] (groups with a count) (atomic)."""
     counts: dict[str, int] = {}
     for s in slides:
         counts[s["state"]] = counts.get(s["state"], 0) + 1
+    if info.get("failures"):
+        counts["failed"] = counts.get("failed", 0) + sum(g["count"] for g in info["failures"])
     return _write(Path(out) / RUN_MANIFEST, {**info, "counts": counts, "slides": slides},
                   RUN_VERSION, default=str)
 

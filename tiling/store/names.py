@@ -12,6 +12,7 @@
         explain.zarr                  EXPLAIN       attention, logits, maps           tiling.store.explain
         embeddings.zarr               EMBEDDINGS    encoder embeddings, explain.zarr's format
         maps.zarr                     MAPS          OME-Zarr slide maps and labels    tiling.store.maps
+          lesions.geojson             LESION_POLYGONS  the lesion polygons, level-0 px  tiling.store.lesions
         audit.json                    AUDIT         metrics, flags, verdict           tiling.store.records
         report.html                   REPORT        the slide's page                  reports.html
         focus.geojson                 FOCUS_GEOJSON peaks and lesions for QuPath      reports.geojson
@@ -28,9 +29,10 @@ PATCHES, EXPLAIN, EMBEDDINGS, MAPS = "patches.zarr", "explain.zarr", "embeddings
 AUDIT, REPORT, FOCUS_GEOJSON, FAILURE = "audit.json", "report.html", "focus.geojson", "failure.json"
 RUN_MANIFEST, INDEX, AUDIT_CSV, SUBGROUPS_CSV = "run.json", "index.html", "audit.csv", "subgroups.csv"
 LOCK, CACHE, IMPRESSIONS = ".lock", "cache", "impressions"
+LESION_POLYGONS = "lesions.geojson"  # inside maps.zarr, written with it
 
 FORMAT_VERSIONS: dict[str, int] = {
-    PATCHES: 3, EXPLAIN: 2, MAPS: 2, AUDIT: 4, FAILURE: 1, RUN_MANIFEST: 1}
+    PATCHES: 3, EXPLAIN: 2, MAPS: 3, AUDIT: 4, FAILURE: 1, RUN_MANIFEST: 1}
 
 
 def slide_dir(out: Path, slide_id: str) -> Path:

@@ -63,7 +63,7 @@ def markers(view: SlideView) -> list[dict[str, Any]]:
                           "tip": [f"{title(name)}: peak {rank}", f"value {p['value']:.4g}",
                                   lesion_words(p), artefact_words(p.get("artefact"))]})
     patches = audit.get("top_patches", [])
-    labels = view.maps.lesion if patches else None
+    labels = view.maps.lesion if patches else np.zeros((0, 0), np.uint16)
     for rank, p in enumerate(patches, start=1):
         found.append({"kind": "patch", "rank": rank, "layers": list(ATTENTION_MAPS),
                       "label": f"Top patch {rank} (attention {p['attention']:.3f})",

@@ -229,9 +229,9 @@ def test_each_pane_gets_its_own_numbered_markers_with_their_tooltips(client, rep
             assert f"peak {m['rank']}" in m["tip"][0] and f"value {p['value']:.4g}" in m["tip"]
             assert m["tip"][3] == (f"on an artefact ({p['artefact']})" if p["artefact"] else "on no artefact")
     [attention_peak] = [m for m in markers if m["kind"] == "peak" and m["layers"][0] == "attention"]
-    assert attention_peak["tip"][:3] == ["A-MIL attention: peak 1", f"value {audit['peaks']['attention'][0]['value']:.4g}",
-                                         "on lesion Tumor 1"]
-    far = [m for m in markers if m["layers"] == ["hirescam"]][0]          # 476 µm from the lesion (audit.json)
+    value = audit["peaks"]["attention"][0]["value"]
+    assert attention_peak["tip"][:3] == ["A-MIL attention: peak 1", f"value {value:.4g}", "on lesion Tumor 1"]
+    far = next(m for m in markers if m["layers"] == ["hirescam"])         # 476 µm from the lesion (audit.json)
     assert far["tip"][2] == "476 µm from lesion Tumor 1"
     patches = [m for m in markers if m["kind"] == "patch"]
     assert [m["rank"] for m in patches] == list(range(1, len(audit["top_patches"]) + 1))

@@ -124,16 +124,21 @@
     return el;
   }
 
-  /* The pane shows only its own map's markers, numbered by rank, at their level-0 centres. */
+  /* The pane shows only its own map's markers, numbered by rank: a peak's badge on its centre, a
+     top patch's on its patch's top-left corner (so the two never hide each other when zoomed in);
+     peaks are added last, so they lie on top. */
   function placeMarkers(side) {
     const viewer = state.viewers[side];
     if (!viewer || !viewer.world.getItemAt(0)) { return; }
     viewer.clearOverlays();
     if (!showMarkers.checked) { return; }
     const item = viewer.world.getItemAt(0), heat = chosen(side);
-    config.markers.filter(function (m) { return m.layers.includes(heat); }).forEach(function (m) {
-      viewer.addOverlay({element: markerElement(m), placement: OpenSeadragon.Placement.CENTER, checkResize: false,
-        location: item.imageToViewportCoordinates(m.x + m.w / 2, m.y + m.h / 2)});
+    const mine = config.markers.filter(function (m) { return m.layers.includes(heat); });
+    mine.sort(function (a, b) { return (a.kind === "peak") - (b.kind === "peak"); }).forEach(function (m) {
+      const peak = m.kind === "peak";
+      viewer.addOverlay({element: markerElement(m), checkResize: false,
+        placement: peak ? OpenSeadragon.Placement.CENTER : OpenSeadragon.Placement.TOP_LEFT,
+        location: item.imageToViewportCoordinates(peak ? m.x + m.w / 2 : m.x, peak ? m.y + m.h / 2 : m.y)});
     });
   }
 

@@ -3,8 +3,8 @@
 Layers come from maps.zarr: each heat map (attention, attention_rank, each CAM method) coloured
 on its percentile scale (`figures.percentile_scale` over the map's finite values: colour at p
 shows the value q_p; off-tissue NaN is transparent; opacity 0.35 + 0.65·v so low values only
-tint), the lesion outline (white outside, black inside, visible on any stain), and the artefact
-mask when the store has one. The page is `reports.viewer_page`.
+tint), and the artefact mask when the store has one. The lesion outlines are vector polygons
+(`tiling.store.lesions`); the page is `reports.viewer_page`.
 """
 from __future__ import annotations
 
@@ -46,18 +46,6 @@ def heat_rgba(v01: np.ndarray) -> np.ndarray:
     return np.rint(rgba * 255).astype(np.uint8)
 
 
-def outline_rgba(labels: np.ndarray) -> np.ndarray:
-    """(h, w) lesion labels -> RGBA uint8 of a double outline: white on each lesion's edge px,
-    black on the px just inside."""
-    lesion = labels > 0
-    outer = F.contour(lesion)
-    inner = F.contour(lesion & ~outer)
-    rgba = np.zeros((*labels.shape, 4), np.uint8)
-    rgba[outer] = (255, 255, 255, 255)
-    rgba[inner] = (0, 0, 0, 255)
-    return rgba
-
-
 def mask_rgba(labels: np.ndarray) -> np.ndarray:
     """(h, w) labels -> RGBA uint8: ARTEFACT_RGBA where > 0, transparent elsewhere."""
     rgba = np.zeros((*labels.shape, 4), np.uint8)
@@ -88,8 +76,8 @@ class SlideView:
                              f"{patches['source_path']} is {self.tiles.grid.width} x {self.tiles.grid.height}; "
                              "rerun the audit on this slide")
         self.grid: DeepZoomGrid = self.tiles.grid
-        outlines = [LESION] + ([ARTEFACTS] if ARTEFACTS in self.maps else [])
-        self.layers = {**dict.fromkeys(self.maps.heatmaps, "heat"), **dict.fromkeys(outlines, "label")}
+        masks = [ARTEFACTS] if ARTEFACTS in self.maps else []
+        self.layers = {**dict.fromkeys(self.maps.heatmaps, "heat"), **dict.fromkeys(masks, "label")}
         self._levels: dict[str, list[Level]] = {}
         self._scales: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
         self._cells: dict[str, float] = {}
@@ -121,8 +109,6 @@ class SlideView:
         values = map_tile(self.levels(name), self.grid, level, col, row, self._cells.get(name, 0.0) if smooth else 0.0)
         if values is None:
             return None
-        if name == LESION:
-            return png(outline_rgba(values))
         if name == ARTEFACTS:
             return png(mask_rgba(values))
         return png(heat_rgba(self.scale(name)(values)))

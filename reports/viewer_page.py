@@ -84,7 +84,7 @@ def viewer_page(view: SlideView, folder: str, slides: list[str], static: str) ->
     in order; `static`: URL of the package's static folder."""
     heat = [n for n, kind in view.layers.items() if kind == "heat"]
     links = slide_links(slides, folder)
-    masks = [n for n, kind in view.layers.items() if kind == "label" and n != LESION]
+    masks = [n for n, kind in view.layers.items() if kind == "label"]
     config = {
         "slide": {"url": "slide_files/", "width": view.grid.width, "height": view.grid.height,
                   "tileSize": view.grid.tile_size, "overlap": view.grid.overlap, "mpp": view.mpp},

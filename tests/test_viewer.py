@@ -106,15 +106,12 @@ def test_tiles_show_the_slide_and_colour_the_attention_peak(client, report_archi
     assert heat[y, x, 3] == heat[..., 3].max() > 240               # the peak is the most opaque: top of the scale
     overview = image_at(client, viewer_url("positive", "layers/attention_files/8/0_0.png"))
     assert (overview[..., 3] == 0).any() and (overview[..., 3] > 0).any()   # off tissue is transparent
-    outline = image_at(client, viewer_url("positive", "layers/lesion_files/8/0_0.png"))
-    white = (outline[..., :3] == 255).all(-1) & (outline[..., 3] == 255)
-    black = (outline[..., :3] == 0).all(-1) & (outline[..., 3] == 255)
-    assert white.any() and black.any() and (outline[..., 3] == 0).mean() > 0.9
 
 
 @pytest.mark.parametrize("path", [
     viewer_url("positive", "slide_files/99/0_0.jpeg"), viewer_url("positive", "slide_files/12/99_0.jpeg"),
     viewer_url("positive", "layers/nomap_files/8/0_0.png"), viewer_url("positive", "layers/thumbnail_files/8/0_0.png"),
+    viewer_url("positive", "layers/lesion_files/8/0_0.png"),                    # lesions are polygons (lesions.geojson)
     viewer_url("unknown"), viewer_url("broken"), viewer_url("%2e%2e"), viewer_url("..%2F..%2Fetc"),
     viewer_url("%2Fetc"), viewer_url("positive%2F..%2F..%2F.."),
     "/static/..%2Fviewer.py", "/static/%2e%2e/%2e%2e/pipeline/viewer.py",

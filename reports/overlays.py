@@ -94,9 +94,9 @@ class SlideView:
 
     def cell_px(self, name: str) -> float:
         """The side (level-0 px) of heat map `name`'s cells: the patch footprint over the map's
-        columns per patch in explain.zarr (1 for attention)."""
-        explain = zarr.open_group(self.folder / EXPLAIN, mode="r")
-        values = explain[name] if name in self.maps.methods else None
+        columns per patch in explain.zarr (1 for attention, or when explain.zarr was removed)."""
+        explain = self.folder / EXPLAIN
+        values = zarr.open_group(explain, mode="r")[name] if name in self.maps.methods and explain.is_dir() else None
         return self.footprint / (values.shape[-1] if values is not None and values.ndim == 3 else 1)
 
     def overlay_tile(self, name: str, level: int, col: int, row: int, smooth: bool = False) -> bytes | None:

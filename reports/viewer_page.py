@@ -88,7 +88,7 @@ def viewer_page(view: SlideView, folder: str, slides: list[str], static: str) ->
     config = {
         "slide": {"url": "slide_files/", "width": view.grid.width, "height": view.grid.height,
                   "tileSize": view.grid.tile_size, "overlap": view.grid.overlap, "mpp": view.mpp},
-        "heat": heat, "masks": masks, "lesions": "lesions.geojson",
+        "heat": heat, "masks": masks, "lesions": "lesions.geojson", "outline": LESION,
         "legend": {n: view.legend(n) for n in heat},
         "markers": markers(view), "slides": links,
         "left": ATTENTION, "right": view.maps.methods[0] if view.maps.methods else ATTENTION_RANK,

@@ -275,3 +275,14 @@ def test_serve_help_gives_the_viewer_route_that_answers(client) -> None:
     [route] = re.findall(r"/reports/slides/<slide_id>/viewer/", help_text)
     assert "/viewer/<slide_id>/" not in help_text
     assert client.get(route.replace("<slide_id>", "positive")).status_code == 200
+
+
+def test_smooth_tiles_need_no_explain_store(report_archive, tmp_path) -> None:
+    import shutil
+
+    copy = tmp_path / "slides" / "trimmed"
+    shutil.copytree(report_archive["positive"], copy)
+    shutil.rmtree(copy / "explain.zarr")                                   # kept stores: patches and maps only
+    client = TestClient(Starlette(routes=viewer_routes(tmp_path)))
+    smooth = image_at(client, viewer_url("trimmed", "smooth/gradcam_files/10/1_1.png"))
+    assert (smooth[..., 3] > 0).any()                                      # smoothed over whole patches instead

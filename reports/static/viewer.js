@@ -43,7 +43,7 @@
       legend(side, heat);
       placeMarkers(side);
       const svg = state.viewers[side] && state.viewers[side].lesionSvg;
-      if (svg) { svg.style.display = labelOn("lesion") ? "" : "none"; }
+      if (svg) { svg.style.display = labelOn(config.outline) ? "" : "none"; }
     });
     remember();
   }

@@ -133,7 +133,7 @@ def read_image(source: Path | bytes, name: str | None = None,
     except FileNotFoundError as exc:
         raise ImageError(f"{name}: no such file; check the path") from exc
     except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"{name}: too many pixels ({exc}); crop the region of interest first") from exc
+        raise ImageTooLarge(f"{name}: more than {max_pixels:,} pixels; crop the region of interest first") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(f"{name}: not a PNG, JPEG or TIFF image; give an RGB image file") from exc
     except (OSError, ValueError) as exc:

@@ -3,13 +3,17 @@
     GET /reports/slides/<id>/viewer/                                     the page (reports.overlays)
     GET /reports/slides/<id>/viewer/slide_files/<level>/<col>_<row>.jpeg slide tiles (OpenSlide)
     GET /reports/slides/<id>/viewer/layers/<map>_files/<level>/<c>_<r>.png overlay tiles of maps.zarr
+    GET /reports/slides/<id>/viewer/smooth/<map>_files/<level>/<c>_<r>.png  the same, interpolated
+    GET /reports/slides/<id>/viewer/lesions.geojson                      the lesion polygons (level-0 px)
     GET /static/...                                                      OpenSeadragon, the viewer's JS/CSS
 
 <id> is the slide's folder under OUT/slides, so report.html links to its viewer as "viewer/".
 
 Everything is served from the package and OUT: no network. A slide id must be a plain folder name
 whose folder resolves inside OUT (404 otherwise, 403 for a symlink out); unknown ids, maps and
-tiles are 404. Opened slides are kept in a small LRU cache.
+tiles are 404; an answer never shows where OUT lies on the server (paths are given relative to
+it). Opened slides are kept in a small LRU cache. The page lists the slides under OUT/slides
+that have maps (`viewable`), for the slide list and next / previous.
 """
 from __future__ import annotations
 
@@ -23,14 +27,16 @@ from pathlib import Path
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from reports.overlays import SlideView
+from reports.viewer_page import viewer_page
 from tiling.archive import check_slide_id
 from tiling.errors import ArchiveError, AuditError
-from tiling.store import PATCHES, slide_dir
+from tiling.store import MAPS, PATCHES, slide_dir
+from tiling.store.lesions import lesion_polygons_path
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,21 @@ VIEWER_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self'
                                              "frame-ancestors 'none'",
                   "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 TILE_HEADERS = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
+
+
+def public(message: str, out: Path) -> str:
+    """`message` with OUT's location on the server left out: paths under it given relative to it."""
+    for root in {str(Path(out).resolve()), str(Path(out).absolute())}:
+        message = message.replace(root + "/", "").replace(root, "the reports folder")
+    return message
+
+
+def viewable(out: Path) -> list[str]:
+    """The slide folders under OUT/slides with tiles and maps, sorted by name."""
+    folder = Path(out) / "slides"
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if (p / PATCHES).is_dir() and (p / MAPS).is_dir())
 
 
 def slide_folder(out: Path, slide_id: str) -> Path:
@@ -56,7 +77,7 @@ def slide_folder(out: Path, slide_id: str) -> Path:
     if not folder.is_relative_to(root):
         raise HTTPException(403, f"slide {slide_id!r} lies outside the reports folder")
     if not (folder / PATCHES).is_dir():
-        raise HTTPException(404, f"no slide {slide_id!r} in {root}; open one listed in the archive index")
+        raise HTTPException(404, f"no slide {slide_id!r} in the reports; open one listed in the archive index")
     return folder
 
 
@@ -79,7 +100,7 @@ class OpenSlides:
                 view = SlideView(folder)
             except AuditError as exc:
                 log.warning("viewer: %s", exc)
-                raise HTTPException(404, str(exc)) from exc
+                raise HTTPException(404, public(str(exc), self.out)) from exc
             self._views[slide_id] = view
             if len(self._views) > self.size:
                 self._views.popitem(last=False)[1].close()
@@ -91,8 +112,20 @@ def viewer_routes(out: Path) -> list[BaseRoute]:
     slides = OpenSlides(out)
 
     async def page(request: Request) -> Response:
-        view = await run_in_threadpool(slides.get, request.path_params["slide_id"])
-        return HTMLResponse(view.page(STATIC_URL), headers=VIEWER_HEADERS)
+        folder = request.path_params["slide_id"]
+        view = await run_in_threadpool(slides.get, folder)
+        html = await run_in_threadpool(viewer_page, view, folder, viewable(out), STATIC_URL)
+        return HTMLResponse(html, headers=VIEWER_HEADERS)
+
+    def lesion_file(slide_id: str) -> Path:
+        try:
+            return lesion_polygons_path(slide_folder(out, slide_id))
+        except AuditError as exc:
+            raise HTTPException(404, public(str(exc), out)) from exc
+
+    async def lesions(request: Request) -> Response:
+        path = await run_in_threadpool(lesion_file, request.path_params["slide_id"])
+        return FileResponse(path, media_type="application/geo+json", headers=TILE_HEADERS)
 
     def jpeg(slide_id: str, level: int, col: int, row: int) -> bytes:
         tile = slides.get(slide_id).tiles.tile(level, col, row)
@@ -102,8 +135,8 @@ def viewer_routes(out: Path) -> list[BaseRoute]:
         tile.save(buffer, format="JPEG", quality=JPEG_QUALITY)
         return buffer.getvalue()
 
-    def png(slide_id: str, name: str, level: int, col: int, row: int) -> bytes:
-        data = slides.get(slide_id).overlay_tile(name, level, col, row)
+    def png(slide_id: str, name: str, level: int, col: int, row: int, smooth: bool = False) -> bytes:
+        data = slides.get(slide_id).overlay_tile(name, level, col, row, smooth)
         if data is None:
             raise HTTPException(404, f"no layer {name!r} or no such tile")
         return data
@@ -116,10 +149,16 @@ def viewer_routes(out: Path) -> list[BaseRoute]:
         return Response(await run_in_threadpool(png, **request.path_params), media_type="image/png",
                         headers=TILE_HEADERS)
 
+    async def smooth_tile(request: Request) -> Response:
+        return Response(await run_in_threadpool(png, **request.path_params, smooth=True), media_type="image/png",
+                        headers=TILE_HEADERS)
+
     tiles = "{level:int}/{col:int}_{row:int}"
     static = StaticFiles(directory=str(resources.files("reports") / "static"))
     return [Mount("/reports/slides/{slide_id}/viewer", routes=[
                 Route("/", page),
                 Route(f"/slide_files/{tiles}.jpeg", slide_tile),
-                Route(f"/layers/{{name}}_files/{tiles}.png", layer_tile)]),
+                Route("/lesions.geojson", lesions),
+                Route(f"/layers/{{name}}_files/{tiles}.png", layer_tile),
+                Route(f"/smooth/{{name}}_files/{tiles}.png", smooth_tile)]),
             Mount(STATIC_URL.rstrip("/"), static, name="static")]

@@ -3,27 +3,25 @@
 Layers come from maps.zarr: each heat map (attention, attention_rank, each CAM method) coloured
 on its percentile scale (`figures.percentile_scale` over the map's finite values: colour at p
 shows the value q_p; off-tissue NaN is transparent; opacity 0.35 + 0.65·v so low values only
-tint), the lesion outline (white outside, black inside, visible on any stain), and the artefact
-mask when the store has one. Markers: each map's peaks and the top attended patches of audit.json.
+tint), and the artefact mask when the store has one. The lesion outlines are vector polygons
+(`tiling.store.lesions`); the page is `reports.viewer_page`.
 """
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import zarr
 from PIL import Image
 
 from explainers.methods.registry import title as method_title
 from reports import figures as F
-from reports.html import environment
 from tiling.deepzoom import DeepZoomGrid, SlideTiles, map_tile
 from tiling.errors import StoreError
-from tiling.store import AUDIT, PATCHES
-from tiling.store.maps import ARTEFACTS, ATTENTION, ATTENTION_RANK, LABEL_RGBA, LESION, Maps, open_maps
+from tiling.store import AUDIT, EXPLAIN, PATCHES
+from tiling.store.maps import ARTEFACTS, ATTENTION_RANK, LABEL_RGBA, LESION, Maps, open_maps
 from tiling.store.ome import Level
 from tiling.store.patches import open_patch_store
 from tiling.store.records import load_audit
@@ -48,18 +46,6 @@ def heat_rgba(v01: np.ndarray) -> np.ndarray:
     return np.rint(rgba * 255).astype(np.uint8)
 
 
-def outline_rgba(labels: np.ndarray) -> np.ndarray:
-    """(h, w) lesion labels -> RGBA uint8 of a double outline: white on each lesion's edge px,
-    black on the px just inside."""
-    lesion = labels > 0
-    outer = F.contour(lesion)
-    inner = F.contour(lesion & ~outer)
-    rgba = np.zeros((*labels.shape, 4), np.uint8)
-    rgba[outer] = (255, 255, 255, 255)
-    rgba[inner] = (0, 0, 0, 255)
-    return rgba
-
-
 def mask_rgba(labels: np.ndarray) -> np.ndarray:
     """(h, w) labels -> RGBA uint8: ARTEFACT_RGBA where > 0, transparent elsewhere."""
     rgba = np.zeros((*labels.shape, 4), np.uint8)
@@ -77,6 +63,7 @@ class SlideView:
     the maps' levels and display scales, and the page. StoreError/SlideError when it cannot be."""
 
     def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
         patches = open_patch_store(folder / PATCHES).attrs
         self.slide_id, self.mpp = str(patches["slide_id"]), float(patches["slide_mpp"])
         self.footprint = float(patches.get("footprint") or 0)
@@ -89,10 +76,11 @@ class SlideView:
                              f"{patches['source_path']} is {self.tiles.grid.width} x {self.tiles.grid.height}; "
                              "rerun the audit on this slide")
         self.grid: DeepZoomGrid = self.tiles.grid
-        outlines = [LESION] + ([ARTEFACTS] if ARTEFACTS in self.maps else [])
-        self.layers = {**dict.fromkeys(self.maps.heatmaps, "heat"), **dict.fromkeys(outlines, "label")}
+        masks = [ARTEFACTS] if ARTEFACTS in self.maps else []
+        self.layers = {**dict.fromkeys(self.maps.heatmaps, "heat"), **dict.fromkeys(masks, "label")}
         self._levels: dict[str, list[Level]] = {}
         self._scales: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+        self._cells: dict[str, float] = {}
 
     def levels(self, name: str) -> list[Level]:
         if name not in self._levels:
@@ -104,15 +92,23 @@ class SlideView:
             self._scales[name] = F.percentile_scale(self.maps[name])
         return self._scales[name]
 
-    def overlay_tile(self, name: str, level: int, col: int, row: int) -> bytes | None:
-        """PNG of layer `name` on tile (col, row) of `level`; None for an unknown layer or tile."""
+    def cell_px(self, name: str) -> float:
+        """The side (level-0 px) of heat map `name`'s cells: the patch footprint over the map's
+        columns per patch in explain.zarr (1 for attention, or when explain.zarr was removed)."""
+        explain = self.folder / EXPLAIN
+        values = zarr.open_group(explain, mode="r")[name] if name in self.maps.methods and explain.is_dir() else None
+        return self.footprint / (values.shape[-1] if values is not None and values.ndim == 3 else 1)
+
+    def overlay_tile(self, name: str, level: int, col: int, row: int, smooth: bool = False) -> bytes | None:
+        """PNG of layer `name` on tile (col, row) of `level` (a heat map interpolated between its
+        cells with `smooth`, `tiling.deepzoom.map_tile`); None for an unknown layer or tile."""
         if name not in self.layers:
             return None
-        values = map_tile(self.levels(name), self.grid, level, col, row)
+        if smooth and name not in self._cells and self.layers[name] == "heat":
+            self._cells[name] = self.cell_px(name)
+        values = map_tile(self.levels(name), self.grid, level, col, row, self._cells.get(name, 0.0) if smooth else 0.0)
         if values is None:
             return None
-        if name == LESION:
-            return png(outline_rgba(values))
         if name == ARTEFACTS:
             return png(mask_rgba(values))
         return png(heat_rgba(self.scale(name)(values)))
@@ -124,36 +120,6 @@ class SlideView:
         if values.size == 0:
             return []
         return [{"percent": p, "value": float(np.percentile(values, p))} for p in LEGEND_PERCENTS]
-
-    def markers(self) -> list[dict[str, Any]]:
-        """Peaks of each map and the top attended patches (level-0 px boxes) from audit.json."""
-        if self.audit is None:
-            return []
-        side = self.footprint or self.maps.downsample
-        found = [{"label": f"{title(name)} peak {i + 1}", "kind": "peak", "layer": name,
-                  "x": p["x"] - side / 2, "y": p["y"] - side / 2, "w": side, "h": side}
-                 for name, peaks in self.audit.get("peaks", {}).items() for i, p in enumerate(peaks)]
-        return found + [{"label": f"Top patch {i + 1} (attention {p['attention']:.3f})", "kind": "patch",
-                         "layer": ATTENTION, "x": p["x"], "y": p["y"], "w": side, "h": side}
-                        for i, p in enumerate(self.audit.get("top_patches", []))]
-
-    def page(self, static: str) -> str:
-        """The viewer page; `static`: URL of the package's static folder."""
-        heat = [n for n, kind in self.layers.items() if kind == "heat"]
-        config = {
-            "slide": {"url": "slide_files/", "width": self.grid.width, "height": self.grid.height,
-                      "tileSize": self.grid.tile_size, "overlap": self.grid.overlap, "mpp": self.mpp},
-            "layers": [{"name": n, "title": title(n), "kind": k, "url": f"layers/{n}_files/"}
-                       for n, k in self.layers.items()],
-            "legend": {n: self.legend(n) for n in heat},
-            "markers": self.markers(),
-            "left": ATTENTION, "right": self.maps.methods[0] if self.maps.methods else ATTENTION_RANK,
-            "static": static,
-        }
-        return environment().get_template("viewer.html").render(
-            slide_id=self.slide_id, static=static, verdict=(self.audit or {}).get("verdict"),
-            heat=[(n, title(n)) for n in heat], labels=[(n, title(n)) for n, k in self.layers.items() if k == "label"],
-            config=json.dumps(config))
 
     def close(self) -> None:
         self.tiles.close()

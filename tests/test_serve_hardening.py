@@ -5,7 +5,9 @@ import io
 import logging
 import re
 import resource
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +141,19 @@ def test_without_a_model_only_the_reports_and_viewer_are_served(report_archive) 
     assert client.post("/explain").status_code in (404, 405)
     result = CliRunner().invoke(main, ["serve"])
     assert result.exit_code == 2 and "give --model" in result.output
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header declares `width` x `height` 8-bit grey px (no pixel data follows)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def test_a_huge_image_is_refused_quoting_the_servers_own_limit(client) -> None:
+    response = post(client, png_header(30000, 30000), "huge.png")        # beyond Pillow's own bomb limit
+    assert response.status_code == 413
+    assert f"huge.png: more than {ServeConfig().max_pixels:,} pixels" in response.text
+    assert "decompression bomb" not in response.text.lower() and "178956970" not in response.text

@@ -5,7 +5,8 @@ of K = ceil(log2(max(W, H))) + 1 levels is the level-0 image (W x H px) scaled b
 s_k = 2^-(K-1-k), so it is ceil(W·s_k) x ceil(H·s_k) px; tile (col, row) of level k covers
 [col·T - o, (col+1)·T + o) on each axis (o = overlap, only where a neighbour exists), clipped to
 the level. One deep-zoom px of level k covers 1/s_k level-0 px. Map tiles sample the map level
-whose pixel is nearest to that size (nearest neighbour, so patch blocks and labels stay crisp).
+whose pixel is nearest to that size: nearest neighbour (patch blocks and labels stay crisp) or,
+for the smooth display, bilinear from a level as coarse as the map's cells (`map_tile`).
 """
 from __future__ import annotations
 
@@ -86,19 +87,58 @@ def nearest_level(levels: list[Level], downsample: float) -> Level:
     return min(levels, key=lambda lv: abs(math.log(lv.downsample / downsample)))
 
 
-def map_tile(levels: list[Level], grid: DeepZoomGrid, level: int, col: int, row: int) -> np.ndarray | None:
-    """The map values under tile (col, row) of `level`, one per tile px (nearest neighbour from
-    the map level nearest the tile's scale: map px = floor((i + 0.5)·s / D)), or None when the
-    grid has no such tile. `levels`: the map's resolution levels, D level-0 px per map px."""
+def _samples(start: int, stop: int, scale: float, downsample: float, size: int,
+             smooth: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For tile px start..stop-1 on one axis: the map px below and above each (clipped to
+    0..size-1) and the weight w of the upper one. A tile px centre lies at level-0 u = (i + 0.5)·s,
+    i.e. at map coordinate f = u / D; nearest: both px floor(f), w = 0; smooth: px floor(f - 0.5)
+    and the next, w = frac(f - 0.5) (map px centres at j + 0.5)."""
+    f = (np.arange(start, stop) + 0.5) * scale / downsample
+    if not smooth:
+        low = np.clip(f.astype(np.int64), 0, size - 1)
+        return low, low, np.zeros(f.shape)
+    low = np.floor(f - 0.5)
+    weight = f - 0.5 - low
+    return (np.clip(low, 0, size - 1).astype(np.int64), np.clip(low + 1, 0, size - 1).astype(np.int64), weight)
+
+
+def _sample(chosen: Level, box: tuple[int, int, int, int], scale: float, smooth: bool) -> np.ndarray:
+    """`chosen`'s values at the centres of the tile px in `box` (`_samples`): nearest, or bilinear
+    over the four nearest map px centres' finite values only (v = Σ w·m / Σ w over finite m; NaN
+    where none is finite). Only the sampled map px are read."""
+    x0, y0, x1, y1 = box
+    height, width = chosen.array.shape[-2:]
+    top, bottom, wy = _samples(y0, y1, scale, chosen.downsample, height, smooth)
+    left, right, wx = _samples(x0, x1, scale, chosen.downsample, width, smooth)
+    row_ids, row_at = np.unique(np.concatenate([top, bottom]), return_inverse=True)
+    col_ids, col_at = np.unique(np.concatenate([left, right]), return_inverse=True)
+    block = np.asarray(chosen.array.oindex[row_ids, col_ids])
+    (t, b), (lf, r) = np.split(row_at, 2), np.split(col_at, 2)
+    if not smooth:
+        return block[t[:, None], lf[None, :]]
+    values = [block[ys[:, None], xs[None, :]] for ys in (t, b) for xs in (lf, r)]
+    weights = [a[:, None] * c[None, :] for a in (1 - wy, wy) for c in (1 - wx, wx)]
+    total = sum(np.where(np.isfinite(v), w, 0.0) for v, w in zip(values, weights, strict=True))
+    mass = sum(np.where(np.isfinite(v), w * np.nan_to_num(v), 0.0) for v, w in zip(values, weights, strict=True))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, mass / total, np.nan).astype(np.float32)
+
+
+def map_tile(levels: list[Level], grid: DeepZoomGrid, level: int, col: int, row: int,
+             smooth_px: float = 0.0) -> np.ndarray | None:
+    """The map values under tile (col, row) of `level`, one per tile px, or None when the grid has
+    no such tile. `levels`: the map's resolution levels, D level-0 px per map px. Nearest
+    neighbour from the level nearest the tile's scale (map px = floor((i + 0.5)·s / D): patch
+    blocks and labels stay crisp). With `smooth_px` > 0 (level-0 px, e.g. a CAM cell's side) the
+    values are bilinear from the level nearest max(s, smooth_px), so the lattice of cells that
+    size is interpolated; NaN stays where the nearest-neighbour tile is NaN (the tissue edge does
+    not move)."""
     box = grid.tile_box(level, col, row)
     if box is None:
         return None
-    x0, y0, x1, y1 = box
     scale = grid.downsample(level)
-    chosen = nearest_level(levels, scale)
-    shape = chosen.array.shape[-2:]
-    cols = np.clip(((np.arange(x0, x1) + 0.5) * scale / chosen.downsample).astype(np.int64), 0, shape[1] - 1)
-    rows = np.clip(((np.arange(y0, y1) + 0.5) * scale / chosen.downsample).astype(np.int64), 0, shape[0] - 1)
-    (row_ids, row_at), (col_ids, col_at) = (np.unique(rows, return_inverse=True), np.unique(cols, return_inverse=True))
-    block = np.asarray(chosen.array.oindex[row_ids, col_ids])     # only the sampled map px are read
-    return block[row_at[:, None], col_at[None, :]]
+    crisp = _sample(nearest_level(levels, scale), box, scale, smooth=False)
+    if smooth_px <= 0:
+        return crisp
+    blended = _sample(nearest_level(levels, max(scale, smooth_px)), box, scale, smooth=True)
+    return np.where(np.isnan(crisp) | np.isnan(blended), crisp, blended)

@@ -31,6 +31,7 @@ from tiling.config import StitchConfig
 from tiling.errors import StoreError
 from tiling.store import EXPLAIN, MAPS, atomic_path, chained_stamp, file_sha256, is_current, open_patch_store
 from tiling.store.explain import open_explain_store
+from tiling.store.lesions import write_lesion_polygons
 from tiling.store.maps import ARTEFACTS, ATTENTION, ATTENTION_RANK, LESION, THUMBNAIL, TISSUE, MapsWriter
 
 log = logging.getLogger(__name__)
@@ -249,6 +250,7 @@ def stitch_slide(slide_dir: Path, annotations: list[Path], config: StitchConfig,
                          "patch values averaged over overlapping patches; NaN off tissue")
         labels, names = lesion_labels(lesions, shape, downsample)
         writer.image(LESION, labels, "k on the k-th annotated lesion")
+        write_lesion_polygons(tmp, [(str(lz.name), lz.group, [lz.exterior, *lz.holes]) for lz in lesions])
         writer.image(ARTEFACTS, _labels(store.artefacts.labels, shape),
                      "artefact labels: " + ", ".join(f"{k} {n}" for k, n in ARTEFACT_KINDS.items()))
         writer.image(THUMBNAIL, _thumbnail(store.thumbnail, shape), "slide RGB resampled to the map grid")

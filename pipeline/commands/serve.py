@@ -13,7 +13,7 @@ from pipeline import options
               help="Model folder (model.safetensors + config.json) for the upload page; optional with --reports.")
 @click.option("--reports", default=None, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="An audit output folder (OUT of `slideaudit run`) to serve read-only under /reports/, "
-                   "with a deep-zoom viewer of each slide under /viewer/<slide_id>/.")
+                   "with a deep-zoom viewer of each slide at /reports/slides/<slide_id>/viewer/.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; the default accepts connections from this machine only.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))

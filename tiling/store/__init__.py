@@ -4,6 +4,7 @@
     stamps    the contract: atomic writes, stamps that let a rerun skip, format versions
     patches   patches.zarr (tile)           explain   explain.zarr, embeddings.zarr (explain)
     ome       OME-Zarr images and labels    maps      maps.zarr (stitch)
+    lesions   the lesion polygons inside maps.zarr (stitch; the viewer draws them)
     records   run.json, audit.json, failure.json
 
 The modules import each other, never this package; it re-exports what the stages use.

@@ -13,6 +13,7 @@
         explain.zarr                  EXPLAIN       attention, logits, maps           tiling.store.explain
         embeddings.zarr               EMBEDDINGS    encoder embeddings, explain.zarr's format
         maps.zarr                     MAPS          OME-Zarr slide maps and labels    tiling.store.maps
+          lesions.geojson             LESION_POLYGONS  the lesion polygons, level-0 px  tiling.store.lesions
         audit.json                    AUDIT         metrics, flags, verdict           tiling.store.records
         report.html                   REPORT        the slide's page                  reports.html
         thumbnail.jpg                 ROW_THUMBNAIL the slide's thumbnail in the index reports.html
@@ -32,9 +33,10 @@ AUDIT, REPORT, FAILURE = "audit.json", "report.html", "failure.json"
 FOCUS_GEOJSON, TILES_GEOJSON = "focus.geojson", "tiles.geojson"
 RUN_MANIFEST, INDEX, AUDIT_CSV, SUBGROUPS_CSV = "run.json", "index.html", "audit.csv", "subgroups.csv"
 LOCK, LOCK_OWNER, CACHE, IMPRESSIONS, ROW_THUMBNAIL = ".lock", ".lock.json", "cache", "impressions", "thumbnail.jpg"
+LESION_POLYGONS = "lesions.geojson"  # inside maps.zarr, written with it
 
 FORMAT_VERSIONS: dict[str, int] = {
-    PATCHES: 3, EXPLAIN: 2, MAPS: 3, AUDIT: 4, FAILURE: 1, RUN_MANIFEST: 2}
+    PATCHES: 3, EXPLAIN: 2, MAPS: 4, AUDIT: 4, FAILURE: 1, RUN_MANIFEST: 2}
 
 
 def slide_dir(out: Path, slide_id: str) -> Path:

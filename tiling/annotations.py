@@ -291,10 +291,14 @@ def scanline_fill(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) ->
     return np.cumsum(edges[:, :width], axis=1, dtype=np.int32) > 0
 
 
+ON_EDGE = 1e-9  # map px: a centre on a bottom or right edge (a slide's far edge, where outlines are clipped) is in
+
+
 def _fill(ring: np.ndarray, origin: tuple[int, int], shape: tuple[int, int], downsample: float) -> np.ndarray:
-    """Mask of `shape` (offset by `origin` (row, col)) whose pixel centres lie inside `ring`."""
-    return scanline_fill(ring[:, 1] / downsample - 0.5 - origin[0],
-                         ring[:, 0] / downsample - 0.5 - origin[1], shape)
+    """Mask of `shape` (offset by `origin` (row, col)) whose pixel centres lie inside `ring` (a centre
+    exactly on a bottom or right edge counts as inside: the ring is moved ON_EDGE px down and right)."""
+    return scanline_fill(ring[:, 1] / downsample - 0.5 - origin[0] + ON_EDGE,
+                         ring[:, 0] / downsample - 0.5 - origin[1] + ON_EDGE, shape)
 
 
 def rasterize_lesions(lesions: list[Lesion], shape_hw: tuple[int, int], downsample: float) -> np.ndarray:

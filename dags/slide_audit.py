@@ -88,11 +88,14 @@ def on_failure(context: dict[str, Any]) -> None:
               f" [{context['slide_id']}]" if "slide_id" in context else "", context.get("exception"))
     hook = os.environ.get("SLIDEAUDIT_ON_FAILURE")
     if hook:
-        module, _, name = hook.partition(":")
+        module, colon, name = hook.partition(":")
+        if not colon:
+            raise steps.DagInputError(f"SLIDEAUDIT_ON_FAILURE={hook!r}: write it as module:function")
         getattr(importlib.import_module(module), name)(context)
 
 
 def _minutes(variable: str, default: int) -> timedelta:
+    """$variable (minutes), else `default`, as a timedelta."""
     return timedelta(minutes=float(os.environ.get(variable) or default))
 
 

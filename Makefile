@@ -4,15 +4,30 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo-out
 
-.PHONY: install system-deps demo lint docker test test-fast bench
+.PHONY: install lock system-deps demo lint docker test test-fast bench
 
 install: $(STAMP)
 
+# constraints.txt is the lock: every package of the tree at one version (`make lock` writes it);
+# PIP_CONSTRAINT, unlike -c, also holds the isolated build of slideaudit itself (setuptools).
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || python3 -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt torch torchvision
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+# Rewrite the lock from pyproject.toml (after adding or changing a dependency): resolve the
+# dependencies, the dev and dashboard extras, the build requirements and torch's pins in a
+# throwaway venv, then freeze it (pip and setuptools included: `pip install` builds with them).
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+LOCK_VENV  := .venv-lock
+BUILD_REQS := python3 -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires'])"
+lock:
+	rm -rf $(LOCK_VENV) && python3 -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q $(TORCH_PINS) $$($(BUILD_REQS)) -e '.[dev,dashboard]'
+	{ echo "# The lock, written by \`make lock\` from pyproject.toml on Python $$($(LOCK_VENV)/bin/python -c 'import platform; print(platform.python_version())'); do not edit."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
+	rm -rf $(LOCK_VENV)
 
 # Debian packages the browser tests need (the README names them); installed when missing.
 system-deps:
@@ -35,8 +50,9 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy tiling explainers reports pipeline
 
-# The container image builds and answers --help where a Docker daemon runs (else a printed skip reason).
-docker:
+# hadolint on the Dockerfile, then, where a Docker daemon runs, the image is built and checked
+# (else a printed skip reason).
+docker: install
 	.ci/docker
 
 # Everything: lint, the image, then every test tier (browser tests need chromium, the DAG test .venv-airflow).

@@ -1,17 +1,19 @@
 """The steps of the scheduled audit, in plain Python (stdlib only, no Airflow, no slideaudit).
 
 The DAG in `slide_audit.py` wires these into tasks. They run in the Airflow virtual environment,
-which must not import slideaudit's packages (their pins differ), so the listing of an archive's
-slides (`slideaudit slides`) and the audit itself (`slideaudit run`) run the `slideaudit`
-executable in a subprocess and everything else reads the store's files:
+which must not import slideaudit's packages (their pins differ), so listing an archive's slides
+(`slideaudit slides`), auditing one slide (`slideaudit run` on a one-slide archive) and building
+the index (`slideaudit report`) run the `slideaudit` executable in a subprocess; everything else
+reads the store's files:
 
-    OUT/index.html, OUT/audit.csv, OUT/run.json      the archive index (rebuilt by every run);
-                                                     run.json lists the slides that met --fail-on
+    OUT/index.html, OUT/audit.csv                    the archive index (`slideaudit report OUT`)
     OUT/slides/<slide_id>/audit.json                 present once a slide was audited
     OUT/slides/<slide_id>/failure.json               present while a slide's last run failed
 """
 from __future__ import annotations
 
+import collections
+import csv
 import hashlib
 import json
 import logging
@@ -19,6 +21,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,29 +29,41 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# Exit codes of `slideaudit run`: 3 some slides failed, 4 a slide met --fail-on (4 wins over 3).
-EXIT_OK, EXIT_WITH_FAILURES, EXIT_THRESHOLDS = 0, 3, 4
+# Exit codes of `slideaudit run`: 2 a setting to fix, 3 the slide failed, 4 it met --fail-on.
+EXIT_OK, EXIT_USAGE, EXIT_WITH_FAILURES, EXIT_THRESHOLDS = 0, 2, 3, 4
+PREFLIGHT = "preflight"  # the stage that checks a slide's inputs before any work
 INDEX_FILES = ("index.html", "audit.csv", "run.json")
 LATEST = "latest"
+# Manifest columns holding numbers, not files, among the `annotation*` ones (tiling/archive.py).
+NUMBER_COLUMNS = ("annotation_downsample", "annotation_mpp")
 
 
 class DagInputError(ValueError):
-    """A DAG parameter points at something missing or malformed."""
+    """A DAG parameter or a setting points at something missing or malformed."""
 
 
 class AuditRunError(RuntimeError):
-    """`slideaudit run` crashed or refused its arguments (any exit code but 0, 3 and 4)."""
+    """`slideaudit` crashed (exit code 1, or killed): retrying may help."""
+
+
+class SlideFailed(RuntimeError):
+    """`slideaudit run` could not audit the slide (exit code 3); `stage` is where it failed
+    (failure.json). A failure at preflight is bad input (fix the file): retrying cannot help."""
+
+    def __init__(self, slide_id: str, stage: str, message: str) -> None:
+        super().__init__(f"slide {slide_id} failed at stage {stage}: {message}")
+        self.slide_id, self.stage = slide_id, stage
 
 
 @dataclass(frozen=True)
-class AuditResult:
-    """What one `slideaudit run --only-new` did: its exit code, the slides it was given, the
-    failure records (`failure.json` contents) of those that failed and, with exit code 4, the
-    slides that met --fail-on (run.json `thresholds_met`: slide_id, verdict, verdict_reason, met)."""
+class SlideResult:
+    """An audited slide: `slideaudit run`'s exit code (0, or 4 when it met --fail-on), its
+    verdict (PASS, REVIEW, FAIL, UNCHECKED) and the --fail-on criteria it met (run's
+    `thresholds_met`: slide_id, verdict, verdict_reason, met)."""
 
+    slide_id: str
     exit_code: int
-    audited: list[str]
-    failures: list[dict]
+    verdict: str | None
     thresholds_met: list[dict]
 
 
@@ -63,9 +78,8 @@ def executable(slideaudit: str) -> str:
 
 def archive_slide_ids(slideaudit: str, archive: Path, out: Path | None = None) -> list[str]:
     """Slide ids of an archive as slideaudit reads it (`slideaudit slides ARCHIVE --json`); with
-    `out`, only those without `OUT/slides/<id>/audit.json` (`--out OUT --new`: what
-    `run --only-new` audits: never audited, or failed last time). DagInputError when slideaudit
-    refuses the archive (its message says why)."""
+    `out`, only those without `OUT/slides/<id>/audit.json` (`--out OUT --new`: never audited, or
+    failed last time). DagInputError when slideaudit refuses the archive (its message says why)."""
     cmd = [executable(slideaudit), "slides", str(archive), "--json"]
     if out is not None:
         cmd += ["--out", str(out), "--new"]
@@ -77,50 +91,111 @@ def archive_slide_ids(slideaudit: str, archive: Path, out: Path | None = None) -
 
 
 def new_slide_ids(slideaudit: str, archive: Path, out: Path) -> list[str]:
-    """Slides of the archive that `slideaudit run --only-new` audits into `out`."""
+    """Slides of the archive not audited into `out` yet (never, or failed last time)."""
     return archive_slide_ids(slideaudit, archive, out)
 
 
-def run_audit(slideaudit: str, archive: Path, model: Path, out: Path, slide_ids: list[str],
-              workers: int | None = None, config: Path | None = None,
-              fail_on: str | None = None) -> AuditResult:
-    """Run `slideaudit run ARCHIVE --model MODEL --out OUT --only-new [--workers N]
-    [--config FILE] [--fail-on CRITERIA]`, logging its output line by line. Exit 0, 3 or 4
-    returns the result (3: some slides failed, 4: some met --fail-on; the index is written
-    either way); any other exit code raises `AuditRunError`."""
-    cmd = [executable(slideaudit), "run", str(archive), "--model", str(model), "--out", str(out), "--only-new",
-           "--progress", "plain"]  # one line per slide and stage in the task log
-    for option, value in (("--workers", workers), ("--config", config), ("--fail-on", fail_on)):
-        if value:
-            cmd += [option, str(value)]
+def one_slide_archive(archive: Path, slide_id: str, folder: Path) -> Path:
+    """An archive in `folder` holding only `slide_id` of `archive`, read as slideaudit reads the
+    whole one: for a folder archive, `folder` with links to the files named `<slide_id>.*` (the
+    slide and its annotations); for a manifest, `folder/manifest.csv` with the header and that
+    slide's row, its relative paths (`path`, `annotation*` but NUMBER_COLUMNS) made absolute.
+    Nothing in `archive` is written. DagInputError when the slide is not in it."""
+    archive = Path(archive).absolute()
+    if archive.is_dir():
+        files = [p for p in archive.iterdir() if p.stem == slide_id]
+        for path in files:
+            (folder / path.name).symlink_to(path)
+        if files:
+            return folder
+    else:
+        with open(archive, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows = [r for r in reader if (r.get("slide_id") or Path(r.get("path") or "").stem) == slide_id]
+        if rows:
+            row = {k: (str(archive.parent / v) if v and (k == "path" or k.startswith("annotation"))
+                       and k not in NUMBER_COLUMNS else v) for k, v in rows[0].items()}
+            subset = folder / "manifest.csv"
+            with open(subset, "w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, fieldnames=reader.fieldnames or list(row))
+                writer.writeheader()
+                writer.writerow(row)
+            return subset
+    raise DagInputError(f"{archive}: no slide {slide_id!r} in the archive (was it removed since it was listed?)")
+
+
+def _run_logged(cmd: list[str]) -> tuple[int, str, str]:
+    """Run `cmd`, logging its stderr line by line; (exit code, stdout, last stderr lines). The
+    process is terminated (SIGTERM: slideaudit stops cleanly) when this task is interrupted,
+    e.g. by Airflow's execution_timeout."""
     log.info("running %s", shlex.join(cmd))
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          stdin=subprocess.DEVNULL) as proc:
-        for line in proc.stdout:
-            log.info("slideaudit: %s", line.rstrip())
-    if proc.returncode not in (EXIT_OK, EXIT_WITH_FAILURES, EXIT_THRESHOLDS):
-        raise AuditRunError(f"{shlex.join(cmd)} exited with code {proc.returncode}: "
-                            "see its output above")
-    failures = read_failures(out, slide_ids)
-    for failure in failures:
-        log.warning("slide %s failed at stage %s: %s", failure.get("slide_id"),
-                    failure.get("stage"), failure.get("message"))
-    met = (json.loads((Path(out) / "run.json").read_text(encoding="utf-8"))["thresholds_met"]
-           if proc.returncode == EXIT_THRESHOLDS else [])
-    for slide in met:
+    tail: collections.deque[str] = collections.deque(maxlen=5)
+    with tempfile.TemporaryFile("w+") as stdout, subprocess.Popen(
+            cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL) as proc:
+        try:
+            for line in proc.stderr:
+                log.info("slideaudit: %s", line.rstrip())
+                tail.append(line.rstrip())
+            proc.wait()
+        except BaseException:
+            proc.terminate()
+            proc.wait()
+            raise
+        stdout.seek(0)
+        return proc.returncode, stdout.read(), "\n".join(tail)
+
+
+def run_slide(slideaudit: str, archive: Path, slide_id: str, model: Path, out: Path,
+              workers: int | None = None, config: Path | None = None,
+              fail_on: str | None = None) -> SlideResult:
+    """Audit one slide of `archive` into `out`: `slideaudit run ONE_SLIDE_ARCHIVE --model MODEL
+    --out OUT --wait --json [--workers N] [--config FILE] [--fail-on CRITERIA]`, the one-slide
+    archive from `one_slide_archive` in a temporary folder. `--wait`: runs on the same OUT take
+    turns (a run holds OUT/.lock). Exit 0 or 4 returns the result; 3 raises SlideFailed, 2
+    DagInputError (a setting to fix), any other AuditRunError."""
+    with tempfile.TemporaryDirectory(prefix=f"slideaudit-{slide_id}-") as folder:
+        subset = one_slide_archive(archive, slide_id, Path(folder))
+        cmd = [executable(slideaudit), "run", str(subset), "--model", str(model), "--out", str(out), "--wait",
+               "--json", "--progress", "plain"]  # one line per stage in the task log
+        for option, value in (("--workers", workers), ("--config", config), ("--fail-on", fail_on)):
+            if value:
+                cmd += [option, str(value)]
+        code, stdout, tail = _run_logged(cmd)
+    if code == EXIT_USAGE:
+        raise DagInputError(f"{shlex.join(cmd)} exited with code 2 (a setting to fix): {tail}")
+    if code not in (EXIT_OK, EXIT_WITH_FAILURES, EXIT_THRESHOLDS):
+        raise AuditRunError(f"{shlex.join(cmd)} exited with code {code}: see its output above")
+    summary = json.loads(stdout)
+    if summary["failures"]:
+        failure = summary["failures"][0]
+        raise SlideFailed(slide_id, failure["stage"], failure["message"])
+    for slide in summary["thresholds_met"]:
         log.warning("slide %s met --fail-on (%s): %s", slide["slide_id"], ", ".join(slide["met"]),
                     slide["verdict_reason"])
-    return AuditResult(proc.returncode, list(slide_ids), failures, met)
+    return SlideResult(slide_id, code, next(iter(summary["verdicts"]), None), summary["thresholds_met"])
 
 
-def thresholds_message(result: dict) -> str | None:
-    """Why the run's audit thresholds were met (a `AuditResult` as a dict), or None when not:
-    one line per slide, "slide_id: VERDICT (criteria): reason"."""
-    met = result.get("thresholds_met") or []
-    if not met:
-        return None
-    lines = [f"{m['slide_id']}: {m['verdict']} ({', '.join(m['met'])}): {m['verdict_reason']}" for m in met]
-    return f"audit thresholds met (--fail-on) on {len(met)} slide(s):\n" + "\n".join(lines)
+def build_index(slideaudit: str, out: Path) -> None:
+    """`slideaudit report OUT --group-by ''`: OUT/index.html and OUT/audit.csv over every slide
+    of the store, failed ones included. Without subgroups: the runs' archives held one slide."""
+    cmd = [executable(slideaudit), "report", str(out), "--group-by", ""]
+    code, _, tail = _run_logged(cmd)
+    if code != EXIT_OK:
+        raise AuditRunError(f"{shlex.join(cmd)} exited with code {code}: {tail}")
+
+
+def outcome_message(slide_ids: list[str], results: list[dict], out: Path) -> str | None:
+    """Why the DAG run must be marked failed, or None: the slides that were not audited (their
+    failure.json stage and message, when they have one) and those that met --fail-on
+    (`SlideResult`s as dicts), one line each."""
+    audited = {r["slide_id"] for r in results}
+    failures = {f["slide_id"]: f for f in read_failures(out, [s for s in slide_ids if s not in audited])}
+    lines = [f"{s}: not audited: " + (f"failed at stage {failures[s].get('stage')}: {failures[s].get('message')}"
+                                      if s in failures else "no failure.json (see its task's log)")
+             for s in slide_ids if s not in audited]
+    lines += [f"{m['slide_id']}: {m['verdict']} met --fail-on ({', '.join(m['met'])}): {m['verdict_reason']}"
+              for r in results for m in r["thresholds_met"]]
+    return "\n".join(lines) or None
 
 
 def read_failures(out: Path, slide_ids: list[str]) -> list[dict]:

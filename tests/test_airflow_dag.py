@@ -117,48 +117,93 @@ def test_publish_snapshots_atomically(tmp_path: Path) -> None:
         steps.publish(tmp_path / "empty", pub)
 
 
-def test_run_audit_rejects_crashes(tmp_path: Path) -> None:
-    archive = tmp_path / "archive"
-    archive.mkdir()
+def test_one_slide_archive_is_read_as_the_whole_one(tmp_path: Path) -> None:
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for name in ("a.svs", "a.geojson", "a.b.svs", "b.svs", "b.xml"):
+        (folder / name).write_bytes(b"x")
+    (tmp_path / "x").mkdir()
+    for name in ("one.svs", "one.geojson", "two.tiff"):
+        (tmp_path / "x" / name).write_bytes(b"x")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("slide_id,path,label,annotation,annotation_downsample,site\n"
+                        "s1,x/one.svs,1,x/one.geojson,32,Leeds\n,x/two.tiff,0,,,York\n", encoding="utf-8-sig")
+    before = _sha256_tree(tmp_path)
+    for archive, slide_id in ((folder, "a"), (folder, "b"), (manifest, "s1"), (manifest, "two")):
+        whole = {r.slide_id: r for r in read_archive(archive)}
+        subset = tmp_path / f"subset-{archive.name}-{slide_id}"
+        subset.mkdir()
+        one = read_archive(steps.one_slide_archive(archive, slide_id, subset))
+        assert [r.slide_id for r in one] == [slide_id]
+        assert one[0].path.resolve() == whole[slide_id].path.resolve()
+        assert [p.resolve() for p in one[0].annotations] == [p.resolve() for p in whole[slide_id].annotations]
+        record, cells = one[0], {k: v for k, v in one[0].columns if k not in ("path", "annotation")}
+        assert (record.labels, record.mpp, record.annotation_downsample, cells) == (
+            whole[slide_id].labels, whole[slide_id].mpp, whole[slide_id].annotation_downsample,
+            {k: v for k, v in whole[slide_id].columns if k not in ("path", "annotation")})
+    with pytest.raises(steps.DagInputError, match="no slide 'gone'"):
+        steps.one_slide_archive(manifest, "gone", tmp_path)
+    assert _sha256_tree(tmp_path) == {**before, **{k: v for k, v in _sha256_tree(tmp_path).items() if "subset-" in k}}
+
+
+def test_run_slide_names_what_to_fix(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("slide_id,path\ns1,s1.svs\n")
     with pytest.raises(steps.DagInputError, match="SLIDEAUDIT_BIN"):
-        steps.run_audit(str(tmp_path / "no-such-slideaudit"), archive, tmp_path, tmp_path, [])
-    with pytest.raises(steps.AuditRunError, match="exited with code"):
-        steps.run_audit(str(SLIDEAUDIT), archive, tmp_path / "no-model", tmp_path / "out", [])
+        steps.run_slide(str(tmp_path / "no-such-slideaudit"), manifest, "s1", tmp_path, tmp_path)
+    with pytest.raises(steps.DagInputError,
+                       match=r"(?s)exited with code 2 \(a setting to fix\): .*'--model': .*no-model' does not exist"):
+        steps.run_slide(str(SLIDEAUDIT), manifest, "s1", tmp_path / "no-model", tmp_path / "out")
 
 
-def test_exit_4_is_a_completed_run_whose_thresholds_are_named(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
+def test_exit_4_is_an_audited_slide_whose_thresholds_are_named(tmp_path: Path) -> None:
     met = [{"slide_id": "s1", "verdict": "FAIL", "verdict_reason": "Prediction wrong: predicted class 1, label 0",
             "met": ["fail"]}]
-    (out / "run.json").write_text(json.dumps({"format_version": 1, "thresholds_met": met}))
-    fake = tmp_path / "slideaudit"
-    fake.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'args'}\nexit 4\n")
+    summary = {"verdicts": {"FAIL": 1}, "failures": [], "thresholds_met": met, "exit_code": 4}
+    fake = tmp_path / "slideaudit"  # what `slideaudit run --json` prints and exits with when --fail-on is met
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'args'}\necho '{json.dumps(summary)}'\nexit 4\n")
     fake.chmod(0o755)
-    result = steps.run_audit(str(fake), tmp_path, tmp_path, out, ["s1"], fail_on="fail")
-    assert (result.exit_code, result.thresholds_met) == (4, met)
-    assert "--fail-on fail" in (tmp_path / "args").read_text()
-    message = steps.thresholds_message(dataclasses.asdict(result))
-    assert message == ("audit thresholds met (--fail-on) on 1 slide(s):\n"
-                       "s1: FAIL (fail): Prediction wrong: predicted class 1, label 0")
-    assert steps.thresholds_message({"thresholds_met": []}) is None
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("slide_id,path\ns1,s1.svs\n")
+    result = steps.run_slide(str(fake), manifest, "s1", tmp_path, tmp_path / "out", fail_on="fail")
+    assert result == steps.SlideResult("s1", 4, "FAIL", met)
+    args = (tmp_path / "args").read_text()
+    assert "--fail-on fail" in args and "--wait --json" in args
+    failed = tmp_path / "out" / "slides" / "s2"
+    failed.mkdir(parents=True)
+    (failed / "failure.json").write_text(json.dumps({"slide_id": "s2", "stage": "tile", "message": "disk full"}))
+    message = steps.outcome_message(["s1", "s2", "s3"], [dataclasses.asdict(result)], tmp_path / "out")
+    assert message == ("s2: not audited: failed at stage tile: disk full\n"
+                       "s3: not audited: no failure.json (see its task's log)\n"
+                       "s1: FAIL met --fail-on (fail): Prediction wrong: predicted class 1, label 0")
+    assert steps.outcome_message(["s1"], [{"slide_id": "s1", "thresholds_met": []}], tmp_path / "out") is None
 
 
 # ---- the DAG, run by Airflow ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment for the Airflow CLI: AIRFLOW_HOME in a tmp dir with a migrated sqlite db,
-    the dags folder at `dags/`, and SLIDEAUDIT_BIN at this venv's `slideaudit`."""
+    """Environment for the Airflow CLI: AIRFLOW_HOME in a tmp dir with a migrated sqlite db and
+    the pool `slideaudit_gpu`, the dags folder at `dags/`, SLIDEAUDIT_BIN at this venv's
+    `slideaudit`, and SLIDEAUDIT_ON_FAILURE at a hook that appends each failed task's id, map
+    index and error to FAILED_LOG (a JSON line each)."""
     if not AIRFLOW.is_file():
         pytest.fail(f"{AIRFLOW} is missing: build Airflow's venv with `make airflow`")
     home = tmp_path_factory.mktemp("airflow_home")
+    (home / "failure_hook.py").write_text(
+        "import json, os\n"
+        "def record(context):\n"
+        "    ti = context['task_instance']\n"
+        "    with open(os.environ['FAILED_LOG'], 'a') as f:\n"
+        "        f.write(json.dumps([ti.task_id, ti.map_index, str(context.get('exception'))]) + '\\n')\n")
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AIRFLOW", "SLIDEAUDIT_", "VIRTUAL_ENV", "PYTHONPATH"))}
     env.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__DAGS_FOLDER=str(DAGS),
-               AIRFLOW__CORE__LOAD_EXAMPLES="False", SLIDEAUDIT_BIN=str(SLIDEAUDIT))
-    subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, check=True, capture_output=True,
-                   timeout=300)
+               AIRFLOW__CORE__LOAD_EXAMPLES="False", SLIDEAUDIT_BIN=str(SLIDEAUDIT),
+               PYTHONPATH=str(home), SLIDEAUDIT_ON_FAILURE="failure_hook:record",
+               FAILED_LOG=str(home / "failed.jsonl"))
+    for cmd in (["db", "migrate"], ["pools", "set", "slideaudit_gpu", "1", "slideaudit: one slide per GPU"]):
+        subprocess.run([str(AIRFLOW), *cmd], env=env, check=True, capture_output=True, timeout=300)
     return env
 
 
@@ -167,22 +212,31 @@ def _xcom(value: object) -> object:
 
 
 def _dags_test(env: dict[str, str], **conf: object) -> dict:
-    """`airflow dags test slide_audit -c CONF`; the run's state, task states and XComs."""
+    """`airflow dags test slide_audit -c CONF`; the run's state, its task instances' states
+    ({task_id: state}, {(task_id, rendered map index): state} for mapped ones), their pools and
+    tries, and XComs; the failure hook's records of the run."""
+    failed_log = Path(env["FAILED_LOG"])
+    failed_log.unlink(missing_ok=True)
     proc = subprocess.run([str(AIRFLOW), "dags", "test", "slide_audit", "-c", json.dumps(conf)],
                           env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"airflow dags test failed:\n{proc.stdout[-8000:]}\n{proc.stderr[-4000:]}"
     db = sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db")
     try:
         run_id, state = db.execute("SELECT run_id, state FROM dag_run WHERE dag_id='slide_audit' "
                                    "ORDER BY id DESC LIMIT 1").fetchone()
-        tasks = dict(db.execute("SELECT task_id, state FROM task_instance WHERE run_id=?", (run_id,)))
-        xcom = {(t, k): _xcom(v) for t, k, v in
-                db.execute("SELECT task_id, key, value FROM xcom WHERE run_id=?", (run_id,))}
+        rows = db.execute("SELECT task_id, map_index, rendered_map_index, state, pool, max_tries "
+                          "FROM task_instance WHERE run_id=?", (run_id,)).fetchall()
+        xcom = {(t, i, k): _xcom(v) for t, i, k, v in
+                db.execute("SELECT task_id, map_index, key, value FROM xcom WHERE run_id=?", (run_id,))}
         schedule = db.execute("SELECT timetable_summary, max_active_runs FROM dag "
                               "WHERE dag_id='slide_audit'").fetchone()
     finally:
         db.close()
-    return {"state": state, "tasks": tasks, "xcom": xcom, "schedule": schedule}
+    tasks = {(t if i < 0 else (t, name)): s for t, i, name, s, _, _ in rows}
+    log = f"airflow dags test exited with code {proc.returncode}:\n{proc.stdout[-8000:]}\n{proc.stderr[-4000:]}"
+    return {"state": state, "tasks": tasks, "xcom": xcom, "schedule": schedule, "log": log,
+            "pools": {t: (pool, tries) for t, i, _, _, pool, tries in rows if i >= 0},
+            "failed": [json.loads(line) for line in failed_log.read_text().splitlines()]
+            if failed_log.is_file() else []}
 
 
 def _broken_links(page: Path) -> list[str]:
@@ -210,10 +264,11 @@ def _add_broken_slide(manifest: Path) -> Path:
 
 @pytest.mark.airflow
 @pytest.mark.slow
-def test_dag_audits_new_slides_and_publishes(airflow_env: dict[str, str], model_dir: Path, tmp_path: Path) -> None:
+def test_dag_audits_each_new_slide_in_its_task_and_publishes(airflow_env: dict[str, str], model_dir: Path,
+                                                              tmp_path: Path) -> None:
     archive, out, pub = (tmp_path / n for n in ("archive", "out", "pub"))
-    manifest = write_sample_archive(archive, slides=2, seed=3, size=2048)
-    good = sorted(r.slide_id for r in read_archive(manifest))
+    manifest = write_sample_archive(archive, slides=1, seed=3, size=2048)
+    [good] = [r.slide_id for r in read_archive(manifest)]
     with_broken = _add_broken_slide(manifest)
     before = _sha256_tree(archive)
     config = tmp_path / "config.yaml"  # what the DAG test needs of a run: no class impressions, small maps
@@ -221,38 +276,49 @@ def test_dag_audits_new_slides_and_publishes(airflow_env: dict[str, str], model_
     conf = {"archive": str(with_broken), "model": str(model_dir), "out": str(out),
             "publish_dir": str(pub), "workers": 1, "config": str(config)}
 
-    # 1. all new, one slide corrupt: the run completes with failures (exit 3); the DAG
-    # succeeds, reports the failure and publishes the index
+    # 1. two new slides, one corrupt: its task fails at once (bad input: no retry), the other's
+    # succeeds, the index is built and published all the same, and the last task fails the run
+    # naming the slide
     run = _dags_test(airflow_env, **conf)
-    assert run["schedule"] == ("0 0 * * *", 1)  # daily, one run at a time
-    assert run["state"] == "success"
-    assert run["tasks"] == {"find_new_slides": "success", "audit": "success", "publish": "success",
-                            "thresholds": "success"}
-    assert run["xcom"][("find_new_slides", "return_value")] == [r.slide_id for r in read_archive(with_broken)]
-    assert run["xcom"][("audit", "exit_code")] == 3
-    failures = run["xcom"][("audit", "failures")]
-    assert [(f["slide_id"], f["stage"]) for f in failures] == [("broken", "preflight")]  # before Dask
-    assert sorted(_mtimes(out)) == good
-    snapshot = Path(run["xcom"][("publish", "return_value")])
+    assert run["schedule"] == ("0 0 * * *", 1), run["log"]  # daily, one run at a time
+    assert run["tasks"] == {"find_new_slides": "success", ("audit_slide", good): "success",
+                            ("audit_slide", "broken"): "failed", "build_index": "success",
+                            "publish": "success", "outcome": "failed"}, run["log"]
+    assert run["state"] == "failed"
+    assert set(run["pools"].values()) == {("slideaudit_gpu", 2)}  # the pool, and max_tries = retries
+    assert run["xcom"][("find_new_slides", -1, "return_value")] == [good, "broken"]
+    [result] = [v for (t, _, k), v in run["xcom"].items() if (t, k) == ("audit_slide", "return_value")]
+    assert result["slide_id"] == good and result["exit_code"] == 0
+    assert result["verdict"] == json.loads((out / "slides" / good / "audit.json").read_text())["verdict"]
+    failure = json.loads((out / "slides" / "broken" / "failure.json").read_text())
+    assert failure["stage"] == "preflight"  # before Dask
+    hooked = {(task, index): error for task, index, error in run["failed"]}
+    assert sorted(hooked) == [("audit_slide", 1), ("outcome", -1)]  # the hook saw both failures
+    assert "slide broken failed at stage preflight" in hooked[("audit_slide", 1)]
+    assert "broken: not audited: failed at stage preflight" in hooked[("outcome", -1)]
+    assert sorted(_mtimes(out)) == [good]
+    snapshot = Path(run["xcom"][("publish", -1, "return_value")])
     assert (pub / "latest").resolve() == snapshot
     assert (snapshot / "index.html").read_bytes() == (out / "index.html").read_bytes()
     assert (snapshot / "audit.csv").read_bytes() == (out / "audit.csv").read_bytes()
-    assert all((snapshot / "slides" / i / "report.html").is_file() for i in good)
+    assert f"\n{good}," in (out / "audit.csv").read_text()
+    assert (snapshot / "slides" / good / "report.html").is_file()
     assert (snapshot / "slides" / "broken" / "failure.json").is_file()
     assert "broken" in (snapshot / "index.html").read_text()
     assert _broken_links(snapshot / "index.html") == []
     assert not list(pub.rglob("*.zarr"))
     assert _sha256_tree(archive) == before
 
-    # 2. the good slides again: nothing new, the audit is skipped, nothing is rewritten and the
-    # published snapshot stays
+    # 2. the good slide again: nothing new, no slide task, the index stays, nothing is rewritten
+    # and the published snapshot stays
     audited = _mtimes(out)
     run = _dags_test(airflow_env, **{**conf, "archive": str(manifest)})
+    assert run["tasks"] == {"find_new_slides": "success", "audit_slide": "skipped", "build_index": "skipped",
+                            "publish": "success", "outcome": "skipped"}, run["log"]
     assert run["state"] == "success"
-    assert run["tasks"] == {"find_new_slides": "success", "audit": "skipped", "publish": "success",
-                            "thresholds": "skipped"}
-    assert run["xcom"][("find_new_slides", "return_value")] == []
-    assert Path(run["xcom"][("publish", "return_value")]) == snapshot
+    assert run["xcom"][("find_new_slides", -1, "return_value")] == []
+    assert Path(run["xcom"][("publish", -1, "return_value")]) == snapshot
     assert _mtimes(out) == audited
     assert steps.snapshots(pub) == [snapshot]
+    assert run["failed"] == []
     assert _sha256_tree(archive) == before

@@ -1,7 +1,8 @@
 """The on-disk store that stages share: one module per part, imported here in order.
 
     names     every path under OUT, its format version and the module that writes it
-    stamps    the contract: atomic writes, stamps that let a rerun skip, format versions
+    stamps    the contract: atomic writes, stamps that let a rerun skip, format versions,
+              the record of a store's files that proves it whole
     patches   patches.zarr (tile)           explain   explain.zarr, embeddings.zarr (explain)
     ome       OME-Zarr images and labels    maps      maps.zarr (stitch)
     records   run.json, audit.json, failure.json
@@ -36,20 +37,24 @@ from tiling.store.stamps import (
     atomic_path,
     chained_stamp,
     check_version,
+    check_whole,
     config_hash,
+    damage,
+    discard_damaged,
     file_sha256,
     is_current,
     read_stamp,
     remove_leftovers,
     runtime,
+    seal,
     stamped,
 )
 
 __all__ = [
-    "AUDIT", "AUDIT_CSV", "CACHE", "EMBEDDINGS", "EXPLAIN", "FAILURE", "FOCUS_GEOJSON",
-    "FORMAT_VERSIONS", "IMPRESSIONS", "INDEX", "LOCK", "MAPS", "PATCHES", "REPORT", "RUN_MANIFEST",
-    "STAMP_KEYS", "SUBGROUPS_CSV", "VERSION_KEY", "Artefacts", "PatchStore", "atomic_path",
-    "chained_stamp", "check_version", "config_hash", "create_patch_store", "file_sha256",
-    "is_current", "open_patch_store", "read_stamp", "remove_leftovers", "runtime", "slide_dir",
-    "stage_path", "stamped", "write_patch_records",
+    "AUDIT", "AUDIT_CSV", "CACHE", "EMBEDDINGS", "EXPLAIN", "FAILURE", "FOCUS_GEOJSON", "FORMAT_VERSIONS",
+    "IMPRESSIONS", "INDEX", "LOCK", "MAPS", "PATCHES", "REPORT", "RUN_MANIFEST", "STAMP_KEYS", "SUBGROUPS_CSV",
+    "VERSION_KEY", "Artefacts", "PatchStore", "atomic_path", "chained_stamp", "check_version", "check_whole",
+    "config_hash", "create_patch_store", "damage", "discard_damaged", "file_sha256", "is_current",
+    "open_patch_store", "read_stamp", "remove_leftovers", "runtime", "seal", "slide_dir", "stage_path", "stamped",
+    "write_patch_records",
 ]

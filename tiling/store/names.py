@@ -30,7 +30,7 @@ RUN_MANIFEST, INDEX, AUDIT_CSV, SUBGROUPS_CSV = "run.json", "index.html", "audit
 LOCK, CACHE, IMPRESSIONS = ".lock", "cache", "impressions"
 
 FORMAT_VERSIONS: dict[str, int] = {
-    PATCHES: 3, EXPLAIN: 2, MAPS: 2, AUDIT: 4, FAILURE: 1, RUN_MANIFEST: 1}
+    PATCHES: 4, EXPLAIN: 3, MAPS: 3, AUDIT: 4, FAILURE: 1, RUN_MANIFEST: 1}
 
 
 def slide_dir(out: Path, slide_id: str) -> Path:

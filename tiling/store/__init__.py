@@ -47,6 +47,7 @@ from tiling.store.stamps import (
     remove_leftovers,
     runtime,
     seal,
+    seal_store,
     stamped,
 )
 
@@ -55,6 +56,6 @@ __all__ = [
     "IMPRESSIONS", "INDEX", "LOCK", "MAPS", "PATCHES", "REPORT", "RUN_MANIFEST", "STAMP_KEYS", "SUBGROUPS_CSV",
     "VERSION_KEY", "Artefacts", "PatchStore", "atomic_path", "chained_stamp", "check_version", "check_whole",
     "config_hash", "create_patch_store", "damage", "discard_damaged", "file_sha256", "is_current",
-    "open_patch_store", "read_stamp", "remove_leftovers", "runtime", "seal", "slide_dir", "stage_path", "stamped",
-    "write_patch_records",
+    "open_patch_store", "read_stamp", "remove_leftovers", "runtime", "seal", "seal_store", "slide_dir",
+    "stage_path", "stamped", "write_patch_records",
 ]

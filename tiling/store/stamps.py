@@ -109,11 +109,10 @@ def damage(store: Path, attrs: Mapping[str, Any] | None = None) -> str | None:
     absent or recording nothing. Costs one stat per file; a file changed since sealing is also
     read for its crc32c."""
     if attrs is None:
-        meta = _metadata(Path(store))
-        attrs = meta or {}
+        attrs = _metadata(Path(store)) or {}
     sealed, root = attrs.get(SEALED_KEY, 0), os.fspath(store)
     for key, (size, crc) in (attrs.get(FILES_KEY) or {}).items():
-        path = os.path.join(root, key)  # str, not Path: half the time of a Path per file
+        path = os.path.join(root, key)  # a str: no Path made per file, on every rerun
         try:
             st = os.stat(path)
         except FileNotFoundError:

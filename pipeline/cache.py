@@ -14,7 +14,8 @@ in-place edit whose size and mtime were put back (`os.utime` cannot set ctime). 
                         when its chain last completed
 
 The stages' own stamps (`tiling.store.is_current`) stay the authority; the ledger only lets a
-rerun leave out, before Dask starts, the slides whose every input and output is as it was.
+rerun leave out, before Dask starts, the slides whose every input and output is as it was, the
+files of their zarr stores checked against the record each store keeps (`tiling.store.damage`).
 All files are written atomically.
 """
 from __future__ import annotations
@@ -28,10 +29,22 @@ from pathlib import Path
 from typing import Any
 
 from tiling.archive import SlideRecord
-from tiling.store import AUDIT, CACHE, EXPLAIN, MAPS, PATCHES, REPORT, atomic_path, file_sha256, slide_dir
+from tiling.store import (
+    AUDIT,
+    CACHE,
+    EXPLAIN,
+    MAPS,
+    PATCHES,
+    REPORT,
+    atomic_path,
+    discard_damaged,
+    file_sha256,
+    slide_dir,
+)
 
 LEDGER = "slides.json"
 OUTPUTS = (PATCHES, EXPLAIN, MAPS, AUDIT, REPORT)
+STORES = (PATCHES, EXPLAIN, MAPS)  # the zarr outputs, whose folders' signatures miss a damaged file
 
 
 def signature(path: Path) -> list[int] | None:
@@ -97,10 +110,15 @@ class Ledger:
         self.slides: dict[str, Any] = doc if isinstance(doc, dict) else {}
 
     def is_current(self, record: SlideRecord, run_key: dict[str, Any]) -> bool:
-        """True when the slide's inputs and outputs have the signatures recorded when it completed."""
+        """True when the slide's inputs and outputs have the signatures recorded when it completed
+        and its stores' files are whole: a damaged store is removed, saying so in one line
+        (`tiling.store.discard_damaged`), and its stage computes it again."""
         entry = self.slides.get(record.slide_id)
-        return (entry is not None and entry.get("inputs") == slide_inputs(record, run_key)
-                and entry.get("outputs") == output_signatures(self.out, record.slide_id))
+        if not (entry is not None and entry.get("inputs") == slide_inputs(record, run_key)
+                and entry.get("outputs") == output_signatures(self.out, record.slide_id)):
+            return False
+        damaged = [discard_damaged(slide_dir(self.out, record.slide_id) / name) for name in STORES]  # each one said
+        return not any(damaged)
 
     def update(self, completed: Sequence[SlideRecord], failed: Sequence[str], run_key: dict[str, Any]) -> None:
         """Record the slides whose chain completed now, forget the failed ones; write (atomic)."""

@@ -15,7 +15,7 @@ from reports.crops import window
 from reports.html import render_slide_report
 from reports.table import metric_columns
 from tiling.samples.tiff import write_pyramid_tiff
-from tiling.store import MAPS, PATCHES
+from tiling.store import MAPS, PATCHES, seal_store
 from tiling.store.records import load_audit
 
 
@@ -48,6 +48,7 @@ def test_all_zero_map_reads_no_positive_evidence_and_glossary_comes_from_the_reg
     level0 = zarr.open_group(slide_dir / MAPS, mode="r+")["hirescam/0"]
     values = level0[...]
     level0[...] = np.where(np.isfinite(values), 0.0, np.nan)  # ReLU'd CAM with no evidence
+    seal_store(slide_dir / MAPS)  # edited on purpose, not damaged
     html = render_slide_report(slide_dir, force=True).read_text()
     zero, attention = (html.split(f'data-method="{m}"')[1].split("</figure>")[0] for m in ("hirescam", "attention"))
     assert "no positive evidence" in zero and zero.count("<img") == 1  # the outline layer, no tint

@@ -31,7 +31,7 @@ from explainers.models.io import build_model, save_model
 from pipeline.cli import main
 from pipeline.config import PipelineConfig, load_config
 from pipeline.runner import RunResult, at_model_footprint, run_archive
-from tiling.store import file_sha256
+from tiling.store import file_sha256, seal_store
 from tiling.store.maps import open_maps
 from tiling.store.records import load_manifest
 
@@ -269,9 +269,11 @@ def test_sigkill_then_rerun_gives_the_same_audit(workspace: Workspace, reference
 
 
 def _tamper_attention(slide: Path) -> None:
-    """Double the stored attention (its sum becomes 2), keeping the store's stamp."""
+    """Double the stored attention (its sum becomes 2), keeping the store's stamp and, sealed
+    again, its record of files (else the run takes it for damaged and recomputes it)."""
     array = zarr.open_group(slide / "explain.zarr", mode="r+")["attention"]
     array[:] = np.asarray(array[:]) * 2
+    seal_store(slide / "explain.zarr")
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ from reports.table import scan
 from tiling.config import StitchConfig
 from tiling.errors import StoreError
 from tiling.stitch import stitch_slide
-from tiling.store import AUDIT, file_sha256, is_current, read_stamp
+from tiling.store import AUDIT, file_sha256, is_current, read_stamp, seal_store
 from tiling.store.records import AUDIT_VERSION, load_audit
 
 
@@ -180,6 +180,7 @@ def test_corrupted_attention_fails_its_suite_and_the_report_says_so(tmp_path) ->
     slide_dir, annotations = make_slide_case(tmp_path, "doubled")
     attention = zarr.open_group(slide_dir / "explain.zarr", mode="r+")["attention"]
     attention[:] = np.asarray(attention[:]) * 2  # sums to 2
+    seal_store(slide_dir / "explain.zarr")  # edited on purpose, not damaged
     stitch_slide(slide_dir, annotations, StitchConfig(max_side=256))
     audit = load_audit(audit_slide(slide_dir, 1, AuditConfig()))
     suites = {s["suite"]: s for s in audit["validation"]}
@@ -220,6 +221,8 @@ def keep_first(slide_dir: Path, k: int) -> None:
     if k:
         explain = zarr.open_group(slide_dir / "explain.zarr", mode="r+")
         explain["attention"][:] = np.full(k, 1 / k, np.float32)
+    for store in ("patches.zarr", "explain.zarr"):
+        seal_store(slide_dir / store)  # rewritten on purpose, not damaged
 
 
 @pytest.mark.parametrize("k", [0, 1])

@@ -20,6 +20,7 @@ from starlette.testclient import TestClient
 from fake_stores import real_slide
 from pipeline.viewer import slide_folder, viewer_routes
 from tiling.deepzoom import OVERLAP, TILE_SIZE, DeepZoomGrid, map_tile
+from tiling.store import seal_store
 from tiling.store.ome import Level
 from tiling.store.records import load_audit
 
@@ -164,6 +165,7 @@ def test_an_artefact_label_in_the_maps_becomes_a_mask_layer(report_archive, tmp_
     label = write_image(labels_group, ARTEFACTS, labels, maps.pixel_um, "pen ink",
                         method="nearest", label_colours={1: LABEL_RGBA[ARTEFACTS]})
     assert root.attrs["images"][ARTEFACTS] == label.path
+    seal_store(copy / "maps.zarr")  # edited on purpose, not damaged
     client = TestClient(Starlette(routes=viewer_routes(tmp_path)))
     assert 'class="label-layer" value="artefacts"' in client.get(viewer_url("inked")).text
     tile = image_at(client, viewer_url("inked", "layers/artefacts_files/8/0_0.png"))

@@ -36,6 +36,7 @@ from tiling.store import (
     create_patch_store,
     file_sha256,
     is_current,
+    seal_store,
     slide_dir,
     write_patch_records,
 )
@@ -198,6 +199,7 @@ def tile_slide(slide_path: Path, out: Path, config: TileConfig, slide_id: str | 
             # bound in a partial: dask would walk the slide and the zarr array looking for its own objects
             fill = dask.delayed(partial(_fill_block, slide, patch=patch, mpp=mpp, patches=patches))
             _run([records(), *(fill(coords[i:i + config.chunk], start=i) for i in blocks)], slide_id)
+            seal_store(tmp)
     dropped = ", ".join(f"{n} on {name}" for name, n in geometry["artefacts_dropped"].items() if n)
     log.info("%s: %d patches at level %d -> %s%s", slide_path.name, len(coords), geometry["level"], target,
              f" ({dropped} left out: artefacts)" if dropped else "")

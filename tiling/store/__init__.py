@@ -1,7 +1,8 @@
 """The on-disk store that stages share: one module per part, imported here in order.
 
     names     every path under OUT, its format version and the module that writes it
-    stamps    the contract: atomic writes, stamps that let a rerun skip, format versions
+    stamps    the contract: atomic writes, stamps that let a rerun skip, format versions,
+              the record of a store's files that proves it whole
     patches   patches.zarr (tile)           explain   explain.zarr, embeddings.zarr (explain)
     ome       OME-Zarr images and labels    maps      maps.zarr (stitch)
     lesions   the lesion polygons inside maps.zarr (stitch; the viewer draws them)
@@ -38,20 +39,25 @@ from tiling.store.stamps import (
     atomic_path,
     chained_stamp,
     check_version,
+    check_whole,
     config_hash,
+    damage,
+    discard_damaged,
     file_sha256,
     is_current,
     read_stamp,
     remove_leftovers,
     runtime,
+    seal,
+    seal_store,
     stamped,
 )
 
 __all__ = [
-    "AUDIT", "AUDIT_CSV", "CACHE", "EMBEDDINGS", "EXPLAIN", "FAILURE", "FOCUS_GEOJSON",
-    "FORMAT_VERSIONS", "IMPRESSIONS", "INDEX", "LOCK", "MAPS", "PATCHES", "REPORT", "RUN_MANIFEST",
-    "STAMP_KEYS", "SUBGROUPS_CSV", "TILES_GEOJSON", "VERSION_KEY", "Artefacts", "PatchStore", "atomic_path",
-    "chained_stamp", "check_version", "config_hash", "create_patch_store", "file_sha256",
-    "is_current", "open_patch_store", "read_stamp", "remove_leftovers", "runtime", "slide_dir",
+    "AUDIT", "AUDIT_CSV", "CACHE", "EMBEDDINGS", "EXPLAIN", "FAILURE", "FOCUS_GEOJSON", "FORMAT_VERSIONS",
+    "IMPRESSIONS", "INDEX", "LOCK", "MAPS", "PATCHES", "REPORT", "RUN_MANIFEST", "STAMP_KEYS", "SUBGROUPS_CSV",
+    "TILES_GEOJSON", "VERSION_KEY", "Artefacts", "PatchStore", "atomic_path", "chained_stamp", "check_version",
+    "check_whole", "config_hash", "create_patch_store", "damage", "discard_damaged", "file_sha256", "is_current",
+    "open_patch_store", "read_stamp", "remove_leftovers", "runtime", "seal", "seal_store", "slide_dir",
     "stage_path", "stamped", "write_patch_records",
 ]

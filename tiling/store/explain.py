@@ -14,14 +14,16 @@
     attrs            the stamp (config_hash, source_sha256), classes, head, target,
                      target_class, methods (may be empty: attention and logits only), mil (the head),
                      attention_branch, model ({name, sha256, config}), encoder_stamp (what the
-                     embeddings were computed from), format_version (FORMAT_VERSION)
+                     embeddings were computed from), files and sealed_ns (the record of its
+                     files, `tiling.store.stamps.seal`), format_version (FORMAT_VERSION)
 
 embeddings.zarr (EMBEDDINGS, beside patches.zarr): the same `embeddings` array and the attrs
 `encoder_stamp` and `format_version` alone; `slideaudit train --encoder` keeps them there.
-Version 2 added `embeddings` and `encoder_stamp`.
+Version 2 added `embeddings` and `encoder_stamp`; version 3 the record of its files.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ import zarr
 from tiling.errors import StoreError
 from tiling.store.names import EXPLAIN, FORMAT_VERSIONS
 from tiling.store.patches import PatchStore
-from tiling.store.stamps import VERSION_KEY, atomic_path, check_version
+from tiling.store.stamps import VERSION_KEY, atomic_path, check_version, check_whole, damage, seal
 
 FORMAT_VERSION = FORMAT_VERSIONS[EXPLAIN]  # embeddings.zarr is written in the same format
 
@@ -42,6 +44,7 @@ class ExplainWriter:
     Arrays are chunked by `batch` patches."""
 
     def __init__(self, path: Path, n: int, batch: int) -> None:
+        self.path = Path(path)
         self.group = zarr.open_group(path, mode="w", zarr_format=3)
         self.n, self.batch = n, batch
         self._maps: dict[str, zarr.Array] = {}
@@ -61,8 +64,9 @@ class ExplainWriter:
             self._maps[name][lo:hi] = values
 
     def finish(self, attrs: dict[str, Any]) -> None:
-        """Write the attrs (the module docstring's) and the format version."""
-        self.group.update_attributes({**attrs, VERSION_KEY: FORMAT_VERSION})
+        """Write the attrs (the module docstring's), the record of the files (`seal`) and the
+        format version."""
+        self.group.update_attributes({**attrs, **seal(self.path), VERSION_KEY: FORMAT_VERSION})
 
 
 def write_embeddings(path: Path, h: np.ndarray, encoder_stamp: str) -> Path:
@@ -77,11 +81,11 @@ def write_embeddings(path: Path, h: np.ndarray, encoder_stamp: str) -> Path:
 def read_embeddings(path: Path, encoder_stamp: str, n: int) -> np.ndarray | None:
     """The (n, D) float32 embeddings kept in the explain.zarr or embeddings.zarr at `path`, or None
     when there are none, or they were made from another encoder or patches (`encoder_stamp`), for
-    another number of patches or in another format version."""
+    another number of patches, in another format version, or the store is damaged (`damage`)."""
     try:
         group = zarr.open_group(path, mode="r")
         if (group.attrs.get("encoder_stamp") != encoder_stamp or group.attrs.get(VERSION_KEY) != FORMAT_VERSION
-                or group["embeddings"].shape[0] != n):
+                or group["embeddings"].shape[0] != n or damage(path, group.attrs)):
             return None
         return np.asarray(group["embeddings"][:], np.float32)
     except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
@@ -90,12 +94,13 @@ def read_embeddings(path: Path, encoder_stamp: str, n: int) -> np.ndarray | None
 
 def open_explain_store(path: Path, store: PatchStore) -> zarr.Group:
     """explain.zarr opened read-only, checked against its patch store (one attention value
-    per patch, an array per listed method) and its format version."""
+    per patch, an array per listed method), its format version and its files (`check_whole`)."""
     try:
         group = zarr.open_group(path, mode="r")
         check_version(path, group.attrs, FORMAT_VERSION, "rerun the explain stage on the slide")
+        check_whole(path, group.attrs, "rerun the explain stage (or `run`) on the slide")
         n = group["attention"].shape[0]
-    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, zarr.errors.GroupNotFoundError) as exc:
         raise StoreError(f"{path}: no complete explain store here ({exc}); run the explain "
                          "stage on the slide first") from exc
     if n != len(store):

@@ -17,13 +17,16 @@ order below, each named in its metadata; attrs["images"] maps a name to its grou
     attrs            slide_id, dimensions (level-0 W, H), downsample (D), pixel_um, shape (H, W),
                      methods, heatmaps (attention, attention_rank, methods), lesion_names,
                      artefact_kinds ({label: name}), images ({name: group path}), the stamp
-                     (config_hash, source_sha256), format_version (FORMAT_VERSION)
+                     (config_hash, source_sha256), files and sealed_ns (the record of its files,
+                     `tiling.store.stamps.seal`), format_version (FORMAT_VERSION)
+Version 3 added the record of its files.
 
 Heatmaps carry a display window (omero: 1st to 99th percentile of the finite values, the full
 range as min/max, colour map COLOUR_MAP); masks are labels of the thumbnail (LABEL_RGBA).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +45,7 @@ from tiling.store.ome import (
     write_collection,
     write_image,
 )
-from tiling.store.stamps import VERSION_KEY, check_version
+from tiling.store.stamps import VERSION_KEY, check_version, check_whole, seal
 
 FORMAT_VERSION = FORMAT_VERSIONS[MAPS]
 ATTENTION, ATTENTION_RANK, TISSUE, LESION, ARTEFACTS, THUMBNAIL = (
@@ -66,7 +69,7 @@ class MapsWriter:
     `finish`."""
 
     def __init__(self, path: Path, pixel_um: float, chunk: int) -> None:
-        self.path = path
+        self.path = Path(path)
         self.root = zarr.open_group(path, mode="w", zarr_format=3)
         self.pixel_um, self.chunk = pixel_um, chunk
         self.images: dict[str, zarr.Group] = {}
@@ -83,7 +86,7 @@ class MapsWriter:
 
     def finish(self, attrs: dict[str, Any]) -> None:
         """Write the masks as labels of the thumbnail (written before), list the images as a
-        collection; write the attrs and the format version."""
+        collection; write the attrs, the record of the files (`seal`) and the format version."""
         groups = dict(self.images)
         if self.masks:
             thumbnail = self.images[THUMBNAIL]
@@ -96,7 +99,7 @@ class MapsWriter:
             declare_labels(thumbnail, list(self.masks))
         write_collection(self.root, self.path, list(self.images.values()))
         self.root.attrs.update({**attrs, "images": {n: g.path for n, g in groups.items()},
-                                VERSION_KEY: FORMAT_VERSION})
+                                **seal(self.path), VERSION_KEY: FORMAT_VERSION})
 
 
 @dataclass
@@ -177,15 +180,17 @@ class Maps:
 
 
 def open_maps(path: Path) -> Maps:
-    """Open ``<slide_dir>/maps.zarr`` (or the .zarr path itself) read-only."""
+    """Open ``<slide_dir>/maps.zarr`` (or the .zarr path itself) read-only, its format version
+    and its files checked (`check_whole`)."""
     path = stage_path(path, MAPS)
     try:
         group = zarr.open_group(path, mode="r")
         complete = "heatmaps" in group.attrs
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+    except (FileNotFoundError, json.JSONDecodeError, zarr.errors.GroupNotFoundError):
         complete = False
     if not complete:
         raise StoreError(f"{path}: no complete maps store here; run the stitch stage on the "
                          "slide first")
     check_version(path, group.attrs, FORMAT_VERSION, "rerun the stitch stage on the slide")
+    check_whole(path, group.attrs, "rerun the stitch stage (or `run`) on the slide")
     return Maps(path, group, dict(group.attrs))

@@ -36,7 +36,7 @@ LOCK, LOCK_OWNER, CACHE, IMPRESSIONS, ROW_THUMBNAIL = ".lock", ".lock.json", "ca
 LESION_POLYGONS = "lesions.geojson"  # inside maps.zarr, written with it
 
 FORMAT_VERSIONS: dict[str, int] = {
-    PATCHES: 3, EXPLAIN: 2, MAPS: 4, AUDIT: 4, FAILURE: 1, RUN_MANIFEST: 2}
+    PATCHES: 4, EXPLAIN: 3, MAPS: 5, AUDIT: 4, FAILURE: 1, RUN_MANIFEST: 2}
 
 
 def slide_dir(out: Path, slide_id: str) -> Path:

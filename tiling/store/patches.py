@@ -12,11 +12,14 @@
                footprint (patch side in level-0 px), dimensions (level-0 W, H), config_hash,
                artefact_kinds ({label: name}), drop_artefacts (the kinds whose pixels did not count
                as tissue, `tiling.config.TileConfig`), artefacts_dropped ({name: patches left out
-               because that kind covered them}), format_version (FORMAT_VERSION)
+               because that kind covered them}), files and sealed_ns (the record of its files,
+               `tiling.store.stamps.seal`), format_version (FORMAT_VERSION)
+Version 4 added the record of its files.
 """
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,7 @@ from zarr.core.buffer import Buffer
 from tiling.artefacts import artefact_shares, dominant_kind
 from tiling.errors import StoreError
 from tiling.store.names import FORMAT_VERSIONS, PATCHES, stage_path
-from tiling.store.stamps import VERSION_KEY, check_version
+from tiling.store.stamps import VERSION_KEY, check_version, check_whole
 
 FORMAT_VERSION = FORMAT_VERSIONS[PATCHES]
 # chunk files side by side in each array's folder (c.0.0.0.0), not in a folder per chunk index
@@ -82,11 +85,12 @@ def open_patch_store(path: Path) -> PatchStore:
         group = zarr.open_group(path, mode="r")
         attrs = dict(group.attrs)
         check_version(path, attrs, FORMAT_VERSION, "run `slideaudit tile` on the slide again")
+        check_whole(path, attrs, "run `slideaudit tile` (or `run`) on the slide again")
         coords, labels = np.asarray(group["coords"][:], np.int64), np.asarray(group["artefacts"][:], np.uint8)
         shares = artefact_shares(labels, attrs["dimensions"], coords, attrs["footprint"])
         return PatchStore(path, group["patches"], coords, np.asarray(group["tissue"][:], dtype=np.float32),
                           attrs, group["thumbnail"], Artefacts(labels, shares))
-    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, zarr.errors.GroupNotFoundError) as exc:
         raise StoreError(f"{path}: no complete patch store here ({exc}); run `slideaudit tile` "
                          "on the slide first") from exc
 

@@ -6,6 +6,13 @@ Every stage output is written under a temporary sibling name and renamed when co
 beside the stamp as ``format_version`` (zarr group attrs, or the top level of a JSON document): an
 output with another or no version is not current, and its reader raises StoreError asking to
 rerun the stage that writes it.
+
+A zarr output also records its files (`seal`): each file's size and crc32c and the time it was
+sealed. `damage` checks them cheaply: a missing file or one of another size is damaged; one
+changed since sealing (mtime or ctime later than `sealed_ns`) is read and its crc32c compared.
+`is_current` (and `pipeline.cache`'s ledger, before a rerun skips a slide) removes a damaged output
+with one log line naming the file (`discard_damaged`), so its stage recomputes it; the readers
+refuse one (`check_whole`).
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import zarr
 
 from tiling.errors import StoreError
@@ -31,6 +39,8 @@ log = logging.getLogger(__name__)
 
 STAMP_KEYS = ("config_hash", "source_sha256")
 VERSION_KEY = "format_version"
+FILES_KEY, SEALED_KEY = "files", "sealed_ns"  # a zarr output's {file: [size, crc32c]}, when recorded
+ROOT_METADATA = "zarr.json"  # the root group's metadata, which holds the record: not in it
 
 
 def runtime(default: Any) -> Any:
@@ -63,6 +73,62 @@ def file_sha256(path: Path) -> str:
     """sha256 of a file's bytes (`hashlib.file_digest`: one reused buffer, the GIL released)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def file_crc32c(path: Path) -> int:
+    """crc32c (Castagnoli) of a file's bytes, read in 16 MiB blocks."""
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            crc = google_crc32c.extend(crc, block)
+    return crc
+
+
+def seal(store: Path) -> dict[str, Any]:
+    """The attrs recording a zarr store's files, once every file but its root metadata is written:
+    {FILES_KEY: {path under the store: [size in bytes, crc32c]}, SEALED_KEY: time.time_ns()}."""
+    store = Path(store)
+    sealed = time.time_ns()  # after the last write: a later change to a file has a later ctime
+    files = {}
+    for path in sorted(store.rglob("*")):
+        key = path.relative_to(store).as_posix()
+        if path.is_file() and key != ROOT_METADATA:
+            files[key] = [path.stat().st_size, file_crc32c(path)]
+    return {FILES_KEY: files, SEALED_KEY: sealed}
+
+
+def seal_store(store: Path) -> None:
+    """Write the record of the zarr `store`'s files (`seal`) into its root attrs: after a writer's
+    last file, or after editing a store on purpose (tests)."""
+    zarr.open_group(store, mode="r+").update_attributes(seal(store))
+
+
+def damage(store: Path, attrs: Mapping[str, Any] | None = None) -> str | None:
+    """What is wrong with the files of the zarr `store` against the record in its attrs (`seal`;
+    read from its root metadata unless given), in a few words naming the file; None when whole,
+    absent or recording nothing. Costs one stat per file; a file changed since sealing is also
+    read for its crc32c."""
+    if attrs is None:
+        attrs = _metadata(Path(store)) or {}
+    sealed, root = attrs.get(SEALED_KEY, 0), os.fspath(store)
+    for key, (size, crc) in (attrs.get(FILES_KEY) or {}).items():
+        path = os.path.join(root, key)  # a str: no Path made per file, on every rerun
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return f"{key} is missing"
+        if st.st_size != size:
+            return f"{key} is {st.st_size} bytes, {size} when written"
+        if max(st.st_mtime_ns, st.st_ctime_ns) > sealed and file_crc32c(Path(path)) != crc:
+            return f"{key} fails its crc32c check (changed since written)"
+    return None
+
+
+def check_whole(store: Path, attrs: Mapping[str, Any], remedy: str) -> None:
+    """StoreError naming `store`, its damaged file (`damage`) and `remedy` when it is damaged."""
+    what = damage(store, attrs)
+    if what:
+        raise StoreError(f"{store}: damaged: {what}; {remedy} to recompute it")
 
 
 def _remove(path: Path) -> None:
@@ -119,13 +185,15 @@ def atomic_path(final: Path) -> Iterator[Path]:
 
 
 def _metadata(path: Path) -> dict[str, Any] | None:
-    """A stage output's zarr group attrs or JSON document; None when absent or unreadable."""
+    """A stage output's zarr group attrs (read from its root zarr.json: a thirtieth of the time
+    zarr takes to open the group) or JSON document; None when absent or unreadable."""
     try:
-        if path.suffix == ".zarr":
-            return dict(zarr.open_group(path, mode="r").attrs)
-        doc = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, zarr.errors.GroupNotFoundError, OSError):
+        doc = json.loads((path / ROOT_METADATA if path.suffix == ".zarr" else path).read_text())
+    except (json.JSONDecodeError, OSError):
         return None
+    if path.suffix == ".zarr":
+        group = isinstance(doc, dict) and doc.get("zarr_format") == 3 and doc.get("node_type") == "group"
+        doc = doc.get("attributes", {}) if group else None
     return doc if isinstance(doc, dict) else None
 
 
@@ -157,13 +225,26 @@ def chained_stamp(config: Any, upstream: Path, **extra: Any) -> dict[str, str]:
 
 
 def is_current(path: Path, config_hash: str, source_sha256: str) -> bool:
-    """True when `path` exists, was made from the same config and the same source bytes, and
-    is in the current format version of its file name (FORMAT_VERSIONS; none for other files)."""
+    """True when `path` exists, was made from the same config and the same source bytes, is in
+    the current format version of its file name (FORMAT_VERSIONS; none for other files) and is
+    whole (`damage`). A damaged output is removed, with one warning naming the damaged file."""
     path = Path(path)
     meta = _metadata(path)
-    return (meta is not None
+    if not (meta is not None
             and _stamp(path, meta) == {"config_hash": config_hash, "source_sha256": source_sha256}
-            and meta.get(VERSION_KEY) == FORMAT_VERSIONS.get(path.name))
+            and meta.get(VERSION_KEY) == FORMAT_VERSIONS.get(path.name)):
+        return False
+    return path.suffix != ".zarr" or not discard_damaged(path, meta)
+
+
+def discard_damaged(store: Path, attrs: Mapping[str, Any] | None = None) -> bool:
+    """True when the zarr `store` is damaged (`damage`): it is then removed, with one warning
+    naming it and its damaged file, so that its stage computes it again."""
+    what = damage(store, attrs)
+    if what:
+        log.warning("%s: damaged: %s; removing it and computing it again", store, what)
+        _remove(Path(store))
+    return what is not None
 
 
 def check_version(path: Path, meta: Mapping[str, Any], expected: int, remedy: str) -> None:

@@ -8,9 +8,13 @@ archive, ink independent of the label, at the default lesion contrast. Printed p
 all:
 
     shortcut  caught = inked slides REVIEW or FAIL / inked slides;
-              named  = of those, the ones whose call rests on pen ink (`without_artefacts.depends`)
+              named  = of those, the ones whose call rests on pen ink (`without_artefacts.depends`);
+              swayed = inked negatives the model calls positive (its ink shortcut at work), and
+              of those the ones caught naming pen ink
     clean     train_acc (its training slide accuracy) and pass = PASS slides / all slides, with
               the reasons of the others
+
+A model or audit already in --workdir is reused (rerun the script to reprint its figures).
 
     python bench/shortcut_rates.py --pairs 11:12,13:14,15:16 [--slides 10] [--workdir DIR]
 """
@@ -47,21 +51,28 @@ def one_pair(train_seed: int, heldout_seed: int, slides: int, work: Path) -> dic
     for name, correlated, contrast in (("shortcut", True, SHORTCUT_CONTRAST), ("clean", False, 1.0)):
         manifest = write_sample_archive(work / f"train-{name}-{train_seed}", TRAIN_SLIDES, train_seed, SIZE,
                                         ink_correlated=correlated, lesion_contrast=contrast)
-        models[name] = train(manifest, work / f"model-{name}-{train_seed}", TrainConfig(epochs=EPOCHS))
+        folder = work / f"model-{name}-{train_seed}"
+        models[name] = folder if (folder / "config.json").is_file() else train(manifest, folder,
+                                                                               TrainConfig(epochs=EPOCHS))
         config = json.loads((models[name] / "config.json").read_text())
         accuracy[name] = config["metrics"]["train_slide_accuracy"]
     heldout = write_sample_archive(work / f"heldout-{heldout_seed}", slides, heldout_seed, SIZE)
     with open(heldout, newline="") as f:
-        inked = {r["slide_id"] for r in csv.DictReader(f) if r["ink"] == "1"}
+        rows = list(csv.DictReader(f))
+    inked = {r["slide_id"] for r in rows if r["ink"] == "1"}
+    inked_negatives = {r["slide_id"] for r in rows if r["ink"] == "1" and r["label"] == "0"}
     shortcut = audit(heldout, models["shortcut"], work / f"audit-shortcut-{train_seed}-{heldout_seed}")
     clean = audit(heldout, models["clean"], work / f"audit-clean-{train_seed}-{heldout_seed}")
     caught = [s for s in inked if s in shortcut and shortcut[s]["verdict"] in ("REVIEW", "FAIL")]
     named = [s for s in caught if "pen ink" in shortcut[s]["without_artefacts"]["depends"]]
+    swayed = [s for s in inked_negatives if s in shortcut and shortcut[s]["prediction"] == 1]
     passed = [s for s, a in clean.items() if a["verdict"] == "PASS"]
     others = collections.Counter(f"{a['verdict']}: {a['verdict_reason']}" for s, a in clean.items()
                                  if a["verdict"] != "PASS")
     return {"pair": f"{train_seed}:{heldout_seed}", "inked": len(inked), "caught": len(caught),
-            "named": len(named), "shortcut_train_acc": accuracy["shortcut"], "clean_train_acc": accuracy["clean"],
+            "named": len(named), "inked_negatives": len(inked_negatives), "swayed": len(swayed),
+            "swayed_named": len(set(swayed) & set(named)), "shortcut_train_acc": accuracy["shortcut"],
+            "clean_train_acc": accuracy["clean"],
             "slides": len(clean), "passed": len(passed), "not_passed": dict(others)}
 
 
@@ -82,12 +93,17 @@ def main() -> None:
             rows.append(one_pair(train_seed, heldout_seed, args.slides, work))
             r = rows[-1]
             print(f"pair {r['pair']}: shortcut caught {share(r['caught'], r['inked'])}, pen ink named "
-                  f"{share(r['named'], r['caught'])} (train acc {r['shortcut_train_acc']:.2f}); clean PASS "
+                  f"{share(r['named'], r['caught'])}, inked negatives called positive "
+                  f"{share(r['swayed'], r['inked_negatives'])} of which caught naming pen ink "
+                  f"{share(r['swayed_named'], r['swayed'])} (train acc {r['shortcut_train_acc']:.2f}); clean PASS "
                   f"{share(r['passed'], r['slides'])} (train acc {r['clean_train_acc']:.2f}); "
                   f"others: {r['not_passed'] or 'none'}", flush=True)
-    total = {k: sum(r[k] for r in rows) for k in ("inked", "caught", "named", "slides", "passed")}
+    total = {k: sum(r[k] for r in rows) for k in ("inked", "caught", "named", "inked_negatives", "swayed",
+                                                  "swayed_named", "slides", "passed")}
     print(f"all: shortcut caught {share(total['caught'], total['inked'])}, pen ink named "
-          f"{share(total['named'], total['caught'])}; clean PASS {share(total['passed'], total['slides'])}")
+          f"{share(total['named'], total['caught'])}, inked negatives called positive "
+          f"{share(total['swayed'], total['inked_negatives'])} of which caught naming pen ink "
+          f"{share(total['swayed_named'], total['swayed'])}; clean PASS {share(total['passed'], total['slides'])}")
 
 
 if __name__ == "__main__":

@@ -131,24 +131,29 @@ def _overlays(audit: dict[str, Any], maps: Maps) -> tuple[dict[str, Any], list[d
     shown = F.display_shape(shape, DISPLAY_SIDE, enlarge=True)
     levels = maps.pyramid(THUMBNAIL)  # the coarsest level still as large as the display is resized
     level = next((lv for lv in reversed(levels) if min(lv.array.shape[1:]) >= min(shown)), levels[0])
-    thumb = resize(np.moveaxis(level.array[...], 0, -1), shown, order=1, preserve_range=True, anti_aliasing=True)
+    rgb = Image.fromarray(np.ascontiguousarray(np.moveaxis(level.array[...], 0, -1)))
+    thumb = np.asarray(rgb.resize(shown[::-1], Image.Resampling.BILINEAR))  # antialiased when shrinking
     lesion = F.nearest(maps.lesion > 0, shown)
     ratio = np.array(shown) / np.array(shape)
     outline = F.marks_layer(lesion)  # drawn once; each map's layer adds its peaks
     panels, scales = [], {}
+    # a map larger than the view is coloured by its percentiles among the pixels shown (nearest)
+    small = tissue.size > shown[0] * shown[1]
+    shown_tissue = F.nearest(tissue, shown) if small else tissue
     for name in audit["methods"]:
         values = maps[name]
         on_tissue = values[tissue & np.isfinite(values)]
-        scales[name] = F.percentile_scale(on_tissue)
+        reference = F.nearest(values, shown) if small else values
+        scales[name] = F.percentile_scale(reference[shown_tissue & np.isfinite(reference)])
         peaks = [((p["row"] + 0.5) * ratio[0], (p["col"] + 0.5) * ratio[1])
                  for p in audit["peaks"].get(name, [])]
-        heat = F.heat_layer(F.scaled_nearest(values, scales[name], shown)) if (on_tissue > 0).any() else None
+        heat = F.heat_layer(F.scaled_nearest(reference, scales[name], shown)) if (on_tissue > 0).any() else None
         if heat is None:
             del scales[name]  # no positive evidence: nothing to colour in the close-ups and patches
         panels.append({"name": name, "heat": heat and F.png_data_uri(heat),
                        "marks": F.marks_data_uri(F.draw_rings(outline.copy(), np.array(peaks))),
                        "ticks": np.quantile(on_tissue, F.TICKS).tolist() if on_tissue.size else []})
-    photo = {"uri": F.jpeg_data_uri(np.clip(np.rint(thumb), 0, 255).astype(np.uint8), quality=85),
+    photo = {"uri": F.jpeg_data_uri(thumb, quality=85),
              "marks": F.marks_data_uri(outline), "width": shown[1], "height": shown[0]}
     return photo, panels, scales
 
@@ -192,11 +197,13 @@ def _impressions(impressions: dict[str, Path] | None) -> list[dict[str, str]]:
             for name, path in (impressions or {}).items()]
 
 
-def slide_context(slide_dir: Path, impressions: dict[str, Path] | None = None) -> dict[str, Any]:
-    """Everything report.html shows, from the slide's audit.json and stores, and the model's
-    class impressions ({class: PNG path}, from `explainers.impressions.render_impressions`)."""
+def slide_context(slide_dir: Path, impressions: dict[str, Path] | None = None,
+                  maps: Maps | None = None) -> dict[str, Any]:
+    """Everything report.html shows, from the slide's audit.json and stores (`maps`: its maps.zarr
+    when already open), and the model's class impressions ({class: PNG path}, from
+    `explainers.impressions.render_impressions`)."""
     slide_dir = Path(slide_dir)
-    audit, maps = load_audit(slide_dir), open_maps(slide_dir)
+    audit, maps = load_audit(slide_dir), maps or open_maps(slide_dir)
     photo, panels, scales = _overlays(audit, maps)
     cam_method, tiles = _top_patches(audit, slide_dir, maps, scales)
     crops, crops_note = slide_crops(slide_dir, audit, maps, scales)
@@ -267,8 +274,10 @@ def render_slide_report(slide_dir: Path, impressions: dict[str, Path] | None = N
     if not force and read_report_stamp(slide_dir / REPORT) == stamp:
         log.info("%s: up to date", slide_dir / REPORT)
         return slide_dir / REPORT
-    context = {**slide_context(slide_dir, impressions), "stamp": f"{stamp['config_hash']}:{stamp['source_sha256']}"}
-    write_focus_geojson(slide_dir, load_audit(slide_dir), open_maps(slide_dir))
+    maps = open_maps(slide_dir)  # read once for the page and the GeoJSON
+    context = {**slide_context(slide_dir, impressions, maps),
+               "stamp": f"{stamp['config_hash']}:{stamp['source_sha256']}"}
+    write_focus_geojson(slide_dir, context["audit"], maps)
     path = _write(slide_dir / REPORT, "slide.html", context)
     log.info("wrote %s", path)
     return path

@@ -90,16 +90,16 @@ def test_peak_records_say_where_each_peak_lies_and_whether_it_hits() -> None:
     tissue = np.ones((1, 12), bool)
     artefacts = np.zeros((1, 12), np.uint8)
     artefacts[0, 7] = 1  # pen ink
-    nearest = nearest_lesion(labels, tissue, pixel_um=10.0)
     m = np.arange(12, dtype=float)[None]
     found = np.array([[0, 3], [0, 7], [0, 11]])
+    nearest = nearest_lesion(labels, tissue, 10.0, found)
     near, inked, far = peak_records(m, found, nearest, artefacts, 4.0, ["Tumor 1"], tolerance_um=50.0)
     assert (near["lesion"], near["lesion_um"], near["hit"]) == ("Tumor 1", 0.0, True)
     assert (inked["artefact"], inked["lesion_um"], inked["hit"]) == ("pen ink", 40.0, False)
     assert (far["lesion_um"], far["hit"]) == (80.0, False)
     assert [place(p) for p in (near, inked, far)] == ["in Tumor 1", "on pen ink, 40 µm from Tumor 1",
                                                        "80 µm from Tumor 1"]
-    assert nearest_lesion(np.zeros_like(labels), tissue, 10.0) is None
+    assert nearest_lesion(np.zeros_like(labels), tissue, 10.0, found) is None
 
 
 def test_metric_colours_follow_the_direction_the_registry_declares() -> None:

@@ -19,7 +19,7 @@ from reports.errors import MetricError
 
 def _values(m: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """The map's values on the valid pixels; MetricError when one of them is not finite."""
-    values = np.asarray(m, np.float64)[valid]
+    values = np.asarray(m)[valid].astype(np.float64)
     bad = int(np.count_nonzero(~np.isfinite(values)))
     if bad:
         raise MetricError(f"{bad} of {values.size} valid map pixels are NaN or infinite; leave them out of "

@@ -20,7 +20,6 @@ from urllib.parse import quote
 import jinja2
 import numpy as np
 from PIL import Image
-from skimage.transform import resize
 
 from explainers.methods.registry import default_methods
 from explainers.methods.registry import title as method_title
@@ -33,13 +32,13 @@ from reports.audit.validation import validate_audit_table
 from reports.crops import lesion_view, slide_crops
 from reports.geojson import FOCUS_GEOJSON, write_focus_geojson
 from reports.table import audit_table, method_flags, metric_columns, missing_metrics, scan
-from tiling.errors import StoreError
 from tiling.store import (
     AUDIT,
     AUDIT_CSV,
     EXPLAIN,
     INDEX,
     REPORT,
+    ROW_THUMBNAIL,
     SUBGROUPS_CSV,
     atomic_path,
     chained_stamp,
@@ -278,6 +277,7 @@ def render_slide_report(slide_dir: Path, impressions: dict[str, Path] | None = N
     context = {**slide_context(slide_dir, impressions, maps),
                "stamp": f"{stamp['config_hash']}:{stamp['source_sha256']}"}
     write_focus_geojson(slide_dir, context["audit"], maps)
+    write_row_thumbnail(slide_dir, maps)
     path = _write(slide_dir / REPORT, "slide.html", context)
     log.info("wrote %s", path)
     return path
@@ -288,15 +288,22 @@ def _raised(name: str) -> dict[str, str]:
     return {"flag": name, "verdict": flag(name).verdict}
 
 
+def write_row_thumbnail(slide_dir: Path, maps: Maps) -> Path:
+    """Write ``slide_dir/thumbnail.jpg`` (atomic): the slide at ROW_THUMB px from the coarsest
+    level of its maps, for its row in the index (which then embeds the file as it is)."""
+    rgb = Image.fromarray(np.ascontiguousarray(np.moveaxis(maps.pyramid(THUMBNAIL)[-1].array[...], 0, -1)))
+    small = rgb.resize(F.display_shape(rgb.size[::-1], ROW_THUMB)[::-1], Image.Resampling.BILINEAR)
+    with atomic_path(Path(slide_dir) / ROW_THUMBNAIL) as tmp:
+        small.save(tmp, format="JPEG", quality=75)
+    return Path(slide_dir) / ROW_THUMBNAIL
+
+
 def _row_thumbnail(slide_dir: Path) -> str | None:
-    """A ROW_THUMB px JPEG of the slide from the coarsest level of its maps (None without maps)."""
+    """The slide's thumbnail.jpg as a data URI (None when its report has not written one)."""
     try:
-        maps = open_maps(slide_dir)
-    except StoreError:
+        return F.data_uri((Path(slide_dir) / ROW_THUMBNAIL).read_bytes(), "image/jpeg")
+    except FileNotFoundError:
         return None
-    rgb = np.moveaxis(maps.level(THUMBNAIL, maps.levels(THUMBNAIL) - 1), 0, -1)
-    small = resize(rgb, F.display_shape(rgb.shape[:2], ROW_THUMB), order=1, preserve_range=True, anti_aliasing=True)
-    return F.jpeg_data_uri(np.clip(np.rint(small), 0, 255).astype(np.uint8), quality=75)
 
 
 def _index_rows(out: Path, audits: list[dict], failures: list[dict], marked: set[str]) -> list[dict]:

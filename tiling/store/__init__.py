@@ -24,6 +24,7 @@ from tiling.store.names import (
     MAPS,
     PATCHES,
     REPORT,
+    ROW_THUMBNAIL,
     RUN_MANIFEST,
     SUBGROUPS_CSV,
     slide_dir,
@@ -47,7 +48,8 @@ from tiling.store.stamps import (
 
 __all__ = [
     "AUDIT", "AUDIT_CSV", "CACHE", "EMBEDDINGS", "EXPLAIN", "FAILURE", "FOCUS_GEOJSON",
-    "FORMAT_VERSIONS", "IMPRESSIONS", "INDEX", "LOCK", "MAPS", "PATCHES", "REPORT", "RUN_MANIFEST",
+    "FORMAT_VERSIONS", "IMPRESSIONS", "INDEX", "LOCK", "MAPS", "PATCHES", "REPORT", "ROW_THUMBNAIL",
+    "RUN_MANIFEST",
     "STAMP_KEYS", "SUBGROUPS_CSV", "VERSION_KEY", "Artefacts", "PatchStore", "atomic_path",
     "chained_stamp", "check_version", "config_hash", "create_patch_store", "file_sha256",
     "is_current", "open_patch_store", "read_stamp", "remove_leftovers", "runtime", "slide_dir",

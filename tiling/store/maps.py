@@ -98,12 +98,13 @@ class MapsWriter:
 @dataclass
 class Maps:
     """A slide's maps.zarr opened read-only; ``maps[name]`` reads one (H, W) map as numpy, once:
-    a level read is kept (read-only) for the next caller."""
+    a level read (read-only) and each image's pyramid are kept for the next caller."""
 
     path: Path
     group: zarr.Group
     attrs: dict[str, Any]
     _read: dict[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
+    _pyramids: dict[str, list[Level]] = field(default_factory=dict, repr=False)
 
     @property
     def downsample(self) -> float:
@@ -155,7 +156,9 @@ class Maps:
 
     def pyramid(self, name: str) -> list[Level]:
         """Every level of image `name` (lazy), finest first, with its level-0 px per map px."""
-        return read_levels(self.group, self._path(name), self.downsample)
+        if name not in self._pyramids:
+            self._pyramids[name] = read_levels(self.group, self._path(name), self.downsample)
+        return self._pyramids[name]
 
     @property
     def tissue(self) -> np.ndarray:

@@ -15,6 +15,7 @@
         audit.json                    AUDIT         metrics, flags, verdict           tiling.store.records
         report.html                   REPORT        the slide's page                  reports.html
         focus.geojson                 FOCUS_GEOJSON peaks and lesions for QuPath      reports.geojson
+        thumbnail.jpg                 ROW_THUMBNAIL the slide's picture in the index    reports.html
         failure.json                  FAILURE       why a stage of the slide failed   tiling.store.records
 
 FORMAT_VERSIONS gives the format version of each versioned output; `stamps.is_current` and the
@@ -27,7 +28,7 @@ from pathlib import Path
 PATCHES, EXPLAIN, EMBEDDINGS, MAPS = "patches.zarr", "explain.zarr", "embeddings.zarr", "maps.zarr"
 AUDIT, REPORT, FOCUS_GEOJSON, FAILURE = "audit.json", "report.html", "focus.geojson", "failure.json"
 RUN_MANIFEST, INDEX, AUDIT_CSV, SUBGROUPS_CSV = "run.json", "index.html", "audit.csv", "subgroups.csv"
-LOCK, CACHE, IMPRESSIONS = ".lock", "cache", "impressions"
+LOCK, CACHE, IMPRESSIONS, ROW_THUMBNAIL = ".lock", "cache", "impressions", "thumbnail.jpg"
 
 FORMAT_VERSIONS: dict[str, int] = {
     PATCHES: 3, EXPLAIN: 2, MAPS: 2, AUDIT: 4, FAILURE: 1, RUN_MANIFEST: 1}

@@ -156,6 +156,7 @@ class Level:
 def read_levels(parent: zarr.Group, name: str, downsample: float) -> list[Level]:
     """Every resolution level of the image group ``parent/name``, finest first; `downsample` is
     the first level's, the others' follow from the ratio of their x ``scale`` transformations."""
-    datasets = parent[name].attrs["ome"]["multiscales"][0]["datasets"]
+    image = parent[name]
+    datasets = image.attrs["ome"]["multiscales"][0]["datasets"]
     scales = [d["coordinateTransformations"][0]["scale"][-1] for d in datasets]
-    return [Level(parent[name][d["path"]], downsample * s / scales[0]) for d, s in zip(datasets, scales, strict=True)]
+    return [Level(image[d["path"]], downsample * s / scales[0]) for d, s in zip(datasets, scales, strict=True)]

@@ -16,14 +16,24 @@ one slide (wall and CPU time) and for an archive of copies of it tiled at once o
 process per core, as `slideaudit run` does (2 copies of the 40x slide, 8 of the small one:
 `run_archive`). Goal >= 0.8 with every core busy. Best of --repeats.
 
-    .venv/bin/python bench/audit_40x.py [--size 80000] [--repeats 2] [--workdir DIR]
+With --baseline SRC (another checkout of slideaudit, e.g. `git worktree add SRC <commit>`), the
+stages after explain (stitch, audit, report) also run on the 40x slide's tile and explain outputs
+with SRC's code and with this one's, alternately, each in a fresh process, --repeats times: wall
+and CPU s of each (least of the repeats), and whether the two audit.json are equal but for the
+time of the run (the audit's numbers must not change with its speed).
+
+    .venv/bin/python bench/audit_40x.py [--size 80000] [--repeats 2] [--workdir DIR] [--baseline SRC]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import resource
 import shutil
+import subprocess
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -58,6 +68,61 @@ def _stage(name: str, record: SlideRecord, context: Context) -> tuple[float, flo
     STAGES[name][0](record, context)
     return time.perf_counter() - wall, time.process_time() - cpu, \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+POST_EXPLAIN = ("stitch", "audit", "report")
+
+
+def post_explain(out: Path, model_dir: Path, manifest: Path) -> None:
+    """Print "stage wall CPU" of each POST_EXPLAIN stage, run here in turn on the manifest's first
+    slide in `out` (its tile and explain outputs present, the later ones removed first)."""
+    model = ModelConfig()
+    record = read_archive(manifest, model.classes)[0]
+    context = Context(out, model_dir, at_model_footprint(PipelineConfig(), model.mpp, model.patch))
+    for name in POST_EXPLAIN:
+        wall, cpu = time.perf_counter(), time.process_time()
+        STAGES[name][0](record, context)
+        print(name, time.perf_counter() - wall, time.process_time() - cpu)
+
+
+def _without_time(audit: Path) -> dict:
+    record = json.loads(audit.read_text())
+    record["provenance"].pop("run_at")
+    return record
+
+
+def against_baseline(baseline: Path, work: Path, manifest: Path, repeats: int) -> None:
+    """The module docstring's --baseline comparison on the slide audited under `work/out`."""
+    source = slide_dir(work / "out", read_archive(manifest)[0].slide_id)
+    codes = {"baseline": Path(baseline).absolute(), "this": Path(__file__).absolute().parent.parent}
+    times: dict[str, list[dict[str, tuple[float, float]]]] = {code: [] for code in codes}
+    for _ in range(repeats):
+        for code, root in codes.items():
+            out = work / f"out-{code}"
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.copytree(source.parent.parent, out, ignore=shutil.ignore_patterns(
+                *(STAGES[name][1] for name in POST_EXPLAIN), "focus.geojson", "thumbnail.jpg"))
+            run = subprocess.run([sys.executable, __file__, "--post-explain", str(out), str(work.parent / "model"),
+                                  str(manifest)], env={**os.environ, "PYTHONPATH": str(root), "TQDM_DISABLE": "1"},
+                                 capture_output=True, text=True, check=True)
+            times[code].append({name: (float(wall), float(cpu)) for name, wall, cpu in
+                                (line.split() for line in run.stdout.splitlines() if line.split()[0] in POST_EXPLAIN)})
+    print(f"\nafter explain, 40x slide: {'stage':8s} {'baseline wall s':>15s} {'CPU s':>6s} "
+          f"{'this wall s':>11s} {'CPU s':>6s}")
+    totals = {code: [0.0, 0.0] for code in codes}
+    for name in POST_EXPLAIN:
+        cells = []
+        for code in codes:
+            wall, cpu = (min(run[name][i] for run in times[code]) for i in (0, 1))
+            totals[code][0] += wall
+            totals[code][1] += cpu
+            cells.append(f"{wall:{15 if code == 'baseline' else 11}.2f} {cpu:6.2f}")
+        print(f"{'':25s} {name:8s} {' '.join(cells)}")
+    print(f"{'':25s} {'total':8s} {totals['baseline'][0]:15.2f} {totals['baseline'][1]:6.2f} "
+          f"{totals['this'][0]:11.2f} {totals['this'][1]:6.2f}   (goal: this wall <= 6 s)")
+    equal = _without_time(work / "out-baseline" / source.relative_to(source.parent.parent) / "audit.json") == \
+        _without_time(work / "out-this" / source.relative_to(source.parent.parent) / "audit.json")
+    print(f"audit.json of the two equal but for the time of the run: {'yes' if equal else 'NO'}")
 
 
 def size_mib(path: Path) -> float:
@@ -117,8 +182,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=80_000, help="level-0 width of the 40x slide, px")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=None, help="kept (and reused) when given")
+    parser.add_argument("--baseline", type=Path, default=None, help="another checkout: time the stages after "
+                        "explain with its code and with this one's")
+    parser.add_argument("--post-explain", nargs=3, type=Path, metavar=("OUT", "MODEL", "MANIFEST"),
+                        help=argparse.SUPPRESS)  # the --baseline comparison's child process
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.post_explain:
+        post_explain(*args.post_explain)
+        return
     with workdir(args.workdir, "bench-40x-") as work:
         start, cpu = time.perf_counter(), time.process_time()
         manifest = write_large_archive(work / "large", slides=1, seed=0, size=args.size)
@@ -130,6 +202,8 @@ def main() -> None:
                   f"{time.process_time() - cpu:.1f} s CPU (0 s when reused)")
         small_manifest = write_sample_archive(work / "small", slides=1, seed=0, size=DEFAULT_SIZE)
         audit_stages(manifest, work / "large")
+        if args.baseline:
+            against_baseline(args.baseline, work / "large", manifest, args.repeats)
         audit_stages(small_manifest, work / "small")
         small = read_archive(small_manifest)[0].path
         model = ModelConfig()

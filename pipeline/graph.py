@@ -5,8 +5,9 @@
 
 (each key also ends in a token of the run).
 
-Explain tasks carry `resources={"GPU": 1}` when the run uses CUDA, so a cluster runs them only
-on workers that offer a GPU. The dashboard groups tasks by stage.
+Explain tasks, and the audit tasks of the slides that get the randomisation check (it runs the
+encoder), carry `resources={"GPU": 1}` when the run uses CUDA, so a cluster runs them only on
+workers that offer a GPU. The dashboard groups tasks by stage.
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def build_graph(records: Sequence[SlideRecord], ctx: Context, gpu: bool,
     for rec in records:
         state: Any = SlideState(rec)  # a Delayed after the first stage
         for stage in STAGES:
-            gpu_task = gpu and stage == "explain"
+            gpu_task = gpu and (stage == "explain" or (stage == "audit" and rec.slide_id in ctx.sanity_slides))
             with dask.annotate(resources={"GPU": 1}) if gpu_task else contextlib.nullcontext():
                 state = delayed(run_stage, pure=False)(stage, state, ctx,
                                                       dask_key_name=f"{stage}-{rec.slide_id}-{token}")

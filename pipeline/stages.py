@@ -98,7 +98,8 @@ def _audit(rec: SlideRecord, ctx: Context) -> None:
     from reports.audit.stage import audit_slide
 
     audit_slide(slide_dir(ctx.out, rec.slide_id), rec.label, ctx.config.audit, ctx.model_dir,
-                sanity=rec.slide_id in ctx.sanity_slides)
+                sanity=rec.slide_id in ctx.sanity_slides, device=ctx.config.explain.device,
+                batch=ctx.config.explain.batch)
 
 
 def _report(rec: SlideRecord, ctx: Context) -> None:

@@ -36,7 +36,7 @@ OFF_TISSUE_ALPHA = 0.45  # white veil over the slide where a map has no value
 TICKS = (0.0, 0.5, 0.9, 1.0)  # legend ticks: percentiles of the colour scale
 
 
-def _data_uri(data: bytes, mime: str) -> str:
+def data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
@@ -45,7 +45,7 @@ def png_data_uri(image: np.ndarray | Image.Image) -> str:
     buffer = io.BytesIO()
     pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, np.uint8))
     pil.save(buffer, format="PNG", optimize=True)
-    return _data_uri(buffer.getvalue(), "image/png")
+    return data_uri(buffer.getvalue(), "image/png")
 
 
 def jpeg_bytes(rgb: np.ndarray, quality: int = 90) -> bytes:
@@ -58,12 +58,12 @@ def jpeg_bytes(rgb: np.ndarray, quality: int = 90) -> bytes:
 def jpeg_data_uri(rgb: np.ndarray, quality: int = 90) -> str:
     """An (h, w, 3) uint8 image as a base64 JPEG data URI (slide views are photographs:
     JPEG is several times smaller and faster to encode than PNG)."""
-    return _data_uri(jpeg_bytes(rgb, quality), "image/jpeg")
+    return data_uri(jpeg_bytes(rgb, quality), "image/jpeg")
 
 
 def file_data_uri(path: Path, mime: str) -> str:
     """A file's bytes as a base64 data URI of type `mime`."""
-    return _data_uri(Path(path).read_bytes(), mime)
+    return data_uri(Path(path).read_bytes(), mime)
 
 
 def display_shape(shape: tuple[int, int], max_side: int, enlarge: bool = False) -> tuple[int, int]:
@@ -221,7 +221,7 @@ def figure_uri(fig: Any) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
-    return _data_uri(buffer.getvalue(), "image/png")
+    return data_uri(buffer.getvalue(), "image/png")
 
 
 def distribution_plot(table: pd.DataFrame, metric: str, methods: list[str], labels: list[str],

@@ -83,18 +83,24 @@ def _feature(geometry: dict[str, Any], name: str, cls: str, colour: list[int],
     return {"type": "Feature", "geometry": geometry, "properties": properties}
 
 
-def _signed_area(ring: np.ndarray) -> float:
-    x, y = ring[:, 0], ring[:, 1]
-    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
-
-
-def corners(ring: np.ndarray) -> np.ndarray:
-    """A closed (K, 2) ring without the vertices that lie on a straight line between their
-    neighbours (the same polygon; marching squares puts one on every pixel edge), still closed."""
-    points = ring[:-1]
-    before, after = points - np.roll(points, 1, axis=0), np.roll(points, -1, axis=0) - points
-    kept = points[before[:, 0] * after[:, 1] != before[:, 1] * after[:, 0]]
-    return np.vstack([kept, kept[:1]])
+def corner_rings(closed: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Closed (K, 2) rings -> the same rings without the vertices that lie on a straight line
+    between their neighbours (the same polygon; marching squares puts one on every pixel edge),
+    still closed, and each ring's signed area (shoelace formula). All rings at once: a ring's
+    first vertex follows its last."""
+    points = np.concatenate([c[:-1] for c in closed])
+    sizes = np.array([len(c) - 1 for c in closed])
+    starts = np.cumsum(sizes) - sizes
+    index = np.arange(len(points))
+    ring_start, ring_end = np.repeat(starts, sizes), np.repeat(starts + sizes - 1, sizes)
+    following = np.where(index == ring_end, ring_start, index + 1)
+    preceding = np.where(index == ring_start, ring_end, index - 1)
+    before, after = points - points[preceding], points[following] - points
+    keep = before[:, 0] * after[:, 1] != before[:, 1] * after[:, 0]
+    x, y = points[:, 0], points[:, 1]
+    areas = 0.5 * (np.add.reduceat(x * y[following], starts) - np.add.reduceat(y * x[following], starts))
+    kept = np.split(points[keep], np.cumsum(np.add.reduceat(keep, starts))[:-1])
+    return [np.vstack([ring, ring[:1]]) for ring in kept], areas
 
 
 def mask_polygons(mask: np.ndarray, downsample: float) -> list[list[np.ndarray]]:
@@ -102,14 +108,12 @@ def mask_polygons(mask: np.ndarray, downsample: float) -> list[list[np.ndarray]]
     rings in level-0 px; map pixel (r, c) has its centre at ((c + 1/2)·D, (r + 1/2)·D)), traced
     by marching squares at level 1/2 around the 1-pixels (8-connected), corners only; exteriors
     counter-clockwise (positive signed area on x, y), holes clockwise."""
-    padded = np.pad(np.asarray(mask, np.float32), 1)
-    rings = [corners((ring[:, ::-1] - 0.5) * downsample)  # (row, col) of the padded grid -> x, y
-             for ring in find_contours(padded, 0.5, fully_connected="high")]
-    if not rings:
+    contours = find_contours(np.pad(np.asarray(mask, np.float32), 1), 0.5, fully_connected="high")
+    if not contours:
         return []
-    areas = [_signed_area(r) for r in rings]
+    rings, areas = corner_rings([(c[:, ::-1] - 0.5) * downsample for c in contours])  # padded (row, col) -> x, y
     outer_sign = np.sign(areas[int(np.argmax(np.abs(areas)))])  # the largest ring is an exterior
-    outers = [i for i, a in enumerate(areas) if np.sign(a) == outer_sign]
+    outers = np.flatnonzero(np.sign(areas) == outer_sign).tolist()
     polygons = {i: [rings[i]] for i in outers}
     for i, ring in enumerate(rings):
         if i not in polygons:  # a hole: in the smallest exterior around it
@@ -129,7 +133,7 @@ def clipped(ring: np.ndarray, dimensions: tuple[float, float]) -> np.ndarray:
     only map pixels centred outside the slide lie there, and no mask reaches them."""
     points = np.clip(ring, 0, np.asarray(dimensions, np.float64))
     kept = points[np.any(points != np.roll(points, 1, axis=0), axis=1)]
-    return corners(np.vstack([kept, kept[:1]]))
+    return corner_rings([np.vstack([kept, kept[:1]])])[0][0]
 
 
 def _multipolygon(mask: np.ndarray, maps: Maps) -> dict[str, Any] | None:

@@ -20,7 +20,6 @@ from urllib.parse import quote
 import jinja2
 import numpy as np
 from PIL import Image
-from skimage.transform import resize
 
 from explainers.methods.registry import default_methods
 from explainers.methods.registry import title as method_title
@@ -41,6 +40,7 @@ from tiling.store import (
     EXPLAIN,
     INDEX,
     REPORT,
+    ROW_THUMBNAIL,
     SUBGROUPS_CSV,
     atomic_path,
     chained_stamp,
@@ -49,7 +49,6 @@ from tiling.store import (
 )
 from tiling.store.explain import open_explain_store
 from tiling.store.maps import THUMBNAIL, Maps, open_maps
-from tiling.store.names import ROW_THUMBNAIL
 from tiling.store.records import load_audit
 
 log = logging.getLogger(__name__)
@@ -155,24 +154,29 @@ def _overlays(audit: dict[str, Any], maps: Maps) -> tuple[dict[str, Any], list[d
     shown = F.display_shape(shape, DISPLAY_SIDE, enlarge=True)
     levels = maps.pyramid(THUMBNAIL)  # the coarsest level still as large as the display is resized
     level = next((lv for lv in reversed(levels) if min(lv.array.shape[1:]) >= min(shown)), levels[0])
-    thumb = resize(np.moveaxis(level.array[...], 0, -1), shown, order=1, preserve_range=True, anti_aliasing=True)
+    rgb = Image.fromarray(np.ascontiguousarray(np.moveaxis(level.array[...], 0, -1)))
+    thumb = np.asarray(rgb.resize(shown[::-1], Image.Resampling.BILINEAR))  # antialiased when shrinking
     lesion = F.nearest(maps.lesion > 0, shown)
     ratio = np.array(shown) / np.array(shape)
     outline = F.marks_layer(lesion)  # drawn once; each map's layer adds its peaks
     panels, scales = [], {}
+    # a map larger than the view is coloured by its percentiles among the pixels shown (nearest)
+    small = tissue.size > shown[0] * shown[1]
+    shown_tissue = F.nearest(tissue, shown) if small else tissue
     for name in audit["methods"]:
         values = maps[name]
         on_tissue = values[tissue & np.isfinite(values)]
-        scales[name] = F.percentile_scale(on_tissue)
+        reference = F.nearest(values, shown) if small else values
+        scales[name] = F.percentile_scale(reference[shown_tissue & np.isfinite(reference)])
         peaks = [((p["row"] + 0.5) * ratio[0], (p["col"] + 0.5) * ratio[1])
                  for p in audit["peaks"].get(name, [])]
-        heat = F.heat_layer(F.scaled_nearest(values, scales[name], shown)) if (on_tissue > 0).any() else None
+        heat = F.heat_layer(F.scaled_nearest(reference, scales[name], shown)) if (on_tissue > 0).any() else None
         if heat is None:
             del scales[name]  # no positive evidence: nothing to colour in the close-ups and patches
         panels.append({"name": name, "heat": heat and F.png_data_uri(heat),
                        "marks": F.marks_data_uri(F.draw_rings(outline.copy(), np.array(peaks))),
                        "ticks": np.quantile(on_tissue, F.TICKS).tolist() if on_tissue.size else []})
-    photo = {"uri": F.jpeg_data_uri(np.clip(np.rint(thumb), 0, 255).astype(np.uint8), quality=85),
+    photo = {"uri": F.jpeg_data_uri(thumb, quality=85),
              "marks": F.marks_data_uri(outline), "width": shown[1], "height": shown[0]}
     return photo, panels, scales
 
@@ -216,11 +220,13 @@ def _impressions(impressions: dict[str, Path] | None) -> list[dict[str, str]]:
             for name, path in (impressions or {}).items()]
 
 
-def slide_context(slide_dir: Path, impressions: dict[str, Path] | None = None) -> dict[str, Any]:
-    """Everything report.html shows, from the slide's audit.json and stores, and the model's
-    class impressions ({class: PNG path}, from `explainers.impressions.render_impressions`)."""
+def slide_context(slide_dir: Path, impressions: dict[str, Path] | None = None,
+                  maps: Maps | None = None) -> dict[str, Any]:
+    """Everything report.html shows, from the slide's audit.json and stores (`maps`: its maps.zarr
+    when already open), and the model's class impressions ({class: PNG path}, from
+    `explainers.impressions.render_impressions`)."""
     slide_dir = Path(slide_dir)
-    audit, maps = load_audit(slide_dir), open_maps(slide_dir)
+    audit, maps = load_audit(slide_dir), maps or open_maps(slide_dir)
     photo, panels, scales = _overlays(audit, maps)
     cam_method, tiles = _top_patches(audit, slide_dir, maps, scales)
     crops, crops_note = slide_crops(slide_dir, audit, maps, scales)
@@ -291,11 +297,13 @@ def render_slide_report(slide_dir: Path, impressions: dict[str, Path] | None = N
     if not force and read_report_stamp(slide_dir / REPORT) == stamp:
         log.info("%s: up to date", slide_dir / REPORT)
         if not (slide_dir / ROW_THUMBNAIL).is_file():
-            _write_row_thumbnail(slide_dir)
+            write_row_thumbnail(slide_dir, open_maps(slide_dir))
         return slide_dir / REPORT
-    _write_row_thumbnail(slide_dir)
-    context = {**slide_context(slide_dir, impressions), "stamp": f"{stamp['config_hash']}:{stamp['source_sha256']}"}
-    write_qupath_geojson(slide_dir, load_audit(slide_dir), open_maps(slide_dir))
+    maps = open_maps(slide_dir)  # read once for the page, the GeoJSON and the index thumbnail
+    context = {**slide_context(slide_dir, impressions, maps),
+               "stamp": f"{stamp['config_hash']}:{stamp['source_sha256']}"}
+    write_qupath_geojson(slide_dir, context["audit"], maps)
+    write_row_thumbnail(slide_dir, maps)
     path = _write(slide_dir / REPORT, "slide.html", context)
     log.info("wrote %s", path)
     return path
@@ -306,34 +314,31 @@ def _raised(name: str) -> dict[str, str]:
     return {"flag": name, "verdict": flag(name).verdict}
 
 
-def _row_thumbnail_rgb(slide_dir: Path) -> np.ndarray | None:
-    """The slide at ROW_THUMB px (uint8 RGB) from the coarsest level of its maps (None without maps)."""
-    try:
-        maps = open_maps(slide_dir)
-    except StoreError:
-        return None
-    rgb = np.moveaxis(maps.level(THUMBNAIL, maps.levels(THUMBNAIL) - 1), 0, -1)
-    small = resize(rgb, F.display_shape(rgb.shape[:2], ROW_THUMB), order=1, preserve_range=True, anti_aliasing=True)
-    return np.clip(np.rint(small), 0, 255).astype(np.uint8)
+def _row_thumbnail_rgb(maps: Maps) -> np.ndarray:
+    """The slide at ROW_THUMB px (uint8 RGB) from the coarsest level of its maps."""
+    rgb = Image.fromarray(np.ascontiguousarray(np.moveaxis(maps.level(THUMBNAIL, maps.levels(THUMBNAIL) - 1), 0, -1)))
+    return np.asarray(rgb.resize(F.display_shape(rgb.size[::-1], ROW_THUMB)[::-1], Image.Resampling.BILINEAR))
 
 
-def _write_row_thumbnail(slide_dir: Path) -> None:
-    """``slide_dir/thumbnail.jpg`` (atomic): the slide's index thumbnail, made with its report so
-    that the index of thousands of slides reads a file each instead of their maps."""
-    rgb = _row_thumbnail_rgb(slide_dir)
-    if rgb is not None:
-        with atomic_path(slide_dir / ROW_THUMBNAIL) as tmp:
-            tmp.write_bytes(F.jpeg_bytes(rgb, ROW_QUALITY))
+def write_row_thumbnail(slide_dir: Path, maps: Maps) -> Path:
+    """Write ``slide_dir/thumbnail.jpg`` (atomic): the slide's index thumbnail, made with its report
+    so that the index of thousands of slides reads a file each instead of their maps."""
+    with atomic_path(Path(slide_dir) / ROW_THUMBNAIL) as tmp:
+        tmp.write_bytes(F.jpeg_bytes(_row_thumbnail_rgb(maps), ROW_QUALITY))
+    return Path(slide_dir) / ROW_THUMBNAIL
 
 
 def _row_thumbnail(slide_dir: Path) -> str | None:
     """The slide's index thumbnail as a JPEG data URI: its report's ``thumbnail.jpg``, else made
     from its maps (None without either)."""
     try:
-        return F.file_data_uri(slide_dir / ROW_THUMBNAIL, "image/jpeg")
+        return F.file_data_uri(Path(slide_dir) / ROW_THUMBNAIL, "image/jpeg")
     except FileNotFoundError:
-        rgb = _row_thumbnail_rgb(slide_dir)
-        return None if rgb is None else F.jpeg_data_uri(rgb, quality=ROW_QUALITY)
+        try:
+            maps = open_maps(slide_dir)
+        except StoreError:
+            return None
+        return F.jpeg_data_uri(_row_thumbnail_rgb(maps), quality=ROW_QUALITY)
 
 
 def _metric_cell(col: str, value: float | None, name: str) -> tuple[str, str, str, str, str]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from reports.audit import metrics as M
 from reports.audit.agreement import agreement, rank_correlations, sample_mask
@@ -90,16 +91,29 @@ def test_peak_records_say_where_each_peak_lies_and_whether_it_hits() -> None:
     tissue = np.ones((1, 12), bool)
     artefacts = np.zeros((1, 12), np.uint8)
     artefacts[0, 7] = 1  # pen ink
-    nearest = nearest_lesion(labels, tissue, pixel_um=10.0)
     m = np.arange(12, dtype=float)[None]
     found = np.array([[0, 3], [0, 7], [0, 11]])
+    nearest = nearest_lesion(labels, tissue, 10.0, found)
     near, inked, far = peak_records(m, found, nearest, artefacts, 4.0, ["Tumor 1"], tolerance_um=50.0)
     assert (near["lesion"], near["lesion_um"], near["hit"]) == ("Tumor 1", 0.0, True)
     assert (inked["artefact"], inked["lesion_um"], inked["hit"]) == ("pen ink", 40.0, False)
     assert (far["lesion_um"], far["hit"]) == (80.0, False)
     assert [place(p) for p in (near, inked, far)] == ["in Tumor 1", "on pen ink, 40 µm from Tumor 1",
                                                        "80 µm from Tumor 1"]
-    assert nearest_lesion(np.zeros_like(labels), tissue, 10.0) is None
+    assert nearest_lesion(np.zeros_like(labels), tissue, 10.0, found) is None
+
+
+def test_nearest_lesion_at_the_peaks_equals_the_distance_transform() -> None:
+    rng = np.random.default_rng(1)
+    labels = np.zeros((60, 80), np.uint16)
+    labels[5:15, 10:30], labels[40:55, 50:70] = 1, 2
+    tissue = rng.random(labels.shape) < 0.9
+    points = rng.integers(0, (60, 80), (40, 2))
+    distance, nearest = ndimage.distance_transform_edt(~((labels > 0) & tissue), return_indices=True)
+    found_um, found_label = nearest_lesion(labels, tissue, 2.5, points)
+    rows, cols = points.T
+    np.testing.assert_array_equal(found_um, distance[rows, cols] * 2.5)   # exact, not close
+    np.testing.assert_array_equal(found_label, labels[nearest[0][rows, cols], nearest[1][rows, cols]])
 
 
 def test_metric_colours_follow_the_direction_the_registry_declares() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,18 @@ def test_mean_halving_ignores_nan_and_pads_odd_edges() -> None:
     assert np.isnan(halve(np.full((2, 2), np.nan, np.float32), "mean")).all()
     rgb = np.array([[[0, 255], [1, 1]]], np.uint8)  # (c, y, x) = (1, 2, 2): mean 64.25
     assert halve(rgb, "mean").tolist() == [[[64]]]
+
+
+def test_mean_halving_equals_nanmean_of_the_blocks_bit_for_bit() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.lognormal(0, 3, (3, 101, 64)).astype(np.float32)   # odd rows, values of all sizes
+    values[rng.random(values.shape) < 0.3] = np.nan
+    padded = np.pad(values, [(0, 0), (0, 1), (0, 0)], constant_values=np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks
+        expected = np.nanmean(padded.reshape(3, 51, 2, 32, 2), axis=(-3, -1))
+    np.testing.assert_array_equal(halve(values, "mean"), expected)   # NaN where expected is NaN
+    assert halve(values, "mean").dtype == np.float32
 
 
 def test_labels_halve_by_nearest_keeping_their_values() -> None:

@@ -16,13 +16,15 @@ RECORDS = [SlideRecord("a", Path("/nowhere/a.svs"), (1,)), SlideRecord("b", Path
 
 
 @pytest.mark.parametrize("gpu", [True, False])
-def test_one_chain_per_slide_and_gpu_annotation_on_explain_only(tmp_path: Path, gpu: bool) -> None:
-    tasks, index = build_graph(RECORDS, Context(tmp_path, tmp_path, PipelineConfig()), gpu=gpu)
+def test_one_chain_per_slide_and_gpu_annotation_on_the_tasks_that_run_the_encoder(tmp_path: Path, gpu: bool) -> None:
+    context = Context(tmp_path, tmp_path, PipelineConfig(), sanity_slides=frozenset({"a"}))
+    tasks, index = build_graph(RECORDS, context, gpu=gpu)
     token = index.key.removeprefix("index-")
     assert [t.key for t in tasks] == [f"{s}-{r.slide_id}-{token}" for r in RECORDS for s in STAGES]
     for task in tasks:
         graph = task.__dask_graph__()
-        wanted = {"resources": {"GPU": 1}} if gpu and task.key.startswith("explain-") else None
+        encoder = task.key.startswith(("explain-", "audit-a-"))   # audit-a: its randomisation check
+        wanted = {"resources": {"GPU": 1}} if gpu and encoder else None
         assert graph.layers[task.key].annotations == wanted, task.key
         stage, slide, _ = task.key.split("-")
         previous = list(STAGES).index(stage) - 1

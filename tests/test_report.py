@@ -1,6 +1,8 @@
 """The audit stage (audit.json), the slide report and the archive index on small real stores."""
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 import shutil
@@ -14,6 +16,7 @@ import pandas as pd
 import pytest
 import zarr
 from click.testing import CliRunner
+from PIL import Image
 
 from fake_stores import EVIL, make_slide_case, real_slide
 from pipeline.cli import main
@@ -136,6 +139,9 @@ def test_index_and_csv_list_every_slide_and_failure(archive, tmp_path) -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and EVIL not in html
     assert all(src.startswith("data:image/") for src in sources(html, "src"))
     out = archive["index"].parent
+    for folder in ("positive", "evil"):  # each row's picture: the file its report wrote, embedded
+        jpeg = (out / "slides" / folder / "thumbnail.jpg").read_bytes()
+        assert max(Image.open(io.BytesIO(jpeg)).size) == 96 and base64.b64encode(jpeg).decode() in html
     zipped = shutil.make_archive(str(tmp_path / "archive"), "zip", out)
     with zipfile.ZipFile(zipped) as z:
         z.extractall(tmp_path / "unzipped")

@@ -103,3 +103,44 @@ def test_a_run_checks_a_seeded_sample_of_the_archives_slides() -> None:
     assert len(picked) == 2 and picked <= {r.slide_id for r in records}
     assert sanity_sample(records[::-1], SanityConfig(enabled=True, slides=2)) == picked   # order-free
     assert sanity_sample(records, SanityConfig(enabled=True, slides=9)) == {r.slide_id for r in records}
+
+
+def test_the_audit_stage_runs_the_check_on_the_runs_device_and_batch_with_one_model_per_worker(
+        slide_dir: Path, model_dir: Path, sample_archive: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from explainers.errors import ModelError
+    from explainers.models.io import save_model
+    from pipeline.config import PipelineConfig
+    from pipeline.stages import Context, SlideState, run_stage
+    from reports.audit import stage
+    from tiling.archive import SlideRecord
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    explain_store(slide_dir, model, ExplainConfig(methods=("gradcam",)))
+    row = manifest_rows(sample_archive)[0]
+    stitch_slide(slide_dir, [Path(row["annotation"])], StitchConfig(max_side=256))
+    loads, batches = [], []   # spies around the real functions: every call still runs
+    monkeypatch.setattr(stage, "load_model", lambda d: loads.append(d) or load_model(d))
+    real = stage.randomisation
+    monkeypatch.setattr(stage, "randomisation", lambda m, *a: batches.append(
+        (a[5], next(m.parameters()).device.type)) or real(m, *a))
+    stage._cached_model.cache_clear()   # a fresh worker
+    audit = AuditConfig(sanity=SanityConfig(enabled=True, max_patches=8, draws=1))
+    config = PipelineConfig(explain=ExplainConfig(device="cpu", batch=3), audit=audit)
+    record = SlideRecord("sample_000", Path(row["path"]), (int(row["label"]),))
+    ctx = Context(slide_dir.parent.parent, model, config, sanity_slides=frozenset({"sample_000"}))
+    state = run_stage("audit", SlideState(record), ctx)
+    assert state.failure is None and load_audit(slide_dir)["sanity"]["patches"] == 8
+    assert batches == [(3, "cpu")]        # the run's batch and device reached the check
+    audit_slide(slide_dir, 0, audit, model, sanity=True, device="cpu")   # a second slide's audit
+    assert len(loads) == 1                # deletion, counterfactual and check share one load
+    assert batches[-1] == (64, "cpu")     # no batch given: the explain stage's CPU batch
+    save_model(build_model(SMALL), SMALL, model)   # the model folder rewritten: loaded again
+    audit_slide(slide_dir, 1, audit, model)
+    assert len(loads) == 2
+    if not torch.cuda.is_available():     # --device cuda is obeyed, never swapped for "auto"
+        with pytest.raises(ModelError, match="no CUDA device"):
+            audit_slide(slide_dir, 0, audit, model, sanity=True, device="cuda")

@@ -19,7 +19,7 @@ from reports.errors import MetricError
 
 def _values(m: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """The map's values on the valid pixels; MetricError when one of them is not finite."""
-    values = np.asarray(m, np.float64)[valid]
+    values = np.asarray(m)[valid].astype(np.float64)
     bad = int(np.count_nonzero(~np.isfinite(values)))
     if bad:
         raise MetricError(f"{bad} of {values.size} valid map pixels are NaN or infinite; leave them out of "
@@ -139,11 +139,12 @@ def dice(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(2 * np.count_nonzero(a & b) / total) if total else None
 
 
-def _snap(component: np.ndarray, offset: tuple[int, int]) -> tuple[int, int]:
-    """The pixel of a bool component (within its bounding box at `offset`) nearest its centroid."""
-    rr, cc = np.nonzero(component)
+def _snap(rows: np.ndarray, cols: np.ndarray) -> tuple[int, int]:
+    """The pixel of a component (its pixels' rows and cols, row-major) nearest its centroid."""
+    r0, c0 = rows.min(), cols.min()
+    rr, cc = rows - r0, cols - c0
     k = int(np.argmin((rr - rr.mean()) ** 2 + (cc - cc.mean()) ** 2))
-    return int(rr[k] + offset[0]), int(cc[k] + offset[1])
+    return int(rr[k] + r0), int(cc[k] + c0)
 
 
 def peaks(m: np.ndarray, valid: np.ndarray, n_peaks: int, min_distance_px: int) -> np.ndarray:
@@ -157,17 +158,21 @@ def peaks(m: np.ndarray, valid: np.ndarray, n_peaks: int, min_distance_px: int) 
     values = _values(m, valid)
     if values.size == 0 or values.min() == values.max():
         return np.zeros((0, 2), np.int64)
-    image = np.where(valid, np.asarray(m, np.float64), -np.inf)
+    m = np.asarray(m)
+    image = np.where(valid, m, -np.inf) if np.issubdtype(m.dtype, np.floating) else \
+        np.where(valid, m.astype(np.float64), -np.inf)
     maxima = local_maxima(image, allow_borders=True) & valid
-    labels, _ = ndimage.label(maxima, structure=np.ones((3, 3)))
+    labels, count = ndimage.label(maxima, structure=np.ones((3, 3)))
     pixels = np.flatnonzero(labels)
-    _, first = np.unique(labels.ravel()[pixels], return_index=True)
-    heights = image.ravel()[pixels[first]]  # a plateau has one value: read any of its pixels
-    boxes = ndimage.find_objects(labels)
+    owner = labels.ravel()[pixels]
+    order = np.argsort(owner, kind="stable")  # pixels by plateau, row-major within each
+    pixels, owner = pixels[order], owner[order]
+    starts = np.searchsorted(owner, np.arange(1, count + 1))
+    ends = np.append(starts[1:], pixels.size)
+    heights = image.ravel()[pixels[starts]]  # a plateau has one value: read any of its pixels
     chosen: list[tuple[int, int]] = []
     for k in np.argsort(-heights, kind="stable"):
-        box = boxes[k]
-        r, c = _snap(labels[box] == k + 1, (box[0].start, box[1].start))
+        r, c = _snap(*np.divmod(pixels[starts[k]:ends[k]], image.shape[1]))
         if all(max(abs(r - r2), abs(c - c2)) >= min_distance_px for r2, c2 in chosen):
             chosen.append((r, c))
         if len(chosen) == n_peaks:

@@ -30,7 +30,7 @@ class MapView:
     """One map (H, W) as the metrics see it: lesion labels (0 = none, k = k-th lesion), the valid
     pixels (tissue where the map is finite), its peaks (row, col), map pixel side in µm, the
     artefact labels (H, W) (0 = none, `tiling.artefacts.ARTEFACT_KINDS`) and the artefact kind
-    under each of the method's top patches."""
+    under each of the method's top patches. Top regions are computed once per fraction."""
 
     values: np.ndarray
     labels: np.ndarray
@@ -40,6 +40,7 @@ class MapView:
     config: AuditConfig
     artefacts: np.ndarray
     top_kinds: np.ndarray
+    tops: dict[float, np.ndarray | None] = dataclasses.field(default_factory=dict, repr=False)
 
     @functools.cached_property
     def peak_kinds(self) -> np.ndarray:
@@ -57,8 +58,16 @@ class MapView:
 
     def overlap(self, fraction: float, measure: Callable[[np.ndarray, np.ndarray], float | None]) -> float | None:
         """`measure` (IoU or Dice) of the top-`fraction` region and the lesion; n/a without a lesion."""
-        top = M.top_k_mask(self.values, self.valid, fraction) if self.lesion_share else None
-        return None if top is None else measure(top, self.lesion & self.valid)
+        if not self.lesion_share:
+            return None
+        if fraction not in self.tops:
+            self.tops[fraction] = M.top_k_mask(self.values, self.valid, fraction)
+        top = self.tops[fraction]
+        return None if top is None else measure(top, self.valid_lesion)
+
+    @functools.cached_property
+    def valid_lesion(self) -> np.ndarray:
+        return self.lesion & self.valid
 
 
 SHOWN_AS = ("yes/no", "percent", "number")

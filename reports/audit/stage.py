@@ -6,9 +6,12 @@ pixels: tissue where the map is finite. A-MIL attention and every CAM method are
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import logging
 import math
+import os
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -16,11 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from explainers.config import FaithfulnessConfig, SanityConfig
-from explainers.explain import CPU_BATCH, resolve_device
+from explainers.explain import batch_size, resolve_device
 from explainers.faithfulness import faithfulness, patch_scores
+from explainers.models.config import CONFIG, ModelConfig, weights_path
 from explainers.models.io import load_model
 from explainers.models.mil import MILModel
 from explainers.sanity import randomisation, sample_reader
@@ -55,27 +58,31 @@ def score_map(view: MapView) -> dict[str, dict[str, Any]]:
             for name, spec in metrics_for(view.config).items()}
 
 
-def nearest_lesion(labels: np.ndarray, tissue: np.ndarray, pixel_um: float) -> tuple[np.ndarray, np.ndarray] | None:
-    """(distance in µm from each map pixel to the nearest lesion pixel on tissue, that lesion's
-    label), None without a lesion on tissue (Euclidean distance transform)."""
-    on_tissue = (labels > 0) & tissue
-    if not on_tissue.any():
+def nearest_lesion(labels: np.ndarray, tissue: np.ndarray, pixel_um: float,
+                   points: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(distance in µm from each of `points` ((K, 2) row, col) to the nearest lesion pixel on
+    tissue, that lesion's label), None without a lesion on tissue. Euclidean, exact: min over
+    the lesion pixels of √((r - r')² + (c - c')²), the first in row-major order on a tie."""
+    rows, cols = np.nonzero((labels > 0) & tissue)
+    if rows.size == 0:
         return None
-    distance, (rows, cols) = ndimage.distance_transform_edt(~on_tissue, return_indices=True)
-    return distance * pixel_um, labels[rows, cols]
+    points = np.asarray(points, np.int64).reshape(-1, 2)
+    nearest = np.array([np.argmin((rows - r) ** 2 + (cols - c) ** 2) for r, c in points], np.int64)
+    squared = (rows[nearest] - points[:, 0]) ** 2 + (cols[nearest] - points[:, 1]) ** 2
+    return np.sqrt(squared.astype(np.float64)) * pixel_um, labels[rows[nearest], cols[nearest]]
 
 
 def peak_records(m: np.ndarray, found: np.ndarray, nearest: tuple[np.ndarray, np.ndarray] | None,
                  artefacts: np.ndarray, downsample: float, names: list[str],
                  tolerance_um: float) -> list[dict[str, Any]]:
     """The peaks `found` (row, col): level-0 centre x, y, value; the nearest lesion on tissue and
-    its distance (µm, 0 inside; None without lesions); the artefact kind it lies on
+    its distance (`nearest_lesion` of `found`: µm, 0 inside; None without lesions); the artefact kind it lies on
     (`tiling.artefacts.artefact_name`, None off artefacts); hit: within `tolerance_um` of a lesion
     and not on an artefact (the pointing game's rule)."""
     records = []
-    for row, col in found:
+    for i, (row, col) in enumerate(found):
         kind = int(artefacts[row, col])
-        distance, k = (float(nearest[0][row, col]), int(nearest[1][row, col])) if nearest else (None, 0)
+        distance, k = (float(nearest[0][i]), int(nearest[1][i])) if nearest else (None, 0)
         records.append({"x": round((col + 0.5) * downsample), "y": round((row + 0.5) * downsample),
                         "row": int(row), "col": int(col), "value": float(m[row, col]),
                         "lesion": (names[k - 1] or f"lesion {k}") if k else None, "lesion_um": distance,
@@ -177,19 +184,42 @@ def deletion_record(model: MILModel, h: torch.Tensor, explain: Any, config: Fait
             "margin": config.margin, "unfaithful": result.unfaithful(config.margin)}
 
 
-def sanity_record(slide_dir: Path, explain: Any, model_dir: Path, config: SanityConfig) -> dict[str, Any]:
+def model_signature(model_dir: Path) -> tuple[tuple[int, int, int, int], ...]:
+    """(size, mtime_ns, ctime_ns, inode) of the model's config and weights files: any rewrite
+    or edit in place changes it."""
+    return tuple((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+                 for st in map(os.stat, (Path(model_dir) / CONFIG, weights_path(model_dir))))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_model(model_dir: str, signature: tuple, device: str) -> tuple[MILModel, ModelConfig]:
+    if device == "cpu":
+        return load_model(Path(model_dir))
+    model, config = _cached_model(model_dir, signature, "cpu")
+    return copy.deepcopy(model).to(device), config
+
+
+def worker_model(model_dir: Path, device: str | torch.device = "cpu") -> tuple[MILModel, ModelConfig]:
+    """(model in eval mode on `device`, its config), loaded from disk once per worker process and
+    model signature (`model_signature`); callers never change it (the randomisation check
+    changes copies)."""
+    return _cached_model(str(Path(model_dir).absolute()), model_signature(model_dir), str(device))
+
+
+def sanity_record(slide_dir: Path, explain: Any, model_dir: Path, config: SanityConfig,
+                  device: str = "auto", batch: int | None = None) -> dict[str, Any]:
     """The model-randomisation check (`explainers.sanity`) of the slide's explained class and
     target (slide or instance logit), on a seeded sample of its patches: Spearman ρ per method
-    and re-initialised layer."""
-    model, model_config = load_model(model_dir)
+    and re-initialised layer. `device` and `batch` as the explain stage's (`ExplainConfig`)."""
+    model, model_config = worker_model(model_dir, resolve_device(device))
     store = open_patch_store(slide_dir)
     attrs = dict(explain.attrs)
     n = len(store)
     index = np.sort(np.random.default_rng(config.seed).choice(n, min(n, config.max_patches), replace=False))
-    device = resolve_device("auto")
-    read = sample_reader(store, model_config, device, index)
-    result = randomisation(model.to(device), model_config.target_layer, tuple(attrs["methods"]), read,
-                           index.size, int(attrs["target_class"]), CPU_BATCH, config, str(attrs["target"]))
+    read = sample_reader(store, model_config, next(model.parameters()).device, index)
+    result = randomisation(model, model_config.target_layer, tuple(attrs["methods"]), read, index.size,
+                           int(attrs["target_class"]), batch_size(batch, model, read(0, 1)), config,
+                           str(attrs["target"]))
     log.debug("%s: sanity ρ %s", slide_dir.name, result["rho"])
     return result
 
@@ -283,13 +313,13 @@ def compare_maps(maps: Maps, heatmaps: dict[str, np.ndarray], top_kinds: dict[st
     views = {name: MapView(heatmaps[name], labels, valid[name], found[name], maps.pixel_um, config,
                            artefacts, top_kinds[name]) for name in scored}
     common = np.logical_and.reduce(list(valid.values()))
-    nearest = nearest_lesion(labels, tissue, maps.pixel_um)
     return {
         "methods": scored,
         "metrics": {name: score_map(view) for name, view in views.items()},
         "artefact_focus": {name: focus_record(view.peak_kinds, view.top_kinds) for name, view in views.items()},
-        "peaks": {name: peak_records(heatmaps[name], found[name], nearest, artefacts, maps.downsample, names,
-                                     config.tolerance_um) for name in scored},
+        "peaks": {name: peak_records(heatmaps[name], found[name],
+                                     nearest_lesion(labels, tissue, maps.pixel_um, found[name]), artefacts,
+                                     maps.downsample, names, config.tolerance_um) for name in scored},
         "agreement": agreement({name: heatmaps[name] for name in scored}, common,
                                config.agreement_fraction, config.agreement_pixels, config.seed),
         "unscored_tissue_px": {name: int(np.count_nonzero(tissue & ~valid[name])) for name in scored},
@@ -297,10 +327,11 @@ def compare_maps(maps: Maps, heatmaps: dict[str, np.ndarray], top_kinds: dict[st
 
 
 def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig, model_dir: Path | None = None,
-                sanity: bool = False) -> Path:
+                sanity: bool = False, device: str = "auto", batch: int | None = None) -> Path:
     """Write ``slide_dir/audit.json`` (module docstring) unless current; return its path. With the
     model's folder, the record also holds the deletion faithfulness of each method and, with
-    `sanity`, the model-randomisation check (`sanity_record`)."""
+    `sanity`, the model-randomisation check (`sanity_record`, on `device` with `batch` patches
+    per forward). The model is loaded once per worker (`worker_model`)."""
     slide_dir = Path(slide_dir)
     out = slide_dir / AUDIT
     sanity = sanity and model_dir is not None
@@ -325,14 +356,15 @@ def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig, model_d
     scales = resolution(store.attrs, maps.attrs, model.get("config", {}))
     deletion = artefact = None
     if model_dir:
-        mil, _ = load_model(model_dir)
+        mil, _ = worker_model(model_dir)
         h = torch.from_numpy(np.asarray(explain["embeddings"][:], np.float32))
         deletion = deletion_record(mil, h, explain, config.faithfulness)
         width, height = store.attrs["dimensions"]
         on_lesion = footprint_fraction(maps.lesion > 0, (width, height), store.coords, store.attrs["footprint"]) > 0
         artefact = without_artefacts(mil, h, store.artefacts.shares, on_lesion, attrs.get("head", "softmax"),
                                      classes, config.max_artefact_change)
-    randomised = sanity_record(slide_dir, explain, model_dir, config.sanity) if sanity and model_dir else None
+    randomised = sanity_record(slide_dir, explain, model_dir, config.sanity, device, batch) \
+        if sanity and model_dir else None
     raised = flags(label, predicted["prediction"], compared["metrics"], compared["agreement"],
                    suites, config, lesions["on_tissue"], deletion["unfaithful"] if deletion else [], scales,
                    artefact, randomised["insensitive"] if randomised else [])

@@ -26,6 +26,7 @@ from tiling.store.names import (
     MAPS,
     PATCHES,
     REPORT,
+    ROW_THUMBNAIL,
     RUN_MANIFEST,
     SUBGROUPS_CSV,
     TILES_GEOJSON,
@@ -55,9 +56,9 @@ from tiling.store.stamps import (
 
 __all__ = [
     "AUDIT", "AUDIT_CSV", "CACHE", "EMBEDDINGS", "EXPLAIN", "FAILURE", "FOCUS_GEOJSON", "FORMAT_VERSIONS",
-    "IMPRESSIONS", "INDEX", "LOCK", "MAPS", "PATCHES", "REPORT", "RUN_MANIFEST", "STAMP_KEYS", "SUBGROUPS_CSV",
-    "TILES_GEOJSON", "VERSION_KEY", "Artefacts", "PatchStore", "atomic_path", "chained_stamp", "check_version",
-    "check_whole", "config_hash", "create_patch_store", "damage", "discard_damaged", "file_sha256", "is_current",
-    "open_patch_store", "read_stamp", "remove_leftovers", "runtime", "seal", "seal_store", "slide_dir",
+    "IMPRESSIONS", "INDEX", "LOCK", "MAPS", "PATCHES", "REPORT", "ROW_THUMBNAIL", "RUN_MANIFEST", "STAMP_KEYS",
+    "SUBGROUPS_CSV", "TILES_GEOJSON", "VERSION_KEY", "Artefacts", "PatchStore", "atomic_path", "chained_stamp",
+    "check_version", "check_whole", "config_hash", "create_patch_store", "damage", "discard_damaged", "file_sha256",
+    "is_current", "open_patch_store", "read_stamp", "remove_leftovers", "runtime", "seal", "seal_store", "slide_dir",
     "stage_path", "stamped", "write_patch_records",
 ]

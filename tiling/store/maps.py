@@ -27,7 +27,7 @@ range as min/max, colour map COLOUR_MAP); masks are labels of the thumbnail (LAB
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,11 +104,14 @@ class MapsWriter:
 
 @dataclass
 class Maps:
-    """A slide's maps.zarr opened read-only; ``maps[name]`` reads one (H, W) map as numpy."""
+    """A slide's maps.zarr opened read-only; ``maps[name]`` reads one (H, W) map as numpy, once:
+    a level read (read-only) and each image's pyramid are kept for the next caller."""
 
     path: Path
     group: zarr.Group
     attrs: dict[str, Any]
+    _read: dict[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
+    _pyramids: dict[str, list[Level]] = field(default_factory=dict, repr=False)
 
     @property
     def downsample(self) -> float:
@@ -149,7 +152,10 @@ class Maps:
         levels = self.pyramid(name)
         if not 0 <= k < len(levels):
             raise IndexError(f"{self.path}: {name} level {k} asked, levels 0..{len(levels) - 1} stored")
-        return levels[k].array[...]
+        if (name, k) not in self._read:
+            self._read[name, k] = levels[k].array[...]
+            self._read[name, k].flags.writeable = False
+        return self._read[name, k]
 
     def levels(self, name: str) -> int:
         """How many pyramid levels image `name` has."""
@@ -157,11 +163,13 @@ class Maps:
 
     def pyramid(self, name: str) -> list[Level]:
         """Every level of image `name` (lazy), finest first, with its level-0 px per map px."""
-        return read_levels(self.group, self._path(name), self.downsample)
+        if name not in self._pyramids:
+            self._pyramids[name] = read_levels(self.group, self._path(name), self.downsample)
+        return self._pyramids[name]
 
     @property
     def tissue(self) -> np.ndarray:
-        return self[TISSUE].astype(bool)
+        return self[TISSUE].view(bool)
 
     @property
     def lesion(self) -> np.ndarray:

@@ -31,7 +31,7 @@ def summarize(result: RunResult) -> dict[str, Any]:
         "flags": dict(Counter(f["flag"] for a in audits.values() for f in a.get("flags", []))),
         "review": [{"slide_id": sid, "verdict": a.get("verdict"), "verdict_reason": a.get("verdict_reason")}
                    for sid, a in audits.items() if a.get("verdict") in NEEDS_REVIEW],
-        "failures": group_failures(s.failure for s in result.failed if s.failure),
+        "failures": group_failures({**s.failure, "slide_id": s.record.slide_id} for s in result.failed if s.failure),
         "thresholds_met": result.gated,
         "exit_code": result.exit_code,
         "index": str(result.index), "audit_csv": str(result.audit_csv), "manifest": str(result.manifest),

@@ -45,7 +45,8 @@ def test_all_zero_map_reads_no_positive_evidence_and_glossary_comes_from_the_reg
         report_archive, tmp_path: Path) -> None:
     slide_dir = tmp_path / "slides" / "positive"
     shutil.copytree(report_archive["positive"], slide_dir)
-    level0 = zarr.open_group(slide_dir / MAPS, mode="r+")["hirescam/0"]
+    group = zarr.open_group(slide_dir / MAPS, mode="r+")
+    level0 = group[f"{group.attrs['images']['hirescam']}/0"]
     values = level0[...]
     level0[...] = np.where(np.isfinite(values), 0.0, np.nan)  # ReLU'd CAM with no evidence
     seal_store(slide_dir / MAPS)  # edited on purpose, not damaged

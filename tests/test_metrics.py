@@ -11,7 +11,7 @@ from reports.audit.config import AuditConfig
 from reports.audit.registry import MapView, metrics_for
 from reports.audit.stage import flags, nearest_lesion, peak_records, score_map, slide_prediction
 from reports.errors import MetricError
-from reports.html import place, shade
+from reports.html import GOOD_RGB, POOR_RGB, place, shade
 
 
 def row(*values: float) -> np.ndarray:
@@ -117,8 +117,8 @@ def test_nearest_lesion_at_the_peaks_equals_the_distance_transform() -> None:
 
 
 def test_metric_colours_follow_the_direction_the_registry_declares() -> None:
-    assert shade(1.0, "auroc") == shade(0.0, "artefact_peak") == "hsl(120 70% 88%)"
-    assert shade(0.0, "auroc") == shade(1.0, "artefact_peak") == "hsl(0 70% 88%)"
+    assert shade(1.0, "auroc") == shade(0.0, "artefact_peak") == "rgb({} {} {})".format(*GOOD_RGB)
+    assert shade(0.0, "auroc") == shade(1.0, "artefact_peak") == "rgb({} {} {})".format(*POOR_RGB)
     assert shade(None, "auroc") == "transparent"
 
 

@@ -212,7 +212,7 @@ def test_explain_image_command_errors_are_one_line(model_dir, tmp_path):
     (tmp_path / "notes.png").write_text("hello")
     res = CliRunner().invoke(main, ["explain-image", str(tmp_path / "notes.png"), "--model", str(model_dir),
                                     "--out", str(tmp_path / "out")])
-    assert res.exit_code == 3 and "Traceback" not in res.output
+    assert res.exit_code == 2 and "Traceback" not in res.output
     assert "notes.png: not a PNG, JPEG or TIFF image" in res.output
     assert not (tmp_path / "out").exists()
 

@@ -62,5 +62,6 @@ def test_gated_slides_exit_4_over_3_and_are_listed(tmp_path: Path):
 
     output = CliRunner().invoke(show)
     assert output.exit_code == EXIT_THRESHOLDS
-    assert "FAILED 1 slide(s) at tile" in output.output and "not a slide [c]" in output.output and "1 slide(s) meet --fail-on (exit 4)" in output.output
+    assert "FAILED 1 slide(s) at tile" in output.output and "not a slide [c]" in output.output
+    assert "1 slide(s) meet --fail-on (exit 4)" in output.output
     assert "FAIL b (fail): Prediction wrong" in output.output

@@ -132,7 +132,7 @@ def test_local_cluster_run(workspace: Workspace, reference: RunResult) -> None:
         folder = out / "slides" / sid
         assert {p.name for p in folder.iterdir()} == {
             "patches.zarr", "explain.zarr", "maps.zarr", "audit.json", "report.html", "focus.geojson",
-            "tiles.geojson"}
+            "tiles.geojson", "thumbnail.jpg"}
         assert f"slides/{sid}/report.html" in (out / "index.html").read_text()
         report = (folder / "report.html").read_text()
         assert report.count('alt="class impression of') == 2  # what the model learnt, per class

@@ -29,6 +29,7 @@ from tiling.errors import StoreError
 from tiling.samples.archives import write_sample_archive
 from tiling.store import EXPLAIN, MAPS, PATCHES, damage, open_patch_store, seal
 from tiling.store.explain import read_embeddings
+from tiling.store.maps import open_maps
 from tiling.tile import tile_slide
 
 pytestmark = pytest.mark.slow
@@ -98,7 +99,7 @@ def test_a_damaged_chunk_in_each_store_is_found_by_the_next_run_and_recomputed(
     whole = {name: contents(folder / name) for name in STORES}
     rows = audit_rows(out)
     damaged = {PATCHES: chunk_file(folder / PATCHES, "patches"), EXPLAIN: chunk_file(folder / EXPLAIN, "gradcam"),
-               MAPS: chunk_file(folder / MAPS, "attention/0")}
+               MAPS: chunk_file(folder / MAPS, f"{open_maps(folder).attrs['images']['attention']}/0")}
     for path in damaged.values():
         harm(path)
 

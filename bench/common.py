@@ -83,19 +83,19 @@ def run_tile_slide(slide: Path, out: Path, config: TileConfig) -> tuple[float, f
 
 def run_raw(slide: Path, coords: np.ndarray, level: int, read_wh: tuple[int, int],
             patch: int) -> tuple[float, float]:
-    """(wall s, CPU s) to read every tile with OpenSlide on `tiling.tile.read_threads` threads (one
+    """(wall s, CPU s) to read every tile with OpenSlide on `tiling.threads.stage_threads` threads (one
     per core unless a launcher shares the cores out), then resize."""
     import openslide
 
     from tiling.slide import resize_rgb
-    from tiling.tile import read_threads
+    from tiling.threads import stage_threads
 
     def read(xy: list[int]) -> np.ndarray:
         region = np.asarray(osr.read_region((xy[0], xy[1]), level, read_wh))[..., :3]
         return resize_rgb(region, (patch, patch))
 
     wall, cpu = time.perf_counter(), time.process_time()
-    with openslide.OpenSlide(slide) as osr, ThreadPoolExecutor(read_threads()) as pool:
+    with openslide.OpenSlide(slide) as osr, ThreadPoolExecutor(stage_threads()) as pool:
         for _ in pool.map(read, coords.tolist()):
             pass
     return time.perf_counter() - wall, time.process_time() - cpu

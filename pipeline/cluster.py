@@ -11,7 +11,7 @@ from distributed import Client, LocalCluster
 from pipeline.config import ConfigError, RunSettings
 
 log = logging.getLogger(__name__)
-# threads per worker process: torch/OpenMP, BLAS, OpenCV, and the tile stage's reads (tiling.tile.read_threads)
+# threads per worker process: torch/OpenMP, BLAS, OpenCV, and the tile stage's reads (tiling.threads.stage_threads)
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENCV_FOR_THREADS_NUM")
 
 

@@ -3,7 +3,10 @@
 When the limit passes, a timer thread raises StageTimeout in the block's thread
 (CPython's PyThreadState_SetAsyncExc): it arrives at the next Python bytecode, so a long call
 into C (a decoder, a torch kernel) finishes that call first; context managers unwinding on the
-way out remove the half-written outputs as for any other exception.
+way out remove the half-written outputs as for any other exception. Code that swallows every
+exception (a garbage-collector callback such as distributed's, a broad `except`) may catch it
+where it lands: then the block runs on, and StageTimeout is raised when it ends (its outputs,
+written atomically, are whole; a rerun finds them current).
 """
 from __future__ import annotations
 
@@ -26,11 +29,12 @@ def time_limit(seconds: float | None, what: str) -> Iterator[None]:
     if seconds is None:
         yield
         return
-    guard, running = threading.Lock(), [True]
+    guard, running, fired = threading.Lock(), [True], [False]
 
     def expire() -> None:
         with guard:
             if running[0]:
+                fired[0] = True
                 _raise_in(thread_id)
 
     thread_id = threading.get_ident()
@@ -44,6 +48,8 @@ def time_limit(seconds: float | None, what: str) -> Iterator[None]:
             with guard:
                 running[0] = False
             timer.cancel()
+        if fired[0]:  # it landed where it was swallowed
+            raise StageTimeout
     except StageTimeout:
         raise StageTimeout(f"{what} ran past its limit of {seconds:g} s; raise it with "
                            f"--set run.stage_timeout=SECONDS (or null for none)") from None

@@ -40,9 +40,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import cv2
 import matplotlib
 import numpy as np
-from skimage.measure import find_contours, points_in_poly
 
 from explainers.methods.registry import title as method_title
 from reports.audit.metrics import top_k_mask
@@ -83,64 +83,101 @@ def _feature(geometry: dict[str, Any], name: str, cls: str, colour: list[int],
     return {"type": "Feature", "geometry": geometry, "properties": properties}
 
 
-def corner_rings(closed: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
-    """Closed (K, 2) rings -> the same rings without the vertices that lie on a straight line
-    between their neighbours (the same polygon; marching squares puts one on every pixel edge),
-    still closed, and each ring's signed area (shoelace formula). All rings at once: a ring's
-    first vertex follows its last."""
-    points = np.concatenate([c[:-1] for c in closed])
-    sizes = np.array([len(c) - 1 for c in closed])
+# OpenCV's border following: 8-neighbour steps (dx, dy) of a border pixel to the next (y down,
+# clockwise on screen); the even ones cross a pixel's sides (east, south, west, north)
+STEPS = np.array([(1, 0), (1, 1), (0, 1), (-1, 1), (-1, 0), (-1, -1), (0, -1), (1, -1)])
+STEP_CODE = np.zeros((3, 3), np.int8)
+STEP_CODE[STEPS[:, 1] + 1, STEPS[:, 0] + 1] = np.arange(8)
+STEP_CODE[1, 1] = 1  # a one-pixel border arrives from and leaves to itself: all four sides
+
+
+def _outside_sides() -> np.ndarray:
+    """(8, 8, 4) int8: [back, ahead] -> the sides (STEPS codes, -1 padded) of a border pixel
+    reached from its neighbour `back` and left to `ahead` that face the outside: those turned
+    past going anticlockwise from `back` to `ahead`, which the border following found empty."""
+    table = np.full((8, 8, 4), -1, np.int8)
+    for back in range(8):
+        for ahead in range(8):
+            turned = [(back - k) % 8 for k in range(1, 8)]
+            sides = [k for k in turned[:turned.index(ahead) if ahead != back else 7] if k % 2 == 0]
+            table[back, ahead, :len(sides)] = sides
+    return table
+
+
+OUTSIDE_SIDES = _outside_sides()
+
+
+def _neighbours(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rings of `sizes` points stored one after another: each ring's start, and each point's
+    preceding and following point (a ring's first point follows its last)."""
     starts = np.cumsum(sizes) - sizes
-    index = np.arange(len(points))
-    ring_start, ring_end = np.repeat(starts, sizes), np.repeat(starts + sizes - 1, sizes)
-    following = np.where(index == ring_end, ring_start, index + 1)
-    preceding = np.where(index == ring_start, ring_end, index - 1)
+    index = np.arange(int(sizes.sum()))
+    first, last = np.repeat(starts, sizes), np.repeat(starts + sizes - 1, sizes)
+    return starts, np.where(index == first, last, index - 1), np.where(index == last, first, index + 1)
+
+
+def _keep(points: np.ndarray, sizes: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    starts = np.cumsum(sizes) - sizes
+    return points[keep], np.add.reduceat(keep.astype(np.int64), starts)
+
+
+def corner_rings(points: np.ndarray, sizes: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Rings ((N, 2) `points`, ring k the next sizes[k]; not closed) -> the same rings without
+    repeated points and without the points on a straight line between their neighbours (the same
+    polygons), closed, and each ring's signed area (shoelace formula)."""
+    _, preceding, _ = _neighbours(sizes)
+    points, sizes = _keep(points, sizes, np.any(points != points[preceding], axis=1))
+    starts, preceding, following = _neighbours(sizes)
     before, after = points - points[preceding], points[following] - points
-    keep = before[:, 0] * after[:, 1] != before[:, 1] * after[:, 0]
+    points, sizes = _keep(points, sizes, before[:, 0] * after[:, 1] != before[:, 1] * after[:, 0])
+    starts, _, following = _neighbours(sizes)
     x, y = points[:, 0], points[:, 1]
     areas = 0.5 * (np.add.reduceat(x * y[following], starts) - np.add.reduceat(y * x[following], starts))
-    kept = np.split(points[keep], np.cumsum(np.add.reduceat(keep, starts))[:-1])
-    return [np.vstack([ring, ring[:1]]) for ring in kept], areas
+    return [np.vstack([ring, ring[:1]]) for ring in np.split(points, np.cumsum(sizes)[:-1])], areas
 
 
-def mask_polygons(mask: np.ndarray, downsample: float) -> list[list[np.ndarray]]:
+def mask_polygons(mask: np.ndarray, downsample: float,
+                  dimensions: tuple[float, float] | None = None) -> list[list[np.ndarray]]:
     """The regions of a bool (H, W) map mask as polygons ([exterior, *holes], closed (K, 2) x, y
-    rings in level-0 px; map pixel (r, c) has its centre at ((c + 1/2)·D, (r + 1/2)·D)), traced
-    by marching squares at level 1/2 around the 1-pixels (8-connected), corners only; exteriors
-    counter-clockwise (positive signed area on x, y), holes clockwise."""
-    contours = find_contours(np.pad(np.asarray(mask, np.float32), 1), 0.5, fully_connected="high")
+    rings in level-0 px; map pixel (r, c) has its centre at ((c + 1/2)·D, (r + 1/2)·D)), corners
+    only, exteriors counter-clockwise (positive signed area on x, y), holes clockwise. The
+    outline is marching squares' at level 1/2 around the 1-pixels (8-connected; scikit-image's
+    find_contours, fully_connected="high"): it joins the midpoints of the pixel sides between a
+    1 and a 0, so a pixel-centre rasterisation gives the mask back. Found from OpenCV's border
+    following (tens of times faster): each border pixel adds its sides that face the outside
+    (OUTSIDE_SIDES). With `dimensions` (W, H), points are moved into the slide's [0, W] x [0, H]:
+    a map pixel's outline may pass its edge by < D/2 px, where no pixel centred inside lies."""
+    contours, hierarchy = cv2.findContours(np.pad(np.asarray(mask, np.uint8), 1), cv2.RETR_CCOMP,
+                                           cv2.CHAIN_APPROX_NONE)
     if not contours:
         return []
-    rings, areas = corner_rings([(c[:, ::-1] - 0.5) * downsample for c in contours])  # padded (row, col) -> x, y
-    outer_sign = np.sign(areas[int(np.argmax(np.abs(areas)))])  # the largest ring is an exterior
-    outers = np.flatnonzero(np.sign(areas) == outer_sign).tolist()
-    polygons = {i: [rings[i]] for i in outers}
-    for i, ring in enumerate(rings):
-        if i not in polygons:  # a hole: in the smallest exterior around it
-            around = [j for j in outers if points_in_poly(ring[:1], rings[j])[0]]
-            polygons[min(around, key=lambda j: abs(areas[j]))].append(ring)
-    flip = outer_sign < 0  # exteriors counter-clockwise, holes the other way
-    return [[r[::-1] if flip else r for r in polygon] for polygon in polygons.values()]
+    pixels = np.concatenate(contours)[:, 0, :].astype(np.int64) - 1  # padded -> (x, y) map px
+    lengths = np.array([len(c) for c in contours])
+    starts, preceding, following = _neighbours(lengths)
+    back, ahead = pixels[preceding] - pixels, pixels[following] - pixels
+    sides = OUTSIDE_SIDES[STEP_CODE[back[:, 1] + 1, back[:, 0] + 1], STEP_CODE[ahead[:, 1] + 1, ahead[:, 0] + 1]]
+    outside = sides >= 0
+    per_pixel = outside.sum(axis=1)
+    midpoints = (np.repeat(pixels + 0.5, per_pixel, axis=0) + 0.5 * STEPS[sides[outside]]) * downsample
+    if dimensions is not None:
+        midpoints = np.clip(midpoints, 0, np.asarray(dimensions, np.float64))
+    rings, areas = corner_rings(midpoints, np.add.reduceat(per_pixel, starts))
+    parents = hierarchy[0, :, 3]
+    polygons: dict[int, list[np.ndarray]] = {i: [] for i in np.flatnonzero(parents < 0).tolist()}
+    for i, (ring, area) in enumerate(zip(rings, areas, strict=True)):
+        hole = parents[i] >= 0
+        polygons[int(parents[i]) if hole else i].append(ring[::-1] if (area > 0) == hole else ring)
+    return [polygons[i] for i in sorted(polygons)]
 
 
 def _coordinates(ring: np.ndarray) -> list[list[float]]:
     return np.round(ring, 1).tolist()
 
 
-def clipped(ring: np.ndarray, dimensions: tuple[float, float]) -> np.ndarray:
-    """A closed ring with its points moved into the slide's [0, W] x [0, H] (W, H = `dimensions`),
-    repeated points dropped, corners only. A map pixel's outline may pass its edge by < D/2 px;
-    only map pixels centred outside the slide lie there, and no mask reaches them."""
-    points = np.clip(ring, 0, np.asarray(dimensions, np.float64))
-    kept = points[np.any(points != np.roll(points, 1, axis=0), axis=1)]
-    return corner_rings([np.vstack([kept, kept[:1]])])[0][0]
-
-
 def _multipolygon(mask: np.ndarray, maps: Maps) -> dict[str, Any] | None:
     """A bool map mask as a MultiPolygon in level-0 px inside the slide, None when empty."""
     dimensions = (float(maps.attrs["dimensions"][0]), float(maps.attrs["dimensions"][1]))
-    polygons = [[_coordinates(clipped(r, dimensions)) for r in rings]
-                for rings in mask_polygons(mask, maps.downsample)]
+    polygons = [[_coordinates(r) for r in rings] for rings in mask_polygons(mask, maps.downsample, dimensions)]
     return {"type": "MultiPolygon", "coordinates": polygons} if polygons else None
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import re
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ from tiling.store import (
 from tiling.store.explain import open_explain_store
 from tiling.store.maps import THUMBNAIL, Maps, open_maps
 from tiling.store.records import load_audit
+from tiling.threads import stage_threads
 
 log = logging.getLogger(__name__)
 
@@ -300,9 +302,11 @@ def render_slide_report(slide_dir: Path, impressions: dict[str, Path] | None = N
             write_row_thumbnail(slide_dir, open_maps(slide_dir))
         return slide_dir / REPORT
     maps = open_maps(slide_dir)  # read once for the page, the GeoJSON and the index thumbnail
-    context = {**slide_context(slide_dir, impressions, maps),
-               "stamp": f"{stamp['config_hash']}:{stamp['source_sha256']}"}
-    write_qupath_geojson(slide_dir, context["audit"], maps)
+    with ThreadPoolExecutor(stage_threads()) as pool:  # the GeoJSON beside the page
+        geojson = pool.submit(write_qupath_geojson, slide_dir, load_audit(slide_dir), maps)
+        context = {**slide_context(slide_dir, impressions, maps),
+                   "stamp": f"{stamp['config_hash']}:{stamp['source_sha256']}"}
+        geojson.result()
     write_row_thumbnail(slide_dir, maps)
     path = _write(slide_dir / REPORT, "slide.html", context)
     log.info("wrote %s", path)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from shapely.geometry import LinearRing, Polygon, shape
+from skimage.measure import find_contours
 
 from conftest import manifest_rows
 from explainers.methods.registry import title as method_title
@@ -28,7 +30,7 @@ from reports.geojson import (
     TILE_CLASS,
     TISSUE_SHARE,
     TOP_FRACTION,
-    clipped,
+    corner_rings,
     mask_polygons,
     write_qupath_geojson,
 )
@@ -58,6 +60,38 @@ def test_mask_polygons_trace_regions_with_holes_exactly() -> None:
     assert mask_polygons(np.zeros((3, 3), bool), 1.0) == []
 
 
+def _outline(ring: np.ndarray) -> tuple:
+    """A closed ring as its points from the least, in the direction of its lesser second point."""
+    points = [tuple(p) for p in np.round(ring[:-1], 6).tolist()]
+    walks = []
+    for walk in (points, points[::-1]):
+        start = walk.index(min(walk))
+        walks.append(tuple(walk[start:] + walk[:start]))
+    return min(walks)
+
+
+def test_mask_polygons_trace_what_scikit_images_marching_squares_traces() -> None:
+    """Random masks (specks, diagonal touches, holes, islands in holes, edges): the same rings as
+    find_contours at level 1/2 with fully_connected="high", reduced to their corners; each hole
+    in the exterior around it."""
+    rng = np.random.default_rng(5)
+    for trial in range(200):
+        shape = tuple(rng.integers(1, 24, 2))
+        mask = rng.random(shape) < rng.uniform(0.1, 0.9)
+        if trial % 2:
+            mask = ndimage.binary_opening(mask) | (rng.random(shape) < 0.05)
+        contours = find_contours(np.pad(mask.astype(np.float32), 1), 0.5, fully_connected="high")
+        expected = sorted(_outline(r) for r in (corner_rings(np.concatenate([(c[:-1, ::-1] - 0.5) * 3.0]), np.array([len(c) - 1]))[0][0]
+                                                for c in contours))
+        polygons = mask_polygons(mask, 3.0)
+        assert sorted(_outline(r) for p in polygons for r in p) == expected
+        for exterior, *holes in polygons:
+            assert LinearRing(exterior).is_ccw and not any(LinearRing(h).is_ccw for h in holes)
+            assert Polygon(exterior, holes).is_valid
+        lesions = [Lesion(p[0], p[1:]) for p in polygons]
+        np.testing.assert_array_equal(rasterize_lesions(lesions, mask.shape, 3.0), mask)
+
+
 def test_rings_keep_only_their_corners() -> None:
     mask = np.zeros((8, 10), bool)
     mask[2:5, 3:8] = True  # 3 x 5 px: marching squares cuts each corner pixel diagonally
@@ -74,7 +108,7 @@ def test_outlines_on_the_slides_edge_stay_inside_the_slide() -> None:
     mask[1:, 3:] = True   # reaches the bottom and right edges
     [[ring]] = mask_polygons(mask, 4.0)
     assert ring[:, 0].max() == 24 and ring[:, 1].max() == 16  # the map's edge, past the slide's
-    inside = clipped(ring, (22.0, 15.0))
+    [[inside]] = mask_polygons(mask, 4.0, (22.0, 15.0))
     assert inside[:, 0].max() == 22 and inside[:, 1].max() == 15 and (inside[0] == inside[-1]).all()
     assert Polygon(inside).is_valid and LinearRing(inside).is_ccw
     np.testing.assert_array_equal(rasterize_lesions([Lesion(inside)], mask.shape, 4.0), mask)

@@ -25,7 +25,8 @@ from tiling.samples.tiff import write_pyramid_tiff
 from tiling.slide import open_slide
 from tiling.store import PATCHES, file_sha256, open_patch_store, read_stamp
 from tiling.store.patches import FORMAT_VERSION
-from tiling.tile import MASK_SIDES, plan_patches, read_threads, tile_slide
+from tiling.threads import stage_threads
+from tiling.tile import MASK_SIDES, plan_patches, tile_slide
 from tiling.tissue import saturation
 
 SMALL = TileConfig(mpp=1.5, patch=96, chunk=8)        # level 1 (1.0 µm/px) read at 144 px, resized
@@ -211,7 +212,7 @@ def test_reads_take_the_threads_a_launcher_shares_out(monkeypatch: pytest.Monkey
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     else:
         monkeypatch.setenv("OMP_NUM_THREADS", value)
-    assert read_threads() == (threads or os.cpu_count())
+    assert stage_threads() == (threads or os.cpu_count())
 
 
 def test_cli_tile(sample_archive: Path, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ it resamples: the slide itself is not reopened), explain.zarr and the annotation
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -22,7 +23,6 @@ import numpy as np
 import zarr
 from PIL import Image
 from scipy.stats import rankdata
-from tqdm import tqdm
 
 from tiling.annotation_fit import annotation_downsample, check_fit, scaled
 from tiling.annotations import ROLES, Lesion, LesionRules, rasterize_lesions, read_classified
@@ -241,12 +241,11 @@ def stitch_slide(slide_dir: Path, annotations: list[Path], config: StitchConfig,
     sources = {ATTENTION: attention[:, None, None],
                ATTENTION_RANK: percentile_rank(attention)[:, None, None],
                **{m: explain[m] for m in methods}}
-    with atomic_path(out) as tmp:
-        writer = MapsWriter(tmp, pixel_um, config.chunk)
+    with atomic_path(out) as tmp, MapsWriter(tmp, pixel_um, config.chunk) as writer:
         coverage = grid.coverage()
         writer.image(TISSUE, (coverage > 0).astype(np.uint8), "1 where a tissue patch covers the pixel")
-        for name, values in tqdm(sources.items(), desc=f"stitch {slide_dir.name}", leave=False):
-            writer.image(name, grid.stitch(values, coverage),
+        for name, values in sources.items():
+            writer.image(name, functools.partial(grid.stitch, values, coverage),
                          "patch values averaged over overlapping patches; NaN off tissue")
         labels, names = lesion_labels(lesions, shape, downsample)
         writer.image(LESION, labels, "k on the k-th annotated lesion")

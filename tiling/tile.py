@@ -5,12 +5,11 @@ atomically, stamped with the config hash and the slide's sha256 so a rerun skips
 read with Dask in blocks of `chunk` patches, one block per zarr chunk, each block written by the
 task that reads it, the store's other records by one more task beside them: on the current
 dask.distributed Client if there is one (workers must see `out`), else on the threaded scheduler
-with `read_threads` threads (OpenSlide and the JPEG decode release the GIL).
+with `tiling.threads.stage_threads` threads (OpenSlide and the JPEG decode release the GIL).
 """
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
@@ -40,6 +39,7 @@ from tiling.store import (
     slide_dir,
     write_patch_records,
 )
+from tiling.threads import stage_threads
 from tiling.tissue import tissue_mask
 
 log = logging.getLogger(__name__)
@@ -128,22 +128,13 @@ def _current_client() -> Any:
         return None
 
 
-def read_threads() -> int:
-    """Threads reading a slide without a Dask client: OMP_NUM_THREADS where a launcher shares the
-    cores out (the pipeline's LocalCluster sets cores // workers on each worker), else one per core."""
-    try:
-        return max(1, int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0]))
-    except ValueError:
-        return os.cpu_count() or 1
-
-
 def _run(tasks: list[Any], label: str) -> None:
     """Compute `tasks`, showing progress. On a failure no task may still be writing when this
     raises (the output is then removed): queued threads are cancelled and running ones awaited;
     on a cluster every task is awaited, since cancelling does not stop a running one."""
     client = _current_client()
     if client is None:
-        with ThreadPoolExecutor(read_threads()) as pool:
+        with ThreadPoolExecutor(stage_threads()) as pool:
             try:
                 with TqdmCallback(desc=label, unit="block"):
                     dask.compute(*tasks, scheduler="threads", pool=pool)

@@ -17,8 +17,8 @@ from skimage.morphology import local_maxima
 from reports.errors import MetricError
 
 
-def _values(m: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """The map's values on the valid pixels; MetricError when one of them is not finite."""
+def valid_values(m: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The map's values (float64) on the valid pixels; MetricError when one of them is not finite."""
     values = np.asarray(m)[valid].astype(np.float64)
     bad = int(np.count_nonzero(~np.isfinite(values)))
     if bad:
@@ -36,7 +36,7 @@ def pixel_auroc(m: np.ndarray, lesion: np.ndarray, valid: np.ndarray) -> float |
     ranks). Computed with one sort of each group and binary searches.
     """
     positive = np.asarray(lesion, bool)[valid]
-    values = _values(m, valid)
+    values = valid_values(m, valid)
     pos, neg = np.sort(values[positive]), np.sort(values[~positive])
     if pos.size == 0 or neg.size == 0:
         return None
@@ -57,7 +57,7 @@ def pointing_game(m: np.ndarray, lesion: np.ndarray, valid: np.ndarray,
     lesion = np.asarray(lesion, bool) & valid
     if not lesion.any():
         return None
-    top = valid & (np.asarray(m, np.float64) == _values(m, valid).max())
+    top = valid & (np.asarray(m, np.float64) == valid_values(m, valid).max())
     if off_limits is not None:
         top &= ~np.asarray(off_limits, bool)
         if not top.any():
@@ -78,7 +78,7 @@ def relevance_mass(m: np.ndarray, lesion: np.ndarray, valid: np.ndarray) -> floa
     mass = Σ_{lesion ∩ valid} max(m, 0) / Σ_{valid} max(m, 0); negative values are clipped
     to 0 first. None when the map has no positive mass or there is no lesion.
     """
-    positive = np.clip(_values(m, valid), 0, None)
+    positive = np.clip(valid_values(m, valid), 0, None)
     inside = np.asarray(lesion, bool)[valid]
     total = positive.sum()
     if not inside.any() or total <= 0:
@@ -93,7 +93,7 @@ def relevance_rank_accuracy(m: np.ndarray, lesion: np.ndarray, valid: np.ndarray
     remaining places in proportion (the expected value under random tie-breaking), so the result
     never depends on pixel order: a constant map scores K / |valid|.
     """
-    values = _values(m, valid)
+    values = valid_values(m, valid)
     inside = np.asarray(lesion, bool)[valid]
     k = int(inside.sum())
     if k == 0:
@@ -112,7 +112,7 @@ def top_k_mask(m: np.ndarray, valid: np.ndarray, fraction: float) -> np.ndarray 
     all left out, so the region never swells past k nor depends on pixel order. None when nothing
     is left (a constant map, or more than k pixels tied at the maximum): the map has no top region.
     """
-    values = _values(m, valid)
+    values = valid_values(m, valid)
     k = min(values.size, math.ceil(fraction * values.size))
     if k == 0:
         return None
@@ -155,7 +155,7 @@ def peaks(m: np.ndarray, valid: np.ndarray, n_peaks: int, min_distance_px: int) 
     attention); its peak is the plateau pixel nearest the plateau's centroid. A map constant
     over the valid pixels has none.
     """
-    values = _values(m, valid)
+    values = valid_values(m, valid)
     if values.size == 0 or values.min() == values.max():
         return np.zeros((0, 2), np.int64)
     m = np.asarray(m)

@@ -14,7 +14,7 @@ import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -52,22 +52,33 @@ class MapView:
         return self.labels > 0
 
     @functools.cached_property
+    def flat(self) -> OnValid:
+        """The map on its valid pixels only, for the metrics that need no pixel's place: read
+        once per map rather than from the whole (H, W) by each metric (the same values)."""
+        values = M.valid_values(self.values, self.valid)
+        return OnValid(values, self.lesion[self.valid], np.ones(values.size, bool))
+
+    @functools.cached_property
     def lesion_share(self) -> float:
         """Share of the valid pixels inside a lesion (0 without valid pixels)."""
-        return float(self.lesion[self.valid].mean()) if self.valid.any() else 0.0
+        return float(self.flat.lesion.mean()) if self.flat.lesion.size else 0.0
 
     def overlap(self, fraction: float, measure: Callable[[np.ndarray, np.ndarray], float | None]) -> float | None:
         """`measure` (IoU or Dice) of the top-`fraction` region and the lesion; n/a without a lesion."""
         if not self.lesion_share:
             return None
         if fraction not in self.tops:
-            self.tops[fraction] = M.top_k_mask(self.values, self.valid, fraction)
+            self.tops[fraction] = M.top_k_mask(self.flat.values, self.flat.everywhere, fraction)
         top = self.tops[fraction]
-        return None if top is None else measure(top, self.valid_lesion)
+        return None if top is None else measure(top, self.flat.lesion)
 
-    @functools.cached_property
-    def valid_lesion(self) -> np.ndarray:
-        return self.lesion & self.valid
+
+class OnValid(NamedTuple):
+    """A map's values (float64, finite), lesion mask and an all-True mask on its valid pixels (1-D)."""
+
+    values: np.ndarray
+    lesion: np.ndarray
+    everywhere: np.ndarray
 
 
 SHOWN_AS = ("yes/no", "percent", "number")
@@ -116,7 +127,7 @@ class Metric:
 TOP_NOTE = "strict top {fraction} of tissue pixels: ties at the cut left out when they overflow it, n/a if none left"
 BASE_METRICS = (
     Metric("auroc", "AUROC", "AUROC", "P(a lesion pixel outscores a non-lesion pixel) = U / (P·N)",
-           "rank-based, ties count ½", lambda v: M.pixel_auroc(v.values, v.lesion, v.valid),
+           "rank-based, ties count ½", lambda v: M.pixel_auroc(*v.flat),
            key=True, plotted=True, summary="AUROC",
            meaning="how well the map's values separate lesion from other tissue",
            good="1 perfect, 0.5 chance, < 0.5 points away; flagged below {min_auroc:g} on a positive slide"),
@@ -130,13 +141,13 @@ BASE_METRICS = (
            good="1 hit; a miss (0) flags the method on a positive slide"),
     Metric("relevance_mass", "Relevance mass", "Mass", "Σ_lesion max(m, 0) / Σ_tissue max(m, 0)",
            "negative values clipped to 0, no normalisation",
-           lambda v: M.relevance_mass(v.values, v.lesion, v.valid), key=True, plotted=True,
+           lambda v: M.relevance_mass(*v.flat), key=True, plotted=True,
            summary="Mass in lesions", shown_as="percent",
            meaning="share of the map's positive mass inside the lesions",
            good="near 1; the lesion's share of tissue is what chance gives"),
     Metric("rank_accuracy", "Rank accuracy", "Rank", "|top-K pixels ∩ lesion| / K, K = |lesion|",
            "top-|lesion| pixels, ties at the cut shared pro rata",
-           lambda v: M.relevance_rank_accuracy(v.values, v.lesion, v.valid), plotted=True,
+           lambda v: M.relevance_rank_accuracy(*v.flat), plotted=True,
            meaning="share of the map's top pixels (as many as the lesion has) inside the lesion",
            good="near 1; the lesion's share of tissue is what chance gives"),
     Metric("iou_lesion_share", "IoU @ lesion share", "IoU", "|top ∩ lesion| / |top ∪ lesion|, top = lesion's share",
@@ -157,10 +168,10 @@ LESION_HIT_RATE = Metric(
 
 
 def _artefact_mass(v: MapView) -> float | None:
-    on = (v.artefacts > 0) & v.valid
+    on = v.artefacts[v.valid] > 0
     if on.any():
-        return M.relevance_mass(v.values, on, v.valid)
-    return 0.0 if (np.asarray(v.values)[v.valid] > 0).any() else None
+        return M.relevance_mass(v.flat.values, on, v.flat.everywhere)
+    return 0.0 if (v.flat.values > 0).any() else None
 
 
 def _share(kinds: np.ndarray) -> float | None:

@@ -12,6 +12,7 @@ import functools
 import logging
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -40,6 +41,7 @@ from tiling.store import AUDIT, EXPLAIN, MAPS, PatchStore, chained_stamp, is_cur
 from tiling.store.explain import open_explain_store
 from tiling.store.maps import ATTENTION, Maps, open_maps
 from tiling.store.records import write_audit
+from tiling.threads import stage_threads
 
 log = logging.getLogger(__name__)
 
@@ -308,20 +310,23 @@ def compare_maps(maps: Maps, heatmaps: dict[str, np.ndarray], top_kinds: dict[st
     artefacts = maps.artefacts
     scored = [ATTENTION, *maps.methods]
     valid = {name: tissue & np.isfinite(heatmaps[name]) for name in scored}
-    found = {name: M.peaks(heatmaps[name], valid[name], config.n_peaks,
-                           peak_distance_px(config, maps.pixel_um)) for name in scored}
-    views = {name: MapView(heatmaps[name], labels, valid[name], found[name], maps.pixel_um, config,
-                           artefacts, top_kinds[name]) for name in scored}
+
+    def one_map(name: str) -> dict[str, Any]:
+        found = M.peaks(heatmaps[name], valid[name], config.n_peaks, peak_distance_px(config, maps.pixel_um))
+        view = MapView(heatmaps[name], labels, valid[name], found, maps.pixel_um, config, artefacts, top_kinds[name])
+        return {"metrics": score_map(view), "artefact_focus": focus_record(view.peak_kinds, view.top_kinds),
+                "peaks": peak_records(heatmaps[name], found, nearest_lesion(labels, tissue, maps.pixel_um, found),
+                                      artefacts, maps.downsample, names, config.tolerance_um)}
+
     common = np.logical_and.reduce(list(valid.values()))
+    with ThreadPoolExecutor(stage_threads()) as pool:
+        compared = pool.submit(agreement, {name: heatmaps[name] for name in scored}, common,
+                               config.agreement_fraction, config.agreement_pixels, config.seed)
+        each = dict(zip(scored, pool.map(one_map, scored), strict=True))
     return {
         "methods": scored,
-        "metrics": {name: score_map(view) for name, view in views.items()},
-        "artefact_focus": {name: focus_record(view.peak_kinds, view.top_kinds) for name, view in views.items()},
-        "peaks": {name: peak_records(heatmaps[name], found[name],
-                                     nearest_lesion(labels, tissue, maps.pixel_um, found[name]), artefacts,
-                                     maps.downsample, names, config.tolerance_um) for name in scored},
-        "agreement": agreement({name: heatmaps[name] for name in scored}, common,
-                               config.agreement_fraction, config.agreement_pixels, config.seed),
+        **{key: {name: each[name][key] for name in scored} for key in ("metrics", "artefact_focus", "peaks")},
+        "agreement": compared.result(),
         "unscored_tissue_px": {name: int(np.count_nonzero(tissue & ~valid[name])) for name in scored},
     }
 

@@ -27,6 +27,8 @@ range as min/max, colour map COLOUR_MAP); masks are labels of the thumbnail (LAB
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ from tiling.store.ome import (
     write_image,
 )
 from tiling.store.stamps import VERSION_KEY, check_version, check_whole, seal
+from tiling.threads import stage_threads
 
 FORMAT_VERSION = FORMAT_VERSIONS[MAPS]
 ATTENTION, ATTENTION_RANK, TISSUE, LESION, ARTEFACTS, THUMBNAIL = (
@@ -64,40 +67,57 @@ def display(values: np.ndarray) -> Display | None:
 
 
 class MapsWriter:
-    """Writes a maps.zarr at `path` (a temporary name from atomic_path): one image per `image`
-    call (the masks of LABEL_RGBA kept for the labels), then labels, collection and attrs with
-    `finish`."""
+    """Writes a maps.zarr at `path` (a temporary name from atomic_path), used as a context: one
+    image per `image` call (the masks of LABEL_RGBA kept for the labels), then labels,
+    collection and attrs with `finish`. Images are written on `tiling.threads.stage_threads`
+    threads while the caller computes the next; leaving the context waits for them."""
 
     def __init__(self, path: Path, pixel_um: float, chunk: int) -> None:
         self.path = Path(path)
         self.root = zarr.open_group(path, mode="w", zarr_format=3)
         self.pixel_um, self.chunk = pixel_um, chunk
-        self.images: dict[str, zarr.Group] = {}
+        self.images: dict[str, Future[zarr.Group]] = {}
         self.masks: dict[str, tuple[np.ndarray, str]] = {}
+        self.pool = ThreadPoolExecutor(stage_threads())
 
-    def image(self, name: str, data: np.ndarray, description: str) -> None:
-        """Write `data` ((H, W) or (3, H, W)) as the image `name` (a mask: as a label at `finish`)."""
+    def __enter__(self) -> MapsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def image(self, name: str, data: np.ndarray | Callable[[], np.ndarray], description: str) -> None:
+        """Write `data` ((H, W) or (3, H, W), or a function that makes it on the writer's threads)
+        as the image `name`; a mask (of LABEL_RGBA) is kept, an array, for the labels."""
         if name in LABEL_RGBA:
-            self.masks[name] = (data, description)
+            self.masks[name] = (data() if callable(data) else data, description)
             return
+        self.images[name] = self.pool.submit(self._image, str(len(self.images)), name, data, description)
+
+    def _image(self, group: str, name: str, data: np.ndarray | Callable[[], np.ndarray],
+               description: str) -> zarr.Group:
+        data = data() if callable(data) else data
         shown = display(data) if np.issubdtype(data.dtype, np.floating) else None
-        self.images[name] = write_image(self.root, str(len(self.images)), data, self.pixel_um,
-                                        description, self.chunk, display=shown, title=name)
+        return write_image(self.root, group, data, self.pixel_um, description, self.chunk, display=shown, title=name)
+
+    def _label(self, labels: zarr.Group, name: str, data: np.ndarray, description: str) -> zarr.Group:
+        values = np.flatnonzero(np.bincount(np.asarray(data).ravel()))
+        colours = {int(v): LABEL_RGBA[name] for v in values if v}
+        return write_image(labels, name, data, self.pixel_um, description, self.chunk,
+                           method="nearest", label_colours=colours)
 
     def finish(self, attrs: dict[str, Any]) -> None:
-        """Write the masks as labels of the thumbnail (written before), list the images as a
-        collection; write the attrs, the record of the files (`seal`) and the format version."""
-        groups = dict(self.images)
+        """Write the masks as labels of the thumbnail (an image written before), list the images
+        as a collection; write the attrs, the record of the files (`seal`) and the format version."""
+        images = {name: image.result() for name, image in self.images.items()}
+        groups = dict(images)
         if self.masks:
-            thumbnail = self.images[THUMBNAIL]
+            thumbnail = images[THUMBNAIL]
             labels = thumbnail.require_group(LABELS)
-            for name, (data, description) in self.masks.items():
-                values = np.flatnonzero(np.bincount(np.asarray(data).ravel()))
-                colours = {int(v): LABEL_RGBA[name] for v in values if v}
-                groups[name] = write_image(labels, name, data, self.pixel_um, description,
-                                           self.chunk, method="nearest", label_colours=colours)
+            written = {name: self.pool.submit(self._label, labels, name, *mask) for name, mask in self.masks.items()}
+            groups.update({name: label.result() for name, label in written.items()})
             declare_labels(thumbnail, list(self.masks))
-        write_collection(self.root, self.path, list(self.images.values()))
+        write_collection(self.root, self.path, list(images.values()))
         self.root.attrs.update({**attrs, "images": {n: g.path for n, g in groups.items()},
                                 **seal(self.path), VERSION_KEY: FORMAT_VERSION})
 

@@ -36,6 +36,7 @@ tiles.geojson, one ``tile`` detection per patch (its footprint square, clipped t
 """
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -136,8 +137,8 @@ def corner_rings(points: np.ndarray, sizes: np.ndarray) -> tuple[list[np.ndarray
     return [np.vstack([ring, ring[:1]]) for ring in np.split(points, np.cumsum(sizes)[:-1])], areas
 
 
-def mask_polygons(mask: np.ndarray, downsample: float,
-                  dimensions: tuple[float, float] | None = None) -> list[list[np.ndarray]]:
+def mask_polygons(mask: np.ndarray, downsample: float, dimensions: tuple[float, float] | None = None,
+                  offset: tuple[int, int] = (0, 0)) -> list[list[np.ndarray]]:
     """The regions of a bool (H, W) map mask as polygons ([exterior, *holes], closed (K, 2) x, y
     rings in level-0 px; map pixel (r, c) has its centre at ((c + 1/2)·D, (r + 1/2)·D)), corners
     only, exteriors counter-clockwise (positive signed area on x, y), holes clockwise. The
@@ -146,12 +147,13 @@ def mask_polygons(mask: np.ndarray, downsample: float,
     1 and a 0, so a pixel-centre rasterisation gives the mask back. Found from OpenCV's border
     following (tens of times faster): each border pixel adds its sides that face the outside
     (OUTSIDE_SIDES). With `dimensions` (W, H), points are moved into the slide's [0, W] x [0, H]:
-    a map pixel's outline may pass its edge by < D/2 px, where no pixel centred inside lies."""
+    a map pixel's outline may pass its edge by < D/2 px, where no pixel centred inside lies.
+    `offset` (row, col): the map pixel of the mask's first (a part of the map)."""
     contours, hierarchy = cv2.findContours(np.pad(np.asarray(mask, np.uint8), 1), cv2.RETR_CCOMP,
                                            cv2.CHAIN_APPROX_NONE)
     if not contours:
         return []
-    pixels = np.concatenate(contours)[:, 0, :].astype(np.int64) - 1  # padded -> (x, y) map px
+    pixels = np.concatenate(contours)[:, 0, :].astype(np.int64) - 1 + offset[::-1]  # padded -> (x, y) map px
     lengths = np.array([len(c) for c in contours])
     starts, preceding, following = _neighbours(lengths)
     back, ahead = pixels[preceding] - pixels, pixels[following] - pixels
@@ -170,15 +172,16 @@ def mask_polygons(mask: np.ndarray, downsample: float,
     return [polygons[i] for i in sorted(polygons)]
 
 
-def _coordinates(ring: np.ndarray) -> list[list[float]]:
-    return np.round(ring, 1).tolist()
-
-
-def _multipolygon(mask: np.ndarray, maps: Maps) -> dict[str, Any] | None:
-    """A bool map mask as a MultiPolygon in level-0 px inside the slide, None when empty."""
+def _multipolygon(mask: np.ndarray, maps: Maps, offset: tuple[int, int] = (0, 0)) -> dict[str, Any] | None:
+    """A bool map mask (from map pixel `offset` (row, col)) as a MultiPolygon in level-0 px inside
+    the slide (rounded to 0.1 px, all points at once), None when empty."""
     dimensions = (float(maps.attrs["dimensions"][0]), float(maps.attrs["dimensions"][1]))
-    polygons = [[_coordinates(r) for r in rings] for rings in mask_polygons(mask, maps.downsample, dimensions)]
-    return {"type": "MultiPolygon", "coordinates": polygons} if polygons else None
+    polygons = mask_polygons(mask, maps.downsample, dimensions, offset)
+    if not polygons:
+        return None
+    points = iter(np.round(np.concatenate([r for rings in polygons for r in rings]), 1).tolist())
+    coordinates = [[list(itertools.islice(points, len(r))) for r in rings] for rings in polygons]
+    return {"type": "MultiPolygon", "coordinates": coordinates}
 
 
 def lesion_features(maps: Maps) -> list[dict[str, Any]]:
@@ -206,18 +209,19 @@ def focus_features(audit: dict[str, Any], maps: Maps, footprint: float) -> list[
         features.append(_feature({"type": "Polygon", "coordinates": [square]},
                                  f"top patch {rank}", TOP_PATCH, TOP_PATCH_RGB,
                                  {"attention": patch["attention"]}))
-    tissue = maps.tissue
+    box = maps.tissue_box  # the top regions lie on tissue
+    tissue = maps.tissue[box]
     for method in methods:
         colour, title = method_colour(methods, method), method_title(method)
         for rank, peak in enumerate(audit["peaks"].get(method, []), start=1):
             features.append(_feature({"type": "Point", "coordinates": [peak["x"], peak["y"]]},
                                      f"{title} peak {rank}", PEAK.format(title), colour,
                                      {"value": peak["value"]}))
-        values = maps[method]
+        values = maps[method][box]
         region = top_k_mask(values, tissue & np.isfinite(values), TOP_FRACTION)
         if region is None:   # ties fill the whole top share (e.g. a flat map): no top region
             continue
-        geometry = _multipolygon(region, maps)
+        geometry = _multipolygon(region, maps, (box[0].start, box[1].start))
         if geometry:
             features.append(_feature(geometry, f"{title} top {TOP_FRACTION:.0%}",
                                      TOP_REGION.format(TOP_FRACTION, title), colour,
@@ -231,7 +235,7 @@ def lesion_shares(maps: Maps, coords: np.ndarray, footprint: float) -> np.ndarra
     covering no map pixel. One summed-area table serves every patch."""
     lesion = maps.lesion > 0
     grid = PatchGrid(coords, footprint, maps.downsample, lesion.shape)
-    table = np.pad(lesion.cumsum(axis=0).cumsum(axis=1), ((1, 0), (1, 0)))
+    table = cv2.integral(lesion.view(np.uint8), sdepth=cv2.CV_64F)  # (H + 1, W + 1), a zero row and column first
     inside = table[grid.r1, grid.c1] - table[grid.r0, grid.c1] - table[grid.r1, grid.c0] + table[grid.r0, grid.c0]
     area = (grid.r1 - grid.r0) * (grid.c1 - grid.c0)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -302,11 +302,13 @@ def render_slide_report(slide_dir: Path, impressions: dict[str, Path] | None = N
             write_row_thumbnail(slide_dir, open_maps(slide_dir))
         return slide_dir / REPORT
     maps = open_maps(slide_dir)  # read once for the page, the GeoJSON and the index thumbnail
-    with ThreadPoolExecutor(stage_threads()) as pool:  # the GeoJSON beside the page
-        geojson = pool.submit(write_qupath_geojson, slide_dir, load_audit(slide_dir), maps)
+    with ThreadPoolExecutor(stage_threads()) as pool:  # the GeoJSON and the template beside the page
+        beside = [pool.submit(write_qupath_geojson, slide_dir, load_audit(slide_dir), maps),
+                  pool.submit(environment().get_template, "slide.html")]  # compiled once per process
         context = {**slide_context(slide_dir, impressions, maps),
                    "stamp": f"{stamp['config_hash']}:{stamp['source_sha256']}"}
-        geojson.result()
+        for task in beside:
+            task.result()
     write_row_thumbnail(slide_dir, maps)
     path = _write(slide_dir / REPORT, "slide.html", context)
     log.info("wrote %s", path)

@@ -3,6 +3,7 @@ audit.csv (one row per slide x method)."""
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,14 @@ def scan(out: Path) -> Archive:
     A slide that failed before its audit lists as a failure (an older audit.json is stale); one
     that failed only its validation keeps its fresh audit, whose flags say so."""
     archive = Archive([], [], [])
-    for folder in sorted(p for p in (Path(out) / "slides").glob("*") if p.is_dir()):
+    slides = Path(out) / "slides"
+    folders = sorted(e.name for e in os.scandir(slides) if e.is_dir()) if slides.is_dir() else []
+    for folder in map(slides.joinpath, folders):
+        present = set(os.listdir(folder))  # one directory read, not a stat per file
         for name, load, bucket in ((FAILURE, load_failure, archive.failures),
                                    (AUDIT, load_audit, archive.audits)):
             path = folder / name
-            if not path.is_file():
+            if name not in present:
                 continue
             try:
                 record = load(path)

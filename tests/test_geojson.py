@@ -81,8 +81,8 @@ def test_mask_polygons_trace_what_scikit_images_marching_squares_traces() -> Non
         if trial % 2:
             mask = ndimage.binary_opening(mask) | (rng.random(shape) < 0.05)
         contours = find_contours(np.pad(mask.astype(np.float32), 1), 0.5, fully_connected="high")
-        expected = sorted(_outline(r) for r in (corner_rings(np.concatenate([(c[:-1, ::-1] - 0.5) * 3.0]), np.array([len(c) - 1]))[0][0]
-                                                for c in contours))
+        rings = [corner_rings((c[:-1, ::-1] - 0.5) * 3.0, np.array([len(c) - 1]))[0][0] for c in contours]
+        expected = sorted(_outline(r) for r in rings)
         polygons = mask_polygons(mask, 3.0)
         assert sorted(_outline(r) for p in polygons for r in p) == expected
         for exterior, *holes in polygons:

@@ -38,6 +38,23 @@ def test_mean_halving_equals_nanmean_of_the_blocks_bit_for_bit() -> None:
     assert halve(values, "mean").dtype == np.float32
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16])
+@pytest.mark.parametrize("shape", [(3, 64, 48), (3, 65, 47), (1, 1, 1)])
+def test_integer_images_halve_to_their_rounded_block_means(dtype: type, shape: tuple[int, ...]) -> None:
+    """Integer halving equals np.rint (half to even) of the blocks' mean in float64, odd edges
+    averaging the pixels they have."""
+    info = np.iinfo(dtype)
+    values = np.random.default_rng(1).integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
+    values.flat[:4] = info.max  # the largest sums
+    height, width = shape[-2:]
+    padded = np.pad(values.astype(np.float64), [(0, 0), (0, height % 2), (0, width % 2)], constant_values=np.nan)
+    blocks = padded.reshape(shape[0], (height + 1) // 2, 2, (width + 1) // 2, 2)
+    expected = np.rint(np.nanmean(blocks, axis=(-3, -1))).astype(dtype)
+    halved = halve(values, "mean")
+    assert halved.dtype == dtype
+    np.testing.assert_array_equal(halved, expected)
+
+
 def test_labels_halve_by_nearest_keeping_their_values() -> None:
     labels = np.array([[0, 7, 0], [7, 7, 7], [0, 0, 3]], np.uint16)
     np.testing.assert_array_equal(halve(labels, "nearest"), [[0, 0], [0, 3]])

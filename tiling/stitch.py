@@ -127,8 +127,7 @@ class PatchGrid:
     def stitch(self, values: Any, coverage: np.ndarray) -> np.ndarray:
         """(H, W) float32 map: overlap-averaged patch values, NaN where no patch lies."""
         total = self.accumulate(values, np.zeros(self.shape, np.float32))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(coverage > 0, total / coverage, np.nan).astype(np.float32)
+        return np.divide(total, coverage, out=np.full(self.shape, np.nan, np.float32), where=coverage > 0)
 
 
 def percentile_rank(values: np.ndarray) -> np.ndarray:

@@ -19,9 +19,10 @@ from reports.errors import MetricError
 
 def valid_values(m: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """The map's values (float64) on the valid pixels; MetricError when one of them is not finite."""
-    values = np.asarray(m)[valid].astype(np.float64)
-    bad = int(np.count_nonzero(~np.isfinite(values)))
-    if bad:
+    values = np.asarray(m)[valid].astype(np.float64, copy=False)  # indexing copied it already
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad = values.size - int(np.count_nonzero(finite))
         raise MetricError(f"{bad} of {values.size} valid map pixels are NaN or infinite; leave them out of "
                           "the valid mask (and count them) before scoring the map")
     return values
@@ -57,12 +58,15 @@ def pointing_game(m: np.ndarray, lesion: np.ndarray, valid: np.ndarray,
     lesion = np.asarray(lesion, bool) & valid
     if not lesion.any():
         return None
-    top = valid & (np.asarray(m, np.float64) == valid_values(m, valid).max())
+    m = np.asarray(m)
+    top = valid & (m == np.asarray(valid_values(m, valid).max(), m.dtype))  # the maximum, exact in m's dtype
     if off_limits is not None:
         top &= ~np.asarray(off_limits, bool)
-        if not top.any():
-            return 0.0
-    rows, cols = np.nonzero(top)
+    on_rows = np.flatnonzero(top.any(axis=1))
+    if on_rows.size == 0:
+        return 0.0
+    rows, cols = np.nonzero(top[on_rows[0]:on_rows[-1] + 1])
+    rows += on_rows[0]
     pad = math.ceil(tolerance_px) + 1
     r0, c0 = max(rows.min() - pad, 0), max(cols.min() - pad, 0)
     window = np.s_[r0:rows.max() + pad + 1, c0:cols.max() + pad + 1]

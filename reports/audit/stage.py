@@ -305,23 +305,28 @@ def compare_maps(maps: Maps, heatmaps: dict[str, np.ndarray], top_kinds: dict[st
     """Attention and each CAM method against the lesions and artefacts (metrics, peaks, focus by
     artefact kind, given the kind under each method's top patches) and each other. Tissue pixels
     where a map has no finite value (no patch covers them) are left out of its scores and counted
-    in "unscored_tissue_px"."""
-    tissue, labels, names = maps.tissue, maps.lesion, list(maps.attrs.get("lesion_names", []))
-    artefacts = maps.artefacts
+    in "unscored_tissue_px". Computed on the tissue's bounding box (`Maps.tissue_box`): the same
+    numbers, since nothing outside it counts, from a fraction of the pixels."""
+    box = maps.tissue_box
+    offset = np.array([box[0].start, box[1].start])
+    tissue, labels, artefacts = maps.tissue[box], maps.lesion[box], maps.artefacts[box]
+    names = list(maps.attrs.get("lesion_names", []))
     scored = [ATTENTION, *maps.methods]
-    valid = {name: tissue & np.isfinite(heatmaps[name]) for name in scored}
+    boxed = {name: heatmaps[name][box] for name in scored}
+    valid = {name: tissue & np.isfinite(boxed[name]) for name in scored}
 
     def one_map(name: str) -> dict[str, Any]:
-        found = M.peaks(heatmaps[name], valid[name], config.n_peaks, peak_distance_px(config, maps.pixel_um))
-        view = MapView(heatmaps[name], labels, valid[name], found, maps.pixel_um, config, artefacts, top_kinds[name])
+        found = M.peaks(boxed[name], valid[name], config.n_peaks, peak_distance_px(config, maps.pixel_um))
+        view = MapView(boxed[name], labels, valid[name], found, maps.pixel_um, config, artefacts, top_kinds[name])
+        nearest = nearest_lesion(labels, tissue, maps.pixel_um, found)
         return {"metrics": score_map(view), "artefact_focus": focus_record(view.peak_kinds, view.top_kinds),
-                "peaks": peak_records(heatmaps[name], found, nearest_lesion(labels, tissue, maps.pixel_um, found),
-                                      artefacts, maps.downsample, names, config.tolerance_um)}
+                "peaks": peak_records(heatmaps[name], found + offset, nearest, maps.artefacts, maps.downsample,
+                                      names, config.tolerance_um)}
 
     common = np.logical_and.reduce(list(valid.values()))
     with ThreadPoolExecutor(stage_threads()) as pool:
-        compared = pool.submit(agreement, {name: heatmaps[name] for name in scored}, common,
-                               config.agreement_fraction, config.agreement_pixels, config.seed)
+        compared = pool.submit(agreement, boxed, common, config.agreement_fraction, config.agreement_pixels,
+                               config.seed)
         each = dict(zip(scored, pool.map(one_map, scored), strict=True))
     return {
         "methods": scored,

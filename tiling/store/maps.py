@@ -26,6 +26,7 @@ range as min/max, colour map COLOUR_MAP); masks are labels of the thumbnail (LAB
 """
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -190,6 +191,15 @@ class Maps:
     @property
     def tissue(self) -> np.ndarray:
         return self[TISSUE].view(bool)
+
+    @functools.cached_property
+    def tissue_box(self) -> tuple[slice, slice]:
+        """The rows and columns of the tissue's bounding box (every finite map value lies on
+        tissue: a patch covers it), empty without tissue: what the audit needs to look at."""
+        rows, cols = (np.flatnonzero(self.tissue.any(axis=axis)) for axis in (1, 0))
+        if rows.size == 0:
+            return slice(0, 0), slice(0, 0)
+        return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
     @property
     def lesion(self) -> np.ndarray:

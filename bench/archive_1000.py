@@ -14,9 +14,9 @@ appears, and every 0.25 s the memory of this process and of the Dask workers. Pr
   ru_maxrss) so far.
 
 Goal: each within 10 % of the value at slide 10 (flat, not growing). Then: run.json, index.html
-and audit.csv sizes (bytes per slide); the index rendered again alone (`render_index`, goal < 2 s
-for 1,000 slides); and a no-op rerun of the whole archive (every slide current; goal < 5 % of
-the first run's wall time).
+and audit.csv sizes (bytes per slide); the index rendered again alone (`render_index`, least
+of 3, goal < 2 s for 1,000 slides; the first is printed too: it imports the libraries); and a
+no-op rerun of the whole archive (every slide current; goal < 5 % of the first run's wall time).
 
     .venv/bin/python bench/archive_1000.py [--slides 1000] [--size 2048] [--workdir DIR]
 """
@@ -143,11 +143,15 @@ def main() -> None:
         sizes = {name: (out / name).stat().st_size for name in ("run.json", "index.html", "audit.csv")}
         print("  ".join(f"{name} {size / 1024:.0f} KiB ({size / args.slides:.0f} B a slide)"
                         for name, size in sizes.items()))
-        start, cpu = time.perf_counter(), time.process_time()
-        render_index(out, config.run.group_by)
-        index, cpu = time.perf_counter() - start, time.process_time() - cpu
-        print(f"index render alone: {index:.2f} s wall, {cpu:.2f} s CPU ({index / args.slides * 1000:.1f} ms a "
-              "slide; goal < 2 s for 1,000 slides)")
+        renders = []
+        for _ in range(3):
+            start, cpu = time.perf_counter(), time.process_time()
+            render_index(out, config.run.group_by)
+            renders.append((time.perf_counter() - start, time.process_time() - cpu))
+        index, cpu = min(renders)
+        print(f"index render alone: {index:.2f} s wall, {cpu:.2f} s CPU, least of 3 ({index / args.slides * 1000:.1f} "
+              f"ms a slide; goal < 2 s for 1,000 slides); the first, with this process's first imports of "
+              f"its libraries: {renders[0][0]:.2f} s")
         rerun = run_archive(manifest, work / "model", out, config, progress="none")
         print(f"no-op rerun: {rerun.seconds:.2f} s = {rerun.seconds / first.seconds:.1%} of the first run "
               "(goal < 5 %)")

@@ -6,11 +6,16 @@ import logging
 import os
 from collections.abc import Iterator
 
+import dask
 from distributed import Client, LocalCluster
 
 from pipeline.config import ConfigError, RunSettings
 
 log = logging.getLogger(__name__)
+# the run's own workers do without Dask's statistical profiler: it samples every thread's stack
+# every 10 ms and keeps an hour of per-second profiles (distributed.worker.profile), which on an
+# archive of 1,000 slides grew each worker by ~1 MiB a slide and slowed every stage by a third
+WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
 # threads per worker process: torch/OpenMP, BLAS, OpenCV, and the tile stage's reads (tiling.threads.stage_threads)
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENCV_FOR_THREADS_NUM")
 
@@ -65,7 +70,7 @@ def _silence(names: tuple[str, ...]) -> None:
 def open_client(settings: RunSettings, gpu: bool = False) -> Iterator[Client]:
     """A Client on `settings.scheduler`, or on a new LocalCluster of `settings.workers` processes
     (one task thread each, `torch_threads` OpenMP, OpenCV and read threads, resources {"GPU": 1} when `gpu`, no
-    per-stage progress bars: the client shows the run's).
+    per-stage progress bars: the client shows the run's, no profiler: WORKER_CONFIG).
 
     Logs the dashboard link. With `gpu`, fails when no worker offers a GPU (explain would wait
     forever). Dask's own INFO logs are silenced, and the nanny's warning when it has to kill a
@@ -89,6 +94,7 @@ def open_client(settings: RunSettings, gpu: bool = False) -> Iterator[Client]:
                                   "start `dask scheduler` there or drop --scheduler") from exc
         else:
             threads = str(torch_threads(settings))
+            stack.enter_context(dask.config.set(WORKER_CONFIG))  # the workers start with it
             cluster = stack.enter_context(LocalCluster(
                 n_workers=settings.workers, threads_per_worker=1, processes=True,
                 dashboard_address=settings.dashboard, resources={"GPU": 1} if gpu else None,

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import dask
 import numpy as np
 import pandas as pd
 import pytest
@@ -29,7 +30,8 @@ from conftest import manifest_rows
 from explainers.models.config import ModelConfig, read_config
 from explainers.models.io import build_model, save_model
 from pipeline.cli import main
-from pipeline.config import PipelineConfig, load_config
+from pipeline.cluster import open_client
+from pipeline.config import PipelineConfig, RunSettings, load_config
 from pipeline.runner import RunResult, at_model_footprint, run_archive
 from tiling.store import file_sha256, seal_store
 from tiling.store.maps import open_maps
@@ -140,6 +142,15 @@ def test_local_cluster_run(workspace: Workspace, reference: RunResult) -> None:
     assert sorted(p.suffix for p in (cache / "impressions").iterdir()) == [".json", ".png", ".png"]
     assert not leftovers(out)
     assert workspace.archive_unchanged()
+
+
+def test_the_runs_own_workers_run_without_dasks_profiler() -> None:
+    """Its per-second profiles grew each worker by ~1 MiB a slide on a 1,000-slide archive
+    (pipeline.cluster.WORKER_CONFIG); the client's own config is left as it was."""
+    with open_client(RunSettings(workers=1)) as client:
+        profiling = client.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
+    assert list(profiling.values()) == [False]
+    assert dask.config.get("distributed.worker.profile.enabled") is True
 
 
 @pytest.mark.slow

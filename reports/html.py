@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import re
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -303,8 +303,8 @@ def render_slide_report(slide_dir: Path, impressions: dict[str, Path] | None = N
         return slide_dir / REPORT
     maps = open_maps(slide_dir)  # read once for the page, the GeoJSON and the index thumbnail
     with ThreadPoolExecutor(stage_threads()) as pool:  # the GeoJSON and the template beside the page
-        beside = [pool.submit(write_qupath_geojson, slide_dir, load_audit(slide_dir), maps),
-                  pool.submit(environment().get_template, "slide.html")]  # compiled once per process
+        beside: list[Future[Any]] = [pool.submit(write_qupath_geojson, slide_dir, load_audit(slide_dir), maps),
+                                     pool.submit(environment().get_template, "slide.html")]  # once a process
         context = {**slide_context(slide_dir, impressions, maps),
                    "stamp": f"{stamp['config_hash']}:{stamp['source_sha256']}"}
         for task in beside:

@@ -223,12 +223,12 @@ def _impressions(impressions: dict[str, Path] | None) -> list[dict[str, str]]:
 
 
 def slide_context(slide_dir: Path, impressions: dict[str, Path] | None = None,
-                  maps: Maps | None = None) -> dict[str, Any]:
-    """Everything report.html shows, from the slide's audit.json and stores (`maps`: its maps.zarr
-    when already open), and the model's class impressions ({class: PNG path}, from
-    `explainers.impressions.render_impressions`)."""
+                  maps: Maps | None = None, audit: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything report.html shows, from the slide's audit.json and stores (`maps`, `audit`: its
+    maps.zarr and audit.json when already read), and the model's class impressions ({class: PNG
+    path}, from `explainers.impressions.render_impressions`)."""
     slide_dir = Path(slide_dir)
-    audit, maps = load_audit(slide_dir), maps or open_maps(slide_dir)
+    audit, maps = audit or load_audit(slide_dir), maps or open_maps(slide_dir)
     photo, panels, scales = _overlays(audit, maps)
     cam_method, tiles = _top_patches(audit, slide_dir, maps, scales)
     crops, crops_note = slide_crops(slide_dir, audit, maps, scales)
@@ -301,11 +301,11 @@ def render_slide_report(slide_dir: Path, impressions: dict[str, Path] | None = N
         if not (slide_dir / ROW_THUMBNAIL).is_file():
             write_row_thumbnail(slide_dir, open_maps(slide_dir))
         return slide_dir / REPORT
-    maps = open_maps(slide_dir)  # read once for the page, the GeoJSON and the index thumbnail
+    maps, audit = open_maps(slide_dir), load_audit(slide_dir)  # read once for the page, GeoJSON and thumbnail
     with ThreadPoolExecutor(stage_threads()) as pool:  # the GeoJSON and the template beside the page
-        beside: list[Future[Any]] = [pool.submit(write_qupath_geojson, slide_dir, load_audit(slide_dir), maps),
+        beside: list[Future[Any]] = [pool.submit(write_qupath_geojson, slide_dir, audit, maps),
                                      pool.submit(environment().get_template, "slide.html")]  # once a process
-        context = {**slide_context(slide_dir, impressions, maps),
+        context = {**slide_context(slide_dir, impressions, maps, audit),
                    "stamp": f"{stamp['config_hash']}:{stamp['source_sha256']}"}
         for task in beside:
             task.result()

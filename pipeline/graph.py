@@ -5,6 +5,9 @@
 
 (each key also ends in a token of the run).
 
+Slides run in manifest order, one after the other on each worker: every task of the i-th of n
+slides carries priority n - i, so a slide's next stage goes before a later slide's tile (the
+reports appear in order, a stopped run leaves the first slides whole, few slides are in flight).
 Explain tasks, and the audit tasks of the slides that get the randomisation check (it runs the
 encoder), carry `resources={"GPU": 1}` when the run uses CUDA, so a cluster runs them only on
 workers that offer a GPU. The dashboard groups tasks by stage.
@@ -55,11 +58,12 @@ def build_graph(records: Sequence[SlideRecord], ctx: Context, gpu: bool,
     token = uuid.uuid4().hex[:8]
     tasks: list[Delayed] = []
     finals: list[Delayed] = []
-    for rec in records:
+    for order, rec in enumerate(records):
         state: Any = SlideState(rec)  # a Delayed after the first stage
         for stage in STAGES:
             gpu_task = gpu and (stage == "explain" or (stage == "audit" and rec.slide_id in ctx.sanity_slides))
-            with dask.annotate(resources={"GPU": 1}) if gpu_task else contextlib.nullcontext():
+            with dask.annotate(priority=len(records) - order), \
+                    dask.annotate(resources={"GPU": 1}) if gpu_task else contextlib.nullcontext():
                 state = delayed(run_stage, pure=False)(stage, state, ctx,
                                                       dask_key_name=f"{stage}-{rec.slide_id}-{token}")
             tasks.append(state)
@@ -76,17 +80,22 @@ def stage_of(key: str) -> str:
 
 def compute(client: Client, tasks: list[Delayed], index: Delayed, progress: Progress) -> list[SlideState]:
     """Run the graph on `client`, telling `progress` each stage's result; the final slide states.
-    A full disk (`run_stage`) or a task that raises cancels the rest and raises here."""
-    futures = client.compute([*tasks, index], optimize_graph=False)
+    Each stage's future is let go once told, so the workers keep a state only while a later
+    stage or the index needs it. A full disk (`run_stage`) or a task that raises cancels the
+    rest (and so every task after it) and raises here."""
+    *stages, final = client.compute([*tasks, index], optimize_graph=False)
+    pending = set(stages)
+    del stages
     try:
-        for future in as_completed(futures[:-1]):
+        for future in as_completed(pending):
+            pending.discard(future)
             state = future.result()
             if state.failure and state.failure["error_type"] == DiskFull.__name__:
                 raise DiskFull(state.failure["message"])
             progress.advance(stage_of(str(future.key)), state)
-        return futures[-1].result()
+        return final.result()
     except BaseException:
-        client.cancel(futures)
+        client.cancel([*pending, final])
         raise
 
 

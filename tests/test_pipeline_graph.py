@@ -16,7 +16,7 @@ RECORDS = [SlideRecord("a", Path("/nowhere/a.svs"), (1,)), SlideRecord("b", Path
 
 
 @pytest.mark.parametrize("gpu", [True, False])
-def test_one_chain_per_slide_and_gpu_annotation_on_the_tasks_that_run_the_encoder(tmp_path: Path, gpu: bool) -> None:
+def test_one_chain_per_slide_in_manifest_priority_and_gpu_on_encoder_tasks(tmp_path: Path, gpu: bool) -> None:
     context = Context(tmp_path, tmp_path, PipelineConfig(), sanity_slides=frozenset({"a"}))
     tasks, index = build_graph(RECORDS, context, gpu=gpu)
     token = index.key.removeprefix("index-")
@@ -24,7 +24,8 @@ def test_one_chain_per_slide_and_gpu_annotation_on_the_tasks_that_run_the_encode
     for task in tasks:
         graph = task.__dask_graph__()
         encoder = task.key.startswith(("explain-", "audit-a-"))   # audit-a: its randomisation check
-        wanted = {"resources": {"GPU": 1}} if gpu and encoder else None
+        order = [r.slide_id for r in RECORDS].index(task.key.split("-")[1])
+        wanted = {"priority": len(RECORDS) - order, **({"resources": {"GPU": 1}} if gpu and encoder else {})}
         assert graph.layers[task.key].annotations == wanted, task.key
         stage, slide, _ = task.key.split("-")
         previous = list(STAGES).index(stage) - 1

@@ -8,7 +8,10 @@ appears, and every 0.25 s the memory of this process and of the Dask workers. Pr
 10, 100 and 1,000 (those <= N, and N):
 
 - per-slide wall s = (t_k - t_{k-w}) / w, the time between the reports of slides k-w and k
-  (w = min(10, k - 1)): what one more slide costs the run when it is that far in;
+  (w = min(10, k - 1)): what one more slide costs the run when it is that far in (the slides go
+  through in manifest order, so the window at slide 10 holds the run's first slides);
+- average s = (t_k - t_1) / (k - 1), the same over every slide so far: a 10-slide window on a
+  busy 2-core machine varies by about ±15 % (the spread of all the run's windows is printed);
 - stage s = the median over those w slides of the sum of their stages' wall times (run.json);
 - peak RSS MiB of the largest worker (VmHWM) and of this process (the client and the scheduler:
   ru_maxrss) so far.
@@ -97,7 +100,7 @@ def report(watch: Watch, seconds: dict[str, float], slides: int) -> None:
     """Print the per-slide table at the checkpoints (module docstring)."""
     order = sorted(watch.done, key=watch.done.get)
     times = [watch.done[s] for s in order]
-    print(f"{'slide':>6s} {'per-slide wall s':>16s} {'stage s':>8s} {'worker peak RSS MiB':>19s} "
+    print(f"{'slide':>6s} {'per-slide wall s':>16s} {'average s':>9s} {'stage s':>8s} {'worker peak RSS MiB':>19s} "
           f"{'own peak RSS MiB':>16s}")
     first = None
     for k in sorted({c for c in CHECKPOINTS if c <= slides} | {slides}):
@@ -105,12 +108,17 @@ def report(watch: Watch, seconds: dict[str, float], slides: int) -> None:
         if k > len(times) or w < 1:
             continue
         wall = (times[k - 1] - times[k - 1 - w]) / w
+        average = (times[k - 1] - times[0]) / (k - 1)
         work = sorted(seconds[s] for s in order[k - w:k])[w // 2]
         worker, own = watch.at(k)
-        row = (wall, work, worker / MiB, own / MiB)
+        row = (wall, average, work, worker / MiB, own / MiB)
         first = first or row
         change = "  ".join(f"{v / f - 1:+5.0%}" for v, f in zip(row, first, strict=True))
-        print(f"{k:6d} {row[0]:16.2f} {row[1]:8.2f} {row[2]:19.0f} {row[3]:16.0f}   vs slide 10: {change}")
+        print(f"{k:6d} {row[0]:16.2f} {row[1]:9.2f} {row[2]:8.2f} {row[3]:19.0f} {row[4]:16.0f}  vs slide 10: {change}")
+    windows = sorted((times[k - 1] - times[k - 11]) / 10 for k in range(11, len(times) + 1, 10))
+    if windows:
+        print(f"per-slide wall of every 10-slide window of the run: least {windows[0]:.2f}, median "
+              f"{windows[len(windows) // 2]:.2f}, most {windows[-1]:.2f} s")
 
 
 def main() -> None:

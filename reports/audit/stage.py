@@ -12,7 +12,7 @@ import functools
 import logging
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -301,12 +301,13 @@ def _lesions(maps: Maps, labels: np.ndarray, tissue: np.ndarray) -> dict[str, An
 
 
 def compare_maps(maps: Maps, heatmaps: dict[str, np.ndarray], top_kinds: dict[str, np.ndarray],
-                 config: AuditConfig) -> dict[str, Any]:
+                 config: AuditConfig, pool: Executor) -> dict[str, Any]:
     """Attention and each CAM method against the lesions and artefacts (metrics, peaks, focus by
     artefact kind, given the kind under each method's top patches) and each other. Tissue pixels
     where a map has no finite value (no patch covers them) are left out of its scores and counted
     in "unscored_tissue_px". Computed on the tissue's bounding box (`Maps.tissue_box`): the same
-    numbers, since nothing outside it counts, from a fraction of the pixels."""
+    numbers, since nothing outside it counts, from a fraction of the pixels. Each map, and the
+    agreement, is scored on `pool`."""
     box = maps.tissue_box
     offset = np.array([box[0].start, box[1].start])
     tissue, labels, artefacts = maps.tissue[box], maps.lesion[box], maps.artefacts[box]
@@ -324,10 +325,9 @@ def compare_maps(maps: Maps, heatmaps: dict[str, np.ndarray], top_kinds: dict[st
                                       names, config.tolerance_um)}
 
     common = np.logical_and.reduce(list(valid.values()))
-    with ThreadPoolExecutor(stage_threads()) as pool:
-        compared = pool.submit(agreement, boxed, common, config.agreement_fraction, config.agreement_pixels,
-                               config.seed)
-        each = dict(zip(scored, pool.map(one_map, scored), strict=True))
+    compared = pool.submit(agreement, boxed, common, config.agreement_fraction, config.agreement_pixels,
+                           config.seed)
+    each = dict(zip(scored, pool.map(one_map, scored), strict=True))
     return {
         "methods": scored,
         **{key: {name: each[name][key] for name in scored} for key in ("metrics", "artefact_focus", "peaks")},
@@ -356,11 +356,13 @@ def audit_slide(slide_dir: Path, label: int | None, config: AuditConfig, model_d
     tissue = maps.tissue
     top_kinds = {name: store.artefacts.kind[top_patches(scores, config.top_patches)]
                  for name, scores in method_patch_scores(explain).items()}
-    compared = compare_maps(maps, heatmaps, top_kinds, config)
+    with ThreadPoolExecutor(stage_threads()) as pool:  # the suites beside the maps' scores
+        validated = pool.submit(_validation, store, attention, heatmaps, tissue)
+        compared = compare_maps(maps, heatmaps, top_kinds, config, pool)
+        suites = validated.result()
     classes = [str(c) for c in attrs.get("classes", [])]
     predicted = slide_prediction(np.asarray(explain["slide_logits"][:]),
                                  attrs.get("head", "softmax"), classes)
-    suites = _validation(store, attention, heatmaps, tissue)
     lesions = _lesions(maps, maps.lesion, tissue)
     model = attrs.get("model", {})
     scales = resolution(store.attrs, maps.attrs, model.get("config", {}))

@@ -200,6 +200,16 @@ def test_only_new_audits_missing_slides_and_indexes_all(
     assert unknown.exit_code == 2 and "--group-by scanner: no such manifest column" in unknown.output
 
 
+def with_importtime(command: list) -> list[str]:
+    """`command` (SLIDEAUDIT, args...) run as `python -X importtime -m pipeline.cli args...`."""
+    return [sys.executable, "-X", "importtime", "-m", "pipeline.cli", *map(str, command[1:])]
+
+
+def imported(stderr: str) -> set[str]:
+    """The modules a `with_importtime` process imported, from its stderr."""
+    return {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+
 @pytest.fixture
 def dask_cluster(tmp_path: Path) -> Iterator[str]:
     """A `dask scheduler` and `dask worker` (2 processes, 1 thread each) on loopback."""
@@ -233,22 +243,22 @@ def test_external_scheduler(workspace: Workspace, reference: RunResult, dask_clu
     gpu = CliRunner().invoke(main, [*map(str, command[1:]), "--device", "cuda"])  # refused before any work
     assert gpu.exit_code == 2 and "no worker offers a GPU" in gpu.output
     assert not (out / "slides").exists()  # OUT holds only the lock and the run's pending record
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    # `-X importtime` lists every module the process imports
+    proc = subprocess.run(with_importtime(command), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert f"index: {out / 'index.html'}" in proc.stdout
+    assert "great_expectations" not in imported(proc.stderr)  # the suites run on the workers
     assert run_json(out)["scheduler"] == dask_cluster
     assert (out / "audit.csv").read_bytes() == (reference.out / "audit.csv").read_bytes()
     assert workspace.archive_unchanged()
 
-    # a rerun with every slide current: `-X importtime` lists every module the process imports
-    rerun = subprocess.run([sys.executable, "-X", "importtime", "-m", "pipeline.cli", *map(str, command[1:])],
-                           capture_output=True, text=True, timeout=600)
+    # a rerun with every slide current
+    rerun = subprocess.run(with_importtime(command), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     assert "4 current, 0 recomputed" in rerun.stdout + rerun.stderr
-    imported = {line.rsplit("|", 1)[-1].strip() for line in rerun.stderr.splitlines()
-                if line.startswith("import time:")}
-    assert "pipeline.runner" in imported
-    assert not imported & {"torch", "great_expectations", "distributed", "openslide", "scipy.stats"}
+    modules = imported(rerun.stderr)
+    assert "pipeline.runner" in modules
+    assert not modules & {"torch", "great_expectations", "distributed", "openslide", "scipy.stats"}
 
 
 @pytest.mark.slow

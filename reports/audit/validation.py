@@ -19,15 +19,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-logging.getLogger("great_expectations").setLevel(logging.WARNING)  # it logs every import at INFO
-import great_expectations as gx  # noqa: E402 - reads the setting above at import
-from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
-
-# one module sets its own logger to INFO at import, to announce each ephemeral context's temporary folder
-logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
-
-E = gx.expectations
 ATTENTION_SUM_TOLERANCE = 1e-3
 MAX_LISTED = 10
 MAX_ROWS = 1000
@@ -49,8 +40,23 @@ class SuiteResult:
 
 
 @functools.cache
+def _gx() -> Any:
+    """great_expectations, imported on first use (about 2 s): a run's client, which renders no
+    index while its workers audit, never imports it."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # read at import
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # it logs every import at INFO
+    import great_expectations as gx
+
+    # one module sets its own logger to INFO at import, to announce each ephemeral context's temporary folder
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
+    return gx
+
+
+@functools.cache
 def _batch_definition() -> Any:
-    context = gx.get_context(mode="ephemeral")
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = _gx().get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     asset = context.data_sources.add_pandas("slideaudit").add_dataframe_asset("table")
     return asset.add_batch_definition_whole_dataframe("whole")
@@ -76,7 +82,7 @@ def _failure(result: Any) -> dict[str, Any]:
 def run_suite(name: str, table: pd.DataFrame, expectations: list[Any]) -> SuiteResult:
     """Validate `table` against `expectations` as the suite `name`: first pass/fail only (cheap);
     a suite that fails runs again with COMPLETE results to record what was observed."""
-    suite = gx.ExpectationSuite(name=name, expectations=expectations)
+    suite = _gx().ExpectationSuite(name=name, expectations=expectations)
     with _lock:
         batch = _batch_definition().get_batch(batch_parameters={"dataframe": table})
         outcome = batch.validate(suite, result_format="BOOLEAN_ONLY")
@@ -88,6 +94,7 @@ def run_suite(name: str, table: pd.DataFrame, expectations: list[Any]) -> SuiteR
 
 def validate_coords(coords: np.ndarray, dimensions: tuple[int, int]) -> SuiteResult:
     """Patch top-left corners (N, 2) level-0 x, y: inside the slide (W, H) and unique."""
+    E = _gx().expectations
     width, height = dimensions
     table = pd.DataFrame(np.asarray(coords).reshape(-1, 2), columns=["x", "y"])
     return run_suite("patches.coords", table, [
@@ -102,6 +109,7 @@ def validate_coords(coords: np.ndarray, dimensions: tuple[int, int]) -> SuiteRes
 
 def validate_attention(attention: np.ndarray, n_patches: int) -> SuiteResult:
     """A-MIL attention (N,): one finite value per patch, each in [0, 1], summing to 1 ± 1e-3."""
+    E = _gx().expectations
     table = pd.DataFrame({"attention": np.asarray(attention, np.float64).ravel()})
     return run_suite("explain.attention", table, [
         E.ExpectTableRowCountToEqual(value=int(n_patches)),
@@ -132,6 +140,7 @@ def map_stats(heatmaps: dict[str, np.ndarray], tissue: np.ndarray,
 
 def validate_maps(stats: pd.DataFrame) -> SuiteResult:
     """Stitched maps (`map_stats`): finite on tissue, NaN off it, within [lower, upper]."""
+    E = _gx().expectations
     return run_suite("maps", stats, [
         E.ExpectColumnValuesToBeBetween(column="nonfinite_on_tissue", min_value=0, max_value=0),
         E.ExpectColumnValuesToBeBetween(column="finite_off_tissue", min_value=0, max_value=0),
@@ -143,6 +152,7 @@ def validate_maps(stats: pd.DataFrame) -> SuiteResult:
 def validate_audit_table(table: pd.DataFrame, metrics: dict[str, tuple[float, float]]) -> SuiteResult:
     """audit.csv: one row per slide x method, every metric within its registered range
     ({name: (low, high)}; n/a allowed)."""
+    E = _gx().expectations
     return run_suite("audit.csv", table, [
         E.ExpectTableRowCountToBeBetween(min_value=1),
         E.ExpectColumnValuesToNotBeNull(column="slide_id"),

@@ -14,7 +14,6 @@ workers that offer a GPU. The dashboard groups tasks by stage.
 """
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
@@ -62,8 +61,7 @@ def build_graph(records: Sequence[SlideRecord], ctx: Context, gpu: bool,
         state: Any = SlideState(rec)  # a Delayed after the first stage
         for stage in STAGES:
             gpu_task = gpu and (stage == "explain" or (stage == "audit" and rec.slide_id in ctx.sanity_slides))
-            with dask.annotate(priority=len(records) - order), \
-                    dask.annotate(resources={"GPU": 1}) if gpu_task else contextlib.nullcontext():
+            with dask.annotate(priority=len(records) - order, **({"resources": {"GPU": 1}} if gpu_task else {})):
                 state = delayed(run_stage, pure=False)(stage, state, ctx,
                                                       dask_key_name=f"{stage}-{rec.slide_id}-{token}")
             tasks.append(state)
